@@ -1,0 +1,44 @@
+# The two commands: `make run` and `make test`.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+ATLAS := $(TARGET_DIR)/release/atlas
+SEEDS ?= 100000
+
+.PHONY: run test deps build check fmt bench fuzz clean
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	cargo build --release --workspace --bins
+
+# Start one node with the embedded default config (data under ./data).
+run: build
+	@mkdir -p data
+	$(ATLAS) serve
+
+# Everything the tests need, then the whole suite (unit, property, black-box).
+test: build
+	cargo test --release --workspace
+
+fmt:
+	cargo fmt --all
+
+check:
+	cargo fmt --all -- --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+# Benchmarks measure and report; they never gate CI.
+bench: build
+	cargo bench -p atlas-bench
+	$(TARGET_DIR)/release/atlas-bench --spawn $(ATLAS)
+
+# Coverage-guided fuzzing of the parser and the config loader (libFuzzer via cargo-fuzz;
+# RUSTC_BOOTSTRAP lets the stable toolchain accept the sanitizer flags). FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run parse_request -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run config -- -max_total_time=$(FUZZ_SECONDS)
+
+clean:
+	cargo clean

@@ -1,0 +1,101 @@
+//! Opens the engine when the server starts and runs its timers.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use atlas::AtlasConfig;
+use pingora::server::ShutdownWatch;
+use pingora::services::ServiceReadyNotifier;
+use pingora::services::background::BackgroundService;
+
+use crate::EngineCell;
+
+/// How often expired WORM values are purged from disk (reads hide them at once).
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long an upgrading process waits for the old one to release the storage lock.
+const UPGRADE_LOCK_WAIT: Duration = Duration::from_secs(120);
+
+pub struct EngineService {
+    config: AtlasConfig,
+    engine: EngineCell,
+    upgrading: bool,
+}
+
+impl EngineService {
+    pub fn new(config: AtlasConfig, engine: EngineCell, upgrading: bool) -> Self {
+        EngineService {
+            config,
+            engine,
+            upgrading,
+        }
+    }
+
+    /// Opens the engine; while upgrading, retries as long as the old process holds the lock.
+    async fn open(&self) -> Result<std::sync::Arc<atlas::Engine>, String> {
+        let deadline = tokio::time::Instant::now() + UPGRADE_LOCK_WAIT;
+        loop {
+            let config = self.config.clone();
+            let opened = tokio::task::spawn_blocking(move || atlas::node::open(&config))
+                .await
+                .map_err(|e| format!("opening storage failed: {e}"))?;
+            match opened {
+                Ok(engine) => return Ok(engine),
+                Err(e)
+                    if self.upgrading
+                        && e.is_locked()
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::info!("waiting for the previous process to release the storage lock");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for EngineService {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        let engine = match self.open().await {
+            Ok(engine) => engine,
+            Err(e) => {
+                // Nothing can be served without storage: say why and stop.
+                eprintln!("atlas: {e}");
+                tracing::error!(error = %e, "cannot start");
+                std::process::exit(2);
+            }
+        };
+        let node = engine.node().clone();
+        let _ = self.engine.set(engine.clone());
+        tracing::info!(
+            node_id = node.id,
+            region = %node.region,
+            socket = %self.config.socket_path().display(),
+            durability = %self.config.durability,
+            "atlas engine ready"
+        );
+        ready.notify_ready();
+
+        let mut ticker = tokio::time::interval(PURGE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = ticker.tick() => {
+                    let store = engine.store().clone();
+                    let purged = tokio::task::spawn_blocking(move || store.purge_expired(atlas::command::now_ms())).await;
+                    match purged {
+                        Ok(Ok(n)) if n > 0 => tracing::info!(purged = n, "expired values purged"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "purging expired values failed"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}

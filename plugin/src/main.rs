@@ -1,0 +1,149 @@
+//! The `atlas` command: `serve` runs a node, `repl` talks to one.
+
+mod repl;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use atlas::AtlasConfig;
+use atlas::config::DEFAULT_YAML;
+use clap::{Parser, Subcommand};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "atlas",
+    version,
+    about = "Atlas: a strongly consistent edge key-value store on Pingora"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run a node (a Pingora server). Without -c, the embedded single-node default.
+    Serve {
+        /// Configuration file: Pingora's keys at the top level plus an `atlas:` section.
+        #[arg(short = 'c', long = "conf")]
+        conf: Option<PathBuf>,
+        /// Test the configuration and exit.
+        #[arg(short = 't', long = "test")]
+        test: bool,
+        /// Run in the background.
+        #[arg(short = 'd', long = "daemon")]
+        daemon: bool,
+        /// Take over the listeners of a running server (zero-downtime upgrade).
+        #[arg(short = 'u', long = "upgrade")]
+        upgrade: bool,
+    },
+    /// Interactive shell (or a script reader when stdin is not a terminal).
+    Repl {
+        /// Socket path; default: the socket of -c FILE, else ./data/atlas.sock.
+        socket: Option<PathBuf>,
+        #[arg(short = 'c', long = "conf")]
+        conf: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Serve {
+            conf,
+            test,
+            daemon,
+            upgrade,
+        } => serve(conf, test, daemon, upgrade),
+        Commands::Repl { socket, conf } => {
+            let socket = match (socket, conf) {
+                (Some(socket), _) => socket,
+                (None, conf) => match load(conf.as_ref()) {
+                    Ok((config, _, _)) => config.socket_path(),
+                    Err(message) => {
+                        eprintln!("atlas: {message}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            repl::run(&socket)
+        }
+    }
+}
+
+/// Reads the file (or the embedded default) and checks both halves of it.
+fn load(conf: Option<&PathBuf>) -> Result<(AtlasConfig, ServerConf, String), String> {
+    let (text, name) = match conf {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("config error in {}: cannot read: {e}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (DEFAULT_YAML.to_string(), "<embedded default>".to_string()),
+    };
+    let mut atlas = AtlasConfig::from_yaml(&text, &name).map_err(|e| e.to_string())?;
+    if let Ok(cwd) = std::env::current_dir() {
+        atlas.resolve_paths(&cwd);
+    }
+    let server = ServerConf::from_yaml(&text).map_err(|e| {
+        // The context of a parse error quotes the whole file (secrets included): show the cause.
+        let detail = match (&e.cause, &e.context) {
+            (Some(cause), _) => cause.to_string(),
+            (None, Some(context)) => context.as_str().to_string(),
+            (None, None) => "invalid Pingora server keys".to_string(),
+        };
+        format!("config error in {name}: {detail}")
+    })?;
+    Ok((atlas, server, name))
+}
+
+fn serve(conf: Option<PathBuf>, test: bool, daemon: bool, upgrade: bool) -> ExitCode {
+    init_logging();
+    let (config, server_conf, name) = match load(conf.as_ref()) {
+        Ok(loaded) => loaded,
+        Err(message) => {
+            eprintln!("atlas: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if test {
+        println!("atlas: configuration {name} is valid");
+        return ExitCode::SUCCESS;
+    }
+    let opt = Opt {
+        upgrade,
+        daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+    let installed = match atlas_pingora::install(&mut server, &config) {
+        Ok(installed) => installed,
+        Err(e) => {
+            eprintln!("atlas: config error in {name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let socket = config.socket_path();
+    let me =
+        std::env::current_exe().map_or_else(|_| "atlas".to_string(), |p| p.display().to_string());
+    println!("atlas: serving {} (config {name})", socket.display());
+    println!("atlas: connect with: {me} repl {}", socket.display());
+    server.run(RunArgs::default());
+    installed.close();
+    ExitCode::SUCCESS
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ATLAS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -1,0 +1,179 @@
+//! Executes parsed commands against the engine: ACL checks, WORM rules, system tables.
+//!
+//! Storage calls block (RocksDB, fsync), so each runs on tokio's blocking pool; concurrent
+//! writers therefore reach RocksDB together and share WAL syncs.
+
+mod acl;
+mod cluster_info;
+mod keys;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::protocol::duration::format_rfc3339_ms;
+use crate::protocol::{Command, Reply};
+use crate::storage::{StorageError, Store};
+
+/// Who this node is, as reported by `NODE` / `QUORUM` / `TABLE` commands.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    pub id: u64,
+    pub region: String,
+    pub host: String,
+    pub port: u16,
+    /// Tolerances from the configuration; a single node reduces both to 0.
+    pub configured_fn: u32,
+    pub configured_fz: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("permission denied for principal '{principal}': {what} access denied")]
+    PermissionDenied {
+        principal: String,
+        what: &'static str,
+    },
+    #[error("write-once value is locked until {}", format_rfc3339_ms(*.until_ms))]
+    Locked { until_ms: i64 },
+    #[error("system table {0} is read-only")]
+    SystemTable(String),
+    #[error("{0} holds a blob; use KEY BLOB GET {0}")]
+    HoldsBlob(String),
+    #[error("unknown node {0}")]
+    UnknownNode(String),
+    #[error("internal error: {0}")]
+    Storage(#[from] StorageError),
+    #[error("internal error: request task failed")]
+    TaskFailed,
+}
+
+pub(crate) fn shown_principal(principal: Option<&str>) -> String {
+    principal.unwrap_or("(none)").to_string()
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The single-node engine: storage plus this node's identity.
+pub struct Engine {
+    store: Arc<Store>,
+    node: NodeIdentity,
+    started: Instant,
+}
+
+impl Engine {
+    /// Opens the engine over `store` and records this node in the `ATLAS.NODES` system table.
+    pub fn new(store: Arc<Store>, node: NodeIdentity) -> Result<Engine, StorageError> {
+        let record = format!(
+            "id={} region={} addr={} port={}",
+            node.id, node.region, node.host, node.port
+        );
+        let key = crate::protocol::Key::system(&format!("ATLAS.NODES.{}", node.id));
+        store.put_system(&key, record.into_bytes(), now_ms())?;
+        Ok(Engine {
+            store,
+            node,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn node(&self) -> &NodeIdentity {
+        &self.node
+    }
+
+    /// Runs `work` on the blocking pool (storage calls block on I/O).
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Engine) -> Result<T, CommandError> + Send + 'static,
+    ) -> Result<T, CommandError> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || work(&engine))
+            .await
+            .map_err(|_| CommandError::TaskFailed)?
+    }
+
+    /// Executes one command for `principal`. `blob` is the payload of `KEY BLOB SET`.
+    pub async fn execute(
+        self: &Arc<Self>,
+        principal: Option<String>,
+        command: Command,
+        blob: Option<Vec<u8>>,
+    ) -> Reply {
+        let result = match command {
+            Command::Get(key) => {
+                self.blocking(move |e| e.get(&key, principal.as_deref()))
+                    .await
+            }
+            Command::BlobGet(key) => {
+                self.blocking(move |e| e.blob_get(&key, principal.as_deref()))
+                    .await
+            }
+            Command::Put {
+                key,
+                principal: audit_name,
+                worm,
+                value,
+            } => {
+                if let Some(name) = &audit_name {
+                    tracing::info!(target: "atlas::audit", key = %key, recorded_principal = %name, "KEY PUT");
+                }
+                self.blocking(move |e| e.put(&key, principal.as_deref(), worm, value))
+                    .await
+            }
+            Command::BlobSet { key, .. } => {
+                let bytes = blob.unwrap_or_default();
+                self.blocking(move |e| e.blob_set(&key, principal.as_deref(), bytes))
+                    .await
+            }
+            Command::Del(key) => {
+                self.blocking(move |e| e.delete(&key, principal.as_deref()))
+                    .await
+            }
+            Command::Scan(prefix) => {
+                self.blocking(move |e| e.scan(&prefix, principal.as_deref()))
+                    .await
+            }
+            Command::Count(prefix) => {
+                self.blocking(move |e| e.count(&prefix, principal.as_deref()))
+                    .await
+            }
+            Command::Grant {
+                key,
+                principal: p,
+                perm,
+            } => {
+                self.blocking(move |e| e.change_acl(&key, principal.as_deref(), &p, perm, true))
+                    .await
+            }
+            Command::Revoke {
+                key,
+                principal: p,
+                perm,
+            } => {
+                self.blocking(move |e| e.change_acl(&key, principal.as_deref(), &p, perm, false))
+                    .await
+            }
+            Command::NodeList => Ok(self.node_list()),
+            Command::NodeInfo(id) => self.blocking(move |e| e.node_info(&id)).await,
+            Command::NodePing(id) => self.node_ping(&id).await,
+            Command::QuorumInfo(table) => Ok(self.quorum_info(&table)),
+            Command::TableInfo(table) => self.blocking(move |e| e.table_info(&table)).await,
+            // Session commands are handled by the connection, which owns the principal.
+            Command::Assume(_) | Command::WhoAmI => Ok(Reply::Ok),
+        };
+        result.unwrap_or_else(|e| {
+            if let CommandError::Storage(inner) = &e {
+                tracing::error!(error = %inner, "storage failure");
+            }
+            Reply::warn(e.to_string())
+        })
+    }
+}

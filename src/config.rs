@@ -1,0 +1,436 @@
+//! The `atlas:` section of the server's YAML file.
+//!
+//! One YAML file configures a node: Pingora's `ServerConf` keys at the top level and this
+//! section under `atlas:`. Unknown keys inside `atlas:` are an error naming the key and the
+//! file; top-level keys belong to Pingora and are left to it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The embedded default: a single node with data under `./data`.
+pub const DEFAULT_YAML: &str = include_str!("../conf/default.yaml");
+
+pub const DEFAULT_MAX_LINE_BYTES: u64 = 128 * 1024 * 1024;
+pub const DEFAULT_MAX_BLOB_BYTES: u64 = 128 * 1024 * 1024;
+pub const DEFAULT_MAX_TAGGED_IN_FLIGHT: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config error in {file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("config error in {file}: {message}")]
+    Invalid { file: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AtlasConfig {
+    pub data_dir: PathBuf,
+    /// Unix socket path; defaults to `<data_dir>/atlas.sock`.
+    pub socket: Option<PathBuf>,
+    /// TLS listener address (HTTPS endpoints, node transport).
+    pub listen: String,
+    /// Address other nodes and clients use to reach this node; defaults to `listen`.
+    pub advertise: Option<String>,
+    /// The zone this node belongs to.
+    pub region: String,
+    /// Shared cluster secret for joins and the node transport.
+    pub credentials: Option<String>,
+    /// `https://<seed>:<port>` of a node to join.
+    pub connect: Option<String>,
+    /// CA file used to verify the seed.
+    pub peer_ca: Option<PathBuf>,
+    pub tls: TlsConfig,
+    #[serde(rename = "fn")]
+    pub fn_: u32,
+    pub fz: u32,
+    pub durability: Durability,
+    pub metrics_listen: Option<String>,
+    pub routes: Vec<RouteConfig>,
+    pub nas: NasConfig,
+    pub limits: Limits,
+}
+
+impl Default for AtlasConfig {
+    fn default() -> Self {
+        AtlasConfig {
+            data_dir: PathBuf::from("./data"),
+            socket: None,
+            listen: "127.0.0.1:4444".to_string(),
+            advertise: None,
+            region: "local".to_string(),
+            credentials: None,
+            connect: None,
+            peer_ca: None,
+            tls: TlsConfig::default(),
+            fn_: 1,
+            fz: 0,
+            durability: Durability::Strict,
+            metrics_listen: None,
+            routes: Vec::new(),
+            nas: NasConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// `tls: internal` (a self-made CA, like Caddy's) or `tls: {cert, key}` (PEM files).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TlsConfig {
+    #[default]
+    Internal,
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+}
+
+impl<'de> Deserialize<'de> for TlsConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Files {
+            cert: PathBuf,
+            key: PathBuf,
+        }
+        let value = serde_yaml::Value::deserialize(d)?;
+        match value {
+            serde_yaml::Value::String(s) if s == "internal" => Ok(TlsConfig::Internal),
+            serde_yaml::Value::Mapping(_) => {
+                let files: Files =
+                    serde_yaml::from_value(value).map_err(serde::de::Error::custom)?;
+                Ok(TlsConfig::Files {
+                    cert: files.cert,
+                    key: files.key,
+                })
+            }
+            _ => Err(serde::de::Error::custom(
+                "expected `internal` or a mapping `{cert: FILE, key: FILE}`",
+            )),
+        }
+    }
+}
+
+/// `strict` syncs the write-ahead log before a write is acknowledged; `relaxed` leaves the
+/// sync to the operating system (a crash of the machine, not of the process, can lose the
+/// last writes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    #[default]
+    Strict,
+    Relaxed,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NasConfig {
+    /// SQLite file; defaults to `<data_dir>/atlas.db` (`:memory:` for a throwaway store).
+    pub db_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Longest request line; a longer one ends the connection.
+    pub max_line_bytes: u64,
+    /// Largest `KEY BLOB SET` payload.
+    pub max_blob_bytes: u64,
+    /// Tagged (`[ID:…]`) requests running at once on one connection.
+    pub max_tagged_in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+            max_tagged_in_flight: DEFAULT_MAX_TAGGED_IN_FLIGHT,
+        }
+    }
+}
+
+/// One edge-proxy route (served by the Pingora edge; defined here so the schema is complete).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Host header to match; absent matches any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix to match.
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    pub upstreams: Vec<String>,
+    #[serde(default)]
+    pub selection: Selection,
+    /// Connect to upstreams over TLS, with this SNI.
+    #[serde(default)]
+    pub tls_sni: Option<String>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default = "default_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_timeout_ms")]
+    pub read_timeout_ms: u64,
+}
+
+fn default_path_prefix() -> String {
+    "/".to_string()
+}
+
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    #[default]
+    RoundRobin,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// `tcp` or an HTTP path such as `/healthz`.
+    pub kind: String,
+    #[serde(default = "default_health_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_health_interval_ms() -> u64 {
+    1_000
+}
+
+/// The whole file as Atlas sees it: everything but `atlas:` belongs to Pingora.
+#[derive(Deserialize)]
+struct FileView {
+    #[serde(default)]
+    atlas: Option<AtlasConfig>,
+}
+
+impl AtlasConfig {
+    /// Loads and validates the `atlas:` section of `path`.
+    pub fn load(path: &Path) -> Result<AtlasConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::from_yaml(&text, &file)
+    }
+
+    /// Parses `text` (named `file` in errors) and validates it.
+    pub fn from_yaml(text: &str, file: &str) -> Result<AtlasConfig, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            message,
+        };
+        let view: FileView =
+            serde_yaml::from_str(text).map_err(|e| invalid(describe_yaml_error(&e)))?;
+        let config = view.atlas.unwrap_or_default();
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: addresses parse, numbers are in range.
+    fn validate(&self) -> Result<(), String> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err("atlas.data_dir: must not be empty".into());
+        }
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return Err(format!(
+                "atlas.listen: `{}` is not a socket address (e.g. 127.0.0.1:4444)",
+                self.listen
+            ));
+        }
+        if let Some(m) = &self.metrics_listen
+            && m.parse::<SocketAddr>().is_err()
+        {
+            return Err(format!(
+                "atlas.metrics_listen: `{m}` is not a socket address"
+            ));
+        }
+        if self.region.trim().is_empty()
+            || self
+                .region
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err("atlas.region: must be a non-empty word".into());
+        }
+        if let Some(c) = &self.connect
+            && !c.starts_with("https://")
+        {
+            return Err(format!("atlas.connect: `{c}` must start with https://"));
+        }
+        if self.limits.max_line_bytes < 64 {
+            return Err("atlas.limits.max_line_bytes: must be at least 64".into());
+        }
+        if self.limits.max_tagged_in_flight == 0 {
+            return Err("atlas.limits.max_tagged_in_flight: must be at least 1".into());
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.upstreams.is_empty() {
+                return Err(format!(
+                    "atlas.routes[{i}].upstreams: needs at least one upstream"
+                ));
+            }
+            if !route.path_prefix.starts_with('/') {
+                return Err(format!("atlas.routes[{i}].path_prefix: must start with /"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes relative paths absolute against `base` (the working directory at start), so a
+    /// daemonised server, which changes directory, still finds its files.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() && p.as_os_str() != ":memory:" {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.data_dir);
+        for p in [&mut self.socket, &mut self.peer_ca, &mut self.nas.db_path]
+            .into_iter()
+            .flatten()
+        {
+            resolve(p);
+        }
+        if let TlsConfig::Files { cert, key } = &mut self.tls {
+            resolve(cert);
+            resolve(key);
+        }
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("atlas.sock"))
+    }
+
+    /// Host and port this node announces (`advertise`, else `listen`).
+    pub fn advertised_host_port(&self) -> (String, u16) {
+        let addr = self.advertise.as_deref().unwrap_or(&self.listen);
+        match addr.rsplit_once(':') {
+            Some((host, port)) => (
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+                port.parse().unwrap_or(0),
+            ),
+            None => (addr.to_string(), 0),
+        }
+    }
+}
+
+/// serde_yaml reports `atlas.limits: unknown field ...`; keep that path visible and prefix
+/// nothing else so the message reads naturally after the file name.
+fn describe_yaml_error(e: &serde_yaml::Error) -> String {
+    let mut msg = e.to_string();
+    if let Some(loc) = e.location()
+        && !msg.contains("line")
+    {
+        msg.push_str(&format!(" at line {} column {}", loc.line(), loc.column()));
+    }
+    msg
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Durability::Strict => "strict",
+            Durability::Relaxed => "relaxed",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = AtlasConfig::from_yaml(DEFAULT_YAML, "default").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.socket_path(), PathBuf::from("./data/atlas.sock"));
+        assert_eq!(c.tls, TlsConfig::Internal);
+        assert_eq!(c.durability, Durability::Strict);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let err =
+            AtlasConfig::from_yaml("atlas:\n  limits:\n    bogus: 1\n", "/etc/a.yaml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("bogus"), "{msg}");
+        assert!(msg.contains("/etc/a.yaml"), "{msg}");
+        assert!(msg.contains("limits"), "{msg}");
+    }
+
+    #[test]
+    fn pingora_keys_are_left_alone() {
+        let c =
+            AtlasConfig::from_yaml("version: 1\nthreads: 2\natlas:\n  region: eu\n", "f").unwrap();
+        assert_eq!(c.region, "eu");
+    }
+
+    #[test]
+    fn tls_forms() {
+        let c = AtlasConfig::from_yaml("atlas:\n  tls: {cert: a.pem, key: b.pem}\n", "f").unwrap();
+        assert_eq!(
+            c.tls,
+            TlsConfig::Files {
+                cert: "a.pem".into(),
+                key: "b.pem".into()
+            }
+        );
+        assert!(AtlasConfig::from_yaml("atlas:\n  tls: external\n", "f").is_err());
+        assert!(AtlasConfig::from_yaml("atlas:\n  tls: {cert: a}\n", "f").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (yaml, key) in [
+            ("atlas:\n  listen: nowhere\n", "atlas.listen"),
+            ("atlas:\n  durability: sometimes\n", "durability"),
+            ("atlas:\n  fn: -1\n", "fn"),
+            ("atlas:\n  connect: http://x:1\n", "atlas.connect"),
+            (
+                "atlas:\n  routes:\n    - upstreams: []\n",
+                "atlas.routes[0].upstreams",
+            ),
+        ] {
+            let msg = AtlasConfig::from_yaml(yaml, "f").unwrap_err().to_string();
+            assert!(msg.contains(key), "{yaml}: {msg}");
+        }
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_start_directory() {
+        let mut c = AtlasConfig::from_yaml("atlas:\n  nas: {db_path: ':memory:'}\n", "f").unwrap();
+        c.resolve_paths(Path::new("/srv/atlas"));
+        assert_eq!(c.data_dir, PathBuf::from("/srv/atlas/./data"));
+        assert_eq!(
+            c.socket_path(),
+            PathBuf::from("/srv/atlas/./data/atlas.sock")
+        );
+        assert_eq!(c.nas.db_path, Some(PathBuf::from(":memory:")));
+    }
+
+    #[test]
+    fn relaxed_durability_and_fn_fz() {
+        let c = AtlasConfig::from_yaml("atlas:\n  durability: relaxed\n  fn: 0\n  fz: 1\n", "f")
+            .unwrap();
+        assert_eq!(c.durability, Durability::Relaxed);
+        assert_eq!((c.fn_, c.fz), (0, 1));
+    }
+}

@@ -1,0 +1,132 @@
+//! Responses and their wire encoding.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// The command failed; the connection stays usable.
+    Warn,
+    /// A hint.
+    Info,
+    /// The connection is closed after this line.
+    Fatal,
+}
+
+impl Level {
+    fn word(self) -> &'static str {
+        match self {
+            Level::Warn => "WARN",
+            Level::Info => "INFO",
+            Level::Fatal => "FATAL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Just `OK`.
+    Ok,
+    /// Data frames (one line each), then `OK`.
+    Lines(Vec<Vec<u8>>),
+    /// `KEYS:<n>`, n unprefixed key lines, `OK`; `EMPTY` `OK` when there are none.
+    Keys(Vec<String>),
+    /// `BLOB <n>`, n raw bytes, `OK`.
+    Blob(Vec<u8>),
+    Error(Level, String),
+}
+
+impl Reply {
+    pub fn warn(message: impl Into<String>) -> Reply {
+        Reply::Error(Level::Warn, message.into())
+    }
+
+    pub fn line(text: impl Into<Vec<u8>>) -> Reply {
+        Reply::Lines(vec![text.into()])
+    }
+
+    pub fn is_error(&self) -> bool {
+        matches!(self, Reply::Error(..))
+    }
+
+    /// Appends the wire form to `out`; every frame carries `[ID:<tag>] ` when tagged.
+    pub fn encode(&self, tag: Option<&str>, out: &mut Vec<u8>) {
+        let frame = |out: &mut Vec<u8>, body: &[u8]| {
+            if let Some(tag) = tag {
+                out.extend_from_slice(b"[ID:");
+                out.extend_from_slice(tag.as_bytes());
+                out.extend_from_slice(b"] ");
+            }
+            out.extend_from_slice(body);
+            out.extend_from_slice(b"\r\n");
+        };
+        match self {
+            Reply::Ok => frame(out, b"OK"),
+            Reply::Lines(lines) => {
+                for line in lines {
+                    frame(out, line);
+                }
+                frame(out, b"OK");
+            }
+            Reply::Keys(keys) if keys.is_empty() => {
+                frame(out, b"EMPTY");
+                frame(out, b"OK");
+            }
+            Reply::Keys(keys) => {
+                frame(out, format!("KEYS:{}", keys.len()).as_bytes());
+                for key in keys {
+                    out.extend_from_slice(key.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+                frame(out, b"OK");
+            }
+            Reply::Blob(bytes) => {
+                frame(out, format!("BLOB {}", bytes.len()).as_bytes());
+                out.extend_from_slice(bytes);
+                frame(out, b"OK");
+            }
+            Reply::Error(level, message) => {
+                let clean = sanitize(message);
+                frame(out, format!("ERROR {} {clean}", level.word()).as_bytes());
+            }
+        }
+    }
+}
+
+/// Control characters become spaces so a message can never forge a frame.
+pub fn sanitize(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(reply: &Reply, tag: Option<&str>) -> Vec<u8> {
+        let mut out = Vec::new();
+        reply.encode(tag, &mut out);
+        out
+    }
+
+    #[test]
+    fn frames() {
+        assert_eq!(wire(&Reply::Ok, None), b"OK\r\n");
+        assert_eq!(
+            wire(&Reply::line("VALUE:x"), Some("7")),
+            b"[ID:7] VALUE:x\r\n[ID:7] OK\r\n"
+        );
+        assert_eq!(wire(&Reply::Keys(vec![]), None), b"EMPTY\r\nOK\r\n");
+        assert_eq!(
+            wire(&Reply::Keys(vec!["A.B".into(), "A.C".into()]), Some("t")),
+            b"[ID:t] KEYS:2\r\nA.B\r\nA.C\r\n[ID:t] OK\r\n"
+        );
+        assert_eq!(
+            wire(&Reply::Blob(b"a\r\nb".to_vec()), None),
+            b"BLOB 4\r\na\r\nbOK\r\n"
+        );
+        assert_eq!(
+            wire(&Reply::warn("bad\r\nOK"), None),
+            b"ERROR WARN bad  OK\r\n"
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! One client connection: handshake, line framing with limits, blob payloads, principals,
+//! and `[ID:…]` pipelining.
+//!
+//! Generic over `AsyncRead + AsyncWrite`, so the same code serves the Unix socket (through
+//! Pingora) and `tokio::io::duplex` in tests. Untagged requests run one after another in the
+//! reader; tagged ones run as tasks and answer when done. At most `max_tagged_in_flight` run at
+//! once per connection; past that the reader waits, so a fast client is slowed, not refused. A single
+//! writer task owns the write half and flushes after draining what is ready.
+
+use std::sync::Arc;
+
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::command::Engine;
+use crate::config::Limits;
+use crate::protocol::parse::check_handshake;
+use crate::protocol::{Command, Level, Reply, WELCOME, parse_request};
+
+/// Longest handshake line accepted.
+const MAX_HANDSHAKE_BYTES: u64 = 1024;
+
+enum LineRead {
+    Line(Vec<u8>),
+    TooLong,
+    Eof,
+}
+
+/// Reads one line (without `\n` and a trailing `\r`), never buffering more than `max` bytes.
+async fn read_line_limited<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    max: u64,
+) -> std::io::Result<LineRead> {
+    let mut line = Vec::new();
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if line.is_empty() {
+                LineRead::Eof
+            } else {
+                LineRead::Line(line)
+            });
+        }
+        let (chunk, found) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..i], Some(i + 1)),
+            None => (available, None),
+        };
+        if (line.len() + chunk.len()) as u64 > max + 1 {
+            return Ok(LineRead::TooLong);
+        }
+        line.extend_from_slice(chunk);
+        let used = found.unwrap_or(chunk.len());
+        reader.consume(used);
+        if found.is_some() {
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.len() as u64 > max {
+                return Ok(LineRead::TooLong);
+            }
+            return Ok(LineRead::Line(line));
+        }
+    }
+}
+
+fn encode(reply: &Reply, tag: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    reply.encode(tag, &mut out);
+    out
+}
+
+/// Owns the write half: writes what arrives, flushing once nothing more is queued.
+async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+    while let Some(first) = rx.recv().await {
+        if writer.write_all(&first).await.is_err() {
+            return;
+        }
+        while let Ok(more) = rx.try_recv() {
+            if writer.write_all(&more).await.is_err() {
+                return;
+            }
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Serves one connection until the client leaves, a FATAL error, or `shutdown` turns true.
+pub async fn serve<S>(
+    stream: S,
+    engine: Arc<Engine>,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(stream);
+    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(256);
+    let writer = tokio::spawn(write_loop(write_half, rx));
+    let fatal = |message: &str| encode(&Reply::Error(Level::Fatal, message.to_string()), None);
+
+    let _ = tx.send(format!("{WELCOME}\r\n").into_bytes()).await;
+    let handshake = tokio::select! {
+        read = read_line_limited(&mut reader, MAX_HANDSHAKE_BYTES) => read,
+        _ = shutdown.changed() => Ok(LineRead::Eof),
+    };
+    match handshake {
+        Ok(LineRead::Line(line)) => match check_handshake(&line) {
+            Ok(()) => {
+                let _ = tx.send(b"READY\r\n".to_vec()).await;
+                let session = Session {
+                    engine,
+                    limits,
+                    principal: None,
+                    tx: tx.clone(),
+                };
+                session.run(&mut reader, &mut shutdown).await;
+            }
+            Err(message) => {
+                let _ = tx.send(fatal(message)).await;
+            }
+        },
+        Ok(LineRead::TooLong) => {
+            let _ = tx.send(fatal("invalid handshake")).await;
+        }
+        Ok(LineRead::Eof) | Err(_) => {}
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+struct Session {
+    engine: Arc<Engine>,
+    limits: Limits,
+    principal: Option<String>,
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+impl Session {
+    async fn send(&self, reply: &Reply, tag: Option<&str>) -> bool {
+        self.tx.send(encode(reply, tag)).await.is_ok()
+    }
+
+    async fn run<R: AsyncBufRead + Unpin>(
+        mut self,
+        reader: &mut R,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
+        let in_flight = Arc::new(Semaphore::new(self.limits.max_tagged_in_flight));
+        loop {
+            let read = tokio::select! {
+                read = read_line_limited(reader, self.limits.max_line_bytes) => read,
+                _ = shutdown.changed() => {
+                    self.send(&Reply::Error(Level::Fatal, "server shutting down".into()), None).await;
+                    return;
+                }
+            };
+            let line = match read {
+                Ok(LineRead::Line(line)) => line,
+                Ok(LineRead::TooLong) => {
+                    let reply =
+                        Reply::Error(Level::Fatal, "command exceeded maximum length".into());
+                    self.send(&reply, None).await;
+                    return;
+                }
+                Ok(LineRead::Eof) | Err(_) => return,
+            };
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let request = match parse_request(&line) {
+                Ok(request) => request,
+                Err(e) => {
+                    if let Some(len) = e
+                        .payload_len
+                        .filter(|&len| len <= self.limits.max_blob_bytes)
+                    {
+                        let skipped =
+                            tokio::io::copy(&mut (&mut *reader).take(len), &mut tokio::io::sink())
+                                .await;
+                        if !matches!(skipped, Ok(n) if n == len) {
+                            return;
+                        }
+                    }
+                    if !self.send(&Reply::warn(e.message), e.tag.as_deref()).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let tag = request.tag;
+            let mut blob = None;
+            match request.command {
+                Command::Assume(name) => {
+                    self.principal = Some(name);
+                    self.send(&Reply::Ok, tag.as_deref()).await;
+                    continue;
+                }
+                Command::WhoAmI => {
+                    let name = self.principal.as_deref().unwrap_or("(none)");
+                    self.send(&Reply::line(format!("PRINCIPAL {name}")), tag.as_deref())
+                        .await;
+                    continue;
+                }
+                Command::BlobSet { len, .. } => {
+                    if len > self.limits.max_blob_bytes {
+                        self.send(&Reply::warn("invalid length"), tag.as_deref())
+                            .await;
+                        continue;
+                    }
+                    let mut payload = vec![0u8; len as usize];
+                    if reader.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    blob = Some(payload);
+                }
+                _ => {}
+            }
+            let command = request.command;
+            match tag {
+                None => {
+                    let reply = self
+                        .engine
+                        .execute(self.principal.clone(), command, blob)
+                        .await;
+                    if !self.send(&reply, None).await {
+                        return;
+                    }
+                }
+                Some(tag) => {
+                    // At the limit, stop reading until a request finishes: the client feels
+                    // backpressure through its socket instead of getting errors.
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let engine = self.engine.clone();
+                    let principal = self.principal.clone();
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        let reply = engine.execute(principal, command, blob).await;
+                        let _ = tx.send(encode(&reply, Some(&tag))).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

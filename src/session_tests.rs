@@ -1,0 +1,146 @@
+use super::*;
+use crate::command::NodeIdentity;
+use crate::config::Durability;
+use crate::storage::Store;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+struct Harness {
+    client: DuplexStream,
+    _dir: tempfile::TempDir,
+    _shutdown: watch::Sender<bool>,
+}
+
+async fn start(limits: Limits) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), Durability::Relaxed).unwrap());
+    let node = NodeIdentity {
+        id: 1,
+        region: "local".into(),
+        host: "127.0.0.1".into(),
+        port: 4444,
+        configured_fn: 1,
+        configured_fz: 0,
+    };
+    let engine = Arc::new(Engine::new(store, node).unwrap());
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(serve(server, engine, limits, rx));
+    Harness {
+        client,
+        _dir: dir,
+        _shutdown: tx,
+    }
+}
+
+async fn exchange(h: &mut Harness, input: &[u8], expect: &[u8]) {
+    h.client.write_all(input).await.unwrap();
+    let mut got = vec![0u8; expect.len()];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        h.client.read_exact(&mut got),
+    )
+    .await
+    .expect("reply in time")
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(expect)
+    );
+}
+
+#[tokio::test]
+async fn handshake_then_commands() {
+    let mut h = start(Limits::default()).await;
+    exchange(&mut h, b"", b"WELCOME 1.0 Chronalys/1.0\r\n").await;
+    exchange(&mut h, b"HELLO 1.0 t\r\n", b"READY\r\n").await;
+    exchange(
+        &mut h,
+        b"KEY PUT a.b x y\r\n\r\n  \nKEY GET A.B\n",
+        b"OK\r\nVALUE:x y\r\nOK\r\n",
+    )
+    .await;
+    exchange(&mut h, b"KEY BLOB SET a.c 3\r\n\r\n\0", b"OK\r\n").await;
+    exchange(&mut h, b"KEY BLOB GET a.c\r\n", b"BLOB 3\r\n\r\n\0OK\r\n").await;
+    exchange(
+        &mut h,
+        b"KEY BLOB SET a.c -1\r\nPRINCIPAL WHOAMI\r\n",
+        b"ERROR WARN invalid length\r\nPRINCIPAL (none)\r\nOK\r\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bad_handshake_is_fatal() {
+    let mut h = start(Limits::default()).await;
+    exchange(
+        &mut h,
+        b"HELLO 2.0 t\r\n",
+        b"WELCOME 1.0 Chronalys/1.0\r\nERROR FATAL invalid protocol version\r\n",
+    )
+    .await;
+    let mut rest = Vec::new();
+    h.client.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn long_line_is_fatal_and_blob_limit_is_warn() {
+    let limits = Limits {
+        max_line_bytes: 100,
+        max_blob_bytes: 10,
+        ..Limits::default()
+    };
+    let mut h = start(limits).await;
+    exchange(
+        &mut h,
+        b"HELLO 1.0 t\r\n",
+        b"WELCOME 1.0 Chronalys/1.0\r\nREADY\r\n",
+    )
+    .await;
+    exchange(
+        &mut h,
+        b"KEY BLOB SET a.b 11\r\n",
+        b"ERROR WARN invalid length\r\n",
+    )
+    .await;
+    let long = format!("KEY PUT a.b {}\r\n", "x".repeat(200));
+    exchange(
+        &mut h,
+        long.as_bytes(),
+        b"ERROR FATAL command exceeded maximum length\r\n",
+    )
+    .await;
+    let mut rest = Vec::new();
+    h.client.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn tagged_requests_carry_their_tag_and_principal() {
+    let mut h = start(Limits::default()).await;
+    exchange(
+        &mut h,
+        b"HELLO 1.0 t\r\n",
+        b"WELCOME 1.0 Chronalys/1.0\r\nREADY\r\n",
+    )
+    .await;
+    exchange(
+        &mut h,
+        b"PRINCIPAL ASSUME alice\r\n[ID:1] ACL GRANT t.k alice PERMS OWNER\r\n",
+        b"OK\r\n[ID:1] ACL granted to alice for T.K with permissions OWNER\r\n[ID:1] OK\r\n",
+    )
+    .await;
+    exchange(&mut h, b"[ID:2] KEY PUT t.k v\r\n", b"[ID:2] OK\r\n").await;
+    exchange(
+        &mut h,
+        b"PRINCIPAL ASSUME bob\r\n[ID:3] KEY PUT t.k w\r\n",
+        b"OK\r\n[ID:3] ERROR WARN permission denied for principal 'bob': write access denied\r\n",
+    )
+    .await;
+    exchange(
+        &mut h,
+        b"[ID:4] KEY GET t.k\r\n",
+        b"[ID:4] NOT_FOUND\r\n[ID:4] OK\r\n",
+    )
+    .await;
+}

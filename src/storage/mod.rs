@@ -1,0 +1,429 @@
+//! RocksDB storage: values, chunked blobs, ACL metadata, and the column families consensus
+//! persists into.
+//!
+//! Mutations of one key are serialised by a striped lock and applied as one write batch
+//! (record, blob chunks, ACL and the table's slot counter together). With `durability:
+//! strict` every batch is written with a synced WAL; concurrent writers on different keys
+//! reach RocksDB at the same time and its write-group leader syncs them together (group
+//! commit), so N concurrent clients share syncs instead of queueing N of them.
+
+pub mod acl;
+pub mod record;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, MergeOperands, Options,
+    WriteBatch, WriteOptions,
+};
+
+pub use acl::Acl;
+pub use record::{Body, Record};
+
+use crate::config::Durability;
+use crate::protocol::Key;
+
+/// Column families. `log` and `acceptor` hold consensus state (slot log, promises).
+pub const CF_VALUES: &str = "values";
+pub const CF_BLOBS: &str = "blobs";
+pub const CF_ACL: &str = "acl";
+pub const CF_META: &str = "meta";
+pub const CF_LOG: &str = "log";
+pub const CF_ACCEPTOR: &str = "acceptor";
+const COLUMN_FAMILIES: [&str; 6] = [CF_VALUES, CF_BLOBS, CF_ACL, CF_META, CF_LOG, CF_ACCEPTOR];
+
+/// Blobs are stored in chunks of this size, so no RocksDB value is ever larger.
+pub const BLOB_CHUNK_BYTES: usize = 1024 * 1024;
+const LOCK_STRIPES: usize = 1024;
+const META_SLOT_PREFIX: &[u8] = b"slot/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage error: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("storage corruption: {0}")]
+    Corrupt(String),
+}
+
+/// What the owner of a key found under the lock.
+#[derive(Debug, Clone, Default)]
+pub struct Current {
+    /// The live record (an expired one reads as absent).
+    pub record: Option<Record>,
+    pub acl: Acl,
+}
+
+/// What to do with a key, decided under its lock.
+#[derive(Debug)]
+pub enum Change {
+    Keep,
+    PutInline {
+        value: Vec<u8>,
+        worm_until_ms: Option<i64>,
+    },
+    PutBlob {
+        bytes: Vec<u8>,
+        worm_until_ms: Option<i64>,
+    },
+    Delete,
+    SetAcl(Acl),
+}
+
+pub struct Store {
+    db: DB,
+    write_options: WriteOptions,
+    locks: Vec<Mutex<()>>,
+    next_blob_id: AtomicU64,
+}
+
+fn add_u64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let decode = |b: &[u8]| b.try_into().map(u64::from_be_bytes).unwrap_or(0);
+    let mut total = existing.map(decode).unwrap_or(0);
+    for op in operands {
+        total = total.wrapping_add(decode(op));
+    }
+    Some(total.to_be_bytes().to_vec())
+}
+
+impl Store {
+    pub fn open(dir: &Path, durability: Durability) -> Result<Store, StorageError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_keep_log_file_num(4);
+        let descriptors = COLUMN_FAMILIES.iter().map(|name| {
+            let mut cf_options = Options::default();
+            if *name == CF_META {
+                cf_options.set_merge_operator_associative("u64_add", add_u64);
+            }
+            ColumnFamilyDescriptor::new(*name, cf_options)
+        });
+        let db = DB::open_cf_descriptors(&options, dir, descriptors)?;
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(durability == Durability::Strict);
+        let store = Store {
+            db,
+            write_options,
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            next_blob_id: AtomicU64::new(0),
+        };
+        let next = store.last_blob_id()?.map_or(1, |id| id + 1);
+        store.next_blob_id.store(next, Ordering::Relaxed);
+        Ok(store)
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        // The families are created at open; a missing one is a programming error.
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
+    }
+
+    fn last_blob_id(&self) -> Result<Option<u64>, StorageError> {
+        match self
+            .db
+            .iterator_cf(self.cf(CF_BLOBS), IteratorMode::End)
+            .next()
+        {
+            None => Ok(None),
+            Some(item) => {
+                let (key, _) = item?;
+                let id = key
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes);
+                id.map(Some)
+                    .ok_or_else(|| StorageError::Corrupt("blob chunk key".into()))
+            }
+        }
+    }
+
+    fn lock(&self, key: &Key) -> MutexGuard<'_, ()> {
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        let stripe = (hasher.finish() as usize) % LOCK_STRIPES;
+        // A poisoned stripe only means another writer panicked; the data is in RocksDB.
+        self.locks[stripe].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live record and the ACL of `key`.
+    pub fn read(&self, key: &Key, now_ms: i64) -> Result<Current, StorageError> {
+        let record = self
+            .read_record(key.as_bytes())?
+            .filter(|r| !r.is_expired(now_ms));
+        Ok(Current {
+            record,
+            acl: self.read_acl(key.as_bytes())?,
+        })
+    }
+
+    fn read_record(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
+        match self.db.get_pinned_cf(self.cf(CF_VALUES), key)? {
+            None => Ok(None),
+            Some(bytes) => Record::decode(&bytes).map(Some).ok_or_else(|| {
+                StorageError::Corrupt(format!("record of {}", String::from_utf8_lossy(key)))
+            }),
+        }
+    }
+
+    fn read_acl(&self, key: &[u8]) -> Result<Acl, StorageError> {
+        match self.db.get_pinned_cf(self.cf(CF_ACL), key)? {
+            None => Ok(Acl::default()),
+            Some(bytes) => Acl::decode(&bytes).ok_or_else(|| StorageError::Corrupt("acl".into())),
+        }
+    }
+
+    /// The bytes of a record's body, reassembling blob chunks.
+    pub fn read_body(&self, body: &Body) -> Result<Vec<u8>, StorageError> {
+        match body {
+            Body::Inline(bytes) => Ok(bytes.clone()),
+            Body::Blob { blob_id, len } => {
+                let mut out = Vec::with_capacity(*len as usize);
+                let start = blob_id.to_be_bytes();
+                let mode = IteratorMode::From(&start, Direction::Forward);
+                for item in self.db.iterator_cf(self.cf(CF_BLOBS), mode) {
+                    let (chunk_key, chunk) = item?;
+                    if !chunk_key.starts_with(&start) || out.len() as u64 >= *len {
+                        break;
+                    }
+                    out.extend_from_slice(&chunk);
+                }
+                if out.len() as u64 != *len {
+                    return Err(StorageError::Corrupt(format!(
+                        "blob {blob_id}: {} of {len} bytes",
+                        out.len()
+                    )));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Reads `key` under its lock, lets `decide` choose a change, and applies it atomically
+    /// (and durably, per the configured durability) before returning.
+    pub fn update<T, E>(
+        &self,
+        key: &Key,
+        now_ms: i64,
+        decide: impl FnOnce(&Current) -> Result<(Change, T), E>,
+    ) -> Result<T, E>
+    where
+        E: From<StorageError>,
+    {
+        let _guard = self.lock(key);
+        let stored = self.read_record(key.as_bytes())?;
+        let current = Current {
+            record: stored.clone().filter(|r| !r.is_expired(now_ms)),
+            acl: self.read_acl(key.as_bytes())?,
+        };
+        let (change, result) = decide(&current)?;
+        let mut batch = WriteBatch::default();
+        let k = key.as_bytes();
+        let replaces_record = matches!(
+            change,
+            Change::PutInline { .. } | Change::PutBlob { .. } | Change::Delete
+        );
+        let expired = stored.is_some() && current.record.is_none();
+        if replaces_record || expired {
+            if let Some(Record {
+                body: Body::Blob { blob_id, .. },
+                ..
+            }) = &stored
+            {
+                self.delete_blob_chunks(&mut batch, *blob_id);
+            }
+            if expired && !replaces_record {
+                batch.delete_cf(self.cf(CF_VALUES), k);
+            }
+        }
+        match change {
+            Change::Keep => {}
+            Change::PutInline {
+                value,
+                worm_until_ms,
+            } => {
+                let record = Record {
+                    body: Body::Inline(value),
+                    worm_until_ms,
+                };
+                batch.put_cf(self.cf(CF_VALUES), k, record.encode());
+            }
+            Change::PutBlob {
+                bytes,
+                worm_until_ms,
+            } => {
+                let blob_id = self.next_blob_id.fetch_add(1, Ordering::Relaxed);
+                for (index, chunk) in bytes.chunks(BLOB_CHUNK_BYTES).enumerate() {
+                    batch.put_cf(
+                        self.cf(CF_BLOBS),
+                        blob_chunk_key(blob_id, index as u32),
+                        chunk,
+                    );
+                }
+                let record = Record {
+                    body: Body::Blob {
+                        blob_id,
+                        len: bytes.len() as u64,
+                    },
+                    worm_until_ms,
+                };
+                batch.put_cf(self.cf(CF_VALUES), k, record.encode());
+            }
+            Change::Delete => batch.delete_cf(self.cf(CF_VALUES), k),
+            Change::SetAcl(acl) if acl.is_empty() => batch.delete_cf(self.cf(CF_ACL), k),
+            Change::SetAcl(acl) => batch.put_cf(self.cf(CF_ACL), k, acl.encode()),
+        }
+        if !batch.is_empty() {
+            batch.merge_cf(self.cf(CF_META), slot_key(key.table()), 1u64.to_be_bytes());
+            self.db
+                .write_opt(batch, &self.write_options)
+                .map_err(StorageError::from)?;
+        }
+        Ok(result)
+    }
+
+    fn delete_blob_chunks(&self, batch: &mut WriteBatch, blob_id: u64) {
+        batch.delete_range_cf(
+            self.cf(CF_BLOBS),
+            blob_id.to_be_bytes(),
+            blob_id.wrapping_add(1).to_be_bytes(),
+        );
+    }
+
+    /// Live records whose key starts with `prefix`, in key order, with their ACLs.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(String, Record, Acl)>, StorageError> {
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(prefix.as_bytes(), Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_VALUES), mode) {
+            let (key, bytes) = item?;
+            if !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            let record =
+                Record::decode(&bytes).ok_or_else(|| StorageError::Corrupt("record".into()))?;
+            if record.is_expired(now_ms) {
+                continue;
+            }
+            let acl = self.read_acl(&key)?;
+            out.push((String::from_utf8_lossy(&key).into_owned(), record, acl));
+        }
+        Ok(out)
+    }
+
+    /// Number of writes applied to `table` so far (its last log position on a single node).
+    pub fn table_slot(&self, table: &str) -> Result<u64, StorageError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_META), slot_key(table))?
+            .and_then(|b| b.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// Names of tables that hold at least one record.
+    pub fn tables(&self) -> Result<Vec<String>, StorageError> {
+        let mut tables: Vec<String> = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_VALUES), IteratorMode::Start) {
+            let (key, _) = item?;
+            let table = String::from_utf8_lossy(key.split(|&b| b == b'.').next().unwrap_or(&key))
+                .into_owned();
+            if tables.last() != Some(&table) {
+                tables.push(table);
+            }
+        }
+        Ok(tables)
+    }
+
+    /// Deletes expired WORM records (reads already hide them); returns how many.
+    pub fn purge_expired(&self, now_ms: i64) -> Result<usize, StorageError> {
+        let mut expired = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_VALUES), IteratorMode::Start) {
+            let (key, bytes) = item?;
+            if Record::decode(&bytes).is_some_and(|r| r.is_expired(now_ms)) {
+                expired.push(key);
+            }
+        }
+        let mut purged = 0;
+        for raw in expired {
+            let Ok(text) = std::str::from_utf8(&raw) else {
+                continue;
+            };
+            let key = Key::system(text);
+            self.update(&key, now_ms, |current| {
+                purged += usize::from(current.record.is_none());
+                Ok::<_, StorageError>((Change::Keep, ()))
+            })?;
+        }
+        Ok(purged)
+    }
+
+    pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(CF_META), name.as_bytes())?)
+    }
+
+    pub fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), name.as_bytes(), value);
+        Ok(self.db.write_opt(batch, &self.write_options)?)
+    }
+
+    /// Writes a record the server itself owns (system tables), bypassing client rules.
+    pub fn put_system(&self, key: &Key, value: Vec<u8>, now_ms: i64) -> Result<(), StorageError> {
+        self.update(key, now_ms, |_| {
+            Ok::<_, StorageError>((
+                Change::PutInline {
+                    value,
+                    worm_until_ms: None,
+                },
+                (),
+            ))
+        })
+    }
+
+    /// A RocksDB property, e.g. `rocksdb.estimate-live-data-size`, summed over families.
+    pub fn property_sum(&self, name: &str) -> u64 {
+        COLUMN_FAMILIES
+            .iter()
+            .filter_map(|cf| {
+                self.db
+                    .property_int_value_cf(self.cf(cf), name)
+                    .ok()
+                    .flatten()
+            })
+            .sum()
+    }
+
+    /// Flushes memtables and the WAL and stops background work: a clean close.
+    pub fn close(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true)?;
+        for cf in COLUMN_FAMILIES {
+            self.db.flush_cf(self.cf(cf))?;
+        }
+        self.db.cancel_all_background_work(true);
+        Ok(())
+    }
+}
+
+fn blob_chunk_key(blob_id: u64, index: u32) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..8].copy_from_slice(&blob_id.to_be_bytes());
+    key[8..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn slot_key(table: &str) -> Vec<u8> {
+    let mut key = META_SLOT_PREFIX.to_vec();
+    key.extend_from_slice(table.as_bytes());
+    key
+}
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

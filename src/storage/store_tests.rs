@@ -1,0 +1,176 @@
+use super::*;
+
+fn key(k: &str) -> Key {
+    Key::parse(k.as_bytes()).unwrap()
+}
+
+fn put_blob(store: &Store, k: &Key, bytes: Vec<u8>) {
+    store
+        .update(k, 0, |_| {
+            Ok::<_, StorageError>((
+                Change::PutBlob {
+                    bytes,
+                    worm_until_ms: None,
+                },
+                (),
+            ))
+        })
+        .unwrap();
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn blobs_round_trip_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Relaxed).unwrap();
+    for (name, len) in [
+        ("t.small", 0),
+        ("t.three", 3 * 1024 * 1024 + 17),
+        ("t.big", 64 * 1024 * 1024),
+    ] {
+        let bytes = pseudo_random(len, len as u64);
+        let k = key(name);
+        put_blob(&store, &k, bytes.clone());
+        let record = store.read(&k, 0).unwrap().record.unwrap();
+        assert_eq!(store.read_body(&record.body).unwrap(), bytes, "{name}");
+    }
+    // No stored chunk is larger than the chunk size.
+    for item in store
+        .db
+        .iterator_cf(store.cf(CF_BLOBS), IteratorMode::Start)
+    {
+        assert!(item.unwrap().1.len() <= BLOB_CHUNK_BYTES);
+    }
+}
+
+#[test]
+fn replacing_a_blob_frees_its_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Relaxed).unwrap();
+    let k = key("t.b");
+    put_blob(&store, &k, vec![1; 3 * BLOB_CHUNK_BYTES]);
+    put_blob(&store, &k, vec![2; 10]);
+    let chunks = store
+        .db
+        .iterator_cf(store.cf(CF_BLOBS), IteratorMode::Start)
+        .count();
+    assert_eq!(chunks, 1);
+    store
+        .update(&k, 0, |_| Ok::<_, StorageError>((Change::Delete, ())))
+        .unwrap();
+    assert_eq!(
+        store
+            .db
+            .iterator_cf(store.cf(CF_BLOBS), IteratorMode::Start)
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn expired_records_read_as_absent_and_are_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Relaxed).unwrap();
+    let k = key("t.w");
+    store
+        .update(&k, 0, |_| {
+            Ok::<_, StorageError>((
+                Change::PutInline {
+                    value: b"v".to_vec(),
+                    worm_until_ms: Some(1000),
+                },
+                (),
+            ))
+        })
+        .unwrap();
+    assert!(store.read(&k, 999).unwrap().record.is_some());
+    assert!(store.read(&k, 1000).unwrap().record.is_none());
+    assert_eq!(store.scan("T.", 999).unwrap().len(), 1);
+    assert_eq!(store.scan("T.", 1000).unwrap().len(), 0);
+    assert_eq!(store.purge_expired(1000).unwrap(), 1);
+    assert!(store.read_record(k.as_bytes()).unwrap().is_none());
+}
+
+#[test]
+fn data_acl_and_slots_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key("users.alice");
+    {
+        let store = Store::open(dir.path(), Durability::Strict).unwrap();
+        store.put_system(&k, b"hello".to_vec(), 0).unwrap();
+        let mut acl = Acl::default();
+        acl.grant("alice", crate::protocol::Perm::Owner);
+        store
+            .update(&k, 0, |_| Ok::<_, StorageError>((Change::SetAcl(acl), ())))
+            .unwrap();
+        put_blob(&store, &key("users.pic"), vec![7; 2 * BLOB_CHUNK_BYTES + 1]);
+        store.close().unwrap();
+    }
+    let store = Store::open(dir.path(), Durability::Strict).unwrap();
+    let current = store.read(&k, 0).unwrap();
+    assert_eq!(
+        current.record.unwrap().body,
+        Body::Inline(b"hello".to_vec())
+    );
+    assert!(current.acl.owners.contains("alice"));
+    assert_eq!(store.table_slot("USERS").unwrap(), 3);
+    assert_eq!(store.tables().unwrap(), vec!["USERS".to_string()]);
+    // Blob ids keep growing after a reopen, so a new blob never reuses live chunks.
+    put_blob(&store, &key("users.pic2"), vec![8; 5]);
+    let pic = store.read(&key("users.pic"), 0).unwrap().record.unwrap();
+    assert_eq!(
+        store.read_body(&pic.body).unwrap(),
+        vec![7; 2 * BLOB_CHUNK_BYTES + 1]
+    );
+}
+
+#[test]
+fn concurrent_updates_of_one_key_are_serialised() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(Store::open(dir.path(), Durability::Relaxed).unwrap());
+    let k = key("t.counter");
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            let k = k.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    store
+                        .update(&k, 0, |current| {
+                            let n = match &current.record {
+                                Some(Record {
+                                    body: Body::Inline(v),
+                                    ..
+                                }) => String::from_utf8_lossy(v).parse::<u64>().unwrap(),
+                                _ => 0,
+                            };
+                            Ok::<_, StorageError>((
+                                Change::PutInline {
+                                    value: (n + 1).to_string().into_bytes(),
+                                    worm_until_ms: None,
+                                },
+                                (),
+                            ))
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let record = store.read(&k, 0).unwrap().record.unwrap();
+    assert_eq!(record.body, Body::Inline(b"400".to_vec()));
+}

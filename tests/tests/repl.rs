@@ -1,0 +1,184 @@
+//! `atlas repl <SOCKET>` driven through a pipe (stdin is not a terminal).
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use atlas_tests::{Node, assert_same_bytes, atlas_bin, run_with_input};
+
+fn repl(socket: &Path, input: &str) -> Output {
+    run_with_input(
+        Command::new(atlas_bin()).arg("repl").arg(socket),
+        input.as_bytes(),
+        Duration::from_secs(30),
+    )
+}
+
+fn stdout_lines(out: &Output) -> Vec<String> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains('\r'), "repl output keeps \\r: {text:?}");
+    text.lines().map(str::to_string).collect()
+}
+
+fn explain(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn repl_prints_responses_and_exits_zero_at_eof() {
+    let node = Node::start();
+    let out = repl(&node.socket_path(), "KEY PUT a.b hello\nKEY GET a.b\n");
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(
+        stdout_lines(&out),
+        ["OK", "VALUE:hello", "OK"],
+        "{}",
+        explain(&out)
+    );
+    assert_eq!(node.client().get("a.b").as_deref(), Some("hello"));
+}
+
+#[test]
+fn repl_prints_multi_line_responses() {
+    let node = Node::start();
+    let mut c = node.client();
+    c.put("r.b", "2");
+    c.put("r.a", "1");
+    let out = repl(&node.socket_path(), "SCAN r\nCOUNT r\nPRINCIPAL WHOAMI\n");
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(
+        stdout_lines(&out),
+        [
+            "KEYS:2",
+            "R.A",
+            "R.B",
+            "OK",
+            "COUNT:2",
+            "OK",
+            "PRINCIPAL (none)",
+            "OK"
+        ],
+        "{}",
+        explain(&out)
+    );
+}
+
+#[test]
+fn repl_exit_code_reports_errors() {
+    let node = Node::start();
+    let out = repl(&node.socket_path(), "FOO bar\nKEY PUT err.k after\n");
+    assert_ne!(out.status.code(), Some(0), "{}", explain(&out));
+    assert!(
+        out.status.code().is_some(),
+        "repl was killed: {}",
+        explain(&out)
+    );
+    let lines = stdout_lines(&out);
+    let all = format!("{lines:?} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        all.contains("ERROR WARN command expected, got FOO"),
+        "{}",
+        explain(&out)
+    );
+    // The error did not stop the session: the next command ran.
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("OK"),
+        "{}",
+        explain(&out)
+    );
+    assert_eq!(node.client().get("err.k").as_deref(), Some("after"));
+}
+
+#[test]
+fn repl_blob_upload_and_download_are_byte_exact() {
+    let node = Node::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let upload = dir.path().join("upload.bin");
+    let download = dir.path().join("download.bin");
+    let mut payload = b"head\r\nmiddle\0\0\r\n\ntail\r".to_vec();
+    payload.extend(0..=255u8);
+    fs::write(&upload, &payload).expect("write upload file");
+
+    let input = format!(
+        "KEY BLOB SET k.b @{}\nKEY BLOB GET k.b > {}\n",
+        upload.display(),
+        download.display()
+    );
+    let out = repl(&node.socket_path(), &input);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+
+    // The server holds exactly the file's bytes.
+    let stored = node.client().blob_get("k.b").expect("blob uploaded");
+    assert_same_bytes(&stored, &payload, "blob uploaded by the repl");
+    // The download wrote exactly the payload, and the repl said how much it saved.
+    let saved = fs::read(&download).expect("download file written");
+    assert_same_bytes(&saved, &payload, "blob downloaded by the repl");
+    let lines = stdout_lines(&out);
+    let size = payload.len().to_string();
+    assert!(
+        lines.iter().any(|l| l.contains(&size) && l != "OK"),
+        "no line mentions {size} saved bytes: {}",
+        explain(&out)
+    );
+    assert_eq!(
+        lines.first().map(String::as_str),
+        Some("OK"),
+        "{}",
+        explain(&out)
+    );
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("OK"),
+        "{}",
+        explain(&out)
+    );
+    // The payload itself is not dumped on stdout.
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("middle"),
+        "{}",
+        explain(&out)
+    );
+}
+
+#[test]
+fn repl_exit_command_stops_reading() {
+    let node = Node::start();
+    let out = repl(
+        &node.socket_path(),
+        "KEY PUT exit.k first\nEXIT\nKEY PUT exit.k second\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let lines = stdout_lines(&out);
+    assert_eq!(
+        lines.first().map(String::as_str),
+        Some("OK"),
+        "{}",
+        explain(&out)
+    );
+    assert_eq!(
+        lines.iter().filter(|l| *l == "OK").count(),
+        1,
+        "a command after EXIT was answered: {}",
+        explain(&out)
+    );
+    assert_eq!(node.client().get("exit.k").as_deref(), Some("first"));
+}
+
+#[test]
+fn repl_without_a_server_fails() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = repl(&dir.path().join("nobody.sock"), "KEY GET a.b\n");
+    assert!(
+        out.status.code().is_some(),
+        "repl was killed: {}",
+        explain(&out)
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", explain(&out));
+}
