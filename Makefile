@@ -3,10 +3,16 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 ATLAS := $(TARGET_DIR)/release/atlas
 SEEDS ?= 100000
 
-.PHONY: run test deps build check fmt bench fuzz clean
+.PHONY: run test deps test-deps build check fmt bench fuzz clean
 
+# Build needs: cmake, clang/libclang, g++.
 deps:
 	@scripts/install-deps.sh
+
+# Test needs on top: curl (HTTPS client of the black-box tests), promtool (Debian's
+# prometheus, lints /metrics), testparm (samba-common-bin, checks the rendered smb.conf).
+test-deps:
+	@scripts/install-deps.sh curl prometheus samba-common-bin openssl
 
 build: deps
 	cargo build --release --workspace --bins
@@ -17,7 +23,7 @@ run: build
 	$(ATLAS) serve
 
 # Everything the tests need, then the whole suite (unit, property, black-box).
-test: build
+test: build test-deps
 	cargo test --release --workspace
 
 fmt:

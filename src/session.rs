@@ -19,6 +19,23 @@ use crate::config::Limits;
 use crate::protocol::parse::check_handshake;
 use crate::protocol::{Command, Level, Reply, WELCOME, parse_request};
 
+/// Hooks for metrics; the core knows no metrics library, the edge implements this.
+pub trait Observer: Send + Sync {
+    fn connection_opened(&self) {}
+    fn connection_closed(&self) {}
+    fn bytes_received(&self, _bytes: u64) {}
+    fn bytes_sent(&self, _bytes: u64) {}
+    /// A command ran: `error_kind` is `None` on success.
+    fn command(&self, _name: &'static str, _error_kind: Option<&'static str>, _elapsed: std::time::Duration) {}
+    /// A request was refused before it ran (bad syntax, line too long, bad handshake).
+    fn rejected(&self, _kind: &'static str) {}
+}
+
+/// Observes nothing.
+pub struct NoObserver;
+
+impl Observer for NoObserver {}
+
 /// Longest handshake line accepted.
 const MAX_HANDSHAKE_BYTES: u64 = 1024;
 
@@ -72,12 +89,14 @@ fn encode(reply: &Reply, tag: Option<&str>) -> Vec<u8> {
 }
 
 /// Owns the write half: writes what arrives, flushing once nothing more is queued.
-async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiver<Vec<u8>>, observer: Arc<dyn Observer>) {
     while let Some(first) = rx.recv().await {
+        observer.bytes_sent(first.len() as u64);
         if writer.write_all(&first).await.is_err() {
             return;
         }
         while let Ok(more) = rx.try_recv() {
+            observer.bytes_sent(more.len() as u64);
             if writer.write_all(&more).await.is_err() {
                 return;
             }
@@ -95,13 +114,15 @@ pub async fn serve<S>(
     engine: Arc<Engine>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
+    observer: Arc<dyn Observer>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    observer.connection_opened();
     let (read_half, write_half) = tokio::io::split(stream);
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
     let (tx, rx) = mpsc::channel::<Vec<u8>>(256);
-    let writer = tokio::spawn(write_loop(write_half, rx));
+    let writer = tokio::spawn(write_loop(write_half, rx, observer.clone()));
     let fatal = |message: &str| encode(&Reply::Error(Level::Fatal, message.to_string()), None);
 
     let _ = tx.send(format!("{WELCOME}\r\n").into_bytes()).await;
@@ -118,20 +139,40 @@ pub async fn serve<S>(
                     limits,
                     principal: None,
                     tx: tx.clone(),
+                    observer: observer.clone(),
                 };
                 session.run(&mut reader, &mut shutdown).await;
             }
             Err(message) => {
+                observer.rejected("handshake");
                 let _ = tx.send(fatal(message)).await;
             }
         },
         Ok(LineRead::TooLong) => {
+            observer.rejected("handshake");
             let _ = tx.send(fatal("invalid handshake")).await;
         }
         Ok(LineRead::Eof) | Err(_) => {}
     }
     drop(tx);
     let _ = writer.await;
+    observer.connection_closed();
+}
+
+/// Runs one command and reports it to the observer.
+async fn run_observed(
+    engine: &Arc<Engine>,
+    observer: &Arc<dyn Observer>,
+    principal: Option<String>,
+    command: Command,
+    blob: Option<Vec<u8>>,
+) -> Reply {
+    let name = command.name();
+    let started = std::time::Instant::now();
+    let result = engine.try_execute(principal, command, blob).await;
+    let error_kind = result.as_ref().err().map(|e| e.kind());
+    observer.command(name, error_kind, started.elapsed());
+    result.unwrap_or_else(|e| Reply::warn(e.to_string()))
 }
 
 struct Session {
@@ -139,6 +180,7 @@ struct Session {
     limits: Limits,
     principal: Option<String>,
     tx: mpsc::Sender<Vec<u8>>,
+    observer: Arc<dyn Observer>,
 }
 
 impl Session {
@@ -170,12 +212,14 @@ impl Session {
                 }
                 Ok(LineRead::Eof) | Err(_) => return,
             };
+            self.observer.bytes_received(line.len() as u64 + 1);
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             let request = match parse_request(&line) {
                 Ok(request) => request,
                 Err(e) => {
+                    self.observer.rejected(e.kind.label());
                     if let Some(len) = e
                         .payload_len
                         .filter(|&len| len <= self.limits.max_blob_bytes)
@@ -217,6 +261,7 @@ impl Session {
                     if reader.read_exact(&mut payload).await.is_err() {
                         return;
                     }
+                    self.observer.bytes_received(len);
                     blob = Some(payload);
                 }
                 _ => {}
@@ -224,10 +269,14 @@ impl Session {
             let command = request.command;
             match tag {
                 None => {
-                    let reply = self
-                        .engine
-                        .execute(self.principal.clone(), command, blob)
-                        .await;
+                    let reply = run_observed(
+                        &self.engine,
+                        &self.observer,
+                        self.principal.clone(),
+                        command,
+                        blob,
+                    )
+                    .await;
                     if !self.send(&reply, None).await {
                         return;
                     }
@@ -239,10 +288,11 @@ impl Session {
                         return;
                     };
                     let engine = self.engine.clone();
+                    let observer = self.observer.clone();
                     let principal = self.principal.clone();
                     let tx = self.tx.clone();
                     tokio::spawn(async move {
-                        let reply = engine.execute(principal, command, blob).await;
+                        let reply = run_observed(&engine, &observer, principal, command, blob).await;
                         let _ = tx.send(encode(&reply, Some(&tag))).await;
                         drop(permit);
                     });

@@ -24,7 +24,7 @@ async fn start(limits: Limits) -> Harness {
     let engine = Arc::new(Engine::new(store, node).unwrap());
     let (client, server) = tokio::io::duplex(1 << 20);
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(serve(server, engine, limits, rx));
+    tokio::spawn(serve(server, engine, limits, rx, Arc::new(NoObserver)));
     Harness {
         client,
         _dir: dir,

@@ -13,6 +13,39 @@ use crate::EngineCell;
 /// How often expired WORM values are purged from disk (reads hide them at once).
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How often storage gauges are refreshed for scrapers of `metrics_listen`.
+const STATS_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the internal TLS leaf is checked for renewal.
+const TLS_RENEW_CHECK: Duration = Duration::from_secs(6 * 3600);
+
+/// Keeps the internal CA's leaf certificate current while the server runs.
+pub struct TlsRenewal {
+    tls: crate::tls::ServerTls,
+}
+
+impl TlsRenewal {
+    pub fn new(tls: crate::tls::ServerTls) -> Self {
+        TlsRenewal { tls }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for TlsRenewal {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut ticker = tokio::time::interval(TLS_RENEW_CHECK);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = ticker.tick() => match self.tls.renew_if_due() {
+                    Ok(true) => tracing::info!("renewed this node's TLS certificate"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "TLS certificate renewal failed"),
+                },
+            }
+        }
+    }
+}
+
 /// How long an upgrading process waits for the old one to release the storage lock.
 const UPGRADE_LOCK_WAIT: Duration = Duration::from_secs(120);
 
@@ -83,9 +116,13 @@ impl BackgroundService for EngineService {
         ready.notify_ready();
 
         let mut ticker = tokio::time::interval(PURGE_INTERVAL);
+        let mut stats_ticker = tokio::time::interval(STATS_INTERVAL);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
+                _ = stats_ticker.tick() => {
+                    crate::metrics::metrics().record_storage(&engine.store().stats());
+                }
                 _ = ticker.tick() => {
                     let store = engine.store().clone();
                     let purged = tokio::task::spawn_blocking(move || store.purge_expired(atlas::command::now_ms())).await;

@@ -1,17 +1,24 @@
 //! Atlas as a Pingora service module.
 //!
 //! `install` adds Atlas's services to a Pingora `Server`: the engine (opened when the server
-//! starts, after any daemonising fork) and the Unix-socket listener that serves the client
-//! protocol. The `atlas` binary is a Pingora server made of exactly these services; a user's
-//! own proxy can call `install` the same way.
+//! starts, after any daemonising fork), the Unix-socket listener that serves the client
+//! protocol, the HTTPS listener (Atlas's endpoints + edge-proxy routes) and, if configured, a
+//! plaintext Prometheus listener. `install_embedded` adds the same minus the HTTPS listener,
+//! for a user's own proxy, which calls [`Atlas::try_serve`] from its `request_filter`.
 
+pub mod edge;
 mod engine_service;
+pub mod http;
+pub mod metrics;
 mod socket_service;
+pub mod tls;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, OnceLock};
 
 use atlas::{AtlasConfig, Engine};
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::http::ServerSession;
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
@@ -29,17 +36,28 @@ pub type EngineCell = Arc<OnceLock<Arc<Engine>>>;
 pub enum InstallError {
     #[error("atlas.socket: {0}")]
     Socket(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Route(#[from] edge::RouteError),
 }
 
-/// What `install` added, for the caller to close cleanly after `Server::run` returns.
-pub struct Installed {
+/// Atlas inside a Pingora server: the request hook and a clean close.
+pub struct Atlas {
     engine: EngineCell,
+    http: Arc<http::HttpApi>,
 }
 
-impl Installed {
+impl Atlas {
     /// The engine, when the server has started.
     pub fn engine(&self) -> Option<&Arc<Engine>> {
         self.engine.get()
+    }
+
+    /// Serves Atlas's paths (`/atlas/…`, `/api/…`, `/metrics`); returns whether it answered.
+    /// Call it first in a `ProxyHttp::request_filter` and return `Ok(true)` when it did.
+    pub async fn try_serve(&self, session: &mut ServerSession) -> pingora::Result<bool> {
+        self.http.try_serve(session).await
     }
 
     /// Flushes and closes storage. Call after the server stopped.
@@ -53,12 +71,38 @@ impl Installed {
     }
 }
 
-/// Adds Atlas's services to `server`.
-pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Installed, InstallError> {
+/// Adds all of Atlas's services to `server`, including its HTTPS listener at `atlas.listen`.
+pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, InstallError> {
+    let (atlas, tls) = install_common(server, config)?;
+    let routes = edge::build_routes(server, &config.routes)?;
+    let proxy = edge::EdgeProxy::new(atlas.http.clone(), routes);
+    let mut https = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "atlas https");
+    // Paths are ignored when a resolver is set; the resolver serves renewed leaves live.
+    let mut settings = TlsSettings::intermediate("", "").map_err(|e| {
+        InstallError::Tls(tls::TlsError::Key(e.to_string()))
+    })?;
+    settings.set_cert_resolver(tls.resolver.clone());
+    settings.enable_h2();
+    https.add_tls_with_settings(&config.listen, None, settings);
+    server.add_service(https);
+    server.add_service(background_service("atlas tls renewal", engine_service::TlsRenewal::new(tls)));
+    Ok(atlas)
+}
+
+/// Adds Atlas's services except the HTTPS listener: the host proxy serves Atlas's paths by
+/// calling [`Atlas::try_serve`].
+pub fn install_embedded(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, InstallError> {
+    install_common(server, config).map(|(atlas, _)| atlas)
+}
+
+fn install_common(server: &mut Server, config: &AtlasConfig) -> Result<(Atlas, tls::ServerTls), InstallError> {
     let engine: EngineCell = Arc::new(OnceLock::new());
+    metrics::metrics();
     // In a zero-downtime upgrade (`-u`) the old process still holds the socket and RocksDB's
     // lock until it has drained: take the socket over and wait for the lock.
     let upgrading = server.options.as_ref().is_some_and(|o| o.upgrade);
+    // Prepared before the fork so a bad certificate is a start-up error on the terminal.
+    let tls = tls::ServerTls::prepare(config)?;
 
     let engine_handle = server.add_service(background_service(
         "atlas engine",
@@ -67,9 +111,8 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Installed, I
 
     let socket = config.socket_path();
     if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            InstallError::Socket(format!("cannot create {}: {e}", parent.display()))
-        })?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| InstallError::Socket(format!("cannot create {}: {e}", parent.display())))?;
     }
     if !upgrading {
         atlas::node::clear_stale_socket(&socket).map_err(InstallError::Socket)?;
@@ -81,12 +124,16 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Installed, I
         "atlas socket".to_string(),
         SocketApp::new(engine.clone(), config.limits.clone()),
     );
-    listener.add_uds(
-        socket_str,
-        Some(std::fs::Permissions::from_mode(SOCKET_MODE)),
-    );
+    listener.add_uds(socket_str, Some(std::fs::Permissions::from_mode(SOCKET_MODE)));
     let listener_handle = server.add_service(listener);
     listener_handle.add_dependency(&engine_handle);
 
-    Ok(Installed { engine })
+    if let Some(addr) = &config.metrics_listen {
+        let mut prometheus = pingora_prometheus::prometheus_http_service();
+        prometheus.add_tcp(addr);
+        server.add_service(prometheus);
+    }
+
+    let http = http::HttpApi::new(engine.clone(), config);
+    Ok((Atlas { engine, http }, tls))
 }

@@ -39,10 +39,24 @@ enum Commands {
         #[arg(short = 'u', long = "upgrade")]
         upgrade: bool,
     },
+    /// The internal certificate authority of `tls: internal`.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
     /// Interactive shell (or a script reader when stdin is not a terminal).
     Repl {
         /// Socket path; default: the socket of -c FILE, else ./data/atlas.sock.
         socket: Option<PathBuf>,
+        #[arg(short = 'c', long = "conf")]
+        conf: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaAction {
+    /// Print the CA certificate (PEM) and its SHA-256 fingerprint.
+    Show {
         #[arg(short = 'c', long = "conf")]
         conf: Option<PathBuf>,
     },
@@ -57,6 +71,9 @@ fn main() -> ExitCode {
             daemon,
             upgrade,
         } => serve(conf, test, daemon, upgrade),
+        Commands::Ca {
+            action: CaAction::Show { conf },
+        } => ca_show(conf.as_ref()),
         Commands::Repl { socket, conf } => {
             let socket = match (socket, conf) {
                 (Some(socket), _) => socket,
@@ -121,8 +138,8 @@ fn serve(conf: Option<PathBuf>, test: bool, daemon: bool, upgrade: bool) -> Exit
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
-    let installed = match atlas_pingora::install(&mut server, &config) {
-        Ok(installed) => installed,
+    let atlas = match atlas_pingora::install(&mut server, &config) {
+        Ok(atlas) => atlas,
         Err(e) => {
             eprintln!("atlas: config error in {name}: {e}");
             return ExitCode::from(2);
@@ -133,9 +150,45 @@ fn serve(conf: Option<PathBuf>, test: bool, daemon: bool, upgrade: bool) -> Exit
         std::env::current_exe().map_or_else(|_| "atlas".to_string(), |p| p.display().to_string());
     println!("atlas: serving {} (config {name})", socket.display());
     println!("atlas: connect with: {me} repl {}", socket.display());
+    println!(
+        "atlas: HTTPS on {} (CA: {})",
+        config.listen,
+        atlas_pingora::tls::ca_cert_path(&config).display()
+    );
     server.run(RunArgs::default());
-    installed.close();
+    atlas.close();
     ExitCode::SUCCESS
+}
+
+fn ca_show(conf: Option<&PathBuf>) -> ExitCode {
+    let config = match load(conf) {
+        Ok((config, _, _)) => config,
+        Err(message) => {
+            eprintln!("atlas: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let path = atlas_pingora::tls::ca_cert_path(&config);
+    let pem = match std::fs::read_to_string(&path) {
+        Ok(pem) => pem,
+        Err(e) => {
+            eprintln!(
+                "atlas: cannot read {}: {e} (the CA is created on the first start with `tls: internal`)",
+                path.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    match atlas_pingora::tls::describe_ca(&pem) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("atlas: {}: {e}", path.display());
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn init_logging() {

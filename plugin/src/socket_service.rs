@@ -37,7 +37,8 @@ impl ServerApp for SocketApp {
             let _ = stream.flush().await;
             return None;
         };
-        atlas::session::serve(stream, engine, self.limits.clone(), shutdown.clone()).await;
+        let observer = Arc::new(crate::metrics::SocketObserver);
+        atlas::session::serve(stream, engine, self.limits.clone(), shutdown.clone(), observer).await;
         None
     }
 }

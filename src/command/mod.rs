@@ -47,6 +47,21 @@ pub enum CommandError {
     TaskFailed,
 }
 
+impl CommandError {
+    /// Short label for the errors-by-kind metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CommandError::PermissionDenied { .. } => "permission_denied",
+            CommandError::Locked { .. } => "worm_locked",
+            CommandError::SystemTable(_) => "system_table",
+            CommandError::HoldsBlob(_) => "holds_blob",
+            CommandError::UnknownNode(_) => "unknown_node",
+            CommandError::Storage(_) => "storage",
+            CommandError::TaskFailed => "internal",
+        }
+    }
+}
+
 pub(crate) fn shown_principal(principal: Option<&str>) -> String {
     principal.unwrap_or("(none)").to_string()
 }
@@ -107,6 +122,18 @@ impl Engine {
         command: Command,
         blob: Option<Vec<u8>>,
     ) -> Reply {
+        self.try_execute(principal, command, blob)
+            .await
+            .unwrap_or_else(|e| Reply::warn(e.to_string()))
+    }
+
+    /// Like `execute`, with the error kept as a value (for metrics and logs).
+    pub async fn try_execute(
+        self: &Arc<Self>,
+        principal: Option<String>,
+        command: Command,
+        blob: Option<Vec<u8>>,
+    ) -> Result<Reply, CommandError> {
         let result = match command {
             Command::Get(key) => {
                 self.blocking(move |e| e.get(&key, principal.as_deref()))
@@ -169,11 +196,9 @@ impl Engine {
             // Session commands are handled by the connection, which owns the principal.
             Command::Assume(_) | Command::WhoAmI => Ok(Reply::Ok),
         };
-        result.unwrap_or_else(|e| {
-            if let CommandError::Storage(inner) = &e {
-                tracing::error!(error = %inner, "storage failure");
-            }
-            Reply::warn(e.to_string())
-        })
+        if let Err(CommandError::Storage(inner)) = &result {
+            tracing::error!(error = %inner, "storage failure");
+        }
+        result
     }
 }

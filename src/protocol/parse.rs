@@ -122,6 +122,16 @@ pub enum ParseErrorKind {
     InvalidInput,
 }
 
+impl ParseErrorKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ParseErrorKind::Usage => "usage",
+            ParseErrorKind::UnknownCommand => "unknown_command",
+            ParseErrorKind::InvalidInput => "invalid_input",
+        }
+    }
+}
+
 const USAGE_KEY: &str = "usage: KEY GET|PUT|SET|DEL <key> ... or KEY BLOB SET|GET <key> ...";
 const USAGE_PUT: &str =
     "usage: KEY PUT <key> [PRINCIPAL <name>] [WORM TTL <duration>|WORM EXPIRES <rfc3339>] <value>";

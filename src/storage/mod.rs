@@ -49,6 +49,16 @@ pub enum StorageError {
     Corrupt(String),
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    pub live_data_bytes: u64,
+    pub sst_files_bytes: u64,
+    pub memtable_bytes: u64,
+    pub pending_compaction_bytes: u64,
+    pub block_cache_hits: u64,
+    pub block_cache_misses: u64,
+}
+
 /// What the owner of a key found under the lock.
 #[derive(Debug, Clone, Default)]
 pub struct Current {
@@ -75,6 +85,8 @@ pub enum Change {
 
 pub struct Store {
     db: DB,
+    /// Kept for its statistics (block-cache tickers).
+    options: Options,
     write_options: WriteOptions,
     locks: Vec<Mutex<()>>,
     next_blob_id: AtomicU64,
@@ -95,6 +107,8 @@ impl Store {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_keep_log_file_num(4);
+        options.enable_statistics();
+        options.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptTimers);
         let descriptors = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf_options = Options::default();
             if *name == CF_META {
@@ -107,6 +121,7 @@ impl Store {
         write_options.set_sync(durability == Durability::Strict);
         let store = Store {
             db,
+            options,
             write_options,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             next_blob_id: AtomicU64::new(0),
@@ -398,6 +413,19 @@ impl Store {
                     .flatten()
             })
             .sum()
+    }
+
+    /// Figures an operator graphs (exported as Prometheus gauges by the edge).
+    pub fn stats(&self) -> StorageStats {
+        use rocksdb::statistics::Ticker;
+        StorageStats {
+            live_data_bytes: self.property_sum("rocksdb.estimate-live-data-size"),
+            sst_files_bytes: self.property_sum("rocksdb.total-sst-files-size"),
+            memtable_bytes: self.property_sum("rocksdb.cur-size-all-mem-tables"),
+            pending_compaction_bytes: self.property_sum("rocksdb.estimate-pending-compaction-bytes"),
+            block_cache_hits: self.options.get_ticker_count(Ticker::BlockCacheHit),
+            block_cache_misses: self.options.get_ticker_count(Ticker::BlockCacheMiss),
+        }
     }
 
     /// Flushes memtables and the WAL and stops background work: a clean close.

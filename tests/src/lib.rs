@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 mod client;
+pub mod https;
 
 use client::describe;
 pub use client::{Client, is_terminal, split_tag};
@@ -69,6 +70,10 @@ pub fn write_config(dir: &Path, extra_atlas_yaml: &str) -> PathBuf {
         dir.join("data").display(),
         dir.join("atlas.sock").display()
     );
+    // Every node gets its own HTTPS port, so nodes of parallel tests never collide.
+    if !extra_atlas_yaml.contains("listen:") {
+        yaml.push_str(&format!("  listen: 127.0.0.1:{}\n", free_port()));
+    }
     for line in extra_atlas_yaml.lines() {
         yaml.push_str("  ");
         yaml.push_str(line);
@@ -77,6 +82,14 @@ pub fn write_config(dir: &Path, extra_atlas_yaml: &str) -> PathBuf {
     let path = dir.join("atlas.yaml");
     fs::write(&path, yaml).expect("write atlas.yaml");
     path
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
 }
 
 /// One running `atlas serve` process with its own directory.
@@ -190,6 +203,22 @@ impl Node {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// `host:port` of the node's HTTPS listener, as written in its config.
+    pub fn https_addr(&self) -> String {
+        let config = fs::read_to_string(self.config_path()).expect("read atlas.yaml");
+        config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("listen: "))
+            .expect("listen in atlas.yaml")
+            .trim()
+            .to_string()
+    }
+
+    /// The internal CA certificate clients trust.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("data").join("tls").join("ca.crt")
     }
 
     pub fn socket_path(&self) -> PathBuf {

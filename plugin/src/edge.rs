@@ -1,0 +1,269 @@
+//! The HTTPS listener as an edge proxy: Atlas's own paths are answered by `HttpApi`; other
+//! requests follow `atlas.routes` (host + longest path prefix) to upstreams chosen by
+//! round-robin or consistent hashing, with active health checks. No route: 404.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use atlas::config::{RouteConfig, Selection};
+use pingora::http::RequestHeader;
+use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::{Consistent, RoundRobin};
+use pingora::lb::{Backend, LoadBalancer};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::{Error, ErrorType};
+
+use crate::http::{HttpApi, HttpReply, write_reply};
+use crate::metrics::metrics;
+
+enum Balancer {
+    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
+    Hash(Arc<LoadBalancer<Consistent>>),
+}
+
+impl Balancer {
+    fn select(&self, key: &[u8]) -> Option<Backend> {
+        match self {
+            Balancer::RoundRobin(lb) => lb.select(key, 256),
+            Balancer::Hash(lb) => lb.select(key, 256),
+        }
+    }
+}
+
+struct Route {
+    host: Option<String>,
+    path_prefix: String,
+    balancer: Balancer,
+    tls_sni: Option<String>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("atlas.routes[{index}].upstreams: {message}")]
+pub struct RouteError {
+    index: usize,
+    message: String,
+}
+
+fn health_check_for(
+    route: &RouteConfig,
+) -> Option<Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync + 'static>> {
+    let check = route.health_check.as_ref()?;
+    if check.kind == "tcp" {
+        return Some(TcpHealthCheck::new());
+    }
+    let host = route.host.clone().unwrap_or_else(|| "localhost".to_string());
+    let mut http = HttpHealthCheck::new(&host, route.tls_sni.is_some());
+    if let Ok(mut req) = RequestHeader::build("GET", check.kind.as_bytes(), None) {
+        let _ = req.append_header("Host", host.as_str());
+        http.req = req;
+    }
+    Some(Box::new(http))
+}
+
+fn build_balancer<S>(
+    server: &mut Server,
+    index: usize,
+    route: &RouteConfig,
+) -> Result<Arc<LoadBalancer<S>>, RouteError>
+where
+    S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
+    S::Iter: pingora::lb::selection::BackendIter,
+{
+    let mut lb = LoadBalancer::<S>::try_from_iter(route.upstreams.iter().map(String::as_str)).map_err(|e| {
+        RouteError {
+            index,
+            message: format!("cannot resolve: {e}"),
+        }
+    })?;
+    if let Some(check) = health_check_for(route) {
+        lb.set_health_check(check);
+        let interval = route.health_check.as_ref().map_or(1_000, |h| h.interval_ms);
+        lb.health_check_frequency = Some(Duration::from_millis(interval.max(100)));
+        let service = background_service(&format!("atlas route {index} health"), lb);
+        let task = service.task();
+        server.add_service(service);
+        return Ok(task);
+    }
+    Ok(Arc::new(lb))
+}
+
+/// The routes of `atlas.routes`, with their health checks added to `server`.
+pub fn build_routes(server: &mut Server, configs: &[RouteConfig]) -> Result<Vec<RouteTable>, RouteError> {
+    configs
+        .iter()
+        .enumerate()
+        .map(|(index, config)| {
+            let balancer = match config.selection {
+                Selection::RoundRobin => Balancer::RoundRobin(build_balancer(server, index, config)?),
+                Selection::ConsistentHash => Balancer::Hash(build_balancer(server, index, config)?),
+            };
+            Ok(RouteTable(Route {
+                host: config.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                path_prefix: config.path_prefix.clone(),
+                balancer,
+                tls_sni: config.tls_sni.clone(),
+                connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+                read_timeout: Duration::from_millis(config.read_timeout_ms),
+            }))
+        })
+        .collect()
+}
+
+/// One configured route (opaque outside this module).
+pub struct RouteTable(Route);
+
+/// Host of a request without its port (h1 `Host` header or h2 `:authority`).
+fn request_host(session: &Session) -> Option<String> {
+    let header = session.req_header();
+    let raw = header
+        .headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| header.uri.authority().map(|a| a.as_str().to_string()))?;
+    let host = if raw.starts_with('[') {
+        raw.split(']').next().map(|h| format!("{h}]"))?
+    } else {
+        raw.split(':').next()?.to_string()
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// The route for host + path: exact host routes before any-host ones, then the longest prefix.
+fn match_route(routes: &[RouteTable], host: Option<&str>, path: &str) -> Option<usize> {
+    routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.0.host.as_deref().is_none_or(|h| Some(h) == host) && path.starts_with(&r.0.path_prefix))
+        .max_by_key(|(_, r)| (r.0.host.is_some(), r.0.path_prefix.len()))
+        .map(|(i, _)| i)
+}
+
+pub struct EdgeProxy {
+    api: Arc<HttpApi>,
+    routes: Vec<RouteTable>,
+}
+
+impl EdgeProxy {
+    pub fn new(api: Arc<HttpApi>, routes: Vec<RouteTable>) -> Self {
+        EdgeProxy { api, routes }
+    }
+}
+
+pub struct EdgeCtx {
+    route: Option<usize>,
+    started: Instant,
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = EdgeCtx;
+
+    fn new_ctx(&self) -> EdgeCtx {
+        EdgeCtx {
+            route: None,
+            started: Instant::now(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> pingora::Result<bool> {
+        if self.api.try_serve(session).await? {
+            return Ok(true);
+        }
+        let host = request_host(session);
+        let path = session.req_header().uri.path().to_string();
+        ctx.route = match_route(&self.routes, host.as_deref(), &path);
+        if ctx.route.is_none() {
+            metrics().record_http("no_route", 404, ctx.started.elapsed());
+            let reply = HttpReply::error(404, "not_found", "no route for this host and path");
+            write_reply(session, reply, false).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut EdgeCtx) -> pingora::Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .and_then(|i| self.routes.get(i))
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(404), "no route"))?;
+        let route = &route.0;
+        // Consistent hashing keys on the client address and path, so a client sticks to a backend.
+        let key = format!(
+            "{}{}",
+            session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+            session.req_header().uri.path()
+        );
+        let backend = route
+            .balancer
+            .select(key.as_bytes())
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no healthy upstream"))?;
+        let tls = route.tls_sni.is_some();
+        let mut peer = HttpPeer::new(backend.addr, tls, route.tls_sni.clone().unwrap_or_default());
+        peer.options.connection_timeout = Some(route.connect_timeout);
+        peer.options.total_connection_timeout = Some(route.connect_timeout);
+        peer.options.read_timeout = Some(route.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        _ctx: &mut EdgeCtx,
+    ) -> pingora::Result<()> {
+        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
+            let forwarded = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(previous) => format!("{previous}, {client}"),
+                None => client,
+            };
+            upstream.insert_header("x-forwarded-for", forwarded)?;
+        }
+        upstream.insert_header("x-forwarded-proto", "https")?;
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut EdgeCtx) {
+        if ctx.route.is_some() {
+            let code = session.response_written().map_or(0, |r| r.status.as_u16());
+            metrics().record_http("proxy", code, ctx.started.elapsed());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(host: Option<&str>, prefix: &str) -> RouteTable {
+        RouteTable(Route {
+            host: host.map(str::to_string),
+            path_prefix: prefix.to_string(),
+            balancer: Balancer::RoundRobin(Arc::new(
+                LoadBalancer::try_from_iter(["127.0.0.1:1"]).expect("static address"),
+            )),
+            tls_sni: None,
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+        })
+    }
+
+    #[test]
+    fn host_then_longest_prefix_wins() {
+        let routes = vec![
+            table(None, "/"),
+            table(None, "/app/"),
+            table(Some("example.com"), "/"),
+        ];
+        assert_eq!(match_route(&routes, Some("other"), "/app/x"), Some(1));
+        assert_eq!(match_route(&routes, Some("other"), "/x"), Some(0));
+        assert_eq!(match_route(&routes, Some("example.com"), "/app/x"), Some(2));
+        assert_eq!(match_route(&routes[1..2], Some("a"), "/x"), None);
+    }
+}

@@ -1,0 +1,297 @@
+//! Atlas's own HTTP endpoints: health, metrics, the cluster endpoints (join, consensus
+//! transport) and the NAS REST API. `HttpApi::try_serve` answers a request when its path
+//! belongs to Atlas and tells the caller whether it did, so the same code serves Atlas's TLS
+//! listener and a user's own Pingora proxy (`request_filter`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::EngineCell;
+use crate::metrics::{TEXT_CONTENT_TYPE, metrics};
+
+/// Largest request body Atlas reads (the NAS restore upload is the largest legitimate one).
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// A request must arrive whole within this time.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Paths served by Atlas; everything else is left to the caller (proxy routes).
+const OWNED_PREFIXES: [&str; 3] = ["/atlas/", "/api/", "/metrics"];
+
+pub const JOIN_PATH: &str = "/atlas/v1/join";
+pub const TRANSPORT_PATH: &str = "/atlas/v1/consensus";
+
+/// A response before it is written.
+pub struct HttpReply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    pub extra_headers: Vec<(&'static str, String)>,
+}
+
+impl HttpReply {
+    pub fn json(status: u16, value: serde_json::Value) -> HttpReply {
+        HttpReply {
+            status,
+            content_type: "application/json",
+            body: value.to_string().into_bytes(),
+            extra_headers: Vec::new(),
+        }
+    }
+
+    pub fn error(status: u16, kind: &str, message: &str) -> HttpReply {
+        HttpReply::json(status, json!({"error": kind, "message": message}))
+    }
+}
+
+/// Which handler a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Metrics,
+    Join,
+    Transport,
+    Nas,
+    NotFound,
+    MethodNotAllowed(&'static str),
+}
+
+impl Route {
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Health => "health",
+            Route::Metrics => "metrics",
+            Route::Join => "join",
+            Route::Transport => "consensus",
+            Route::Nas => "api",
+            Route::NotFound => "not_found",
+            Route::MethodNotAllowed(_) => "method_not_allowed",
+        }
+    }
+}
+
+pub fn owns_path(path: &str) -> bool {
+    OWNED_PREFIXES.iter().any(|p| path.starts_with(p)) || path == "/atlas"
+}
+
+/// Pure routing: method and path to a handler.
+pub fn route(method: &str, path: &str) -> Route {
+    let expect = |wanted: &'static str, route: Route| {
+        if method == wanted || (wanted == "GET" && method == "HEAD") {
+            route
+        } else {
+            Route::MethodNotAllowed(wanted)
+        }
+    };
+    match path {
+        "/atlas/v1/health" => expect("GET", Route::Health),
+        "/metrics" => expect("GET", Route::Metrics),
+        JOIN_PATH => expect("POST", Route::Join),
+        TRANSPORT_PATH => expect("POST", Route::Transport),
+        p if p == "/api/v1" || p.starts_with("/api/v1/") => Route::Nas,
+        _ => Route::NotFound,
+    }
+}
+
+/// Compares a presented bearer token with the configured credentials in constant time
+/// (hashing first, so the length of the secret does not leak either).
+pub fn credentials_match(presented: Option<&str>, configured: &str) -> bool {
+    let Some(token) = presented else { return false };
+    let a = Sha256::digest(token.as_bytes());
+    let b = Sha256::digest(configured.as_bytes());
+    bool::from(a.ct_eq(&b))
+}
+
+pub fn bearer(session: &ServerSession) -> Option<&str> {
+    let value = session.get_header("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+pub struct HttpApi {
+    engine: EngineCell,
+    region: String,
+    credentials: Option<String>,
+}
+
+impl HttpApi {
+    pub fn new(engine: EngineCell, config: &atlas::AtlasConfig) -> Arc<HttpApi> {
+        Arc::new(HttpApi {
+            engine,
+            region: config.region.clone(),
+            credentials: config.credentials.clone(),
+        })
+    }
+
+    /// Serves the request if its path is Atlas's; returns whether it did.
+    pub async fn try_serve(&self, session: &mut ServerSession) -> pingora::Result<bool> {
+        let path = session.req_header().uri.path().to_string();
+        if !owns_path(&path) {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let method = session.req_header().method.as_str().to_string();
+        let route = route(&method, &path);
+        let reply = match read_body(session).await {
+            Ok(body) => self.handle(route, session, body).await,
+            Err(reply) => {
+                // The rest of the body is not read: the connection cannot be reused.
+                session.set_keepalive(None);
+                reply
+            }
+        };
+        metrics().record_http(route.label(), reply.status, started.elapsed());
+        write_reply(session, reply, method == "HEAD").await?;
+        Ok(true)
+    }
+
+    async fn handle(&self, route: Route, session: &ServerSession, _body: Vec<u8>) -> HttpReply {
+        match route {
+            Route::Health => self.health(),
+            Route::Metrics => {
+                if let Some(engine) = self.engine.get() {
+                    metrics().record_storage(&engine.store().stats());
+                }
+                HttpReply {
+                    status: 200,
+                    content_type: TEXT_CONTENT_TYPE,
+                    body: crate::metrics::render(),
+                    extra_headers: Vec::new(),
+                }
+            }
+            Route::Join | Route::Transport => {
+                if let Some(refused) = self.authenticate(session, route) {
+                    return refused;
+                }
+                HttpReply::error(
+                    503,
+                    "unavailable",
+                    "this node runs as a single node: cluster join and the consensus transport are not enabled",
+                )
+            }
+            Route::Nas => HttpReply::error(404, "not_found", "the NAS API is not enabled on this node"),
+            Route::NotFound => HttpReply::error(404, "not_found", "no such endpoint"),
+            Route::MethodNotAllowed(allowed) => {
+                let mut reply = HttpReply::error(405, "method_not_allowed", &format!("use {allowed}"));
+                reply.extra_headers.push(("allow", allowed.to_string()));
+                reply
+            }
+        }
+    }
+
+    fn health(&self) -> HttpReply {
+        match self.engine.get() {
+            Some(engine) => HttpReply::json(
+                200,
+                json!({
+                    "status": "ok",
+                    "node_id": engine.node().id,
+                    "region": self.region,
+                    "version": env!("CARGO_PKG_VERSION"),
+                }),
+            ),
+            None => HttpReply::json(503, json!({"status": "starting", "region": self.region})),
+        }
+    }
+
+    /// `None` when the request carries the cluster credentials; else the 401 to send.
+    fn authenticate(&self, session: &ServerSession, route: Route) -> Option<HttpReply> {
+        let ok = self
+            .credentials
+            .as_deref()
+            .is_some_and(|configured| credentials_match(bearer(session), configured));
+        if ok {
+            return None;
+        }
+        metrics().auth_failures.with_label_values(&[route.label()]).inc();
+        let client = session.client_addr().map(|a| a.to_string()).unwrap_or_default();
+        // Never log what was presented: it may be a mistyped secret.
+        tracing::warn!(client = %client, endpoint = route.label(), "refused a request without valid cluster credentials");
+        let mut reply = HttpReply::error(401, "unauthorized", "valid cluster credentials required (Authorization: Bearer …)");
+        reply.extra_headers.push(("www-authenticate", "Bearer".to_string()));
+        Some(reply)
+    }
+}
+
+/// Reads the whole request body (an h2 client reusing the connection needs that), bounded in
+/// size and time.
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, HttpReply> {
+    let declared = session
+        .get_header("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, session.read_request_body()).await;
+        match chunk {
+            Err(_) => return Err(HttpReply::error(408, "timeout", "request body not received in time")),
+            Ok(Err(_)) => return Err(HttpReply::error(400, "bad_request", "malformed request body")),
+            Ok(Ok(None)) => return Ok(body),
+            Ok(Ok(Some(bytes))) => {
+                if body.len() + bytes.len() > MAX_BODY_BYTES {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&bytes);
+            }
+        }
+    }
+}
+
+fn too_large() -> HttpReply {
+    HttpReply::error(
+        413,
+        "payload_too_large",
+        &format!("request body larger than {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+pub async fn write_reply(session: &mut ServerSession, reply: HttpReply, head_only: bool) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(reply.status, Some(4))?;
+    header.insert_header("content-type", reply.content_type)?;
+    header.insert_header("content-length", reply.body.len().to_string())?;
+    header.insert_header("cache-control", "no-store")?;
+    for (name, value) in reply.extra_headers {
+        header.insert_header(name, value)?;
+    }
+    let empty = head_only || reply.body.is_empty();
+    session.write_response_header(Box::new(header)).await?;
+    if !empty {
+        session.write_response_body(Bytes::from(reply.body), true).await?;
+    }
+    session.finish_body().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing() {
+        assert_eq!(route("GET", "/atlas/v1/health"), Route::Health);
+        assert_eq!(route("HEAD", "/metrics"), Route::Metrics);
+        assert_eq!(route("POST", "/atlas/v1/health"), Route::MethodNotAllowed("GET"));
+        assert_eq!(route("GET", JOIN_PATH), Route::MethodNotAllowed("POST"));
+        assert_eq!(route("POST", TRANSPORT_PATH), Route::Transport);
+        assert_eq!(route("DELETE", "/api/v1/users/3"), Route::Nas);
+        assert_eq!(route("GET", "/atlas/v2/x"), Route::NotFound);
+        assert!(owns_path("/api/v1/users") && owns_path("/metrics") && !owns_path("/app/x"));
+    }
+
+    #[test]
+    fn credentials() {
+        assert!(credentials_match(Some("s3cret"), "s3cret"));
+        assert!(!credentials_match(Some("s3cret "), "s3cret"));
+        assert!(!credentials_match(Some(""), "s3cret"));
+        assert!(!credentials_match(None, "s3cret"));
+    }
+}

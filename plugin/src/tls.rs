@@ -1,0 +1,387 @@
+//! TLS for the HTTPS listener: PEM files from the config, or `tls: internal` — a CA made on
+//! first start (like Caddy's internal issuer) that signs this node's leaf certificate.
+//!
+//! Files under `<data_dir>/tls/`: `ca.crt`, `ca.key` (0600), `node.crt` (leaf + CA chain),
+//! `node.key` (0600), `node.json` (the leaf's SANs and expiry, to decide renewal). The
+//! listener reads the certificate through a resolver, so a renewed leaf is served without a
+//! restart.
+
+use std::fmt::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use atlas::AtlasConfig;
+use atlas::config::TlsConfig;
+use pingora::tls::sign::CertifiedKey;
+use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose,
+};
+use sha2::{Digest, Sha256};
+
+const CA_VALIDITY_DAYS: i64 = 3650;
+const LEAF_VALIDITY_DAYS: i64 = 90;
+/// A leaf closer than this to its expiry is renewed.
+pub const LEAF_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+const CA_COMMON_NAME: &str = "Atlas internal CA";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("atlas.tls: cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("atlas.tls: cannot write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("atlas.tls: {path} holds no usable PEM {what}")]
+    Pem { path: String, what: &'static str },
+    #[error("atlas.tls: certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("atlas.tls: the key does not fit the certificate or is unsupported: {0}")]
+    Key(String),
+}
+
+pub fn tls_dir(config: &AtlasConfig) -> PathBuf {
+    config.data_dir.join("tls")
+}
+
+pub fn ca_cert_path(config: &AtlasConfig) -> PathBuf {
+    tls_dir(config).join("ca.crt")
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Writes `contents` to `path` atomically; `secret` files are created 0600.
+fn write(path: &Path, contents: &str, secret: bool) -> Result<(), TlsError> {
+    let err = |source| TlsError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if secret {
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp).map_err(err)?;
+    std::io::Write::write_all(&mut file, contents.as_bytes()).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+fn ca_params() -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_COMMON_NAME);
+    dn.push(DnType::OrganizationName, "Atlas");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+/// Valid from yesterday (clock skew) for `days` days; rcgen takes calendar dates.
+fn set_validity(params: &mut CertificateParams, days: u64) {
+    use chrono::Datelike;
+    let today = chrono::Utc::now().date_naive();
+    let ymd = |d: chrono::NaiveDate| rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
+    params.not_before = ymd(today - chrono::Days::new(1));
+    params.not_after = ymd(today + chrono::Days::new(days));
+}
+
+/// The internal CA: loaded from `dir`, or created there on first start.
+pub struct InternalCa {
+    dir: PathBuf,
+    key: KeyPair,
+}
+
+impl InternalCa {
+    pub fn load_or_create(dir: &Path) -> Result<InternalCa, TlsError> {
+        std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let key_path = dir.join("ca.key");
+        let cert_path = dir.join("ca.crt");
+        if key_path.exists() && cert_path.exists() {
+            let key = KeyPair::from_pem(&read(&key_path)?).map_err(|_| TlsError::Pem {
+                path: key_path.display().to_string(),
+                what: "private key",
+            })?;
+            return Ok(InternalCa { dir: dir.into(), key });
+        }
+        let key = KeyPair::generate()?;
+        let mut params = ca_params()?;
+        set_validity(&mut params, CA_VALIDITY_DAYS as u64);
+        let cert = params.self_signed(&key)?;
+        write(&key_path, &key.serialize_pem(), true)?;
+        write(&cert_path, &cert.pem(), false)?;
+        tracing::info!(path = %cert_path.display(), "created the internal CA");
+        Ok(InternalCa { dir: dir.into(), key })
+    }
+
+    pub fn cert_pem(&self) -> Result<String, TlsError> {
+        read(&self.dir.join("ca.crt"))
+    }
+
+    /// Issues a leaf for `sans` (server and client auth), signed by this CA.
+    pub fn issue_leaf(&self, sans: &[String]) -> Result<(String, KeyPair, i64), TlsError> {
+        let leaf_key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(sans.to_vec())?;
+        params.distinguished_name.push(DnType::CommonName, sans.first().map_or("atlas", String::as_str));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        set_validity(&mut params, LEAF_VALIDITY_DAYS as u64);
+        let expires = now_unix() + LEAF_VALIDITY_DAYS * 86400;
+        let issuer = Issuer::new(ca_params()?, &self.key);
+        let cert = params.signed_by(&leaf_key, &issuer)?;
+        Ok((cert.pem(), leaf_key, expires))
+    }
+}
+
+/// SANs of this node's leaf: the advertised host, localhost, 127.0.0.1 and ::1.
+pub fn leaf_sans(config: &AtlasConfig) -> Vec<String> {
+    let (host, _) = config.advertised_host_port();
+    let mut sans = vec![host];
+    for extra in ["localhost", "127.0.0.1", "::1"] {
+        if !sans.iter().any(|s| s == extra) {
+            sans.push(extra.to_string());
+        }
+    }
+    sans
+}
+
+#[derive(serde::Serialize, serde::Deserialize, PartialEq)]
+struct LeafInfo {
+    sans: Vec<String>,
+    expires_unix: i64,
+}
+
+/// Makes sure `<tls>/node.crt` is a current leaf for `sans`; returns true when it was (re)issued.
+pub fn ensure_leaf(ca: &InternalCa, sans: &[String], renew_before: Duration) -> Result<bool, TlsError> {
+    let info_path = ca.dir.join("node.json");
+    let current: Option<LeafInfo> = std::fs::read(&info_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let fresh = current.as_ref().is_some_and(|info| {
+        info.sans == sans && info.expires_unix - now_unix() > renew_before.as_secs() as i64
+    }) && ca.dir.join("node.crt").exists()
+        && ca.dir.join("node.key").exists();
+    if fresh {
+        return Ok(false);
+    }
+    let (leaf_pem, key, expires_unix) = ca.issue_leaf(sans)?;
+    let chain = format!("{leaf_pem}{}", ca.cert_pem()?);
+    write(&ca.dir.join("node.key"), &key.serialize_pem(), true)?;
+    write(&ca.dir.join("node.crt"), &chain, false)?;
+    let info = LeafInfo {
+        sans: sans.to_vec(),
+        expires_unix,
+    };
+    let json = serde_json::to_string(&info).unwrap_or_default();
+    write(&info_path, &json, false)?;
+    tracing::info!(sans = ?sans, "issued this node's certificate from the internal CA");
+    Ok(true)
+}
+
+/// Loads a PEM chain and key into what rustls serves.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let cert_s = cert.display().to_string();
+    let key_s = key.display().to_string();
+    // Read first so a missing file is reported as such.
+    read(cert)?;
+    read(key)?;
+    pingora::tls::install_default_crypto_provider();
+    let (certs, private_key) = match pingora::tls::load_certs_and_key_files(&cert_s, &key_s) {
+        Ok(Some(pair)) => pair,
+        _ => {
+            return Err(TlsError::Pem {
+                path: format!("{cert_s} / {key_s}"),
+                what: "certificate and private key",
+            });
+        }
+    };
+    let provider = CryptoProvider::get_default().ok_or_else(|| TlsError::Key("no crypto provider".into()))?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(private_key)
+        .map_err(|e| TlsError::Key(e.to_string()))?;
+    let certified = CertifiedKey::new(certs, signing_key);
+    certified.keys_match().map_err(|e| TlsError::Key(e.to_string()))?;
+    Ok(Arc::new(certified))
+}
+
+/// Serves whatever certificate is current; renewal swaps it in place.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertResolver {
+    pub fn new(key: Arc<CertifiedKey>) -> Arc<Self> {
+        Arc::new(CertResolver {
+            current: RwLock::new(key),
+        })
+    }
+
+    pub fn replace(&self, key: Arc<CertifiedKey>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// What the listener serves, and how to keep it current.
+pub struct ServerTls {
+    pub resolver: Arc<CertResolver>,
+    /// Internal CA mode: renew the leaf in the background.
+    pub internal: Option<(InternalCa, Vec<String>)>,
+}
+
+impl ServerTls {
+    /// Prepares the listener's certificate from the config (creating the CA when internal).
+    pub fn prepare(config: &AtlasConfig) -> Result<ServerTls, TlsError> {
+        match &config.tls {
+            TlsConfig::Files { cert, key } => Ok(ServerTls {
+                resolver: CertResolver::new(load_certified_key(cert, key)?),
+                internal: None,
+            }),
+            TlsConfig::Internal => {
+                let dir = tls_dir(config);
+                let ca = InternalCa::load_or_create(&dir)?;
+                let sans = leaf_sans(config);
+                ensure_leaf(&ca, &sans, LEAF_RENEW_BEFORE)?;
+                let key = load_certified_key(&dir.join("node.crt"), &dir.join("node.key"))?;
+                Ok(ServerTls {
+                    resolver: CertResolver::new(key),
+                    internal: Some((ca, sans)),
+                })
+            }
+        }
+    }
+
+    /// Renews the internal leaf when it nears expiry; a no-op for configured files.
+    pub fn renew_if_due(&self) -> Result<bool, TlsError> {
+        let Some((ca, sans)) = &self.internal else {
+            return Ok(false);
+        };
+        if !ensure_leaf(ca, sans, LEAF_RENEW_BEFORE)? {
+            return Ok(false);
+        }
+        let key = load_certified_key(&ca.dir.join("node.crt"), &ca.dir.join("node.key"))?;
+        self.resolver.replace(key);
+        Ok(true)
+    }
+}
+
+/// `atlas ca show`: the CA certificate and its SHA-256 fingerprint.
+pub fn describe_ca(pem: &str) -> Result<String, TlsError> {
+    let der = pem_to_der(pem).ok_or(TlsError::Pem {
+        path: "ca.crt".into(),
+        what: "certificate",
+    })?;
+    let digest = Sha256::digest(&der);
+    let mut fingerprint = String::new();
+    for (i, byte) in digest.iter().enumerate() {
+        if i > 0 {
+            fingerprint.push(':');
+        }
+        let _ = write!(fingerprint, "{byte:02X}");
+    }
+    Ok(format!("{pem}SHA-256 fingerprint: {fingerprint}\n"))
+}
+
+/// The DER bytes of the first certificate in a PEM text.
+pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+    let begin = "-----BEGIN CERTIFICATE-----";
+    let start = pem.find(begin)? + begin.len();
+    let end = start + pem[start..].find("-----END CERTIFICATE-----")?;
+    let b64: String = pem[start..end].chars().filter(|c| !c.is_whitespace()).collect();
+    base64_decode(&b64)
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut buffer = 0u32;
+    let mut bits = 0;
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let value = ALPHABET.iter().position(|&a| a == c)? as u32;
+        buffer = (buffer << 6) | value;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_ca_is_created_once_and_leaf_renewed_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = InternalCa::load_or_create(dir.path()).unwrap();
+        let ca_pem = ca.cert_pem().unwrap();
+        let sans = vec!["node1.example".to_string(), "127.0.0.1".to_string()];
+        assert!(ensure_leaf(&ca, &sans, LEAF_RENEW_BEFORE).unwrap());
+        assert!(!ensure_leaf(&ca, &sans, LEAF_RENEW_BEFORE).unwrap(), "fresh leaf is reused");
+        // A leaf inside the renewal window is replaced.
+        let window = Duration::from_secs(LEAF_VALIDITY_DAYS as u64 * 86400);
+        assert!(ensure_leaf(&ca, &sans, window).unwrap());
+        // New SANs mean a new leaf.
+        assert!(ensure_leaf(&ca, &["other".to_string()], LEAF_RENEW_BEFORE).unwrap());
+        let again = InternalCa::load_or_create(dir.path()).unwrap();
+        assert_eq!(again.cert_pem().unwrap(), ca_pem, "the CA is reused");
+        load_certified_key(&dir.path().join("node.crt"), &dir.path().join("node.key")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn bad_pem_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.pem");
+        std::fs::write(&cert, "not a certificate").unwrap();
+        let err = load_certified_key(&cert, &cert).unwrap_err().to_string();
+        assert!(err.contains("c.pem"), "{err}");
+        let missing = load_certified_key(&dir.path().join("none.pem"), &cert).unwrap_err().to_string();
+        assert!(missing.contains("none.pem"), "{missing}");
+    }
+
+    #[test]
+    fn fingerprint_of_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = InternalCa::load_or_create(dir.path()).unwrap();
+        let text = describe_ca(&ca.cert_pem().unwrap()).unwrap();
+        let line = text.lines().last().unwrap();
+        assert!(line.starts_with("SHA-256 fingerprint: "));
+        assert_eq!(line.len(), "SHA-256 fingerprint: ".len() + 32 * 3 - 1);
+    }
+}

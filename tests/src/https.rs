@@ -1,0 +1,88 @@
+//! HTTPS requests through the real `curl` binary (rustls on the server side, curl's TLS on the
+//! client side: two independent stacks), and a tiny upstream HTTP server for proxy tests.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// A finished curl request.
+#[derive(Debug)]
+pub struct CurlResponse {
+    pub status: u16,
+    pub http_version: String,
+    pub body: String,
+    pub headers: String,
+}
+
+impl CurlResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Runs curl against `url` trusting `ca`; `args` are extra curl arguments. Panics if curl
+/// cannot complete the exchange (use [`curl_raw`] to look at failures).
+pub fn curl(ca: &Path, url: &str, args: &[&str]) -> CurlResponse {
+    let out = curl_raw(ca, url, args);
+    assert!(
+        out.status.success(),
+        "curl {url} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (rest, trailer) = text.rsplit_once("\n@@").expect("curl trailer");
+    let mut fields = trailer.split_whitespace();
+    let status = fields.next().and_then(|s| s.parse().ok()).expect("status code");
+    let http_version = fields.next().unwrap_or_default().to_string();
+    let (headers, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
+    CurlResponse {
+        status,
+        http_version,
+        body: body.to_string(),
+        headers: headers.to_ascii_lowercase(),
+    }
+}
+
+/// curl's raw output; stdout is headers, body and `\n@@<code> <version>`.
+pub fn curl_raw(ca: &Path, url: &str, args: &[&str]) -> std::process::Output {
+    Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .args(["-w", "\n@@%{http_code} %{http_version}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl (install the curl package)")
+}
+
+/// An HTTP/1.1 upstream on loopback that answers every request with `upstream=<name>` and
+/// the request head it received (lower-cased), then closes the connection.
+pub fn spawn_upstream(name: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line == "\r\n" => break,
+                    Ok(_) => head.push_str(&line.to_ascii_lowercase()),
+                }
+            }
+            let body = format!("upstream={name}\n{head}");
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    port
+}

@@ -1,0 +1,237 @@
+//! The HTTPS listener of a real node: TLS with the internal CA, health over HTTP/1.1 and
+//! HTTP/2, metrics, authenticated cluster endpoints, JSON errors, and edge-proxy routes to real
+//! upstreams on loopback.
+
+use std::process::Command;
+
+use atlas_tests::https::{curl, curl_raw, spawn_upstream};
+use atlas_tests::{Node, atlas_bin, free_port, run_with_input, write_config};
+
+fn url(node: &Node, path: &str) -> String {
+    format!("https://{}{path}", node.https_addr())
+}
+
+#[test]
+fn health_over_http1_and_http2_with_the_internal_ca() {
+    let node = Node::start();
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let r = curl(&node.ca_path(), &url(&node, "/atlas/v1/health"), &[flag]);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.http_version, version, "{r:?}");
+        let body = r.json();
+        assert_eq!(body["status"], "ok");
+        assert_eq!(body["node_id"], 1);
+        assert_eq!(body["region"], "local");
+        assert!(body["version"].is_string());
+        assert!(r.headers.contains("content-type: application/json"), "{}", r.headers);
+    }
+    // Several requests on one h2 connection (the body of each must be fully read).
+    let u = url(&node, "/atlas/v1/health");
+    let out = curl_raw(&node.ca_path(), &u, &["--http2", &u, &u]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_ca_certificate_is_reused_across_restarts_and_shown_by_the_cli() {
+    let mut node = Node::start();
+    let before = std::fs::read(node.ca_path()).expect("ca.crt");
+    node.terminate();
+    node.restart();
+    assert_eq!(std::fs::read(node.ca_path()).expect("ca.crt"), before, "CA replaced on restart");
+    assert_eq!(curl(&node.ca_path(), &url(&node, "/atlas/v1/health"), &[]).status, 200);
+
+    let out = Command::new(atlas_bin())
+        .args(["ca", "show", "-c"])
+        .arg(node.config_path())
+        .output()
+        .expect("atlas ca show");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with(&String::from_utf8_lossy(&before).into_owned()), "{text}");
+    let fingerprint = text.lines().last().expect("fingerprint line");
+    assert!(fingerprint.starts_with("SHA-256 fingerprint: "), "{fingerprint}");
+    // Cross-check with openssl when it is installed.
+    if let Ok(openssl) = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(node.ca_path())
+        .output()
+        && openssl.status.success()
+    {
+        let theirs = String::from_utf8_lossy(&openssl.stdout);
+        let theirs = theirs.trim().rsplit('=').next().unwrap_or_default();
+        assert_eq!(fingerprint.trim_start_matches("SHA-256 fingerprint: "), theirs);
+    }
+}
+
+#[test]
+fn tls_below_1_2_is_refused() {
+    let node = Node::start();
+    let out = curl_raw(
+        &node.ca_path(),
+        &url(&node, "/atlas/v1/health"),
+        &["--tlsv1.0", "--tls-max", "1.1"],
+    );
+    assert!(!out.status.success(), "a TLS 1.1 handshake succeeded");
+}
+
+#[test]
+fn metrics_are_prometheus_text_with_atlas_families() {
+    let node = Node::start();
+    let mut c = node.client();
+    c.put("metrics.k", "v");
+    c.get("metrics.k");
+    c.request("FOO");
+    let r = curl(&node.ca_path(), &url(&node, "/metrics"), &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.headers.contains("content-type: text/plain; version=0.0.4"), "{}", r.headers);
+    for family in [
+        "atlas_socket_commands_total{command=\"KEY PUT\",result=\"ok\"} 1",
+        "atlas_socket_command_duration_seconds_bucket",
+        "atlas_connections_open{listener=\"socket\"} 1",
+        "atlas_received_bytes_total",
+        "atlas_errors_total{kind=\"unknown_command\"} 1",
+        "atlas_build_info{version=",
+        "atlas_rocksdb_live_data_bytes",
+        "atlas_rocksdb_memtable_bytes",
+        "atlas_rocksdb_pending_compaction_bytes",
+        "atlas_rocksdb_block_cache_hit_ratio",
+        "atlas_consensus_ballots_total 0",
+        "atlas_consensus_owned_tables",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(r.body.contains(family), "missing {family} in:\n{}", r.body);
+    }
+    lint_with_promtool(&r.body);
+}
+
+/// `promtool check metrics` must report nothing. CI installs promtool (Debian's prometheus).
+fn lint_with_promtool(text: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        assert!(std::env::var_os("CI").is_none(), "promtool is required under CI");
+        eprintln!("promtool not installed: lint skipped");
+        return;
+    };
+    use std::io::Write;
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("promtool");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}");
+}
+
+#[test]
+fn metrics_listen_serves_the_same_registry_in_plaintext() {
+    let port = free_port();
+    let node = Node::start_with(&format!("metrics_listen: 127.0.0.1:{port}"));
+    node.client().put("m.k", "v");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("atlas_socket_commands_total"), "{text}");
+}
+
+#[test]
+fn cluster_endpoints_demand_credentials() {
+    let node = Node::start_with("credentials: correct-horse-battery");
+    for path in ["/atlas/v1/join", "/atlas/v1/consensus"] {
+        let none = curl(&node.ca_path(), &url(&node, path), &["-X", "POST", "-d", "{}"]);
+        assert_eq!(none.status, 401, "{none:?}");
+        assert_eq!(none.json()["error"], "unauthorized");
+        let wrong = curl(
+            &node.ca_path(),
+            &url(&node, path),
+            &["-X", "POST", "-H", "Authorization: Bearer wrong-horse", "-d", "{}"],
+        );
+        assert_eq!(wrong.status, 401);
+        let right = curl(
+            &node.ca_path(),
+            &url(&node, path),
+            &["-X", "POST", "-H", "Authorization: Bearer correct-horse-battery", "-d", "{}"],
+        );
+        assert_ne!(right.status, 401, "{right:?}");
+    }
+    let metrics = curl(&node.ca_path(), &url(&node, "/metrics"), &[]);
+    assert!(metrics.body.contains("atlas_auth_failures_total{endpoint=\"join\"} 2"), "{}", metrics.body);
+    assert!(!node.stderr_text().contains("wrong-horse"), "a presented secret was logged");
+}
+
+#[test]
+fn unknown_paths_methods_and_large_bodies_get_json_errors() {
+    let node = Node::start();
+    let ca = node.ca_path();
+    let r = curl(&ca, &url(&node, "/atlas/v1/nothing"), &[]);
+    assert_eq!((r.status, r.json()["error"].as_str()), (404, Some("not_found")));
+    let r = curl(&ca, &url(&node, "/atlas/v1/health"), &["-X", "POST"]);
+    assert_eq!(r.status, 405);
+    assert!(r.headers.contains("allow: get"), "{}", r.headers);
+    // No route configured: other paths are 404 too.
+    let r = curl(&ca, &url(&node, "/some/app"), &[]);
+    assert_eq!((r.status, r.json()["error"].as_str()), (404, Some("not_found")));
+    // A body over the limit is refused without reading it all.
+    let big = node.dir().join("big.bin");
+    std::fs::write(&big, vec![b'x'; 65 * 1024 * 1024]).expect("write");
+    let data = format!("@{}", big.display());
+    let r = curl(&ca, &url(&node, "/atlas/v1/join"), &["--http1.1", "-X", "POST", "--data-binary", &data]);
+    assert_eq!(r.status, 413, "{r:?}");
+    // The server is still fine.
+    assert_eq!(curl(&ca, &url(&node, "/atlas/v1/health"), &[]).status, 200);
+}
+
+#[test]
+fn routes_proxy_to_upstreams_with_forwarding_headers() {
+    let app_a = spawn_upstream("a");
+    let app_b = spawn_upstream("b");
+    let down = free_port();
+    let node = Node::start_with(&format!(
+        "routes:\n  - path_prefix: /app/\n    upstreams: [\"127.0.0.1:{app_a}\", \"127.0.0.1:{app_b}\"]\n  - path_prefix: /down/\n    upstreams: [\"127.0.0.1:{down}\"]\n    connect_timeout_ms: 500\n  - host: only.example\n    path_prefix: /\n    upstreams: [\"127.0.0.1:{app_b}\"]"
+    ));
+    let ca = node.ca_path();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let r = curl(&ca, &url(&node, "/app/hello"), &["--http2"]);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.body.contains("get /app/hello http/1.1"), "{}", r.body);
+        assert!(r.body.contains("x-forwarded-for: 127.0.0.1"), "{}", r.body);
+        assert!(r.body.contains("x-forwarded-proto: https"), "{}", r.body);
+        seen.push(r.body.lines().next().unwrap_or_default().to_string());
+    }
+    assert!(seen.contains(&"upstream=a".to_string()) && seen.contains(&"upstream=b".to_string()), "round robin: {seen:?}");
+    // Atlas's own paths are never proxied.
+    assert_eq!(curl(&ca, &url(&node, "/atlas/v1/health"), &[]).json()["status"], "ok");
+    // An upstream that is down: 502, and the server keeps serving.
+    let r = curl(&ca, &url(&node, "/down/x"), &[]);
+    assert_eq!(r.status, 502, "{r:?}");
+    // Host routes: only requests for that host match.
+    let host_url = format!("https://only.example:{}/x", node.https_addr().rsplit(':').next().unwrap_or_default());
+    let resolve = format!("only.example:{}:127.0.0.1", node.https_addr().rsplit(':').next().unwrap_or_default());
+    let r = curl_raw(&ca, &host_url, &["--resolve", &resolve, "-k"]);
+    assert!(String::from_utf8_lossy(&r.stdout).contains("upstream=b"), "{}", String::from_utf8_lossy(&r.stdout));
+    assert_eq!(curl(&ca, &url(&node, "/x"), &[]).status, 404);
+}
+
+#[test]
+fn tls_files_that_do_not_parse_are_a_clear_start_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = dir.path().join("broken.pem");
+    std::fs::write(&cert, "not pem").expect("write");
+    let config = write_config(
+        dir.path(),
+        &format!("tls: {{cert: {}, key: {}}}", cert.display(), cert.display()),
+    );
+    let out = run_with_input(
+        Command::new(atlas_bin()).arg("serve").arg("-c").arg(&config),
+        b"",
+        std::time::Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.pem") && stderr.contains("atlas.tls"), "{stderr}");
+}
