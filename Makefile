@@ -15,7 +15,7 @@ test-deps:
 	@scripts/install-deps.sh curl prometheus samba-common-bin openssl
 
 build: deps
-	cargo build --release --workspace --bins
+	cargo build --release --workspace --bins --examples
 
 # Start one node with the embedded default config (data under ./data).
 run: build

@@ -23,12 +23,20 @@ fn health_over_http1_and_http2_with_the_internal_ca() {
         assert_eq!(body["node_id"], 1);
         assert_eq!(body["region"], "local");
         assert!(body["version"].is_string());
-        assert!(r.headers.contains("content-type: application/json"), "{}", r.headers);
+        assert!(
+            r.headers.contains("content-type: application/json"),
+            "{}",
+            r.headers
+        );
     }
     // Several requests on one h2 connection (the body of each must be fully read).
     let u = url(&node, "/atlas/v1/health");
     let out = curl_raw(&node.ca_path(), &u, &["--http2", &u, &u]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -37,19 +45,36 @@ fn the_ca_certificate_is_reused_across_restarts_and_shown_by_the_cli() {
     let before = std::fs::read(node.ca_path()).expect("ca.crt");
     node.terminate();
     node.restart();
-    assert_eq!(std::fs::read(node.ca_path()).expect("ca.crt"), before, "CA replaced on restart");
-    assert_eq!(curl(&node.ca_path(), &url(&node, "/atlas/v1/health"), &[]).status, 200);
+    assert_eq!(
+        std::fs::read(node.ca_path()).expect("ca.crt"),
+        before,
+        "CA replaced on restart"
+    );
+    assert_eq!(
+        curl(&node.ca_path(), &url(&node, "/atlas/v1/health"), &[]).status,
+        200
+    );
 
     let out = Command::new(atlas_bin())
         .args(["ca", "show", "-c"])
         .arg(node.config_path())
         .output()
         .expect("atlas ca show");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with(&String::from_utf8_lossy(&before).into_owned()), "{text}");
+    assert!(
+        text.starts_with(&String::from_utf8_lossy(&before).into_owned()),
+        "{text}"
+    );
     let fingerprint = text.lines().last().expect("fingerprint line");
-    assert!(fingerprint.starts_with("SHA-256 fingerprint: "), "{fingerprint}");
+    assert!(
+        fingerprint.starts_with("SHA-256 fingerprint: "),
+        "{fingerprint}"
+    );
     // Cross-check with openssl when it is installed.
     if let Ok(openssl) = Command::new("openssl")
         .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
@@ -59,7 +84,10 @@ fn the_ca_certificate_is_reused_across_restarts_and_shown_by_the_cli() {
     {
         let theirs = String::from_utf8_lossy(&openssl.stdout);
         let theirs = theirs.trim().rsplit('=').next().unwrap_or_default();
-        assert_eq!(fingerprint.trim_start_matches("SHA-256 fingerprint: "), theirs);
+        assert_eq!(
+            fingerprint.trim_start_matches("SHA-256 fingerprint: "),
+            theirs
+        );
     }
 }
 
@@ -83,7 +111,12 @@ fn metrics_are_prometheus_text_with_atlas_families() {
     c.request("FOO");
     let r = curl(&node.ca_path(), &url(&node, "/metrics"), &[]);
     assert_eq!(r.status, 200);
-    assert!(r.headers.contains("content-type: text/plain; version=0.0.4"), "{}", r.headers);
+    assert!(
+        r.headers
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{}",
+        r.headers
+    );
     for family in [
         "atlas_socket_commands_total{command=\"KEY PUT\",result=\"ok\"} 1",
         "atlas_socket_command_duration_seconds_bucket",
@@ -113,15 +146,30 @@ fn lint_with_promtool(text: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn()
     else {
-        assert!(std::env::var_os("CI").is_none(), "promtool is required under CI");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is required under CI"
+        );
         eprintln!("promtool not installed: lint skipped");
         return;
     };
     use std::io::Write;
-    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
     let out = child.wait_with_output().expect("promtool");
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
 }
 
 #[test]
@@ -142,25 +190,52 @@ fn metrics_listen_serves_the_same_registry_in_plaintext() {
 fn cluster_endpoints_demand_credentials() {
     let node = Node::start_with("credentials: correct-horse-battery");
     for path in ["/atlas/v1/join", "/atlas/v1/consensus"] {
-        let none = curl(&node.ca_path(), &url(&node, path), &["-X", "POST", "-d", "{}"]);
+        let none = curl(
+            &node.ca_path(),
+            &url(&node, path),
+            &["-X", "POST", "-d", "{}"],
+        );
         assert_eq!(none.status, 401, "{none:?}");
         assert_eq!(none.json()["error"], "unauthorized");
         let wrong = curl(
             &node.ca_path(),
             &url(&node, path),
-            &["-X", "POST", "-H", "Authorization: Bearer wrong-horse", "-d", "{}"],
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Authorization: Bearer wrong-horse",
+                "-d",
+                "{}",
+            ],
         );
         assert_eq!(wrong.status, 401);
         let right = curl(
             &node.ca_path(),
             &url(&node, path),
-            &["-X", "POST", "-H", "Authorization: Bearer correct-horse-battery", "-d", "{}"],
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Authorization: Bearer correct-horse-battery",
+                "-d",
+                "{}",
+            ],
         );
         assert_ne!(right.status, 401, "{right:?}");
     }
     let metrics = curl(&node.ca_path(), &url(&node, "/metrics"), &[]);
-    assert!(metrics.body.contains("atlas_auth_failures_total{endpoint=\"join\"} 2"), "{}", metrics.body);
-    assert!(!node.stderr_text().contains("wrong-horse"), "a presented secret was logged");
+    assert!(
+        metrics
+            .body
+            .contains("atlas_auth_failures_total{endpoint=\"join\"} 2"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        !node.stderr_text().contains("wrong-horse"),
+        "a presented secret was logged"
+    );
 }
 
 #[test]
@@ -168,18 +243,28 @@ fn unknown_paths_methods_and_large_bodies_get_json_errors() {
     let node = Node::start();
     let ca = node.ca_path();
     let r = curl(&ca, &url(&node, "/atlas/v1/nothing"), &[]);
-    assert_eq!((r.status, r.json()["error"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (404, Some("not_found"))
+    );
     let r = curl(&ca, &url(&node, "/atlas/v1/health"), &["-X", "POST"]);
     assert_eq!(r.status, 405);
     assert!(r.headers.contains("allow: get"), "{}", r.headers);
     // No route configured: other paths are 404 too.
     let r = curl(&ca, &url(&node, "/some/app"), &[]);
-    assert_eq!((r.status, r.json()["error"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (404, Some("not_found"))
+    );
     // A body over the limit is refused without reading it all.
     let big = node.dir().join("big.bin");
     std::fs::write(&big, vec![b'x'; 65 * 1024 * 1024]).expect("write");
     let data = format!("@{}", big.display());
-    let r = curl(&ca, &url(&node, "/atlas/v1/join"), &["--http1.1", "-X", "POST", "--data-binary", &data]);
+    let r = curl(
+        &ca,
+        &url(&node, "/atlas/v1/join"),
+        &["--http1.1", "-X", "POST", "--data-binary", &data],
+    );
     assert_eq!(r.status, 413, "{r:?}");
     // The server is still fine.
     assert_eq!(curl(&ca, &url(&node, "/atlas/v1/health"), &[]).status, 200);
@@ -203,17 +288,33 @@ fn routes_proxy_to_upstreams_with_forwarding_headers() {
         assert!(r.body.contains("x-forwarded-proto: https"), "{}", r.body);
         seen.push(r.body.lines().next().unwrap_or_default().to_string());
     }
-    assert!(seen.contains(&"upstream=a".to_string()) && seen.contains(&"upstream=b".to_string()), "round robin: {seen:?}");
+    assert!(
+        seen.contains(&"upstream=a".to_string()) && seen.contains(&"upstream=b".to_string()),
+        "round robin: {seen:?}"
+    );
     // Atlas's own paths are never proxied.
-    assert_eq!(curl(&ca, &url(&node, "/atlas/v1/health"), &[]).json()["status"], "ok");
+    assert_eq!(
+        curl(&ca, &url(&node, "/atlas/v1/health"), &[]).json()["status"],
+        "ok"
+    );
     // An upstream that is down: 502, and the server keeps serving.
     let r = curl(&ca, &url(&node, "/down/x"), &[]);
     assert_eq!(r.status, 502, "{r:?}");
     // Host routes: only requests for that host match.
-    let host_url = format!("https://only.example:{}/x", node.https_addr().rsplit(':').next().unwrap_or_default());
-    let resolve = format!("only.example:{}:127.0.0.1", node.https_addr().rsplit(':').next().unwrap_or_default());
+    let host_url = format!(
+        "https://only.example:{}/x",
+        node.https_addr().rsplit(':').next().unwrap_or_default()
+    );
+    let resolve = format!(
+        "only.example:{}:127.0.0.1",
+        node.https_addr().rsplit(':').next().unwrap_or_default()
+    );
     let r = curl_raw(&ca, &host_url, &["--resolve", &resolve, "-k"]);
-    assert!(String::from_utf8_lossy(&r.stdout).contains("upstream=b"), "{}", String::from_utf8_lossy(&r.stdout));
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("upstream=b"),
+        "{}",
+        String::from_utf8_lossy(&r.stdout)
+    );
     assert_eq!(curl(&ca, &url(&node, "/x"), &[]).status, 404);
 }
 
@@ -227,11 +328,93 @@ fn tls_files_that_do_not_parse_are_a_clear_start_error() {
         &format!("tls: {{cert: {}, key: {}}}", cert.display(), cert.display()),
     );
     let out = run_with_input(
-        Command::new(atlas_bin()).arg("serve").arg("-c").arg(&config),
+        Command::new(atlas_bin())
+            .arg("serve")
+            .arg("-c")
+            .arg(&config),
         b"",
         std::time::Duration::from_secs(30),
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("broken.pem") && stderr.contains("atlas.tls"), "{stderr}");
+    assert!(
+        stderr.contains("broken.pem") && stderr.contains("atlas.tls"),
+        "{stderr}"
+    );
+}
+
+/// `plugin/examples/embed.rs`: a plain user proxy whose YAML gains an `atlas:` section.
+#[test]
+fn atlas_embedded_in_a_users_own_proxy() {
+    let example = atlas_bin()
+        .parent()
+        .expect("target dir")
+        .join("examples")
+        .join("embed");
+    assert!(
+        example.is_file(),
+        "build the example first: {}",
+        example.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "");
+    let upstream = spawn_upstream("user-app");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(dir.path().join("embed.log")).expect("log");
+    let mut child = Command::new(&example)
+        .arg("-c")
+        .arg(&config)
+        .env("EMBED_LISTEN", &listen)
+        .env("EMBED_UPSTREAM", format!("127.0.0.1:{upstream}"))
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start the example");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !dir.path().join("atlas.sock").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "embedded atlas did not start"
+            );
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "example exited with {status}: {}",
+                    std::fs::read_to_string(dir.path().join("embed.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Kill(child)
+    };
+    let get = |path: &str| -> String {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--retry",
+                "20",
+                "--retry-connrefused",
+                "--retry-delay",
+                "0",
+            ])
+            .arg(format!("http://{listen}{path}"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(get("/atlas/v1/health").contains("\"status\":\"ok\""));
+    assert!(get("/anything").starts_with("upstream=user-app"));
+    // The socket of the embedded engine works too.
+    let mut c = atlas_tests::Client::connect_ready(&dir.path().join("atlas.sock"));
+    c.put("embedded.k", "v");
+    assert_eq!(c.request("KEY GET embedded.k"), ["VALUE:v", "OK"]);
 }
