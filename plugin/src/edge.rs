@@ -57,7 +57,10 @@ fn health_check_for(
     if check.kind == "tcp" {
         return Some(TcpHealthCheck::new());
     }
-    let host = route.host.clone().unwrap_or_else(|| "localhost".to_string());
+    let host = route
+        .host
+        .clone()
+        .unwrap_or_else(|| "localhost".to_string());
     let mut http = HttpHealthCheck::new(&host, route.tls_sni.is_some());
     if let Ok(mut req) = RequestHeader::build("GET", check.kind.as_bytes(), None) {
         let _ = req.append_header("Host", host.as_str());
@@ -75,12 +78,11 @@ where
     S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
 {
-    let mut lb = LoadBalancer::<S>::try_from_iter(route.upstreams.iter().map(String::as_str)).map_err(|e| {
-        RouteError {
+    let mut lb = LoadBalancer::<S>::try_from_iter(route.upstreams.iter().map(String::as_str))
+        .map_err(|e| RouteError {
             index,
             message: format!("cannot resolve: {e}"),
-        }
-    })?;
+        })?;
     if let Some(check) = health_check_for(route) {
         lb.set_health_check(check);
         let interval = route.health_check.as_ref().map_or(1_000, |h| h.interval_ms);
@@ -94,13 +96,18 @@ where
 }
 
 /// The routes of `atlas.routes`, with their health checks added to `server`.
-pub fn build_routes(server: &mut Server, configs: &[RouteConfig]) -> Result<Vec<RouteTable>, RouteError> {
+pub fn build_routes(
+    server: &mut Server,
+    configs: &[RouteConfig],
+) -> Result<Vec<RouteTable>, RouteError> {
     configs
         .iter()
         .enumerate()
         .map(|(index, config)| {
             let balancer = match config.selection {
-                Selection::RoundRobin => Balancer::RoundRobin(build_balancer(server, index, config)?),
+                Selection::RoundRobin => {
+                    Balancer::RoundRobin(build_balancer(server, index, config)?)
+                }
                 Selection::ConsistentHash => Balancer::Hash(build_balancer(server, index, config)?),
             };
             Ok(RouteTable(Route {
@@ -140,7 +147,10 @@ fn match_route(routes: &[RouteTable], host: Option<&str>, path: &str) -> Option<
     routes
         .iter()
         .enumerate()
-        .filter(|(_, r)| r.0.host.as_deref().is_none_or(|h| Some(h) == host) && path.starts_with(&r.0.path_prefix))
+        .filter(|(_, r)| {
+            r.0.host.as_deref().is_none_or(|h| Some(h) == host)
+                && path.starts_with(&r.0.path_prefix)
+        })
         .max_by_key(|(_, r)| (r.0.host.is_some(), r.0.path_prefix.len()))
         .map(|(i, _)| i)
 }
@@ -172,7 +182,11 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut EdgeCtx,
+    ) -> pingora::Result<bool> {
         if self.api.try_serve(session).await? {
             return Ok(true);
         }
@@ -188,7 +202,11 @@ impl ProxyHttp for EdgeProxy {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut EdgeCtx) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut EdgeCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
         let route = ctx
             .route
             .and_then(|i| self.routes.get(i))
@@ -197,7 +215,10 @@ impl ProxyHttp for EdgeProxy {
         // Consistent hashing keys on the client address and path, so a client sticks to a backend.
         let key = format!(
             "{}{}",
-            session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+            session
+                .client_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             session.req_header().uri.path()
         );
         let backend = route
@@ -218,8 +239,16 @@ impl ProxyHttp for EdgeProxy {
         upstream: &mut RequestHeader,
         _ctx: &mut EdgeCtx,
     ) -> pingora::Result<()> {
-        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
-            let forwarded = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        if let Some(client) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+        {
+            let forwarded = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(previous) => format!("{previous}, {client}"),
                 None => client,
             };

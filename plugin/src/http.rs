@@ -174,10 +174,13 @@ impl HttpApi {
                     "this node runs as a single node: cluster join and the consensus transport are not enabled",
                 )
             }
-            Route::Nas => HttpReply::error(404, "not_found", "the NAS API is not enabled on this node"),
+            Route::Nas => {
+                HttpReply::error(404, "not_found", "the NAS API is not enabled on this node")
+            }
             Route::NotFound => HttpReply::error(404, "not_found", "no such endpoint"),
             Route::MethodNotAllowed(allowed) => {
-                let mut reply = HttpReply::error(405, "method_not_allowed", &format!("use {allowed}"));
+                let mut reply =
+                    HttpReply::error(405, "method_not_allowed", &format!("use {allowed}"));
                 reply.extra_headers.push(("allow", allowed.to_string()));
                 reply
             }
@@ -208,12 +211,24 @@ impl HttpApi {
         if ok {
             return None;
         }
-        metrics().auth_failures.with_label_values(&[route.label()]).inc();
-        let client = session.client_addr().map(|a| a.to_string()).unwrap_or_default();
+        metrics()
+            .auth_failures
+            .with_label_values(&[route.label()])
+            .inc();
+        let client = session
+            .client_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         // Never log what was presented: it may be a mistyped secret.
         tracing::warn!(client = %client, endpoint = route.label(), "refused a request without valid cluster credentials");
-        let mut reply = HttpReply::error(401, "unauthorized", "valid cluster credentials required (Authorization: Bearer …)");
-        reply.extra_headers.push(("www-authenticate", "Bearer".to_string()));
+        let mut reply = HttpReply::error(
+            401,
+            "unauthorized",
+            "valid cluster credentials required (Authorization: Bearer …)",
+        );
+        reply
+            .extra_headers
+            .push(("www-authenticate", "Bearer".to_string()));
         Some(reply)
     }
 }
@@ -233,8 +248,20 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, HttpReply> {
     loop {
         let chunk = tokio::time::timeout_at(deadline, session.read_request_body()).await;
         match chunk {
-            Err(_) => return Err(HttpReply::error(408, "timeout", "request body not received in time")),
-            Ok(Err(_)) => return Err(HttpReply::error(400, "bad_request", "malformed request body")),
+            Err(_) => {
+                return Err(HttpReply::error(
+                    408,
+                    "timeout",
+                    "request body not received in time",
+                ));
+            }
+            Ok(Err(_)) => {
+                return Err(HttpReply::error(
+                    400,
+                    "bad_request",
+                    "malformed request body",
+                ));
+            }
             Ok(Ok(None)) => return Ok(body),
             Ok(Ok(Some(bytes))) => {
                 if body.len() + bytes.len() > MAX_BODY_BYTES {
@@ -254,7 +281,11 @@ fn too_large() -> HttpReply {
     )
 }
 
-pub async fn write_reply(session: &mut ServerSession, reply: HttpReply, head_only: bool) -> pingora::Result<()> {
+pub async fn write_reply(
+    session: &mut ServerSession,
+    reply: HttpReply,
+    head_only: bool,
+) -> pingora::Result<()> {
     let mut header = ResponseHeader::build(reply.status, Some(4))?;
     header.insert_header("content-type", reply.content_type)?;
     header.insert_header("content-length", reply.body.len().to_string())?;
@@ -265,7 +296,9 @@ pub async fn write_reply(session: &mut ServerSession, reply: HttpReply, head_onl
     let empty = head_only || reply.body.is_empty();
     session.write_response_header(Box::new(header)).await?;
     if !empty {
-        session.write_response_body(Bytes::from(reply.body), true).await?;
+        session
+            .write_response_body(Bytes::from(reply.body), true)
+            .await?;
     }
     session.finish_body().await?;
     Ok(())
@@ -279,7 +312,10 @@ mod tests {
     fn routing() {
         assert_eq!(route("GET", "/atlas/v1/health"), Route::Health);
         assert_eq!(route("HEAD", "/metrics"), Route::Metrics);
-        assert_eq!(route("POST", "/atlas/v1/health"), Route::MethodNotAllowed("GET"));
+        assert_eq!(
+            route("POST", "/atlas/v1/health"),
+            Route::MethodNotAllowed("GET")
+        );
         assert_eq!(route("GET", JOIN_PATH), Route::MethodNotAllowed("POST"));
         assert_eq!(route("POST", TRANSPORT_PATH), Route::Transport);
         assert_eq!(route("DELETE", "/api/v1/users/3"), Route::Nas);

@@ -76,16 +76,19 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
     let (atlas, tls) = install_common(server, config)?;
     let routes = edge::build_routes(server, &config.routes)?;
     let proxy = edge::EdgeProxy::new(atlas.http.clone(), routes);
-    let mut https = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "atlas https");
+    let mut https =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "atlas https");
     // Paths are ignored when a resolver is set; the resolver serves renewed leaves live.
-    let mut settings = TlsSettings::intermediate("", "").map_err(|e| {
-        InstallError::Tls(tls::TlsError::Key(e.to_string()))
-    })?;
+    let mut settings = TlsSettings::intermediate("", "")
+        .map_err(|e| InstallError::Tls(tls::TlsError::Key(e.to_string())))?;
     settings.set_cert_resolver(tls.resolver.clone());
     settings.enable_h2();
     https.add_tls_with_settings(&config.listen, None, settings);
     server.add_service(https);
-    server.add_service(background_service("atlas tls renewal", engine_service::TlsRenewal::new(tls)));
+    server.add_service(background_service(
+        "atlas tls renewal",
+        engine_service::TlsRenewal::new(tls),
+    ));
     Ok(atlas)
 }
 
@@ -95,7 +98,10 @@ pub fn install_embedded(server: &mut Server, config: &AtlasConfig) -> Result<Atl
     install_common(server, config).map(|(atlas, _)| atlas)
 }
 
-fn install_common(server: &mut Server, config: &AtlasConfig) -> Result<(Atlas, tls::ServerTls), InstallError> {
+fn install_common(
+    server: &mut Server,
+    config: &AtlasConfig,
+) -> Result<(Atlas, tls::ServerTls), InstallError> {
     let engine: EngineCell = Arc::new(OnceLock::new());
     metrics::metrics();
     // In a zero-downtime upgrade (`-u`) the old process still holds the socket and RocksDB's
@@ -111,8 +117,9 @@ fn install_common(server: &mut Server, config: &AtlasConfig) -> Result<(Atlas, t
 
     let socket = config.socket_path();
     if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| InstallError::Socket(format!("cannot create {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent).map_err(|e| {
+            InstallError::Socket(format!("cannot create {}: {e}", parent.display()))
+        })?;
     }
     if !upgrading {
         atlas::node::clear_stale_socket(&socket).map_err(InstallError::Socket)?;
@@ -124,7 +131,10 @@ fn install_common(server: &mut Server, config: &AtlasConfig) -> Result<(Atlas, t
         "atlas socket".to_string(),
         SocketApp::new(engine.clone(), config.limits.clone()),
     );
-    listener.add_uds(socket_str, Some(std::fs::Permissions::from_mode(SOCKET_MODE)));
+    listener.add_uds(
+        socket_str,
+        Some(std::fs::Permissions::from_mode(SOCKET_MODE)),
+    );
     let listener_handle = server.add_service(listener);
     listener_handle.add_dependency(&engine_handle);
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use atlas::session::Observer;
 use atlas::storage::StorageStats;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -42,56 +42,79 @@ pub struct Metrics {
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    let metric =
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
     metric
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let metric = IntCounter::new(name, help).expect("valid metric definition");
-    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
     metric
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let metric = IntGauge::new(name, help).expect("valid metric definition");
-    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
     metric
 }
 
 fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
     let metric = HistogramVec::new(opts, labels).expect("valid metric definition");
-    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
     metric
 }
 
 impl Metrics {
     fn register(registry: &Registry) -> Metrics {
         let build_info = IntGaugeVec::new(
-            Opts::new("atlas_build_info", "Build of the running atlas (value is always 1)."),
+            Opts::new(
+                "atlas_build_info",
+                "Build of the running atlas (value is always 1).",
+            ),
             &["version"],
         )
         .expect("valid metric definition");
-        registry.register(Box::new(build_info.clone())).expect("metric registered once");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("metric registered once");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         #[cfg(target_os = "linux")]
         {
             let process = prometheus::process_collector::ProcessCollector::for_self();
             let _ = registry.register(Box::new(process));
         }
         let connections_open = IntGaugeVec::new(
-            Opts::new("atlas_connections_open", "Client connections open now, by listener."),
+            Opts::new(
+                "atlas_connections_open",
+                "Client connections open now, by listener.",
+            ),
             &["listener"],
         )
         .expect("valid metric definition");
-        registry.register(Box::new(connections_open.clone())).expect("metric registered once");
+        registry
+            .register(Box::new(connections_open.clone()))
+            .expect("metric registered once");
         let hit_ratio = Gauge::new(
             "atlas_rocksdb_block_cache_hit_ratio",
             "Block-cache hits / (hits + misses) since start.",
         )
         .expect("valid metric definition");
-        registry.register(Box::new(hit_ratio.clone())).expect("metric registered once");
+        registry
+            .register(Box::new(hit_ratio.clone()))
+            .expect("metric registered once");
         Metrics {
             socket_commands: counter_vec(
                 registry,
@@ -147,7 +170,11 @@ impl Metrics {
                 "atlas_rocksdb_live_data_bytes",
                 "Estimated live data in RocksDB.",
             ),
-            rocksdb_sst_files_bytes: gauge(registry, "atlas_rocksdb_sst_files_bytes", "Size of all SST files."),
+            rocksdb_sst_files_bytes: gauge(
+                registry,
+                "atlas_rocksdb_sst_files_bytes",
+                "Size of all SST files.",
+            ),
             rocksdb_memtable_bytes: gauge(
                 registry,
                 "atlas_rocksdb_memtable_bytes",
@@ -195,10 +222,14 @@ impl Metrics {
     /// Copies storage figures into the gauges.
     pub fn record_storage(&self, stats: &StorageStats) {
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        self.rocksdb_live_data_bytes.set(as_i64(stats.live_data_bytes));
-        self.rocksdb_sst_files_bytes.set(as_i64(stats.sst_files_bytes));
-        self.rocksdb_memtable_bytes.set(as_i64(stats.memtable_bytes));
-        self.rocksdb_pending_compaction_bytes.set(as_i64(stats.pending_compaction_bytes));
+        self.rocksdb_live_data_bytes
+            .set(as_i64(stats.live_data_bytes));
+        self.rocksdb_sst_files_bytes
+            .set(as_i64(stats.sst_files_bytes));
+        self.rocksdb_memtable_bytes
+            .set(as_i64(stats.memtable_bytes));
+        self.rocksdb_pending_compaction_bytes
+            .set(as_i64(stats.pending_compaction_bytes));
         let lookups = stats.block_cache_hits + stats.block_cache_misses;
         if lookups > 0 {
             self.rocksdb_block_cache_hit_ratio
@@ -240,19 +271,31 @@ const SOCKET: &str = "socket";
 
 impl Observer for SocketObserver {
     fn connection_opened(&self) {
-        metrics().connections_open.with_label_values(&[SOCKET]).inc();
+        metrics()
+            .connections_open
+            .with_label_values(&[SOCKET])
+            .inc();
     }
 
     fn connection_closed(&self) {
-        metrics().connections_open.with_label_values(&[SOCKET]).dec();
+        metrics()
+            .connections_open
+            .with_label_values(&[SOCKET])
+            .dec();
     }
 
     fn bytes_received(&self, bytes: u64) {
-        metrics().bytes_received.with_label_values(&[SOCKET]).inc_by(bytes);
+        metrics()
+            .bytes_received
+            .with_label_values(&[SOCKET])
+            .inc_by(bytes);
     }
 
     fn bytes_sent(&self, bytes: u64) {
-        metrics().bytes_sent.with_label_values(&[SOCKET]).inc_by(bytes);
+        metrics()
+            .bytes_sent
+            .with_label_values(&[SOCKET])
+            .inc_by(bytes);
     }
 
     fn command(&self, name: &'static str, error_kind: Option<&'static str>, elapsed: Duration) {

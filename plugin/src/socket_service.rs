@@ -38,7 +38,14 @@ impl ServerApp for SocketApp {
             return None;
         };
         let observer = Arc::new(crate::metrics::SocketObserver);
-        atlas::session::serve(stream, engine, self.limits.clone(), shutdown.clone(), observer).await;
+        atlas::session::serve(
+            stream,
+            engine,
+            self.limits.clone(),
+            shutdown.clone(),
+            observer,
+        )
+        .await;
         None
     }
 }

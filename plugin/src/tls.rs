@@ -17,8 +17,8 @@ use atlas::config::TlsConfig;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use sha2::{Digest, Sha256};
 
@@ -31,9 +31,15 @@ const CA_COMMON_NAME: &str = "Atlas internal CA";
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("atlas.tls: cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("atlas.tls: cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("atlas.tls: {path} holds no usable PEM {what}")]
     Pem { path: String, what: &'static str },
     #[error("atlas.tls: certificate generation failed: {0}")]
@@ -125,7 +131,10 @@ impl InternalCa {
                 path: key_path.display().to_string(),
                 what: "private key",
             })?;
-            return Ok(InternalCa { dir: dir.into(), key });
+            return Ok(InternalCa {
+                dir: dir.into(),
+                key,
+            });
         }
         let key = KeyPair::generate()?;
         let mut params = ca_params()?;
@@ -134,7 +143,10 @@ impl InternalCa {
         write(&key_path, &key.serialize_pem(), true)?;
         write(&cert_path, &cert.pem(), false)?;
         tracing::info!(path = %cert_path.display(), "created the internal CA");
-        Ok(InternalCa { dir: dir.into(), key })
+        Ok(InternalCa {
+            dir: dir.into(),
+            key,
+        })
     }
 
     pub fn cert_pem(&self) -> Result<String, TlsError> {
@@ -145,10 +157,19 @@ impl InternalCa {
     pub fn issue_leaf(&self, sans: &[String]) -> Result<(String, KeyPair, i64), TlsError> {
         let leaf_key = KeyPair::generate()?;
         let mut params = CertificateParams::new(sans.to_vec())?;
-        params.distinguished_name.push(DnType::CommonName, sans.first().map_or("atlas", String::as_str));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            sans.first().map_or("atlas", String::as_str),
+        );
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         set_validity(&mut params, LEAF_VALIDITY_DAYS as u64);
         let expires = now_unix() + LEAF_VALIDITY_DAYS * 86400;
         let issuer = Issuer::new(ca_params()?, &self.key);
@@ -176,7 +197,11 @@ struct LeafInfo {
 }
 
 /// Makes sure `<tls>/node.crt` is a current leaf for `sans`; returns true when it was (re)issued.
-pub fn ensure_leaf(ca: &InternalCa, sans: &[String], renew_before: Duration) -> Result<bool, TlsError> {
+pub fn ensure_leaf(
+    ca: &InternalCa,
+    sans: &[String],
+    renew_before: Duration,
+) -> Result<bool, TlsError> {
     let info_path = ca.dir.join("node.json");
     let current: Option<LeafInfo> = std::fs::read(&info_path)
         .ok()
@@ -219,13 +244,16 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
             });
         }
     };
-    let provider = CryptoProvider::get_default().ok_or_else(|| TlsError::Key("no crypto provider".into()))?;
+    let provider =
+        CryptoProvider::get_default().ok_or_else(|| TlsError::Key("no crypto provider".into()))?;
     let signing_key = provider
         .key_provider
         .load_private_key(private_key)
         .map_err(|e| TlsError::Key(e.to_string()))?;
     let certified = CertifiedKey::new(certs, signing_key);
-    certified.keys_match().map_err(|e| TlsError::Key(e.to_string()))?;
+    certified
+        .keys_match()
+        .map_err(|e| TlsError::Key(e.to_string()))?;
     Ok(Arc::new(certified))
 }
 
@@ -249,7 +277,12 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
     }
 }
 
@@ -318,7 +351,10 @@ pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     let begin = "-----BEGIN CERTIFICATE-----";
     let start = pem.find(begin)? + begin.len();
     let end = start + pem[start..].find("-----END CERTIFICATE-----")?;
-    let b64: String = pem[start..end].chars().filter(|c| !c.is_whitespace()).collect();
+    let b64: String = pem[start..end]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     base64_decode(&b64)
 }
 
@@ -350,7 +386,10 @@ mod tests {
         let ca_pem = ca.cert_pem().unwrap();
         let sans = vec!["node1.example".to_string(), "127.0.0.1".to_string()];
         assert!(ensure_leaf(&ca, &sans, LEAF_RENEW_BEFORE).unwrap());
-        assert!(!ensure_leaf(&ca, &sans, LEAF_RENEW_BEFORE).unwrap(), "fresh leaf is reused");
+        assert!(
+            !ensure_leaf(&ca, &sans, LEAF_RENEW_BEFORE).unwrap(),
+            "fresh leaf is reused"
+        );
         // A leaf inside the renewal window is replaced.
         let window = Duration::from_secs(LEAF_VALIDITY_DAYS as u64 * 86400);
         assert!(ensure_leaf(&ca, &sans, window).unwrap());
@@ -360,7 +399,10 @@ mod tests {
         assert_eq!(again.cert_pem().unwrap(), ca_pem, "the CA is reused");
         load_certified_key(&dir.path().join("node.crt"), &dir.path().join("node.key")).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -371,7 +413,9 @@ mod tests {
         std::fs::write(&cert, "not a certificate").unwrap();
         let err = load_certified_key(&cert, &cert).unwrap_err().to_string();
         assert!(err.contains("c.pem"), "{err}");
-        let missing = load_certified_key(&dir.path().join("none.pem"), &cert).unwrap_err().to_string();
+        let missing = load_certified_key(&dir.path().join("none.pem"), &cert)
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("none.pem"), "{missing}");
     }
 

@@ -18,7 +18,8 @@ pub struct CurlResponse {
 
 impl CurlResponse {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
     }
 }
 
@@ -34,7 +35,10 @@ pub fn curl(ca: &Path, url: &str, args: &[&str]) -> CurlResponse {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (rest, trailer) = text.rsplit_once("\n@@").expect("curl trailer");
     let mut fields = trailer.split_whitespace();
-    let status = fields.next().and_then(|s| s.parse().ok()).expect("status code");
+    let status = fields
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
     let http_version = fields.next().unwrap_or_default().to_string();
     let (headers, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
     CurlResponse {
