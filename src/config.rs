@@ -283,6 +283,15 @@ impl AtlasConfig {
                     "atlas.routes[{i}].upstreams: needs at least one upstream"
                 ));
             }
+            if let Some(check) = &route.health_check
+                && check.kind != "tcp"
+                && !check.kind.starts_with('/')
+            {
+                return Err(format!(
+                    "atlas.routes[{i}].health_check.kind: `{}` must be `tcp` or an HTTP path such as /healthz",
+                    check.kind
+                ));
+            }
             if !route.path_prefix.starts_with('/') {
                 return Err(format!("atlas.routes[{i}].path_prefix: must start with /"));
             }
@@ -407,6 +416,10 @@ mod tests {
             (
                 "atlas:\n  routes:\n    - upstreams: []\n",
                 "atlas.routes[0].upstreams",
+            ),
+            (
+                "atlas:\n  routes:\n    - upstreams: [\"127.0.0.1:1\"]\n      health_check: {kind: http}\n",
+                "atlas.routes[0].health_check.kind",
             ),
         ] {
             let msg = AtlasConfig::from_yaml(yaml, "f").unwrap_err().to_string();

@@ -205,6 +205,7 @@ impl Session {
             let line = match read {
                 Ok(LineRead::Line(line)) => line,
                 Ok(LineRead::TooLong) => {
+                    self.observer.rejected("line_too_long");
                     let reply =
                         Reply::Error(Level::Fatal, "command exceeded maximum length".into());
                     self.send(&reply, None).await;

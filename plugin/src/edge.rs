@@ -62,6 +62,10 @@ fn health_check_for(
         .clone()
         .unwrap_or_else(|| "localhost".to_string());
     let mut http = HttpHealthCheck::new(&host, route.tls_sni.is_some());
+    if let Some(sni) = &route.tls_sni {
+        // The upstream's certificate is for its SNI name, not for the routed host.
+        http.peer_template.sni = sni.clone();
+    }
     if let Ok(mut req) = RequestHeader::build("GET", check.kind.as_bytes(), None) {
         let _ = req.append_header("Host", host.as_str());
         http.req = req;
@@ -212,15 +216,14 @@ impl ProxyHttp for EdgeProxy {
             .and_then(|i| self.routes.get(i))
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(404), "no route"))?;
         let route = &route.0;
-        // Consistent hashing keys on the client address and path, so a client sticks to a backend.
-        let key = format!(
-            "{}{}",
-            session
-                .client_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            session.req_header().uri.path()
-        );
+        // Consistent hashing keys on the client's IP (not its port) and the path, so a client
+        // sticks to one backend for a path across connections.
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let key = format!("{client_ip}{}", session.req_header().uri.path());
         let backend = route
             .balancer
             .select(key.as_bytes())

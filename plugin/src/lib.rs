@@ -73,7 +73,9 @@ impl Atlas {
 
 /// Adds all of Atlas's services to `server`, including its HTTPS listener at `atlas.listen`.
 pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, InstallError> {
-    let (atlas, tls) = install_common(server, config)?;
+    // Prepared before the fork so a bad certificate is a start-up error on the terminal.
+    let tls = tls::ServerTls::prepare(config)?;
+    let atlas = install_common(server, config)?;
     let routes = edge::build_routes(server, &config.routes)?;
     let proxy = edge::EdgeProxy::new(atlas.http.clone(), routes);
     let mut https =
@@ -95,21 +97,18 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
 /// Adds Atlas's services except the HTTPS listener: the host proxy serves Atlas's paths by
 /// calling [`Atlas::try_serve`].
 pub fn install_embedded(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, InstallError> {
-    install_common(server, config).map(|(atlas, _)| atlas)
+    install_common(server, config)
 }
 
 fn install_common(
     server: &mut Server,
     config: &AtlasConfig,
-) -> Result<(Atlas, tls::ServerTls), InstallError> {
+) -> Result<Atlas, InstallError> {
     let engine: EngineCell = Arc::new(OnceLock::new());
     metrics::metrics();
     // In a zero-downtime upgrade (`-u`) the old process still holds the socket and RocksDB's
     // lock until it has drained: take the socket over and wait for the lock.
     let upgrading = server.options.as_ref().is_some_and(|o| o.upgrade);
-    // Prepared before the fork so a bad certificate is a start-up error on the terminal.
-    let tls = tls::ServerTls::prepare(config)?;
-
     let engine_handle = server.add_service(background_service(
         "atlas engine",
         EngineService::new(config.clone(), engine.clone(), upgrading),
@@ -145,5 +144,5 @@ fn install_common(
     }
 
     let http = http::HttpApi::new(engine.clone(), config);
-    Ok((Atlas { engine, http }, tls))
+    Ok(Atlas { engine, http })
 }
