@@ -10,6 +10,7 @@ pub mod edge;
 mod engine_service;
 pub mod http;
 pub mod metrics;
+pub mod peer_client;
 mod socket_service;
 pub mod tls;
 
@@ -100,10 +101,7 @@ pub fn install_embedded(server: &mut Server, config: &AtlasConfig) -> Result<Atl
     install_common(server, config)
 }
 
-fn install_common(
-    server: &mut Server,
-    config: &AtlasConfig,
-) -> Result<Atlas, InstallError> {
+fn install_common(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, InstallError> {
     let engine: EngineCell = Arc::new(OnceLock::new());
     metrics::metrics();
     // In a zero-downtime upgrade (`-u`) the old process still holds the socket and RocksDB's

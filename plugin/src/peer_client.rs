@@ -1,0 +1,131 @@
+//! The client side of the node-to-node transport: POSTs over HTTP/2 on one pooled TLS
+//! connection per peer (many concurrent streams), verifying peers against the cluster CA and
+//! presenting the cluster credentials. Used for the consensus transport and join.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora::connectors::ConnectorOptions;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::prelude::HttpPeer;
+
+/// Streams allowed on one h2 connection to a peer.
+pub const MAX_H2_STREAMS: usize = 1000;
+/// An idle pooled connection is kept this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, Clone)]
+pub struct PeerClientOptions {
+    /// PEM file of the CA that signed the peers' certificates.
+    pub ca_file: String,
+    /// Sent as `Authorization: Bearer …`.
+    pub credentials: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Client certificate and key for mTLS, when the cluster uses it.
+    pub client_cert_key: Option<(String, String)>,
+}
+
+/// A response from a peer.
+#[derive(Debug)]
+pub struct PeerResponse {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+pub struct PeerClient {
+    connector: Connector,
+    options: PeerClientOptions,
+    new_connections: AtomicU64,
+}
+
+impl PeerClient {
+    pub fn new(options: PeerClientOptions) -> PeerClient {
+        let mut connector_options = ConnectorOptions::new(64);
+        connector_options.ca_file = Some(options.ca_file.clone());
+        connector_options.cert_key_file = options.client_cert_key.clone();
+        PeerClient {
+            connector: Connector::new(Some(connector_options)),
+            options,
+            new_connections: AtomicU64::new(0),
+        }
+    }
+
+    /// Connections opened so far (a healthy cluster opens one per peer and reuses it).
+    pub fn connections_opened(&self) -> u64 {
+        self.new_connections.load(Ordering::Relaxed)
+    }
+
+    fn peer(&self, addr: &str, server_name: &str) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, true, server_name.to_string());
+        peer.options.set_http_version(2, 2);
+        peer.options.max_h2_streams = MAX_H2_STREAMS;
+        peer.options.connection_timeout = Some(self.options.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.options.connect_timeout);
+        peer.options.read_timeout = Some(self.options.request_timeout);
+        peer.options.write_timeout = Some(self.options.request_timeout);
+        peer
+    }
+
+    /// POSTs `body` to `path` on the peer at `addr` (`ip:port`), whose certificate must be
+    /// valid for `server_name` (SNI is always set).
+    pub async fn post(
+        &self,
+        addr: &str,
+        server_name: &str,
+        path: &str,
+        body: Bytes,
+    ) -> pingora::Result<PeerResponse> {
+        let exchange = self.exchange(addr, server_name, path, body);
+        match tokio::time::timeout(self.options.request_timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(pingora::Error::explain(
+                pingora::ErrorType::ReadTimedout,
+                format!(
+                    "no answer from {addr} within {:?}",
+                    self.options.request_timeout
+                ),
+            )),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        addr: &str,
+        server_name: &str,
+        path: &str,
+        body: Bytes,
+    ) -> pingora::Result<PeerResponse> {
+        let peer = self.peer(addr, server_name);
+        let (mut session, reused) = self.connector.get_http_session(&peer).await?;
+        if !reused {
+            self.new_connections.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut request = RequestHeader::build("POST", path.as_bytes(), None)?;
+        request.insert_header("host", server_name)?;
+        request.insert_header(
+            "authorization",
+            format!("Bearer {}", self.options.credentials),
+        )?;
+        request.insert_header("content-type", "application/octet-stream")?;
+        request.insert_header("content-length", body.len().to_string())?;
+        session.write_request_header(Box::new(request)).await?;
+        session.write_request_body(body, true).await?;
+        session.finish_request_body().await?;
+        session.read_response_header().await?;
+        let status = session.response_header().map_or(0, |h| h.status.as_u16());
+        let mut received = Vec::new();
+        while let Some(chunk) = session.read_response_body().await? {
+            received.extend_from_slice(&chunk);
+        }
+        self.connector
+            .release_http_session(session, &peer, Some(IDLE_TIMEOUT))
+            .await;
+        Ok(PeerResponse {
+            status,
+            body: Bytes::from(received),
+        })
+    }
+}
