@@ -4,9 +4,12 @@
 //! `storage` (RocksDB). This crate knows nothing of Pingora; `atlas-pingora` adapts it.
 
 pub mod client;
+pub mod cluster;
 #[cfg(feature = "engine")]
 pub mod command;
 pub mod config;
+#[cfg(feature = "engine")]
+pub mod nas;
 #[cfg(feature = "engine")]
 pub mod node;
 pub mod protocol;

@@ -8,11 +8,17 @@ use pingora::server::ShutdownWatch;
 use pingora::services::ServiceReadyNotifier;
 use pingora::services::background::BackgroundService;
 
-use crate::EngineCell;
+use std::sync::Arc;
+
+use atlas::nas::{NasApi, NasStore, snapshots};
+
+use crate::{EngineCell, NasCell};
 
 /// How often expired WORM values are purged from disk (reads hide them at once).
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How often due snapshot policies are looked for.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
 /// How often storage gauges are refreshed for scrapers of `metrics_listen`.
 const STATS_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the internal TLS leaf is checked for renewal.
@@ -52,16 +58,28 @@ const UPGRADE_LOCK_WAIT: Duration = Duration::from_secs(120);
 pub struct EngineService {
     config: AtlasConfig,
     engine: EngineCell,
+    nas: NasCell,
     upgrading: bool,
 }
 
 impl EngineService {
-    pub fn new(config: AtlasConfig, engine: EngineCell, upgrading: bool) -> Self {
+    pub fn new(config: AtlasConfig, engine: EngineCell, nas: NasCell, upgrading: bool) -> Self {
         EngineService {
             config,
             engine,
+            nas,
             upgrading,
         }
+    }
+
+    /// Opens the NAS store (SQLite) and runs its migrations.
+    async fn open_nas(&self) -> Result<Arc<NasStore>, String> {
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || NasStore::open(&config))
+            .await
+            .map_err(|e| format!("opening the NAS store failed: {e}"))?
+            .map(Arc::new)
+            .map_err(|e| format!("NAS store: {e}"))
     }
 
     /// Opens the engine; while upgrading, retries as long as the old process holds the lock.
@@ -104,6 +122,15 @@ impl BackgroundService for EngineService {
                 std::process::exit(2);
             }
         };
+        let nas = match self.open_nas().await {
+            Ok(nas) => nas,
+            Err(e) => {
+                eprintln!("atlas: {e}");
+                tracing::error!(error = %e, "cannot start");
+                std::process::exit(2);
+            }
+        };
+        let _ = self.nas.set(NasApi::new(nas.clone()));
         let node = engine.node().clone();
         let _ = self.engine.set(engine.clone());
         tracing::info!(
@@ -117,11 +144,20 @@ impl BackgroundService for EngineService {
 
         let mut ticker = tokio::time::interval(PURGE_INTERVAL);
         let mut stats_ticker = tokio::time::interval(STATS_INTERVAL);
+        let mut snapshot_ticker = tokio::time::interval(SNAPSHOT_INTERVAL);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = stats_ticker.tick() => {
                     crate::metrics::metrics().record_storage(&engine.store().stats());
+                }
+                _ = snapshot_ticker.tick() => {
+                    let nas = nas.clone();
+                    match tokio::task::spawn_blocking(move || snapshots::run_due_now(&nas)).await {
+                        Ok(Ok(runs)) if !runs.is_empty() => tracing::info!(runs = runs.len(), "snapshot policies ran"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "snapshot scheduler failed"),
+                        _ => {}
+                    }
                 }
                 _ = ticker.tick() => {
                     let store = engine.store().clone();

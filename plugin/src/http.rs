@@ -13,11 +13,13 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::EngineCell;
+use crate::{EngineCell, NasCell};
 use crate::metrics::{TEXT_CONTENT_TYPE, metrics};
 
 /// Largest request body Atlas reads (the NAS restore upload is the largest legitimate one).
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Largest body of a NAS API request (`POST /api/v1/config/restore` uploads a database).
+pub const MAX_NAS_BODY_BYTES: usize = 256 * 1024 * 1024;
 /// A request must arrive whole within this time.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Paths served by Atlas; everything else is left to the caller (proxy routes).
@@ -115,14 +117,16 @@ pub fn bearer(session: &ServerSession) -> Option<&str> {
 
 pub struct HttpApi {
     engine: EngineCell,
+    nas: NasCell,
     region: String,
     credentials: Option<String>,
 }
 
 impl HttpApi {
-    pub fn new(engine: EngineCell, config: &atlas::AtlasConfig) -> Arc<HttpApi> {
+    pub fn new(engine: EngineCell, nas: NasCell, config: &atlas::AtlasConfig) -> Arc<HttpApi> {
         Arc::new(HttpApi {
             engine,
+            nas,
             region: config.region.clone(),
             credentials: config.credentials.clone(),
         })
@@ -137,7 +141,12 @@ impl HttpApi {
         let started = Instant::now();
         let method = session.req_header().method.as_str().to_string();
         let route = route(&method, &path);
-        let reply = match read_body(session).await {
+        let limit = if route == Route::Nas {
+            MAX_NAS_BODY_BYTES
+        } else {
+            MAX_BODY_BYTES
+        };
+        let reply = match read_body(session, limit).await {
             Ok(body) => self.handle(route, session, body).await,
             Err(reply) => {
                 // The rest of the body is not read: the connection cannot be reused.
@@ -150,7 +159,7 @@ impl HttpApi {
         Ok(true)
     }
 
-    async fn handle(&self, route: Route, session: &ServerSession, _body: Vec<u8>) -> HttpReply {
+    async fn handle(&self, route: Route, session: &ServerSession, body: Vec<u8>) -> HttpReply {
         match route {
             Route::Health => self.health(),
             Route::Metrics => {
@@ -174,9 +183,7 @@ impl HttpApi {
                     "this node runs as a single node: cluster join and the consensus transport are not enabled",
                 )
             }
-            Route::Nas => {
-                HttpReply::error(404, "not_found", "the NAS API is not enabled on this node")
-            }
+            Route::Nas => self.nas(session, body).await,
             Route::NotFound => HttpReply::error(404, "not_found", "no such endpoint"),
             Route::MethodNotAllowed(allowed) => {
                 let mut reply =
@@ -184,6 +191,31 @@ impl HttpApi {
                 reply.extra_headers.push(("allow", allowed.to_string()));
                 reply
             }
+        }
+    }
+
+    /// Hands the request to the NAS API on the blocking pool (SQLite, argon2).
+    async fn nas(&self, session: &ServerSession, body: Vec<u8>) -> HttpReply {
+        let Some(api) = self.nas.get().cloned() else {
+            return HttpReply::error(503, "unavailable", "the NAS store is starting");
+        };
+        let header = session.req_header();
+        let request = atlas::nas::ApiRequest {
+            method: header.method.as_str().to_string(),
+            path: header.uri.path().to_string(),
+            query: header.uri.query().map(str::to_string),
+            bearer: bearer(session).map(str::to_string),
+            body,
+            client_addr: session.client_addr().map(|a| a.to_string()),
+        };
+        match tokio::task::spawn_blocking(move || api.handle(request)).await {
+            Ok(response) => HttpReply {
+                status: response.status,
+                content_type: response.content_type,
+                body: response.body,
+                extra_headers: Vec::new(),
+            },
+            Err(_) => HttpReply::error(500, "internal", "the request failed"),
         }
     }
 
@@ -235,13 +267,13 @@ impl HttpApi {
 
 /// Reads the whole request body (an h2 client reusing the connection needs that), bounded in
 /// size and time.
-async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, HttpReply> {
+async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Vec<u8>, HttpReply> {
     let declared = session
         .get_header("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
     }
     let mut body = Vec::new();
     let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
@@ -264,8 +296,8 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, HttpReply> {
             }
             Ok(Ok(None)) => return Ok(body),
             Ok(Ok(Some(bytes))) => {
-                if body.len() + bytes.len() > MAX_BODY_BYTES {
-                    return Err(too_large());
+                if body.len() + bytes.len() > limit {
+                    return Err(too_large(limit));
                 }
                 body.extend_from_slice(&bytes);
             }
@@ -273,11 +305,11 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, HttpReply> {
     }
 }
 
-fn too_large() -> HttpReply {
+fn too_large(limit: usize) -> HttpReply {
     HttpReply::error(
         413,
         "payload_too_large",
-        &format!("request body larger than {MAX_BODY_BYTES} bytes"),
+        &format!("request body larger than {limit} bytes"),
     )
 }
 

@@ -32,6 +32,8 @@ pub const SOCKET_MODE: u32 = 0o660;
 
 /// The engine, once the server has started and opened it.
 pub type EngineCell = Arc<OnceLock<Arc<Engine>>>;
+/// The NAS REST API, once its SQLite store is open.
+pub type NasCell = Arc<OnceLock<atlas::nas::NasApi>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -46,6 +48,7 @@ pub enum InstallError {
 /// Atlas inside a Pingora server: the request hook and a clean close.
 pub struct Atlas {
     engine: EngineCell,
+    nas: NasCell,
     http: Arc<http::HttpApi>,
 }
 
@@ -59,6 +62,11 @@ impl Atlas {
     /// Call it first in a `ProxyHttp::request_filter` and return `Ok(true)` when it did.
     pub async fn try_serve(&self, session: &mut ServerSession) -> pingora::Result<bool> {
         self.http.try_serve(session).await
+    }
+
+    /// The NAS API, when the server has started.
+    pub fn nas(&self) -> Option<&atlas::nas::NasApi> {
+        self.nas.get()
     }
 
     /// Flushes and closes storage. Call after the server stopped.
@@ -103,13 +111,14 @@ pub fn install_embedded(server: &mut Server, config: &AtlasConfig) -> Result<Atl
 
 fn install_common(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, InstallError> {
     let engine: EngineCell = Arc::new(OnceLock::new());
+    let nas: NasCell = Arc::new(OnceLock::new());
     metrics::metrics();
     // In a zero-downtime upgrade (`-u`) the old process still holds the socket and RocksDB's
     // lock until it has drained: take the socket over and wait for the lock.
     let upgrading = server.options.as_ref().is_some_and(|o| o.upgrade);
     let engine_handle = server.add_service(background_service(
         "atlas engine",
-        EngineService::new(config.clone(), engine.clone(), upgrading),
+        EngineService::new(config.clone(), engine.clone(), nas.clone(), upgrading),
     ));
 
     let socket = config.socket_path();
@@ -141,6 +150,6 @@ fn install_common(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, In
         server.add_service(prometheus);
     }
 
-    let http = http::HttpApi::new(engine.clone(), config);
-    Ok(Atlas { engine, http })
+    let http = http::HttpApi::new(engine.clone(), nas.clone(), config);
+    Ok(Atlas { engine, nas, http })
 }

@@ -1,5 +1,6 @@
 //! The `atlas` command: `serve` runs a node, `repl` talks to one.
 
+mod nas_cli;
 mod repl;
 
 use std::path::PathBuf;
@@ -44,6 +45,13 @@ enum Commands {
         #[command(subcommand)]
         action: CaAction,
     },
+    /// Administer the NAS store on this machine (users, backup, restore) without the API.
+    Nas {
+        #[arg(short = 'c', long = "conf")]
+        conf: Option<PathBuf>,
+        #[command(subcommand)]
+        command: nas_cli::NasCommand,
+    },
     /// Interactive shell (or a script reader when stdin is not a terminal).
     Repl {
         /// Socket path; default: the socket of -c FILE, else ./data/atlas.sock.
@@ -74,6 +82,16 @@ fn main() -> ExitCode {
         Commands::Ca {
             action: CaAction::Show { conf },
         } => ca_show(conf.as_ref()),
+        Commands::Nas { conf, command } => match load(conf.as_ref()) {
+            Ok((config, _, _)) => {
+                init_logging();
+                nas_cli::run(command, &config)
+            }
+            Err(message) => {
+                eprintln!("atlas: {message}");
+                ExitCode::from(2)
+            }
+        },
         Commands::Repl { socket, conf } => {
             let socket = match (socket, conf) {
                 (Some(socket), _) => socket,

@@ -21,6 +21,9 @@ pub use client::{Client, is_terminal, split_tag};
 
 /// The greeting the server sends on every new connection.
 pub const WELCOME: &str = "WELCOME 1.0 Chronalys/1.0";
+/// Password of the NAS `admin` user every test node starts with.
+pub const ADMIN_PASSWORD: &str = "test-admin-password-1";
+pub const ADMIN_PASSWORD_ENV: &str = "ATLAS_ADMIN_PASSWORD";
 /// How long a client waits for a single read before the test fails.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a node may take to start answering on its socket.
@@ -155,6 +158,8 @@ impl Node {
                 .expect("open log file")
         };
         let child = Command::new(atlas_bin())
+            .env(ADMIN_PASSWORD_ENV, ADMIN_PASSWORD)
+            .env_remove("ATLAS_DB_PATH")
             .arg("serve")
             .arg("-c")
             .arg(&config)

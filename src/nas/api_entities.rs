@@ -1,0 +1,268 @@
+//! CRUD handlers of the API: users, shares, exports, iSCSI targets and LUNs, snapshot
+//! policies. Each mutation runs in one transaction with its audit row (`NasApi::mutate`).
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::api::{ApiRequest, ApiResponse, Caller, NasApi, Route, resource_type};
+use super::error::NasError;
+use super::users::{self, Role};
+use super::{format_ts, iscsi, iscsi_luns, nfs, smb, snapshot_policies};
+
+/// The storage functions of one entity kind, so one set of handlers serves them all.
+struct Entity<T> {
+    list: fn(&Connection) -> Result<Vec<T>, NasError>,
+    get: fn(&Connection, i64) -> Result<T, NasError>,
+    read_new: fn(&[u8]) -> Result<T, NasError>,
+    read_update: fn(&[u8], &T) -> Result<T, NasError>,
+    create: fn(&Connection, &T, &str) -> Result<T, NasError>,
+    update: fn(&Connection, &T, &str) -> Result<T, NasError>,
+    delete: fn(&Connection, i64) -> Result<T, NasError>,
+    id: fn(&T) -> i64,
+}
+
+const SMB: Entity<smb::SmbShare> = Entity {
+    list: smb::list,
+    get: smb::get,
+    read_new: smb::read_new,
+    read_update: smb::read_update,
+    create: smb::create,
+    update: smb::update,
+    delete: smb::delete,
+    id: |s| s.id,
+};
+
+const NFS: Entity<nfs::NfsExport> = Entity {
+    list: nfs::list,
+    get: nfs::get,
+    read_new: nfs::read_new,
+    read_update: nfs::read_update,
+    create: nfs::create,
+    update: nfs::update,
+    delete: nfs::delete,
+    id: |e| e.id,
+};
+
+const TARGETS: Entity<iscsi::IscsiTarget> = Entity {
+    list: iscsi::list,
+    get: iscsi::get,
+    read_new: iscsi::read_new,
+    read_update: iscsi::read_update,
+    create: iscsi::create,
+    update: iscsi::update,
+    delete: iscsi::delete,
+    id: |t| t.id,
+};
+
+const POLICIES: Entity<snapshot_policies::SnapshotPolicy> = Entity {
+    list: snapshot_policies::list,
+    get: snapshot_policies::get,
+    read_new: snapshot_policies::read_new,
+    read_update: snapshot_policies::read_update,
+    create: snapshot_policies::create,
+    update: snapshot_policies::update,
+    delete: snapshot_policies::delete,
+    id: |p| p.id,
+};
+
+pub(crate) fn serve(
+    api: &NasApi,
+    route: Route,
+    method: &str,
+    request: &ApiRequest,
+    caller: &Caller,
+) -> Result<ApiResponse, NasError> {
+    use Route::*;
+    match route {
+        Users | User(_) => serve_users(api, route, method, request, caller),
+        SmbShares => collection(api, &SMB, route, method, request, caller),
+        SmbShare(id) => item(api, &SMB, route, id, method, request, caller),
+        NfsExports => collection(api, &NFS, route, method, request, caller),
+        NfsExport(id) => item(api, &NFS, route, id, method, request, caller),
+        Targets => collection(api, &TARGETS, route, method, request, caller),
+        Target(id) => item(api, &TARGETS, route, id, method, request, caller),
+        Policies => collection(api, &POLICIES, route, method, request, caller),
+        Policy(id) => item(api, &POLICIES, route, id, method, request, caller),
+        Luns(target) => luns(api, target, method, request, caller),
+        Lun(target, lun) => one_lun(api, target, lun, method, request, caller),
+        _ => Err(NasError::NotFound("endpoint".into())),
+    }
+}
+
+fn now_text(api: &NasApi) -> String {
+    format_ts(api.store().now())
+}
+
+fn collection<T: Serialize>(
+    api: &NasApi,
+    entity: &Entity<T>,
+    route: Route,
+    method: &str,
+    request: &ApiRequest,
+    caller: &Caller,
+) -> Result<ApiResponse, NasError> {
+    if method == "GET" {
+        return Ok(ApiResponse::json(200, &api.store().read(entity.list)?));
+    }
+    let created = api.mutate(caller, "create", resource_type(route), request, |c, now| {
+        let value = (entity.read_new)(&request.body)?;
+        let created = (entity.create)(c, &value, &format_ts(*now))?;
+        Ok((Some((entity.id)(&created).to_string()), created))
+    })?;
+    Ok(ApiResponse::json(201, &created))
+}
+
+fn item<T: Serialize>(
+    api: &NasApi,
+    entity: &Entity<T>,
+    route: Route,
+    id: i64,
+    method: &str,
+    request: &ApiRequest,
+    caller: &Caller,
+) -> Result<ApiResponse, NasError> {
+    let kind = resource_type(route);
+    match method {
+        "GET" => Ok(ApiResponse::json(
+            200,
+            &api.store().read(|c| (entity.get)(c, id))?,
+        )),
+        "DELETE" => {
+            api.mutate(caller, "delete", kind, request, |c, _| {
+                (entity.delete)(c, id)?;
+                Ok((Some(id.to_string()), ()))
+            })?;
+            Ok(ApiResponse::no_content())
+        }
+        _ => {
+            let updated = api.mutate(caller, "update", kind, request, |c, now| {
+                let current = (entity.get)(c, id)?;
+                let changed = (entity.read_update)(&request.body, &current)?;
+                Ok((
+                    Some(id.to_string()),
+                    (entity.update)(c, &changed, &format_ts(*now))?,
+                ))
+            })?;
+            Ok(ApiResponse::json(200, &updated))
+        }
+    }
+}
+
+fn luns(
+    api: &NasApi,
+    target: i64,
+    method: &str,
+    request: &ApiRequest,
+    caller: &Caller,
+) -> Result<ApiResponse, NasError> {
+    if method == "GET" {
+        let luns = api.store().read(|c| {
+            iscsi::get(c, target)?;
+            iscsi_luns::list(c, Some(target))
+        })?;
+        return Ok(ApiResponse::json(200, &luns));
+    }
+    let created = api.mutate(caller, "create", "iscsi_lun", request, |c, now| {
+        iscsi::get(c, target)?;
+        let lun = iscsi_luns::read_new(&request.body, target)?;
+        let created = iscsi_luns::create(c, &lun, &format_ts(*now))?;
+        Ok((Some(format!("{target}/{}", created.lun)), created))
+    })?;
+    Ok(ApiResponse::json(201, &created))
+}
+
+fn one_lun(
+    api: &NasApi,
+    target: i64,
+    lun: i64,
+    method: &str,
+    request: &ApiRequest,
+    caller: &Caller,
+) -> Result<ApiResponse, NasError> {
+    let resource_id = Some(format!("{target}/{lun}"));
+    match method {
+        "GET" => Ok(ApiResponse::json(
+            200,
+            &api.store().read(|c| iscsi_luns::get(c, target, lun))?,
+        )),
+        "DELETE" => {
+            api.mutate(caller, "delete", "iscsi_lun", request, |c, _| {
+                iscsi_luns::delete(c, target, lun)?;
+                Ok((resource_id, ()))
+            })?;
+            Ok(ApiResponse::no_content())
+        }
+        _ => {
+            let updated = api.mutate(caller, "update", "iscsi_lun", request, |c, now| {
+                let current = iscsi_luns::get(c, target, lun)?;
+                let changed = iscsi_luns::read_update(&request.body, &current)?;
+                Ok((
+                    resource_id,
+                    iscsi_luns::update(c, &changed, &format_ts(*now))?,
+                ))
+            })?;
+            Ok(ApiResponse::json(200, &updated))
+        }
+    }
+}
+
+fn serve_users(
+    api: &NasApi,
+    route: Route,
+    method: &str,
+    request: &ApiRequest,
+    caller: &Caller,
+) -> Result<ApiResponse, NasError> {
+    let store = api.store();
+    match (route, method) {
+        (Route::Users, "GET") => Ok(ApiResponse::json(200, &store.read(users::list)?)),
+        (Route::Users, _) => {
+            // Hash before taking the database lock: argon2 is deliberately slow.
+            let parsed = users::read_new(&request.body).and_then(|(mut user, password)| {
+                user.password_hash = users::hash_password(&password)?;
+                Ok(user)
+            });
+            let created = api.mutate(caller, "create", "user", request, |c, _| {
+                let user = parsed?;
+                let created = users::create(c, &user, &now_text(api))?;
+                Ok((Some(created.id.to_string()), created))
+            })?;
+            Ok(ApiResponse::json(201, &created))
+        }
+        (Route::User(id), "GET") => Ok(ApiResponse::json(200, &store.read(|c| users::get(c, id))?)),
+        (Route::User(id), "DELETE") => {
+            api.mutate(caller, "delete", "user", request, |c, _| {
+                users::delete(c, id)?;
+                Ok((Some(id.to_string()), ()))
+            })?;
+            Ok(ApiResponse::no_content())
+        }
+        (Route::User(id), _) => {
+            let is_admin = caller
+                .user
+                .as_ref()
+                .is_some_and(|u| u.role == Role::Administrator);
+            let is_self = caller.user.as_ref().is_some_and(|u| u.id == id);
+            let parsed = users::read_changes(&request.body).and_then(|(mut changes, password)| {
+                if !(is_admin || (is_self && changes.is_self_service())) {
+                    return Err(NasError::Forbidden(
+                        "only an administrator may change other users, roles or activation".into(),
+                    ));
+                }
+                if let Some(p) = password {
+                    changes.password_hash = Some(users::hash_password(&p)?);
+                }
+                Ok(changes)
+            });
+            let updated = api.mutate(caller, "update", "user", request, |c, _| {
+                let changes = parsed?;
+                Ok((
+                    Some(id.to_string()),
+                    users::update(c, id, &changes, &now_text(api))?,
+                ))
+            })?;
+            Ok(ApiResponse::json(200, &updated))
+        }
+        _ => Err(NasError::NotFound("endpoint".into())),
+    }
+}

@@ -1,0 +1,277 @@
+//! NFS exports: validation (including the overlap rule) and storage.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::error::NasError;
+use super::input::Input;
+use super::{list_from_sql, list_to_sql, validate};
+
+pub const SQUASH_OPTIONS: &[&str] = &["root_squash", "no_root_squash", "all_squash"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NfsExport {
+    pub id: i64,
+    pub path: String,
+    pub comment: String,
+    pub clients: Vec<String>,
+    pub read_only: bool,
+    pub sync: bool,
+    pub squash: String,
+    pub anonuid: Option<u32>,
+    pub anongid: Option<u32>,
+    pub enabled: bool,
+}
+
+const FIELDS: &[&str] = &[
+    "path",
+    "comment",
+    "clients",
+    "read_only",
+    "sync",
+    "squash",
+    "anonuid",
+    "anongid",
+    "enabled",
+];
+const READ_ONLY: &[&str] = &["id"];
+
+/// Clients compare case-insensitively (host names) for duplicates and overlaps.
+fn client_key(client: &str) -> String {
+    client.to_lowercase()
+}
+
+/// `/srv/data/` and `/srv/data` are the same export path.
+pub fn normalize_path(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+fn read(mut input: Input) -> Result<NfsExport, NasError> {
+    input.reject_unknown(FIELDS, READ_ONLY);
+    let path = input.required_string("path");
+    if input.has("path") {
+        input.check("path", validate::absolute_path(&path));
+        if path.contains('"') {
+            input.check("path", Err("must not contain `\"`".into()));
+        }
+    }
+    let comment = input.string_or("comment", "");
+    input.check("comment", validate::single_line(&comment, 256));
+    let clients = input.string_list("clients");
+    if !input.has("clients") || clients.is_empty() {
+        input.check("clients", Err("needs at least one client".into()));
+    }
+    input.check(
+        "clients",
+        validate::list(&clients, validate::nfs_client, client_key),
+    );
+    let squash = input.string_or("squash", "root_squash");
+    if !SQUASH_OPTIONS.contains(&squash.as_str()) {
+        input.check(
+            "squash",
+            Err("must be root_squash, no_root_squash or all_squash".into()),
+        );
+    }
+    let id_range = |v: Option<i64>| v.map(|v| v as u32);
+    let export = NfsExport {
+        id: 0,
+        path: normalize_path(&path),
+        comment,
+        clients,
+        read_only: input.bool_or("read_only", false),
+        sync: input.bool_or("sync", true),
+        squash,
+        anonuid: id_range(input.optional_int("anonuid", 0, u32::MAX as i64)),
+        anongid: id_range(input.optional_int("anongid", 0, u32::MAX as i64)),
+        enabled: input.bool_or("enabled", true),
+    };
+    input.finish()?;
+    Ok(export)
+}
+
+pub fn read_new(body: &[u8]) -> Result<NfsExport, NasError> {
+    read(Input::parse(body)?)
+}
+
+pub fn read_update(body: &[u8], current: &NfsExport) -> Result<NfsExport, NasError> {
+    let base = serde_json::to_value(current).map_err(|e| NasError::Internal(e.to_string()))?;
+    let mut export = read(Input::parse(body)?.merged_over(base))?;
+    export.id = current.id;
+    Ok(export)
+}
+
+const COLUMNS: &str =
+    "id, path, comment, clients, read_only, sync, squash, anonuid, anongid, enabled";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<NfsExport> {
+    Ok(NfsExport {
+        id: row.get(0)?,
+        path: row.get(1)?,
+        comment: row.get(2)?,
+        clients: list_from_sql(&row.get::<_, String>(3)?),
+        read_only: row.get(4)?,
+        sync: row.get(5)?,
+        squash: row.get(6)?,
+        anonuid: row.get(7)?,
+        anongid: row.get(8)?,
+        enabled: row.get(9)?,
+    })
+}
+
+/// All exports ordered by path, then id.
+pub fn list(conn: &Connection) -> Result<Vec<NfsExport>, NasError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM nfs_exports ORDER BY path, id"
+    ))?;
+    let rows = stmt.query_map([], from_row)?.collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+pub fn get(conn: &Connection, id: i64) -> Result<NfsExport, NasError> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM nfs_exports WHERE id = ?1"),
+        [id],
+        from_row,
+    )
+    .optional()?
+    .ok_or_else(|| NasError::NotFound(format!("NFS export {id}")))
+}
+
+/// The overlap rule: the same path may not be exported to the same client twice, across
+/// all exports (enabled or not, since enabling one later would create the clash).
+fn check_overlap(conn: &Connection, export: &NfsExport) -> Result<(), NasError> {
+    let mut stmt =
+        conn.prepare("SELECT id, clients FROM nfs_exports WHERE path = ?1 AND id != ?2")?;
+    let others = stmt
+        .query_map(params![export.path, export.id], |r| {
+            Ok((r.get::<_, i64>(0)?, list_from_sql(&r.get::<_, String>(1)?)))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (other_id, clients) in others {
+        if let Some(clash) = export
+            .clients
+            .iter()
+            .find(|c| clients.iter().any(|o| client_key(o) == client_key(c)))
+        {
+            return Err(NasError::conflict(
+                "clients",
+                format!(
+                    "`{}` is already exported to `{clash}` by export {other_id}",
+                    export.path
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn create(conn: &Connection, export: &NfsExport, now: &str) -> Result<NfsExport, NasError> {
+    check_overlap(conn, export)?;
+    conn.execute(
+        "INSERT INTO nfs_exports (path, comment, clients, read_only, sync, squash, anonuid, anongid,
+             enabled, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+        params![
+            export.path,
+            export.comment,
+            list_to_sql(&export.clients),
+            export.read_only,
+            export.sync,
+            export.squash,
+            export.anonuid,
+            export.anongid,
+            export.enabled,
+            now
+        ],
+    )?;
+    get(conn, conn.last_insert_rowid())
+}
+
+pub fn update(conn: &Connection, export: &NfsExport, now: &str) -> Result<NfsExport, NasError> {
+    get(conn, export.id)?;
+    check_overlap(conn, export)?;
+    conn.execute(
+        "UPDATE nfs_exports SET path = ?1, comment = ?2, clients = ?3, read_only = ?4, sync = ?5,
+             squash = ?6, anonuid = ?7, anongid = ?8, enabled = ?9, updated_at = ?10
+         WHERE id = ?11",
+        params![
+            export.path,
+            export.comment,
+            list_to_sql(&export.clients),
+            export.read_only,
+            export.sync,
+            export.squash,
+            export.anonuid,
+            export.anongid,
+            export.enabled,
+            now,
+            export.id
+        ],
+    )?;
+    get(conn, export.id)
+}
+
+pub fn delete(conn: &Connection, id: i64) -> Result<NfsExport, NasError> {
+    let export = get(conn, id)?;
+    conn.execute("DELETE FROM nfs_exports WHERE id = ?1", [id])?;
+    Ok(export)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nas::db;
+
+    #[test]
+    fn same_path_same_client_twice_is_a_conflict() {
+        let conn = db::open(&db::DbLocation::Memory).unwrap();
+        let a =
+            read_new(br#"{"path": "/srv/a", "clients": ["10.0.0.0/24", "Host.example"]}"#).unwrap();
+        create(&conn, &a, "t").unwrap();
+        let clash = read_new(br#"{"path": "/srv/a/", "clients": ["host.EXAMPLE"]}"#).unwrap();
+        let err = create(&conn, &clash, "t").unwrap_err();
+        assert!(matches!(err, NasError::Conflict { .. }), "{err}");
+        let other_client = read_new(br#"{"path": "/srv/a", "clients": ["10.0.1.0/24"]}"#).unwrap();
+        let b = create(&conn, &other_client, "t").unwrap();
+        let other_path = read_new(br#"{"path": "/srv/b", "clients": ["10.0.0.0/24"]}"#).unwrap();
+        create(&conn, &other_path, "t").unwrap();
+        // An update may not move an export onto a clash either, but may keep its own clients.
+        let moved = read_update(br#"{"clients": ["10.0.0.0/24"]}"#, &b).unwrap();
+        assert!(matches!(
+            update(&conn, &moved, "t"),
+            Err(NasError::Conflict { .. })
+        ));
+        let same = read_update(br#"{"comment": "x"}"#, &b).unwrap();
+        update(&conn, &same, "t").unwrap();
+    }
+
+    #[test]
+    fn validation_errors_per_field() {
+        let err = read_new(
+            br#"{"path": "x", "clients": ["a b", "*", "*"], "squash": "all", "anonuid": -1}"#,
+        )
+        .unwrap_err();
+        let NasError::Invalid(fields) = err else {
+            panic!()
+        };
+        for f in ["path", "clients", "squash", "anonuid"] {
+            assert!(fields.contains_key(f), "{f}: {fields:?}");
+        }
+        let NasError::Invalid(f) = read_new(br#"{"path": "/x", "clients": []}"#).unwrap_err()
+        else {
+            panic!()
+        };
+        assert!(f.contains_key("clients"));
+        let NasError::Invalid(f) =
+            read_new(br#"{"path": "/x", "clients": ["*", "*"]}"#).unwrap_err()
+        else {
+            panic!()
+        };
+        assert!(f["clients"].contains("twice"), "{f:?}");
+    }
+}
