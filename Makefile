@@ -3,7 +3,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 ATLAS := $(TARGET_DIR)/release/atlas
 SEEDS ?= 100000
 
-.PHONY: run test deps test-deps build check fmt bench fuzz clean
+.PHONY: run test deps test-deps build check fmt bench fuzz clean sim sim-seed
 
 # Build needs: cmake, clang/libclang, g++.
 deps:
@@ -28,6 +28,19 @@ test: build test-deps
 
 fmt:
 	cargo fmt --all
+
+# Long deterministic-simulator sweeps of the consensus core (make test runs 2,000 seeds).
+# SEEDS seeds starting at FROM; FAULTS=heavy triples partitions and crashes. A failing seed
+# prints itself and replays with sim-seed.
+FROM ?= 2000
+sim:
+	ATLAS_SIM_SEEDS=$(SEEDS) ATLAS_SIM_FROM=$(FROM) $(if $(FAULTS),ATLAS_SIM_FAULTS=$(FAULTS)) cargo test --release -p atlas --lib sim_sweep_long -- --ignored --nocapture
+
+# Replay one simulator seed with its history (same FAULTS as the sweep); TRACE=1 prints
+# every delivered message.
+SEED ?= 0
+sim-seed:
+	ATLAS_SIM_SEED=$(SEED) $(if $(TRACE),ATLAS_SIM_TRACE=1) cargo test --release -p atlas --lib sim_replay_seed -- --ignored --nocapture
 
 check:
 	cargo fmt --all -- --check

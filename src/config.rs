@@ -133,6 +133,23 @@ pub enum Durability {
 pub struct NasConfig {
     /// SQLite file; defaults to `<data_dir>/atlas.db` (`:memory:` for a throwaway store).
     pub db_path: Option<PathBuf>,
+    /// `dry_run` (default) records the commands apply and snapshots would run; `live` runs
+    /// them (`ATLAS_NAS_APPLY=live` does the same).
+    pub apply: NasApplyMode,
+    /// Where apply writes the rendered Samba shares (include it from smb.conf).
+    pub smb_conf_path: Option<PathBuf>,
+    /// Where apply writes the NFS exports.
+    pub exports_path: Option<PathBuf>,
+    /// Where apply writes LIO's saveconfig.json.
+    pub lio_config_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NasApplyMode {
+    #[default]
+    DryRun,
+    Live,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -308,9 +325,16 @@ impl AtlasConfig {
             }
         };
         resolve(&mut self.data_dir);
-        for p in [&mut self.socket, &mut self.peer_ca, &mut self.nas.db_path]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut self.socket,
+            &mut self.peer_ca,
+            &mut self.nas.db_path,
+            &mut self.nas.smb_conf_path,
+            &mut self.nas.exports_path,
+            &mut self.nas.lio_config_path,
+        ]
+        .into_iter()
+        .flatten()
         {
             resolve(p);
         }

@@ -3,11 +3,13 @@
 //! Data flows one way: `session` (a connection) → `protocol` (parse) → `command` (rules) →
 //! `storage` (RocksDB). This crate knows nothing of Pingora; `atlas-pingora` adapts it.
 
+pub mod check;
 pub mod client;
 pub mod cluster;
 #[cfg(feature = "engine")]
 pub mod command;
 pub mod config;
+pub mod consensus;
 #[cfg(feature = "engine")]
 pub mod nas;
 #[cfg(feature = "engine")]

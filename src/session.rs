@@ -26,7 +26,13 @@ pub trait Observer: Send + Sync {
     fn bytes_received(&self, _bytes: u64) {}
     fn bytes_sent(&self, _bytes: u64) {}
     /// A command ran: `error_kind` is `None` on success.
-    fn command(&self, _name: &'static str, _error_kind: Option<&'static str>, _elapsed: std::time::Duration) {}
+    fn command(
+        &self,
+        _name: &'static str,
+        _error_kind: Option<&'static str>,
+        _elapsed: std::time::Duration,
+    ) {
+    }
     /// A request was refused before it ran (bad syntax, line too long, bad handshake).
     fn rejected(&self, _kind: &'static str) {}
 }
@@ -89,7 +95,11 @@ fn encode(reply: &Reply, tag: Option<&str>) -> Vec<u8> {
 }
 
 /// Owns the write half: writes what arrives, flushing once nothing more is queued.
-async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiver<Vec<u8>>, observer: Arc<dyn Observer>) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    observer: Arc<dyn Observer>,
+) {
     while let Some(first) = rx.recv().await {
         observer.bytes_sent(first.len() as u64);
         if writer.write_all(&first).await.is_err() {
@@ -293,7 +303,8 @@ impl Session {
                     let principal = self.principal.clone();
                     let tx = self.tx.clone();
                     tokio::spawn(async move {
-                        let reply = run_observed(&engine, &observer, principal, command, blob).await;
+                        let reply =
+                            run_observed(&engine, &observer, principal, command, blob).await;
                         let _ = tx.send(encode(&reply, Some(&tag))).await;
                         drop(permit);
                     });

@@ -13,8 +13,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::{EngineCell, NasCell};
 use crate::metrics::{TEXT_CONTENT_TYPE, metrics};
+use crate::{EngineCell, NasCell};
 
 /// Largest request body Atlas reads (the NAS restore upload is the largest legitimate one).
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;

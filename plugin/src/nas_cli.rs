@@ -80,19 +80,24 @@ pub fn run(command: NasCommand, config: &AtlasConfig) -> ExitCode {
     let result = match command {
         NasCommand::User { command } => run_user(&store, command),
         NasCommand::Backup { file } => backup::backup_to_file(&store, &file).map(|bytes| {
-            let _ = record(&store, "backup", "database", None, "backup written by the CLI");
+            let _ = record(
+                &store,
+                "backup",
+                "database",
+                None,
+                "backup written by the CLI",
+            );
             println!("backup written to {} ({bytes} bytes)", file.display());
         }),
-        NasCommand::Restore { file } => {
-            backup::restore_from_file(&store, &file, &actor(), None).map(|report| {
+        NasCommand::Restore { file } => backup::restore_from_file(&store, &file, &actor(), None)
+            .map(|report| {
                 println!(
                     "restored {} (schema version {} → {}); all sessions ended",
                     file.display(),
                     report.backup_schema_version,
                     report.schema_version
                 );
-            })
-        }
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -179,7 +184,13 @@ fn run_user(store: &NasStore, command: UserCommand) -> Result<(), NasError> {
             };
             let now = atlas::nas::format_ts(store.now());
             let created = store.write(|c| users::create(c, &user, &now))?;
-            record(store, "create", "user", Some(created.id), "user added by the CLI")?;
+            record(
+                store,
+                "create",
+                "user",
+                Some(created.id),
+                "user added by the CLI",
+            )?;
             println!("added {} ({})", created.username, created.role.as_str());
             Ok(())
         }
@@ -195,14 +206,29 @@ fn run_user(store: &NasStore, command: UserCommand) -> Result<(), NasError> {
             };
             let now = atlas::nas::format_ts(store.now());
             store.write(|c| users::update(c, user.id, &changes, &now))?;
-            record(store, "update", "user", Some(user.id), "password set by the CLI")?;
-            println!("password of {} changed; their sessions ended", user.username);
+            record(
+                store,
+                "update",
+                "user",
+                Some(user.id),
+                "password set by the CLI",
+            )?;
+            println!(
+                "password of {} changed; their sessions ended",
+                user.username
+            );
             Ok(())
         }
         UserCommand::Del { username } => {
             let user = find(store, &username)?;
             store.write(|c| users::delete(c, user.id))?;
-            record(store, "delete", "user", Some(user.id), "user deleted by the CLI")?;
+            record(
+                store,
+                "delete",
+                "user",
+                Some(user.id),
+                "user deleted by the CLI",
+            )?;
             println!("deleted {}", user.username);
             Ok(())
         }

@@ -105,13 +105,24 @@ impl NasStore {
     /// administrator bootstrap; the environment still fills in the password and runner).
     pub fn open_with_options(config: &AtlasConfig, base: NasOptions) -> Result<NasStore, NasError> {
         let location = DbLocation::from_config(config);
+        let defaults = ApplyPaths::default();
+        let nas = &config.nas;
         let options = NasOptions {
             initial_admin_password: std::env::var(ADMIN_PASSWORD_ENV)
                 .ok()
                 .filter(|p| !p.is_empty()),
+            apply_paths: ApplyPaths {
+                smb_conf: nas.smb_conf_path.clone().unwrap_or(defaults.smb_conf),
+                exports: nas.exports_path.clone().unwrap_or(defaults.exports),
+                lio_saveconfig: nas
+                    .lio_config_path
+                    .clone()
+                    .unwrap_or(defaults.lio_saveconfig),
+            },
             ..base
         };
-        let live = std::env::var(APPLY_MODE_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("live"));
+        let live = nas.apply == crate::config::NasApplyMode::Live
+            || std::env::var(APPLY_MODE_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("live"));
         let runner: Arc<dyn CommandRunner> = if live {
             tracing::warn!("NAS apply runs commands for real ({APPLY_MODE_ENV}=live)");
             Arc::new(SystemRunner)

@@ -8,6 +8,7 @@
 //! commit), so N concurrent clients share syncs instead of queueing N of them.
 
 pub mod acl;
+pub mod consensus_store;
 pub mod record;
 
 use std::collections::hash_map::DefaultHasher;
@@ -422,7 +423,8 @@ impl Store {
             live_data_bytes: self.property_sum("rocksdb.estimate-live-data-size"),
             sst_files_bytes: self.property_sum("rocksdb.total-sst-files-size"),
             memtable_bytes: self.property_sum("rocksdb.cur-size-all-mem-tables"),
-            pending_compaction_bytes: self.property_sum("rocksdb.estimate-pending-compaction-bytes"),
+            pending_compaction_bytes: self
+                .property_sum("rocksdb.estimate-pending-compaction-bytes"),
             block_cache_hits: self.options.get_ticker_count(Ticker::BlockCacheHit),
             block_cache_misses: self.options.get_ticker_count(Ticker::BlockCacheMiss),
         }

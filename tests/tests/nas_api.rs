@@ -12,7 +12,13 @@ struct Api<'a> {
 }
 
 impl Api<'_> {
-    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> CurlResponse {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> CurlResponse {
         let url = format!("https://{}/api/v1{path}", self.node.https_addr());
         let auth = token.map(|t| format!("Authorization: Bearer {t}"));
         let payload = body.map(Value::to_string);
@@ -21,13 +27,23 @@ impl Api<'_> {
             args.extend(["-H", auth.as_str()]);
         }
         if let Some(payload) = &payload {
-            args.extend(["-H", "Content-Type: application/json", "--data-binary", payload.as_str()]);
+            args.extend([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                payload.as_str(),
+            ]);
         }
         curl(&self.node.ca_path(), &url, &args)
     }
 
     fn login(&self, username: &str, password: &str) -> String {
-        let r = self.call("POST", "/auth/login", None, Some(&json!({"username": username, "password": password})));
+        let r = self.call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(&json!({"username": username, "password": password})),
+        );
         assert_eq!(r.status, 200, "login {username}: {r:?}");
         r.json()["token"].as_str().expect("token").to_string()
     }
@@ -41,7 +57,11 @@ impl Api<'_> {
             Some(&json!({"username": username, "password": password, "role": role})),
         );
         assert_eq!(r.status, 201, "{r:?}");
-        assert!(r.json().get("password").is_none(), "password returned: {}", r.body);
+        assert!(
+            r.json().get("password").is_none(),
+            "password returned: {}",
+            r.body
+        );
         self.login(username, &password)
     }
 }
@@ -50,7 +70,12 @@ impl Api<'_> {
 fn login_me_logout_and_wrong_passwords() {
     let node = Node::start();
     let api = Api { node: &node };
-    let wrong = api.call("POST", "/auth/login", None, Some(&json!({"username": "admin", "password": "nope"})));
+    let wrong = api.call(
+        "POST",
+        "/auth/login",
+        None,
+        Some(&json!({"username": "admin", "password": "nope"})),
+    );
     assert_eq!(wrong.status, 401, "{wrong:?}");
     assert_eq!(api.call("GET", "/auth/me", None, None).status, 401);
     let token = api.login("admin", ADMIN_PASSWORD);
@@ -59,13 +84,21 @@ fn login_me_logout_and_wrong_passwords() {
     assert_eq!(me.json()["username"], "admin");
     assert_eq!(me.json()["role"], "administrator");
     assert!(api.call("POST", "/auth/logout", Some(&token), None).status < 300);
-    assert_eq!(api.call("GET", "/auth/me", Some(&token), None).status, 401, "token still valid after logout");
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&token), None).status,
+        401,
+        "token still valid after logout"
+    );
     // Both attempts are in the audit log, without the password.
     let admin = api.login("admin", ADMIN_PASSWORD);
     let audit = api.call("GET", "/audit-logs?limit=100", Some(&admin), None);
     assert_eq!(audit.status, 200);
     assert!(audit.body.contains("login"), "{}", audit.body);
-    assert!(!audit.body.contains("nope") && !audit.body.contains(ADMIN_PASSWORD), "secret in audit: {}", audit.body);
+    assert!(
+        !audit.body.contains("nope") && !audit.body.contains(ADMIN_PASSWORD),
+        "secret in audit: {}",
+        audit.body
+    );
 }
 
 #[test]
@@ -77,18 +110,61 @@ fn roles_are_enforced_on_endpoints() {
     let viewer = api.create_user(&admin, "victor", "viewer");
     let share = json!({"name": "media", "path": "/srv/media"});
 
-    assert_eq!(api.call("GET", "/shares/smb", None, None).status, 401, "reads need a login");
-    assert_eq!(api.call("GET", "/shares/smb", Some(&viewer), None).status, 200);
-    assert_eq!(api.call("POST", "/shares/smb", Some(&viewer), Some(&share)).status, 403);
-    assert_eq!(api.call("GET", "/audit-logs", Some(&viewer), None).status, 403);
+    assert_eq!(
+        api.call("GET", "/shares/smb", None, None).status,
+        401,
+        "reads need a login"
+    );
+    assert_eq!(
+        api.call("GET", "/shares/smb", Some(&viewer), None).status,
+        200
+    );
+    assert_eq!(
+        api.call("POST", "/shares/smb", Some(&viewer), Some(&share))
+            .status,
+        403
+    );
+    assert_eq!(
+        api.call("GET", "/audit-logs", Some(&viewer), None).status,
+        403
+    );
     let created = api.call("POST", "/shares/smb", Some(&operator), Some(&share));
     assert_eq!(created.status, 201, "{created:?}");
-    assert_eq!(api.call("GET", "/audit-logs", Some(&operator), None).status, 403);
-    assert_eq!(api.call("POST", "/users", Some(&operator), Some(&json!({"username": "x", "password": "long-enough-pw", "role": "viewer"}))).status, 403);
+    assert_eq!(
+        api.call("GET", "/audit-logs", Some(&operator), None).status,
+        403
+    );
+    assert_eq!(
+        api.call(
+            "POST",
+            "/users",
+            Some(&operator),
+            Some(&json!({"username": "x", "password": "long-enough-pw", "role": "viewer"}))
+        )
+        .status,
+        403
+    );
     let id = created.json()["id"].as_i64().expect("id");
-    assert_eq!(api.call("DELETE", &format!("/shares/smb/{id}"), Some(&viewer), None).status, 403);
-    assert_eq!(api.call("DELETE", &format!("/shares/smb/{id}"), Some(&operator), None).status, 204);
-    assert_eq!(api.call("GET", &format!("/shares/smb/{id}"), Some(&viewer), None).status, 404);
+    assert_eq!(
+        api.call("DELETE", &format!("/shares/smb/{id}"), Some(&viewer), None)
+            .status,
+        403
+    );
+    assert_eq!(
+        api.call(
+            "DELETE",
+            &format!("/shares/smb/{id}"),
+            Some(&operator),
+            None
+        )
+        .status,
+        204
+    );
+    assert_eq!(
+        api.call("GET", &format!("/shares/smb/{id}"), Some(&viewer), None)
+            .status,
+        404
+    );
 }
 
 #[test]
@@ -96,24 +172,52 @@ fn validation_conflicts_and_malformed_bodies() {
     let node = Node::start();
     let api = Api { node: &node };
     let admin = api.login("admin", ADMIN_PASSWORD);
-    let bad = api.call("POST", "/shares/smb", Some(&admin), Some(&json!({"name": "bad/name", "path": "relative/path"})));
+    let bad = api.call(
+        "POST",
+        "/shares/smb",
+        Some(&admin),
+        Some(&json!({"name": "bad/name", "path": "relative/path"})),
+    );
     assert_eq!(bad.status, 400, "{bad:?}");
     let fields = &bad.json()["fields"];
-    assert!(fields.get("name").is_some() && fields.get("path").is_some(), "{}", bad.body);
-    let ok = api.call("POST", "/shares/smb", Some(&admin), Some(&json!({"name": "Media", "path": "/srv/media"})));
+    assert!(
+        fields.get("name").is_some() && fields.get("path").is_some(),
+        "{}",
+        bad.body
+    );
+    let ok = api.call(
+        "POST",
+        "/shares/smb",
+        Some(&admin),
+        Some(&json!({"name": "Media", "path": "/srv/media"})),
+    );
     assert_eq!(ok.status, 201);
-    let dup = api.call("POST", "/shares/smb", Some(&admin), Some(&json!({"name": "media", "path": "/srv/other"})));
+    let dup = api.call(
+        "POST",
+        "/shares/smb",
+        Some(&admin),
+        Some(&json!({"name": "media", "path": "/srv/other"})),
+    );
     assert_eq!(dup.status, 409, "{dup:?}");
     // Malformed JSON is a 400 naming the problem, never a 500.
     let url = format!("https://{}/api/v1/exports/nfs", node.https_addr());
     let auth = format!("Authorization: Bearer {admin}");
     for body in ["{", "[]", "{\"path\": 5}", "\u{1}\u{2}"] {
-        let r = curl(&node.ca_path(), &url, &["-X", "POST", "-H", &auth, "--data-binary", body]);
+        let r = curl(
+            &node.ca_path(),
+            &url,
+            &["-X", "POST", "-H", &auth, "--data-binary", body],
+        );
         assert_eq!(r.status, 400, "{body:?}: {r:?}");
         assert!(r.json()["error"].is_string());
     }
     // The audit row of the API's own request carries the client address.
-    let audit = api.call("GET", "/audit-logs?resource_type=smb_share", Some(&admin), None);
+    let audit = api.call(
+        "GET",
+        "/audit-logs?resource_type=smb_share",
+        Some(&admin),
+        None,
+    );
     assert!(audit.body.contains("127.0.0.1"), "{}", audit.body);
 }
 
@@ -122,7 +226,16 @@ fn backup_change_restore() {
     let node = Node::start();
     let api = Api { node: &node };
     let admin = api.login("admin", ADMIN_PASSWORD);
-    assert_eq!(api.call("POST", "/exports/nfs", Some(&admin), Some(&json!({"path": "/srv/a", "clients": ["10.0.0.0/8"]}))).status, 201);
+    assert_eq!(
+        api.call(
+            "POST",
+            "/exports/nfs",
+            Some(&admin),
+            Some(&json!({"path": "/srv/a", "clients": ["10.0.0.0/8"]}))
+        )
+        .status,
+        201
+    );
     let backup = node.dir().join("nas-backup.db");
     let url = |p: &str| format!("https://{}/api/v1{p}", node.https_addr());
     let auth = format!("Authorization: Bearer {admin}");
@@ -134,19 +247,48 @@ fn backup_change_restore() {
         .arg(url("/config/backup"))
         .output()
         .expect("curl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(std::fs::read(&backup).expect("backup").starts_with(b"SQLite format 3"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read(&backup)
+            .expect("backup")
+            .starts_with(b"SQLite format 3")
+    );
 
-    assert_eq!(api.call("POST", "/exports/nfs", Some(&admin), Some(&json!({"path": "/srv/b", "clients": ["*"]}))).status, 201);
+    assert_eq!(
+        api.call(
+            "POST",
+            "/exports/nfs",
+            Some(&admin),
+            Some(&json!({"path": "/srv/b", "clients": ["*"]}))
+        )
+        .status,
+        201
+    );
     let data = format!("@{}", backup.display());
-    let restored = curl(&node.ca_path(), &url("/config/restore"), &["-X", "POST", "-H", &auth, "--data-binary", &data]);
+    let restored = curl(
+        &node.ca_path(),
+        &url("/config/restore"),
+        &["-X", "POST", "-H", &auth, "--data-binary", &data],
+    );
     assert!(restored.status < 300, "{restored:?}");
     // Restore ends sessions; log in again and see the backed-up state.
     let admin = api.login("admin", ADMIN_PASSWORD);
     let exports = api.call("GET", "/exports/nfs", Some(&admin), None);
-    assert!(exports.body.contains("/srv/a") && !exports.body.contains("/srv/b"), "{}", exports.body);
+    assert!(
+        exports.body.contains("/srv/a") && !exports.body.contains("/srv/b"),
+        "{}",
+        exports.body
+    );
     let audit = api.call("GET", "/audit-logs?limit=200", Some(&admin), None);
-    assert!(audit.body.contains("restore"), "restore not audited: {}", audit.body);
+    assert!(
+        audit.body.contains("restore"),
+        "restore not audited: {}",
+        audit.body
+    );
 }
 
 #[test]
@@ -156,16 +298,33 @@ fn cli_adds_users_the_running_server_accepts() {
         Command::new(atlas_bin())
             .args(["nas", "-c"])
             .arg(node.config_path())
-            .args(["user", "add", "carol", "--role", "operator", "--password-stdin"]),
+            .args([
+                "user",
+                "add",
+                "carol",
+                "--role",
+                "operator",
+                "--password-stdin",
+            ]),
         b"carol-password-123\n",
         std::time::Duration::from_secs(30),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let api = Api { node: &node };
     let token = api.login("carol", "carol-password-123");
-    assert_eq!(api.call("GET", "/auth/me", Some(&token), None).json()["role"], "operator");
+    assert_eq!(
+        api.call("GET", "/auth/me", Some(&token), None).json()["role"],
+        "operator"
+    );
     let listed = run_with_input(
-        Command::new(atlas_bin()).args(["nas", "-c"]).arg(node.config_path()).args(["user", "list"]),
+        Command::new(atlas_bin())
+            .args(["nas", "-c"])
+            .arg(node.config_path())
+            .args(["user", "list"]),
         b"",
         std::time::Duration::from_secs(30),
     );
@@ -174,11 +333,19 @@ fn cli_adds_users_the_running_server_accepts() {
     assert!(!text.contains("argon2"), "hash printed: {text}");
     let backup = node.dir().join("cli-backup.db");
     let out = run_with_input(
-        Command::new(atlas_bin()).args(["nas", "-c"]).arg(node.config_path()).arg("backup").arg(&backup),
+        Command::new(atlas_bin())
+            .args(["nas", "-c"])
+            .arg(node.config_path())
+            .arg("backup")
+            .arg(&backup),
         b"",
         std::time::Duration::from_secs(30),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(std::fs::metadata(&backup).expect("backup file").len() > 0);
 }
 
@@ -190,8 +357,55 @@ fn openapi_and_preview() {
     assert_eq!(doc.status, 200);
     assert!(doc.json()["paths"].get("/shares/smb").is_some() || doc.body.contains("/shares/smb"));
     let admin = api.login("admin", ADMIN_PASSWORD);
-    assert_eq!(api.call("POST", "/shares/smb", Some(&admin), Some(&json!({"name": "docs", "path": "/srv/docs"}))).status, 201);
+    assert_eq!(
+        api.call(
+            "POST",
+            "/shares/smb",
+            Some(&admin),
+            Some(&json!({"name": "docs", "path": "/srv/docs"}))
+        )
+        .status,
+        201
+    );
     let preview = api.call("GET", "/config/preview/smb", Some(&admin), None);
     assert_eq!(preview.status, 200);
-    assert!(preview.body.contains("[docs]") && preview.body.contains("path = /srv/docs"), "{}", preview.body);
+    assert!(
+        preview.body.contains("[docs]") && preview.body.contains("path = /srv/docs"),
+        "{}",
+        preview.body
+    );
+}
+
+#[test]
+fn apply_is_a_dry_run_by_default_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("etc");
+    let node = Node::start_with(&format!(
+        "nas:\n  smb_conf_path: {0}/smb.conf\n  exports_path: {0}/exports\n  lio_config_path: {0}/saveconfig.json",
+        out.display()
+    ));
+    let api = Api { node: &node };
+    let admin = api.login("admin", ADMIN_PASSWORD);
+    assert_eq!(
+        api.call(
+            "POST",
+            "/shares/smb",
+            Some(&admin),
+            Some(&json!({"name": "docs", "path": "/srv/docs"}))
+        )
+        .status,
+        201
+    );
+    let operator = api.create_user(&admin, "opal", "operator");
+    let viewer = api.create_user(&admin, "vera", "viewer");
+    assert_eq!(
+        api.call("POST", "/config/apply", Some(&viewer), None)
+            .status,
+        403
+    );
+    let report = api.call("POST", "/config/apply", Some(&operator), None);
+    assert_eq!(report.status, 200, "{report:?}");
+    assert_eq!(report.json()["dry_run"], true, "{}", report.body);
+    assert!(report.body.contains("smb.conf"), "{}", report.body);
+    assert!(!out.exists(), "a dry run wrote files");
 }

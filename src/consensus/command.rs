@@ -1,0 +1,98 @@
+//! What clients ask for, and what the log holds.
+
+use super::ballot::{CommandId, NodeId, Zone};
+
+/// A client's request, as the cluster layer hands it to the node that received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOp {
+    Get {
+        key: String,
+    },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    /// Changes of the system table `atlas.nodes` (the `atlas` group).
+    AddNode {
+        node: NodeId,
+        zone: Zone,
+    },
+    RemoveNode {
+        node: NodeId,
+    },
+}
+
+impl ClientOp {
+    /// The table the request belongs to: the first key segment, or `atlas` for membership.
+    pub fn table(&self) -> &str {
+        match self {
+            ClientOp::Get { key } | ClientOp::Put { key, .. } | ClientOp::Delete { key } => {
+                key.split('.').next().unwrap_or(key)
+            }
+            ClientOp::AddNode { .. } | ClientOp::RemoveNode { .. } => {
+                super::membership::SYSTEM_GROUP
+            }
+        }
+    }
+
+    pub fn is_read(&self) -> bool {
+        matches!(self, ClientOp::Get { .. })
+    }
+
+    /// The log entry of a write; a read has none (it goes through a lease or a barrier).
+    pub fn to_command(&self, id: CommandId) -> Command {
+        let op = match self {
+            ClientOp::Get { .. } => CommandOp::Noop,
+            ClientOp::Put { key, value } => CommandOp::Put {
+                key: key.clone(),
+                value: value.clone(),
+            },
+            ClientOp::Delete { key } => CommandOp::Delete { key: key.clone() },
+            ClientOp::AddNode { node, zone } => CommandOp::AddNode {
+                node: *node,
+                zone: zone.clone(),
+            },
+            ClientOp::RemoveNode { node } => CommandOp::RemoveNode { node: *node },
+        };
+        Command { id, op }
+    }
+}
+
+/// One log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub id: CommandId,
+    pub op: CommandOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandOp {
+    /// Fills a hole found in phase 1, or serves as a read barrier.
+    Noop,
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    AddNode {
+        node: NodeId,
+        zone: Zone,
+    },
+    RemoveNode {
+        node: NodeId,
+    },
+}
+
+impl Command {
+    pub fn noop(id: CommandId) -> Command {
+        Command {
+            id,
+            op: CommandOp::Noop,
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! Messages between nodes, and their versioned binary encoding.
+
+use super::ballot::{Ballot, CommandId, GroupId, NodeId, Slot};
+use super::codec::{CodecError, Reader, Writer};
+use super::command::{ClientOp, Command};
+
+/// An entry an acceptor accepted but has not yet seen committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedEntry {
+    pub slot: Slot,
+    pub ballot: Ballot,
+    pub command: Command,
+}
+
+/// A slot and the command in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotEntry {
+    pub slot: Slot,
+    pub command: Command,
+}
+
+/// What an owner tells the node that forwarded a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardOutcome {
+    /// The write is in the log and applied at the owner.
+    Written,
+    /// The read may be served once the asking node has applied `slot` of the group.
+    ReadIndex { slot: Slot },
+    /// This node is not the owner; the hint (if any) is the owner with the highest ballot seen.
+    NotOwner {
+        hint: Option<NodeId>,
+        ballot: Ballot,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Phase 1a. `token` is the proposer's clock at sending; it comes back with the lease.
+    /// `handoff_from` names the ballot of an owner that handed the group over (its lease is
+    /// released).
+    Prepare {
+        group: GroupId,
+        ballot: Ballot,
+        token: u64,
+        handoff_from: Option<Ballot>,
+    },
+    /// Phase 1b: the promise, the acceptor's accepted-but-uncommitted entries and how far it
+    /// has applied. It also grants a lease to `ballot`.
+    Promise {
+        group: GroupId,
+        ballot: Ballot,
+        token: u64,
+        applied: Slot,
+        accepted: Vec<AcceptedEntry>,
+    },
+    /// Phase 2a, batched.
+    Accept {
+        group: GroupId,
+        ballot: Ballot,
+        entries: Vec<SlotEntry>,
+    },
+    /// Phase 2b.
+    Accepted {
+        group: GroupId,
+        ballot: Ballot,
+        slots: Vec<Slot>,
+    },
+    /// A refusal of a prepare, accept or lease renewal: the acceptor's promise is higher, or
+    /// another owner's lease is in force.
+    Reject {
+        group: GroupId,
+        ballot: Ballot,
+        promised: Ballot,
+    },
+    /// Commit broadcast.
+    Commit {
+        group: GroupId,
+        ballot: Ballot,
+        entries: Vec<SlotEntry>,
+    },
+    /// The owner is alive and has applied through `applied`; learners fill gaps up to it.
+    Heartbeat {
+        group: GroupId,
+        ballot: Ballot,
+        applied: Slot,
+    },
+    /// Gap fill: send committed entries `from..=to`.
+    CatchUp {
+        group: GroupId,
+        from: Slot,
+        to: Slot,
+    },
+    CatchUpReply {
+        group: GroupId,
+        entries: Vec<SlotEntry>,
+    },
+    LeaseRenew {
+        group: GroupId,
+        ballot: Ballot,
+        token: u64,
+    },
+    LeaseGrant {
+        group: GroupId,
+        ballot: Ballot,
+        token: u64,
+    },
+    /// A client request sent on to the owner.
+    Forward {
+        group: GroupId,
+        id: CommandId,
+        op: ClientOp,
+    },
+    ForwardReply {
+        group: GroupId,
+        id: CommandId,
+        outcome: ForwardOutcome,
+    },
+    /// The owner asks the receiver to take the group (adaptive migration).
+    Handoff { group: GroupId, from: Ballot },
+}
+
+impl Message {
+    pub fn group(&self) -> &str {
+        match self {
+            Message::Prepare { group, .. }
+            | Message::Promise { group, .. }
+            | Message::Accept { group, .. }
+            | Message::Accepted { group, .. }
+            | Message::Reject { group, .. }
+            | Message::Commit { group, .. }
+            | Message::Heartbeat { group, .. }
+            | Message::CatchUp { group, .. }
+            | Message::CatchUpReply { group, .. }
+            | Message::LeaseRenew { group, .. }
+            | Message::LeaseGrant { group, .. }
+            | Message::Forward { group, .. }
+            | Message::ForwardReply { group, .. }
+            | Message::Handoff { group, .. } => group,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::versioned();
+        write_message(&mut w, self);
+        w.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Message, CodecError> {
+        let mut r = Reader::versioned(bytes)?;
+        let m = read_message(&mut r)?;
+        r.finish()?;
+        Ok(m)
+    }
+}
+
+fn write_entries(w: &mut Writer, entries: &[SlotEntry]) {
+    w.seq(entries, |w, e| {
+        w.u64(e.slot);
+        w.command(&e.command);
+    });
+}
+
+fn read_entries(r: &mut Reader<'_>) -> Result<Vec<SlotEntry>, CodecError> {
+    r.seq(|r| {
+        Ok(SlotEntry {
+            slot: r.u64()?,
+            command: r.command()?,
+        })
+    })
+}
+
+fn write_op(w: &mut Writer, op: &ClientOp) {
+    match op {
+        ClientOp::Get { key } => {
+            w.u8(0);
+            w.str(key);
+        }
+        ClientOp::Put { key, value } => {
+            w.u8(1);
+            w.str(key);
+            w.bytes(value);
+        }
+        ClientOp::Delete { key } => {
+            w.u8(2);
+            w.str(key);
+        }
+        ClientOp::AddNode { node, zone } => {
+            w.u8(3);
+            w.u64(*node);
+            w.str(zone);
+        }
+        ClientOp::RemoveNode { node } => {
+            w.u8(4);
+            w.u64(*node);
+        }
+    }
+}
+
+fn read_op(r: &mut Reader<'_>) -> Result<ClientOp, CodecError> {
+    Ok(match r.u8()? {
+        0 => ClientOp::Get { key: r.string()? },
+        1 => ClientOp::Put {
+            key: r.string()?,
+            value: r.bytes()?,
+        },
+        2 => ClientOp::Delete { key: r.string()? },
+        3 => ClientOp::AddNode {
+            node: r.u64()?,
+            zone: r.string()?,
+        },
+        4 => ClientOp::RemoveNode { node: r.u64()? },
+        tag => {
+            return Err(CodecError::UnknownTag {
+                what: "client op",
+                tag,
+            });
+        }
+    })
+}
+
+fn write_message(w: &mut Writer, m: &Message) {
+    match m {
+        Message::Prepare {
+            group,
+            ballot,
+            token,
+            handoff_from,
+        } => {
+            w.u8(1);
+            w.str(group);
+            w.ballot(*ballot);
+            w.u64(*token);
+            w.bool(handoff_from.is_some());
+            if let Some(b) = handoff_from {
+                w.ballot(*b);
+            }
+        }
+        Message::Promise {
+            group,
+            ballot,
+            token,
+            applied,
+            accepted,
+        } => {
+            w.u8(2);
+            w.str(group);
+            w.ballot(*ballot);
+            w.u64(*token);
+            w.u64(*applied);
+            w.seq(accepted, |w, e| {
+                w.u64(e.slot);
+                w.ballot(e.ballot);
+                w.command(&e.command);
+            });
+        }
+        Message::Accept {
+            group,
+            ballot,
+            entries,
+        } => {
+            w.u8(3);
+            w.str(group);
+            w.ballot(*ballot);
+            write_entries(w, entries);
+        }
+        Message::Accepted {
+            group,
+            ballot,
+            slots,
+        } => {
+            w.u8(4);
+            w.str(group);
+            w.ballot(*ballot);
+            w.seq(slots, |w, s| w.u64(*s));
+        }
+        Message::Reject {
+            group,
+            ballot,
+            promised,
+        } => {
+            w.u8(5);
+            w.str(group);
+            w.ballot(*ballot);
+            w.ballot(*promised);
+        }
+        Message::Commit {
+            group,
+            ballot,
+            entries,
+        } => {
+            w.u8(6);
+            w.str(group);
+            w.ballot(*ballot);
+            write_entries(w, entries);
+        }
+        Message::Heartbeat {
+            group,
+            ballot,
+            applied,
+        } => {
+            w.u8(7);
+            w.str(group);
+            w.ballot(*ballot);
+            w.u64(*applied);
+        }
+        Message::CatchUp { group, from, to } => {
+            w.u8(8);
+            w.str(group);
+            w.u64(*from);
+            w.u64(*to);
+        }
+        Message::CatchUpReply { group, entries } => {
+            w.u8(9);
+            w.str(group);
+            write_entries(w, entries);
+        }
+        Message::LeaseRenew {
+            group,
+            ballot,
+            token,
+        } => {
+            w.u8(10);
+            w.str(group);
+            w.ballot(*ballot);
+            w.u64(*token);
+        }
+        Message::LeaseGrant {
+            group,
+            ballot,
+            token,
+        } => {
+            w.u8(11);
+            w.str(group);
+            w.ballot(*ballot);
+            w.u64(*token);
+        }
+        Message::Forward { group, id, op } => {
+            w.u8(12);
+            w.str(group);
+            w.command_id(*id);
+            write_op(w, op);
+        }
+        Message::ForwardReply { group, id, outcome } => {
+            w.u8(13);
+            w.str(group);
+            w.command_id(*id);
+            match outcome {
+                ForwardOutcome::Written => w.u8(0),
+                ForwardOutcome::ReadIndex { slot } => {
+                    w.u8(1);
+                    w.u64(*slot);
+                }
+                ForwardOutcome::NotOwner { hint, ballot } => {
+                    w.u8(2);
+                    w.bool(hint.is_some());
+                    w.u64(hint.unwrap_or(0));
+                    w.ballot(*ballot);
+                }
+            }
+        }
+        Message::Handoff { group, from } => {
+            w.u8(14);
+            w.str(group);
+            w.ballot(*from);
+        }
+    }
+}
+
+fn read_message(r: &mut Reader<'_>) -> Result<Message, CodecError> {
+    let tag = r.u8()?;
+    let group = r.string()?;
+    Ok(match tag {
+        1 => Message::Prepare {
+            group,
+            ballot: r.ballot()?,
+            token: r.u64()?,
+            handoff_from: if r.bool()? { Some(r.ballot()?) } else { None },
+        },
+        2 => Message::Promise {
+            group,
+            ballot: r.ballot()?,
+            token: r.u64()?,
+            applied: r.u64()?,
+            accepted: r.seq(|r| {
+                Ok(AcceptedEntry {
+                    slot: r.u64()?,
+                    ballot: r.ballot()?,
+                    command: r.command()?,
+                })
+            })?,
+        },
+        3 => Message::Accept {
+            group,
+            ballot: r.ballot()?,
+            entries: read_entries(r)?,
+        },
+        4 => Message::Accepted {
+            group,
+            ballot: r.ballot()?,
+            slots: r.seq(|r| r.u64())?,
+        },
+        5 => Message::Reject {
+            group,
+            ballot: r.ballot()?,
+            promised: r.ballot()?,
+        },
+        6 => Message::Commit {
+            group,
+            ballot: r.ballot()?,
+            entries: read_entries(r)?,
+        },
+        7 => Message::Heartbeat {
+            group,
+            ballot: r.ballot()?,
+            applied: r.u64()?,
+        },
+        8 => Message::CatchUp {
+            group,
+            from: r.u64()?,
+            to: r.u64()?,
+        },
+        9 => Message::CatchUpReply {
+            group,
+            entries: read_entries(r)?,
+        },
+        10 => Message::LeaseRenew {
+            group,
+            ballot: r.ballot()?,
+            token: r.u64()?,
+        },
+        11 => Message::LeaseGrant {
+            group,
+            ballot: r.ballot()?,
+            token: r.u64()?,
+        },
+        12 => Message::Forward {
+            group,
+            id: r.command_id()?,
+            op: read_op(r)?,
+        },
+        13 => {
+            let id = r.command_id()?;
+            let outcome = match r.u8()? {
+                0 => ForwardOutcome::Written,
+                1 => ForwardOutcome::ReadIndex { slot: r.u64()? },
+                2 => {
+                    let has = r.bool()?;
+                    let node = r.u64()?;
+                    ForwardOutcome::NotOwner {
+                        hint: has.then_some(node),
+                        ballot: r.ballot()?,
+                    }
+                }
+                tag => {
+                    return Err(CodecError::UnknownTag {
+                        what: "outcome",
+                        tag,
+                    });
+                }
+            };
+            Message::ForwardReply { group, id, outcome }
+        }
+        14 => Message::Handoff {
+            group,
+            from: r.ballot()?,
+        },
+        tag => {
+            return Err(CodecError::UnknownTag {
+                what: "message",
+                tag,
+            });
+        }
+    })
+}
+
+#[cfg(test)]
+#[path = "message_tests.rs"]
+mod tests;

@@ -1,0 +1,145 @@
+use super::*;
+use crate::consensus::command::CommandOp;
+use proptest::prelude::*;
+
+fn samples() -> Vec<Message> {
+    let g = "users".to_string();
+    let b = Ballot::new(3, 7);
+    let id = CommandId { origin: 7, seq: 9 };
+    let cmd = Command {
+        id,
+        op: CommandOp::Put {
+            key: "users.alice".into(),
+            value: vec![1, 2, 3],
+        },
+    };
+    vec![
+        Message::Prepare {
+            group: g.clone(),
+            ballot: b,
+            token: 5,
+            handoff_from: Some(Ballot::new(2, 1)),
+        },
+        Message::Promise {
+            group: g.clone(),
+            ballot: b,
+            token: 5,
+            applied: 4,
+            accepted: vec![AcceptedEntry {
+                slot: 5,
+                ballot: Ballot::new(2, 1),
+                command: cmd.clone(),
+            }],
+        },
+        Message::Accept {
+            group: g.clone(),
+            ballot: b,
+            entries: vec![SlotEntry {
+                slot: 6,
+                command: cmd.clone(),
+            }],
+        },
+        Message::Accepted {
+            group: g.clone(),
+            ballot: b,
+            slots: vec![6, 7],
+        },
+        Message::Reject {
+            group: g.clone(),
+            ballot: b,
+            promised: Ballot::new(4, 1),
+        },
+        Message::Commit {
+            group: g.clone(),
+            ballot: b,
+            entries: vec![SlotEntry {
+                slot: 1,
+                command: Command::noop(id),
+            }],
+        },
+        Message::Heartbeat {
+            group: g.clone(),
+            ballot: b,
+            applied: 8,
+        },
+        Message::CatchUp {
+            group: g.clone(),
+            from: 2,
+            to: 9,
+        },
+        Message::CatchUpReply {
+            group: g.clone(),
+            entries: vec![],
+        },
+        Message::LeaseRenew {
+            group: g.clone(),
+            ballot: b,
+            token: 1,
+        },
+        Message::LeaseGrant {
+            group: g.clone(),
+            ballot: b,
+            token: 1,
+        },
+        Message::Forward {
+            group: g.clone(),
+            id,
+            op: ClientOp::Delete {
+                key: "users.bob".into(),
+            },
+        },
+        Message::ForwardReply {
+            group: g.clone(),
+            id,
+            outcome: ForwardOutcome::NotOwner {
+                hint: Some(3),
+                ballot: b,
+            },
+        },
+        Message::ForwardReply {
+            group: g.clone(),
+            id,
+            outcome: ForwardOutcome::ReadIndex { slot: 4 },
+        },
+        Message::Handoff { group: g, from: b },
+    ]
+}
+
+#[test]
+fn every_message_round_trips() {
+    for m in samples() {
+        assert_eq!(Message::decode(&m.encode()).as_ref(), Ok(&m));
+    }
+}
+
+#[test]
+fn another_version_is_refused_clearly() {
+    let mut bytes = samples()[0].encode();
+    bytes[0] = 2;
+    let err = Message::decode(&bytes).unwrap_err();
+    assert_eq!(
+        err,
+        CodecError::Version {
+            found: 2,
+            expected: 1
+        }
+    );
+    assert!(err.to_string().contains("version 2 is not supported"));
+}
+
+proptest! {
+    #[test]
+    fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = Message::decode(&bytes);
+    }
+
+    #[test]
+    fn truncations_are_errors(cut in 0usize..60) {
+        for m in samples() {
+            let bytes = m.encode();
+            if cut < bytes.len() {
+                prop_assert!(Message::decode(&bytes[..cut]).is_err());
+            }
+        }
+    }
+}

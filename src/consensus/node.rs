@@ -1,0 +1,460 @@
+//! A node: every group's acceptor, learner and proposer, plus the client requests this node
+//! took in. Inputs are `client_request`, `step` (a peer's message) and `tick`, each with the
+//! node's monotonic time; the output accumulates in a `Ready` taken with `take_ready`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::acceptor::Acceptor;
+use super::ballot::{Ballot, CommandId, GroupId, NodeId, Slot, Zone};
+use super::command::{ClientOp, Command, CommandOp};
+use super::group::{Ctx, Group};
+use super::log::Log;
+use super::membership::{Membership, SYSTEM_GROUP};
+use super::message::{ForwardOutcome, Message};
+use super::quorum::QuorumSystem;
+use super::ready::{Completion, Outcome, Ready, RequestId};
+use super::settings::{MigrationMode, Settings};
+
+/// Durable state of one group, as recovered from storage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveredGroup {
+    pub promised: Ballot,
+    pub accepted: BTreeMap<Slot, (Ballot, Command)>,
+    pub log: BTreeMap<Slot, Command>,
+    pub applied: Slot,
+}
+
+/// Everything a restarted node needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    pub groups: BTreeMap<GroupId, RecoveredGroup>,
+}
+
+/// A client request this node took in and has not answered yet.
+struct Outstanding {
+    request: RequestId,
+    group: GroupId,
+    op: ClientOp,
+    next_try: u64,
+    deadline: u64,
+    /// For a read: the slot to apply before answering it.
+    read_index: Option<Slot>,
+    /// Handed to this node as owner (so it need not be routed again when it becomes one).
+    at_owner_here: bool,
+}
+
+/// Bits of a command sequence number taken by the per-run counter; the rest is the
+/// incarnation, so ids stay unique across restarts.
+const SEQ_BITS: u32 = 40;
+
+pub struct Node {
+    id: NodeId,
+    zone: Zone,
+    settings: Settings,
+    membership: Membership,
+    quorums: QuorumSystem,
+    zone_rtt: BTreeMap<Zone, u64>,
+    rng: StdRng,
+    groups: BTreeMap<GroupId, Group>,
+    outstanding: BTreeMap<CommandId, Outstanding>,
+    incarnation: u64,
+    next_seq: u64,
+    quiet_until: u64,
+    now: u64,
+    out: Ready,
+    inbox: VecDeque<(NodeId, Message)>,
+    membership_changes: Vec<CommandOp>,
+}
+
+impl Node {
+    /// A node with no durable state. `incarnation` must differ on every start of this node id
+    /// (e.g. a counter kept in storage); `seed` drives its random back-off.
+    pub fn new(
+        id: NodeId,
+        zone: Zone,
+        membership: Membership,
+        settings: Settings,
+        incarnation: u64,
+        seed: u64,
+        now: u64,
+    ) -> Node {
+        let quorums = QuorumSystem::new(&membership, settings.tolerances);
+        Node {
+            id,
+            zone,
+            settings,
+            membership,
+            quorums,
+            zone_rtt: BTreeMap::new(),
+            rng: StdRng::seed_from_u64(seed),
+            groups: BTreeMap::new(),
+            outstanding: BTreeMap::new(),
+            incarnation,
+            next_seq: 1,
+            quiet_until: 0,
+            now,
+            out: Ready::default(),
+            inbox: VecDeque::new(),
+            membership_changes: Vec::new(),
+        }
+    }
+
+    /// A restarted node. Leases it granted before the crash were not persisted, so it
+    /// promises no new ballot for one lease length. `membership` is the bootstrap membership;
+    /// applied changes of `atlas.nodes` in the recovered log are replayed over it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn recover(
+        id: NodeId,
+        zone: Zone,
+        membership: Membership,
+        settings: Settings,
+        recovered: Recovered,
+        incarnation: u64,
+        seed: u64,
+        now: u64,
+    ) -> Node {
+        let mut node = Node::new(id, zone, membership, settings, incarnation, seed, now);
+        if node.settings.leases_enabled() {
+            node.quiet_until = now.saturating_add(node.settings.lease_ms);
+        }
+        for (name, g) in recovered.groups {
+            if name == SYSTEM_GROUP {
+                for command in g.log.range(..=g.applied).map(|(_, c)| c) {
+                    node.membership_changes.push(command.op.clone());
+                }
+            }
+            let accepted = g
+                .accepted
+                .into_iter()
+                .filter(|(s, _)| *s > g.applied)
+                .collect();
+            let acceptor = Acceptor::restore(g.promised, accepted);
+            let log = Log::restore(g.log, g.applied);
+            node.groups
+                .insert(name.clone(), Group::new(name, acceptor, log));
+        }
+        node.fold_membership();
+        node
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    pub fn quorums(&self) -> &QuorumSystem {
+        &self.quorums
+    }
+
+    /// Measured round trip to a zone, used to choose the Q2 zones.
+    pub fn set_zone_rtt(&mut self, zone: Zone, rtt_us: u64) {
+        self.zone_rtt.insert(zone, rtt_us);
+    }
+
+    /// The group a table belongs to.
+    pub fn group_of(&self, table: &str) -> GroupId {
+        self.settings.group_of(table)
+    }
+
+    /// Whether this node owns the group now (phase 1 done, not deposed as far as it knows).
+    pub fn is_owner(&self, group: &str) -> bool {
+        self.groups.get(group).is_some_and(|g| g.is_leading())
+    }
+
+    pub fn owner_hint(&self, group: &str) -> Option<NodeId> {
+        self.groups.get(group).and_then(|g| g.owner_hint())
+    }
+
+    pub fn applied(&self, group: &str) -> Slot {
+        self.groups.get(group).map_or(0, |g| g.applied())
+    }
+
+    pub fn committed(&self, group: &str, slot: Slot) -> Option<&Command> {
+        self.groups.get(group).and_then(|g| g.log().get(slot))
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = &GroupId> {
+        self.groups.keys()
+    }
+
+    pub fn pending_requests(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Takes the output accumulated since the last call.
+    pub fn take_ready(&mut self) -> Ready {
+        std::mem::take(&mut self.out)
+    }
+
+    /// A client request received by this node.
+    pub fn client_request(&mut self, now: u64, request: RequestId, op: ClientOp) {
+        self.advance(now);
+        let id = CommandId {
+            origin: self.id,
+            seq: (self.incarnation << SEQ_BITS) | (self.next_seq & ((1 << SEQ_BITS) - 1)),
+        };
+        self.next_seq += 1;
+        let group = self.settings.group_of(op.table());
+        self.outstanding.insert(
+            id,
+            Outstanding {
+                request,
+                group,
+                op,
+                next_try: now,
+                deadline: now.saturating_add(self.settings.request_timeout_ms),
+                read_index: None,
+                at_owner_here: false,
+            },
+        );
+        self.route(id);
+        self.settle();
+    }
+
+    /// A message from a peer.
+    pub fn step(&mut self, now: u64, from: NodeId, message: Message) {
+        self.advance(now);
+        self.dispatch(from, message);
+        self.settle();
+    }
+
+    /// Timer tick: call every few milliseconds.
+    pub fn tick(&mut self, now: u64) {
+        self.advance(now);
+        let names: Vec<GroupId> = self.groups.keys().cloned().collect();
+        for name in names {
+            self.with_group(&name, |g, ctx| g.tick(ctx));
+        }
+        let due: Vec<CommandId> = self
+            .outstanding
+            .iter()
+            .filter(|(_, o)| o.read_index.is_none() && now >= o.next_try)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.route(id);
+        }
+        let expired: Vec<CommandId> = self
+            .outstanding
+            .iter()
+            .filter(|(_, o)| now >= o.deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(o) = self.outstanding.remove(&id) {
+                self.out.completions.push(Completion {
+                    request: o.request,
+                    outcome: Outcome::Timeout,
+                });
+            }
+        }
+        self.settle();
+    }
+
+    fn advance(&mut self, now: u64) {
+        // A monotonic clock never goes back; guard anyway.
+        self.now = self.now.max(now);
+    }
+
+    fn with_group<R>(&mut self, name: &str, f: impl FnOnce(&mut Group, &mut Ctx<'_>) -> R) -> R {
+        let group = self
+            .groups
+            .entry(name.to_string())
+            .or_insert_with(|| Group::new(name.to_string(), Acceptor::default(), Log::default()));
+        let mut ctx = Ctx {
+            id: self.id,
+            zone: &self.zone,
+            now: self.now,
+            settings: &self.settings,
+            quorums: &self.quorums,
+            membership: &self.membership,
+            zone_rtt: &self.zone_rtt,
+            quiet_until: self.quiet_until,
+            rng: &mut self.rng,
+            out: &mut self.out,
+            inbox: &mut self.inbox,
+            membership_changes: &mut self.membership_changes,
+        };
+        f(group, &mut ctx)
+    }
+
+    fn dispatch(&mut self, from: NodeId, message: Message) {
+        if let Message::ForwardReply { group, id, outcome } = message {
+            self.on_forward_reply(&group, id, outcome);
+            return;
+        }
+        let name = message.group().to_string();
+        self.with_group(&name, |g, ctx| g.on_message(ctx, from, message));
+    }
+
+    /// Sends a request where it can be served: this node if it owns the group, else the
+    /// owner; with no live owner known, this node takes the group (phase 1).
+    fn route(&mut self, id: CommandId) {
+        let Some(o) = self.outstanding.get_mut(&id) else {
+            return;
+        };
+        o.next_try = self.now + self.settings.forward_retry_ms;
+        let (name, op) = (o.group.clone(), o.op.clone());
+        let me = self.id;
+        o.at_owner_here = self.groups.get(&name).is_some_and(|g| g.is_leading());
+        let suspect_ms = self.settings.suspect_ms;
+        let immediate = self.settings.migration == MigrationMode::Immediate;
+        self.with_group(&name, |g, ctx| {
+            if g.is_leading() {
+                ctx.send(
+                    me,
+                    Message::Forward {
+                        group: name.clone(),
+                        id,
+                        op,
+                    },
+                );
+                return;
+            }
+            if g.is_preparing() {
+                return;
+            }
+            let live_owner = g
+                .owner_hint
+                .filter(|h| *h != me && ctx.now < g.last_heard.saturating_add(suspect_ms));
+            match live_owner {
+                Some(owner) if !immediate => {
+                    ctx.send(
+                        owner,
+                        Message::Forward {
+                            group: name.clone(),
+                            id,
+                            op,
+                        },
+                    );
+                }
+                _ => g.start_phase1(ctx, None),
+            }
+        });
+    }
+
+    fn on_forward_reply(&mut self, group: &str, id: CommandId, outcome: ForwardOutcome) {
+        match outcome {
+            ForwardOutcome::Written => {
+                if let Some(o) = self.outstanding.remove(&id) {
+                    self.out.completions.push(Completion {
+                        request: o.request,
+                        outcome: Outcome::Written,
+                    });
+                }
+            }
+            ForwardOutcome::ReadIndex { slot } => {
+                if let Some(o) = self.outstanding.get_mut(&id)
+                    && o.read_index.is_none()
+                {
+                    o.read_index = Some(slot);
+                    self.with_group(group, |g, _| g.log.note_known(slot));
+                }
+            }
+            ForwardOutcome::NotOwner { ballot, .. } => {
+                self.with_group(group, |g, ctx| g.observe(ctx, ballot, false));
+                if let Some(o) = self.outstanding.get_mut(&id) {
+                    // Try again soon, through the (maybe new) owner hint.
+                    o.next_try = o.next_try.min(self.now + self.settings.retry_ms / 4);
+                }
+            }
+        }
+    }
+
+    /// Runs self-addressed messages, flushes accept batches, folds membership changes and
+    /// answers reads whose index is applied.
+    fn settle(&mut self) {
+        let mut budget = 100_000;
+        loop {
+            while let Some((from, message)) = self.inbox.pop_front() {
+                self.dispatch(from, message);
+                budget -= 1;
+                if budget == 0 {
+                    tracing::error!(node = self.id, "self-message loop did not settle");
+                    return;
+                }
+            }
+            let names: Vec<GroupId> = self.groups.keys().cloned().collect();
+            for name in names {
+                self.with_group(&name, |g, ctx| g.flush(ctx));
+            }
+            if self.inbox.is_empty() {
+                break;
+            }
+        }
+        self.fold_membership();
+        // Requests waiting for this node to take their group go in as soon as it has.
+        let waiting: Vec<CommandId> = self
+            .outstanding
+            .iter()
+            .filter(|(_, o)| {
+                !o.at_owner_here
+                    && o.read_index.is_none()
+                    && self.groups.get(&o.group).is_some_and(|g| g.is_leading())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if !waiting.is_empty() {
+            for id in waiting {
+                self.route(id);
+            }
+            self.settle();
+            return;
+        }
+        let ready: Vec<CommandId> = self
+            .outstanding
+            .iter()
+            .filter(|(_, o)| {
+                o.read_index.is_some_and(|slot| {
+                    self.groups
+                        .get(&o.group)
+                        .is_some_and(|g| g.applied() >= slot)
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            if let Some(o) = self.outstanding.remove(&id) {
+                let key = match o.op {
+                    ClientOp::Get { key } => key,
+                    _ => String::new(),
+                };
+                self.out.completions.push(Completion {
+                    request: o.request,
+                    outcome: Outcome::ReadNow { key },
+                });
+            }
+        }
+    }
+
+    fn fold_membership(&mut self) {
+        if self.membership_changes.is_empty() {
+            return;
+        }
+        for op in std::mem::take(&mut self.membership_changes) {
+            match op {
+                CommandOp::AddNode { node, zone } => {
+                    self.membership.add(node, zone);
+                }
+                CommandOp::RemoveNode { node } => {
+                    self.membership.remove(node);
+                }
+                _ => {}
+            }
+        }
+        self.quorums = QuorumSystem::new(&self.membership, self.settings.tolerances);
+        if let Some(zone) = self.membership.zone_of(self.id) {
+            self.zone = zone.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;

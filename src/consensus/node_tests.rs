@@ -1,0 +1,235 @@
+//! Message-level tests of one node, with the other nodes played by hand.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::consensus::message::{AcceptedEntry, SlotEntry};
+use crate::consensus::{ClientOp, CommandId, CommandOp, MigrationMode, Outcome, Tolerances};
+
+fn three_nodes() -> Membership {
+    Membership::new((1..=3).map(|n| (n, "z".to_string())))
+}
+
+fn settings() -> Settings {
+    Settings {
+        tolerances: Tolerances { nodes: 1, zones: 0 },
+        // No leases: no quiet period after the restart these tests start from.
+        migration: MigrationMode::Immediate,
+        ..Settings::default()
+    }
+}
+
+fn put(origin: u64, seq: u64, key: &str) -> Command {
+    Command {
+        id: CommandId { origin, seq },
+        op: CommandOp::Put {
+            key: key.into(),
+            value: vec![seq as u8],
+        },
+    }
+}
+
+fn prepare_ballot(ready: &Ready) -> Ballot {
+    ready
+        .messages
+        .iter()
+        .find_map(|m| match &m.message {
+            Message::Prepare { ballot, .. } => Some(*ballot),
+            _ => None,
+        })
+        .expect("a prepare")
+}
+
+fn accepts_to(ready: &Ready, to: NodeId) -> BTreeMap<Slot, Command> {
+    ready
+        .messages
+        .iter()
+        .filter(|m| m.to == to)
+        .filter_map(|m| match &m.message {
+            Message::Accept { entries, .. } => Some(entries.clone()),
+            _ => None,
+        })
+        .flatten()
+        .map(|SlotEntry { slot, command }| (slot, command))
+        .collect()
+}
+
+/// Node 1 restarts with slots 1 and 2 accepted at ballot 1.2 (node 2 owned the table); node 2
+/// promises with slot 1 at the higher ballot 1.3 (node 3 owned it later) and slot 4 at 1.2. The new owner must re-propose the
+/// highest-ballot value per slot, fill hole 3 with a no-op, and put new commands after them.
+#[test]
+fn phase1_reproposes_the_highest_ballot_per_slot_and_fills_holes() {
+    let mut recovered = Recovered::default();
+    let group = recovered.groups.entry("users".to_string()).or_default();
+    group.promised = Ballot::new(1, 2);
+    group
+        .accepted
+        .insert(1, (Ballot::new(1, 2), put(2, 1, "users.x")));
+    group
+        .accepted
+        .insert(2, (Ballot::new(1, 2), put(2, 2, "users.y")));
+    let mut node = Node::recover(1, "z".into(), three_nodes(), settings(), recovered, 2, 1, 0);
+    node.client_request(
+        0,
+        77,
+        ClientOp::Put {
+            key: "users.new".into(),
+            value: vec![1],
+        },
+    );
+    let ballot = prepare_ballot(&node.take_ready());
+    assert_eq!(ballot, Ballot::new(2, 1));
+    let accepted = vec![
+        AcceptedEntry {
+            slot: 1,
+            ballot: Ballot::new(1, 3),
+            command: put(3, 1, "users.a"),
+        },
+        AcceptedEntry {
+            slot: 4,
+            ballot: Ballot::new(1, 2),
+            command: put(2, 4, "users.d"),
+        },
+    ];
+    let promise = Message::Promise {
+        group: "users".into(),
+        ballot,
+        token: 0,
+        applied: 0,
+        accepted,
+    };
+    node.step(1, 2, promise);
+    assert!(node.is_owner("users"));
+    let ready = node.take_ready();
+    let proposed = accepts_to(&ready, 2);
+    assert_eq!(
+        proposed.get(&1),
+        Some(&put(3, 1, "users.a")),
+        "higher ballot wins slot 1"
+    );
+    assert_eq!(
+        proposed.get(&2),
+        Some(&put(2, 2, "users.y")),
+        "own accepted entry kept"
+    );
+    assert_eq!(
+        proposed.get(&3).map(|c| &c.op),
+        Some(&CommandOp::Noop),
+        "hole filled"
+    );
+    assert_eq!(proposed.get(&4), Some(&put(2, 4, "users.d")));
+    let new = proposed
+        .get(&5)
+        .expect("the new command after the recovered slots");
+    assert!(matches!(&new.op, CommandOp::Put { key, .. } if key == "users.new"));
+    assert!(
+        ready.completions.is_empty(),
+        "nothing acknowledged before a Q2 accepted"
+    );
+
+    // Node 2 accepts everything: with node 1 itself that is a Q2; the write is acknowledged
+    // only once applied, after slots 1..4.
+    let slots = proposed.keys().copied().collect();
+    node.step(
+        2,
+        2,
+        Message::Accepted {
+            group: "users".into(),
+            ballot,
+            slots,
+        },
+    );
+    let ready = node.take_ready();
+    let applied: Vec<Slot> = ready.apply.iter().map(|a| a.slot).collect();
+    assert_eq!(applied, vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        ready.completions,
+        vec![Completion {
+            request: 77,
+            outcome: Outcome::Written
+        }]
+    );
+}
+
+/// An owner that learns a higher ballot before its write reaches a Q2 never acknowledges it,
+/// even if an acceptance for its old ballot arrives later.
+#[test]
+fn a_deposed_owner_never_acknowledges_a_write_it_did_not_commit() {
+    let mut node = Node::new(1, "z".into(), three_nodes(), settings(), 1, 1, 0);
+    node.client_request(
+        0,
+        5,
+        ClientOp::Put {
+            key: "users.k".into(),
+            value: vec![1],
+        },
+    );
+    let ballot = prepare_ballot(&node.take_ready());
+    let promise = Message::Promise {
+        group: "users".into(),
+        ballot,
+        token: 0,
+        applied: 0,
+        accepted: vec![],
+    };
+    node.step(1, 2, promise);
+    let proposed = accepts_to(&node.take_ready(), 2);
+    assert_eq!(proposed.len(), 1);
+    // Node 3 takes over: its prepare reaches node 1, which promises and steps down.
+    let higher = Ballot::new(ballot.counter + 1, 3);
+    node.step(
+        2,
+        3,
+        Message::Prepare {
+            group: "users".into(),
+            ballot: higher,
+            token: 0,
+            handoff_from: None,
+        },
+    );
+    assert!(!node.is_owner("users"));
+    node.step(
+        3,
+        2,
+        Message::Accepted {
+            group: "users".into(),
+            ballot,
+            slots: vec![1],
+        },
+    );
+    let ready = node.take_ready();
+    assert!(ready.completions.is_empty(), "{:?}", ready.completions);
+    assert!(ready.apply.is_empty());
+}
+
+/// Tables of one group share the ballot and the owner.
+#[test]
+fn grouped_tables_move_together() {
+    let mut s = settings();
+    s.groups.insert("orders".into(), "shop".into());
+    s.groups.insert("items".into(), "shop".into());
+    let one = Membership::new([(1, "z".to_string())]);
+    let mut node = Node::new(1, "z".into(), one, s, 1, 1, 0);
+    node.client_request(
+        0,
+        1,
+        ClientOp::Put {
+            key: "orders.1".into(),
+            value: vec![1],
+        },
+    );
+    node.client_request(
+        1,
+        2,
+        ClientOp::Put {
+            key: "items.1".into(),
+            value: vec![2],
+        },
+    );
+    let ready = node.take_ready();
+    assert_eq!(ready.completions.len(), 2);
+    assert!(ready.apply.iter().all(|a| a.group == "shop"));
+    assert_eq!(node.group_of("orders"), node.group_of("items"));
+    assert!(node.is_owner("shop"));
+    assert_eq!(node.applied("shop"), 2);
+}

@@ -1,0 +1,241 @@
+//! WPaxos grid quorums.
+//!
+//! Q1 (phase 1) = `fn+1` nodes in each of `Z-fz` zones; Q2 (phase 2) = `l_z-fn` nodes in each
+//! of `fz+1` zones (the owner's nearest when targeting). Any Q1 meets any Q2: they share a zone
+//! because `(Z-fz)+(fz+1) > Z`, and in that zone `(fn+1)+(l_z-fn) > l_z`.
+//!
+//! The predicates are safe for any tolerances (a zone's Q2 share is at least one node, and a
+//! zone smaller than `fn+1` cannot be part of a Q1). Tolerances only decide whether quorums can
+//! still be formed after failures, so a cluster too small for the configured ones uses the
+//! largest feasible pair, reducing `fz` first and then `fn`; the search is two bounded loops.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::ballot::{NodeId, Zone};
+use super::membership::Membership;
+
+/// Failures to tolerate: `nodes` per zone (`fn`) and whole `zones` (`fz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tolerances {
+    pub nodes: usize,
+    pub zones: usize,
+}
+
+/// The quorums of one membership.
+#[derive(Debug, Clone)]
+pub struct QuorumSystem {
+    zones: BTreeMap<Zone, BTreeSet<NodeId>>,
+    configured: Tolerances,
+    effective: Tolerances,
+}
+
+impl QuorumSystem {
+    pub fn new(membership: &Membership, configured: Tolerances) -> QuorumSystem {
+        let zones = membership.zones();
+        let effective = effective_tolerances(&zones, configured);
+        QuorumSystem {
+            zones,
+            configured,
+            effective,
+        }
+    }
+
+    pub fn effective(&self) -> Tolerances {
+        self.effective
+    }
+
+    /// True when the cluster is too small for the configured tolerances (report it).
+    pub fn is_reduced(&self) -> bool {
+        self.effective != self.configured
+    }
+
+    fn zones_with(&self, set: &BTreeSet<NodeId>, need: impl Fn(usize) -> usize) -> usize {
+        self.zones
+            .values()
+            .filter(|members| {
+                let need = need(members.len());
+                need <= members.len() && members.intersection(set).count() >= need
+            })
+            .count()
+    }
+
+    /// `fn+1` nodes in each of `Z-fz` zones.
+    pub fn is_q1(&self, set: &BTreeSet<NodeId>) -> bool {
+        if self.zones.is_empty() {
+            return false;
+        }
+        let Tolerances { nodes, zones } = self.effective;
+        let needed_zones = self.zones.len().saturating_sub(zones).max(1);
+        self.zones_with(set, |_| nodes + 1) >= needed_zones
+    }
+
+    /// `l_z-fn` (at least one) nodes in each of `fz+1` zones.
+    pub fn is_q2(&self, set: &BTreeSet<NodeId>) -> bool {
+        if self.zones.is_empty() {
+            return false;
+        }
+        let Tolerances { nodes, zones } = self.effective;
+        self.zones_with(set, |size| size.saturating_sub(nodes).max(1)) > zones
+    }
+
+    /// The `fz+1` zones a Q2 is asked from: the owner's zone first, then by RTT (ties by name).
+    pub fn q2_zones(&self, owner_zone: &str, zone_rtt: &BTreeMap<Zone, u64>) -> Vec<Zone> {
+        let mut zones: Vec<&Zone> = self.zones.keys().collect();
+        zones.sort_by_key(|z| {
+            let own = z.as_str() != owner_zone;
+            (
+                own,
+                zone_rtt.get(*z).copied().unwrap_or(u64::MAX),
+                (*z).clone(),
+            )
+        });
+        zones
+            .into_iter()
+            .take(self.effective.zones + 1)
+            .cloned()
+            .collect()
+    }
+
+    /// All members of the zones a Q2 is asked from.
+    pub fn q2_targets(&self, owner_zone: &str, zone_rtt: &BTreeMap<Zone, u64>) -> Vec<NodeId> {
+        self.q2_zones(owner_zone, zone_rtt)
+            .iter()
+            .filter_map(|z| self.zones.get(z))
+            .flat_map(|members| members.iter().copied())
+            .collect()
+    }
+}
+
+/// Whether a quorum of each kind can still be formed with `t` failures.
+fn feasible(zones: &BTreeMap<Zone, BTreeSet<NodeId>>, t: Tolerances) -> bool {
+    // Any fz zones may fail, so every zone must keep fn+1 nodes after fn failures, and the
+    // Z-fz zones left must still hold fz+1 zones for a Q2.
+    let z = zones.len();
+    z > 2 * t.zones && zones.values().all(|m| m.len() > 2 * t.nodes)
+}
+
+/// The largest feasible tolerances not above `configured`: `fz` is reduced first, then `fn`.
+pub fn effective_tolerances(
+    zones: &BTreeMap<Zone, BTreeSet<NodeId>>,
+    configured: Tolerances,
+) -> Tolerances {
+    for nodes in (0..=configured.nodes).rev() {
+        for z in (0..=configured.zones).rev() {
+            let t = Tolerances { nodes, zones: z };
+            if feasible(zones, t) {
+                return t;
+            }
+        }
+    }
+    Tolerances::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn grid(sizes: &[usize]) -> Membership {
+        let mut id = 0;
+        let mut nodes = Vec::new();
+        for (z, size) in sizes.iter().enumerate() {
+            for _ in 0..*size {
+                id += 1;
+                nodes.push((id, format!("z{z}")));
+            }
+        }
+        Membership::new(nodes)
+    }
+
+    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn three_by_three_fn1_fz0() {
+        // Zones z0={1,2,3}, z1={4,5,6}, z2={7,8,9}.
+        let q = QuorumSystem::new(&grid(&[3, 3, 3]), Tolerances { nodes: 1, zones: 0 });
+        assert!(!q.is_reduced());
+        assert!(q.is_q1(&set(&[1, 2, 4, 5, 7, 8])));
+        assert!(!q.is_q1(&set(&[1, 2, 4, 5, 7])));
+        assert!(q.is_q2(&set(&[1, 2])));
+        assert!(!q.is_q2(&set(&[1, 4])));
+        assert_eq!(q.q2_zones("z1", &BTreeMap::new()), vec!["z1".to_string()]);
+    }
+
+    #[test]
+    fn three_by_three_fn1_fz1() {
+        let q = QuorumSystem::new(&grid(&[3, 3, 3]), Tolerances { nodes: 1, zones: 1 });
+        assert!(q.is_q1(&set(&[1, 2, 4, 5])));
+        assert!(!q.is_q1(&set(&[1, 2, 4])));
+        assert!(q.is_q2(&set(&[4, 5, 7, 8])));
+        assert!(!q.is_q2(&set(&[4, 5])));
+        let rtt = BTreeMap::from([("z0".to_string(), 80), ("z2".to_string(), 20)]);
+        assert_eq!(
+            q.q2_zones("z1", &rtt),
+            vec!["z1".to_string(), "z2".to_string()]
+        );
+    }
+
+    #[test]
+    fn one_node_is_its_own_quorum() {
+        let q = QuorumSystem::new(&grid(&[1]), Tolerances { nodes: 2, zones: 2 });
+        assert_eq!(q.effective(), Tolerances::default());
+        assert!(q.is_reduced());
+        assert!(q.is_q1(&set(&[1])) && q.is_q2(&set(&[1])));
+        assert!(!q.is_q1(&set(&[])) && !q.is_q2(&set(&[])));
+    }
+
+    #[test]
+    fn small_clusters_reduce_fz_before_fn() {
+        // One zone of three: fz must drop to 0; fn=1 stays (majorities of 2).
+        let q = QuorumSystem::new(&grid(&[3]), Tolerances { nodes: 1, zones: 1 });
+        assert_eq!(q.effective(), Tolerances { nodes: 1, zones: 0 });
+        // Three zones of one: fn drops to 0, fz=1 stays: majorities of zones.
+        let q = QuorumSystem::new(&grid(&[1, 1, 1]), Tolerances { nodes: 1, zones: 1 });
+        assert_eq!(q.effective(), Tolerances { nodes: 0, zones: 1 });
+        assert!(q.is_q1(&set(&[1, 3])) && q.is_q2(&set(&[2, 3])));
+        // Nothing at all terminates too.
+        let q = QuorumSystem::new(&Membership::default(), Tolerances { nodes: 5, zones: 5 });
+        assert!(!q.is_q1(&set(&[1])));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn every_q1_meets_every_q2(
+            sizes in proptest::collection::vec(1usize..5, 1..5),
+            nodes in 0usize..3,
+            zones in 0usize..3,
+        ) {
+            let membership = grid(&sizes);
+            prop_assume!(membership.len() <= 12);
+            let q = QuorumSystem::new(&membership, Tolerances { nodes, zones });
+            let all: Vec<NodeId> = membership.nodes().collect();
+            let full: BTreeSet<NodeId> = all.iter().copied().collect();
+            prop_assert!(q.is_q1(&full) && q.is_q2(&full));
+            // Predicates are monotone, so a Q2 disjoint from a Q1 exists iff the Q1's
+            // complement is a Q2.
+            for mask in 0u32..(1 << all.len()) {
+                let s: BTreeSet<NodeId> = all.iter().enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0).map(|(_, n)| *n).collect();
+                let rest: BTreeSet<NodeId> = full.difference(&s).copied().collect();
+                if q.is_q1(&s) {
+                    prop_assert!(!q.is_q2(&rest), "Q1 {:?} misses Q2 {:?}", s, rest);
+                }
+            }
+            // The effective tolerances hold: fail fz zones and fn nodes in every other zone,
+            // and both quorums can still be formed.
+            let t = q.effective();
+            let zs = membership.zones();
+            let mut alive = BTreeSet::new();
+            for (i, members) in zs.values().enumerate() {
+                if i >= t.zones {
+                    alive.extend(members.iter().skip(t.nodes).copied());
+                }
+            }
+            prop_assert!(q.is_q1(&alive), "q1 not formable {:?} {:?}", t, alive);
+            prop_assert!(q.is_q2(&alive), "q2 not formable {:?} {:?}", t, alive);
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! A run's configuration (all derived from its seed) and its report.
+
+use std::collections::BTreeMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::check::{self, Operation};
+use crate::consensus::{MigrationMode, Settings, Tolerances};
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Nodes per zone.
+    pub zones: Vec<usize>,
+    pub tables: Vec<String>,
+    /// Keys per table.
+    pub keys: usize,
+    pub settings: Settings,
+    /// Clients per zone; a zone absent here has none.
+    pub clients: BTreeMap<usize, usize>,
+    /// Faults happen before this instant only.
+    pub fault_until: u64,
+    /// Clients stop issuing requests at this instant; the run ends `drain_ms` later.
+    pub load_until: u64,
+    pub drain_ms: u64,
+    pub loss: f64,
+    pub duplication: f64,
+    pub partitions: usize,
+    /// Range of partition lengths, in milliseconds.
+    pub partition_ms: (u64, u64),
+    pub crashes: usize,
+    /// Clock rate error bound, in parts per million.
+    pub drift_ppm: i64,
+    /// Requests issued this long after faults end must complete within `liveness_bound_ms`.
+    pub settle_ms: u64,
+    pub liveness_bound_ms: u64,
+}
+
+impl SimConfig {
+    /// The randomised configuration of a sweep seed: shape, faults and rates all derive from it.
+    pub fn for_seed(seed: u64) -> SimConfig {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_5eed);
+        let shapes: [&[usize]; 5] = [&[1], &[3], &[5], &[3, 3, 3], &[2, 2, 1]];
+        let zones = shapes[rng.random_range(0..shapes.len())].to_vec();
+        let settings = Settings {
+            tolerances: Tolerances {
+                nodes: rng.random_range(0..2),
+                zones: rng.random_range(0..2),
+            },
+            migration: match rng.random_range(0..10) {
+                0 => MigrationMode::Immediate,
+                1 => MigrationMode::Static,
+                _ => MigrationMode::Adaptive,
+            },
+            migration_window_ms: 1_000,
+            groups: BTreeMap::from([
+                ("orders".to_string(), "shop".to_string()),
+                ("items".to_string(), "shop".to_string()),
+            ]),
+            ..Settings::default()
+        };
+        let clients = (0..zones.len())
+            .map(|z| (z, rng.random_range(1..3)))
+            .collect();
+        let faulty = rng.random_bool(0.85);
+        SimConfig {
+            seed,
+            zones,
+            tables: vec!["users".into(), "orders".into(), "items".into()],
+            keys: 2,
+            settings,
+            clients,
+            fault_until: 4_000,
+            load_until: 11_000,
+            drain_ms: 3_000,
+            loss: if faulty {
+                rng.random_range(0.0..0.08)
+            } else {
+                0.0
+            },
+            duplication: if faulty {
+                rng.random_range(0.0..0.05)
+            } else {
+                0.0
+            },
+            partitions: if faulty { rng.random_range(0..3) } else { 0 },
+            partition_ms: (200, 3_000),
+            crashes: if faulty { rng.random_range(0..3) } else { 0 },
+            drift_ppm: 2_000,
+            settle_ms: 2_500,
+            liveness_bound_ms: 2_500,
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub shape: String,
+    pub history: Vec<Operation>,
+    pub anomalies: Vec<check::Anomaly>,
+    pub violations: Vec<String>,
+    pub messages: u64,
+    pub completed: usize,
+    pub owner_changes: usize,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.anomalies.is_empty() && self.violations.is_empty()
+    }
+
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "seed {} [{}] ({} ops, {} completed, {} messages): replay with Sim::run(SimConfig::for_seed({}))\n",
+            self.seed,
+            self.shape,
+            self.history.len(),
+            self.completed,
+            self.messages,
+            self.seed
+        );
+        for v in &self.violations {
+            s.push_str(&format!("violation: {v}\n"));
+        }
+        for a in &self.anomalies {
+            s.push_str(&a.to_string());
+        }
+        s
+    }
+}

@@ -1,0 +1,20 @@
+//! Deterministic simulator: whole clusters in one thread, driven by one seed.
+//!
+//! Virtual time is global milliseconds; each node reads its own drifting clock. The network
+//! delays (by zone pair, with jitter, hence reordering), loses, duplicates and partitions
+//! (symmetric and one-way) messages; nodes crash and restart from what they persisted.
+//! Messages pass through the binary encoding. Clients on several zones issue get/put/delete on
+//! several tables; every run's history goes through the linearizability checker, and the
+//! simulator checks agreement (one command per slot) and liveness after faults heal.
+//!
+//! A failing run prints its seed; `Sim::run(SimConfig::for_seed(seed))` replays it exactly.
+
+mod clients;
+mod config;
+mod world;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::SimConfig;
+pub use world::Sim;

@@ -1,0 +1,251 @@
+use super::*;
+use crate::consensus::{ClientOp, MigrationMode, Settings};
+
+/// Seeds of the bounded sweep run by `make test`.
+const SWEEP_SEEDS: u64 = 2_000;
+
+/// Runs seeds `from..from+count` on all cores; returns the failing reports' descriptions.
+fn sweep(from: u64, count: u64, adjust: impl Fn(&mut SimConfig) + Sync) -> Vec<String> {
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8) as u64;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let adjust = &adjust;
+                scope.spawn(move || {
+                    let mut failures = Vec::new();
+                    let mut seed = from + t;
+                    while seed < from + count {
+                        let mut config = SimConfig::for_seed(seed);
+                        adjust(&mut config);
+                        let report = Sim::run(config);
+                        if !report.ok() {
+                            failures.push(report.describe());
+                        }
+                        seed += threads;
+                    }
+                    failures
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec!["sweep thread panicked".into()])
+            })
+            .collect()
+    })
+}
+
+fn assert_sweep_green(failures: Vec<String>) {
+    if let Some(first) = failures.first() {
+        for f in &failures {
+            eprintln!("{}", f.lines().take(2).collect::<Vec<_>>().join(" | "));
+        }
+        panic!("{} failing seeds; first:\n{first}", failures.len());
+    }
+}
+
+#[test]
+fn sim_one_quiet_run_per_shape_is_linearizable_and_live() {
+    for zones in [vec![1], vec![3], vec![5], vec![3, 3, 3]] {
+        let mut config = SimConfig::for_seed(7);
+        config.zones = zones.clone();
+        config.clients = (0..zones.len()).map(|z| (z, 2)).collect();
+        config.loss = 0.0;
+        config.duplication = 0.0;
+        config.partitions = 0;
+        config.crashes = 0;
+        let report = Sim::run(config);
+        assert!(report.ok(), "{zones:?}: {}", report.describe());
+        assert!(
+            report.completed > 100,
+            "{zones:?}: only {} completed",
+            report.completed
+        );
+    }
+}
+
+#[test]
+fn sim_replays_a_seed_exactly() {
+    let a = Sim::run(SimConfig::for_seed(42));
+    let b = Sim::run(SimConfig::for_seed(42));
+    assert_eq!(a.history, b.history);
+    assert_eq!(a.messages, b.messages);
+}
+
+/// The bounded sweep of `make test`: random shapes, tolerances, modes and faults.
+#[test]
+fn sim_sweep() {
+    assert_sweep_green(sweep(0, SWEEP_SEEDS, |_| {}));
+}
+
+/// The long sweep: `make sim SEEDS=100000` (ATLAS_SIM_SEEDS, from ATLAS_SIM_FROM).
+#[test]
+#[ignore]
+fn sim_sweep_long() {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let count = env("ATLAS_SIM_SEEDS", 100_000);
+    let from = env("ATLAS_SIM_FROM", SWEEP_SEEDS);
+    eprintln!(
+        "sweeping seeds {from}..{} (heavy faults: {})",
+        from + count,
+        heavy_faults()
+    );
+    assert_sweep_green(sweep(from, count, adjust_from_env));
+}
+
+/// ATLAS_SIM_FAULTS=heavy: three times the partitions and crashes, up to 15 % loss.
+fn heavy_faults() -> bool {
+    std::env::var("ATLAS_SIM_FAULTS").is_ok_and(|v| v == "heavy")
+}
+
+fn adjust_from_env(c: &mut SimConfig) {
+    if heavy_faults() {
+        c.partitions *= 3;
+        c.crashes *= 3;
+        c.loss = (c.loss * 2.0).min(0.15);
+        c.fault_until = 6_000;
+    }
+}
+
+/// Replays one seed with its report (ATLAS_SIM_SEED): `make sim-seed SEED=…`.
+#[test]
+#[ignore]
+fn sim_replay_seed() {
+    let seed = std::env::var("ATLAS_SIM_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut config = SimConfig::for_seed(seed);
+    adjust_from_env(&mut config);
+    let report = Sim::run(config);
+    eprintln!("{}", report.describe());
+    for op in &report.history {
+        eprintln!("  {op}");
+    }
+    assert!(report.ok());
+}
+
+fn first_failure(count: u64, adjust: impl Fn(&mut SimConfig) + Sync) -> Option<String> {
+    sweep(0, count, adjust).into_iter().next()
+}
+
+#[test]
+fn sim_catches_phase1_without_reproposal() {
+    let failure = first_failure(400, |c| c.settings.inject.skip_reproposal = true);
+    let failure = failure.expect("skipping re-proposal in phase 1 went unnoticed");
+    eprintln!("injected bug caught:\n{failure}");
+}
+
+#[test]
+fn sim_catches_reads_after_the_lease_ended() {
+    let failure = first_failure(400, |c| {
+        c.settings.inject.ignore_lease_expiry = true;
+        c.settings.migration = MigrationMode::Adaptive;
+        // Long partitions: an owner cut off for longer than its lease keeps "serving".
+        c.partitions = 3;
+        c.partition_ms = (2_500, 6_000);
+        c.fault_until = 8_000;
+        c.load_until = 12_000;
+        c.keys = 1;
+        for clients in c.clients.values_mut() {
+            *clients = 4;
+        }
+    });
+    let failure = failure.expect("reads after the lease ended went unnoticed");
+    eprintln!("injected bug caught:\n{failure}");
+}
+
+fn steady_config(seed: u64, clients: &[(usize, usize)]) -> SimConfig {
+    let mut config = SimConfig::for_seed(seed);
+    config.zones = vec![3, 3, 3];
+    config.settings = Settings {
+        migration_window_ms: 1_000,
+        ..Settings::default()
+    };
+    config.tables = vec!["users".into()];
+    config.clients = clients.iter().copied().collect();
+    config.loss = 0.0;
+    config.duplication = 0.0;
+    config.partitions = 0;
+    config.crashes = 0;
+    config.fault_until = 0;
+    config
+}
+
+/// Ownership follows the zone with most accesses within a window plus a few round trips.
+#[test]
+fn sim_ownership_converges_to_the_busiest_zone() {
+    for seed in 0..20 {
+        // Only zone 0 at first: it takes the table.
+        let mut sim = Sim::new(steady_config(seed, &[(0, 1)]));
+        sim.run_until(1_500);
+        let first = sim.owner_of("users").expect("an owner after warm-up");
+        assert_eq!(sim.zone_of(first).as_deref(), Some("z0"), "seed {seed}");
+        // Then zone 2 becomes the busy one.
+        sim.retire_clients();
+        sim.add_clients(2, 3);
+        let start = sim.now();
+        let window = 1_000;
+        // One window for the new load to outweigh the old, a tenth of a window for the
+        // decision, and a few round trips for the handoff's phase 1.
+        sim.run_until(start + window + window / 10 + 400);
+        let owner = sim.owner_of("users");
+        let zone = owner.and_then(|o| sim.zone_of(o));
+        assert_eq!(zone.as_deref(), Some("z2"), "seed {seed}: owner {owner:?}");
+        let moved_at = sim.now();
+        // Steady load afterwards: no more moves (no duelling owners).
+        let changes = sim.report().owner_changes;
+        sim.run_until(moved_at + 4_000);
+        assert_eq!(
+            sim.report().owner_changes,
+            changes,
+            "seed {seed}: ownership kept moving"
+        );
+        let report = sim.finish();
+        assert!(report.ok(), "{}", report.describe());
+    }
+}
+
+/// Balanced load from every zone keeps one owner (no ping-pong).
+#[test]
+fn sim_balanced_load_keeps_one_owner() {
+    for seed in 0..10 {
+        let report = Sim::run(steady_config(seed, &[(0, 2), (1, 2), (2, 2)]));
+        assert!(report.ok(), "{}", report.describe());
+        assert!(
+            report.owner_changes <= 2,
+            "seed {seed}: {} owner changes",
+            report.owner_changes
+        );
+    }
+}
+
+/// A membership change commits through the `atlas` group and every node's quorums follow.
+#[test]
+fn sim_membership_change_is_committed_and_followed() {
+    let mut sim = Sim::new(steady_config(3, &[(0, 1)]));
+    sim.run_until(1_000);
+    sim.request(
+        1,
+        ClientOp::AddNode {
+            node: 10,
+            zone: "z3".into(),
+        },
+    );
+    sim.run_until(3_000);
+    for id in 1..=9 {
+        let m = sim.membership_of(id).expect("node up");
+        assert_eq!(m.zone_of(10).map(String::as_str), Some("z3"), "node {id}");
+    }
+    let report = sim.finish();
+    assert!(report.ok(), "{}", report.describe());
+}
