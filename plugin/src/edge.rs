@@ -242,20 +242,17 @@ impl ProxyHttp for EdgeProxy {
         upstream: &mut RequestHeader,
         _ctx: &mut EdgeCtx,
     ) -> pingora::Result<()> {
+        // The edge is the first hop: what the client claims about earlier hops is dropped, so
+        // upstreams can trust these headers.
+        upstream.remove_header("forwarded");
+        upstream.remove_header("x-real-ip");
+        upstream.remove_header("x-forwarded-for");
         if let Some(client) = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_string())
         {
-            let forwarded = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(previous) => format!("{previous}, {client}"),
-                None => client,
-            };
-            upstream.insert_header("x-forwarded-for", forwarded)?;
+            upstream.insert_header("x-forwarded-for", client)?;
         }
         upstream.insert_header("x-forwarded-proto", "https")?;
         Ok(())

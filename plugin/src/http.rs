@@ -16,10 +16,24 @@ use subtle::ConstantTimeEq;
 use crate::metrics::{TEXT_CONTENT_TYPE, metrics};
 use crate::{EngineCell, NasCell};
 
-/// Largest request body Atlas reads (the NAS restore upload is the largest legitimate one).
-pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
-/// Largest body of a NAS API request (`POST /api/v1/config/restore` uploads a database).
-pub const MAX_NAS_BODY_BYTES: usize = 256 * 1024 * 1024;
+/// Largest body of an ordinary request (JSON documents, cluster join).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How much of a refused request's body is read (and dropped) before the refusal.
+const REFUSED_BODY_DRAIN_BYTES: usize = 64 * 1024;
+/// Largest node-to-node message (a replicated write may carry a whole blob).
+pub const MAX_TRANSPORT_BODY_BYTES: usize = 160 * 1024 * 1024;
+/// Largest body of `POST /api/v1/config/restore` (an uploaded database).
+pub const MAX_RESTORE_BODY_BYTES: usize = 256 * 1024 * 1024;
+const RESTORE_PATH: &str = "/api/v1/config/restore";
+
+/// How much body a request may carry, decided from its route before anything is read.
+fn body_limit(route: Route, path: &str) -> usize {
+    match route {
+        Route::Transport => MAX_TRANSPORT_BODY_BYTES,
+        Route::Nas if path == RESTORE_PATH => MAX_RESTORE_BODY_BYTES,
+        _ => MAX_BODY_BYTES,
+    }
+}
 /// A request must arrive whole within this time.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Paths served by Atlas; everything else is left to the caller (proxy routes).
@@ -141,18 +155,29 @@ impl HttpApi {
         let started = Instant::now();
         let method = session.req_header().method.as_str().to_string();
         let route = route(&method, &path);
-        let limit = if route == Route::Nas {
-            MAX_NAS_BODY_BYTES
-        } else {
-            MAX_BODY_BYTES
+        // Credentials are checked before a body is read, so an unauthenticated client cannot
+        // make the server buffer anything.
+        let refused = match route {
+            Route::Join | Route::Transport => self.authenticate(session, route),
+            _ => None,
         };
-        let reply = match read_body(session, limit).await {
-            Ok(body) => self.handle(route, session, body).await,
-            Err(reply) => {
-                // The rest of the body is not read: the connection cannot be reused.
-                session.set_keepalive(None);
+        let reply = match refused {
+            Some(reply) => {
+                // Drain a small body so an h2 client sees the answer, not a reset stream; a
+                // larger one is not read at all.
+                if read_body(session, REFUSED_BODY_DRAIN_BYTES).await.is_err() {
+                    session.set_keepalive(None);
+                }
                 reply
             }
+            None => match read_body(session, body_limit(route, &path)).await {
+                Ok(body) => self.handle(route, session, body).await,
+                Err(reply) => {
+                    // The rest of the body is not read: the connection cannot be reused.
+                    session.set_keepalive(None);
+                    reply
+                }
+            },
         };
         metrics().record_http(route.label(), reply.status, started.elapsed());
         write_reply(session, reply, method == "HEAD").await?;
@@ -173,16 +198,11 @@ impl HttpApi {
                     extra_headers: Vec::new(),
                 }
             }
-            Route::Join | Route::Transport => {
-                if let Some(refused) = self.authenticate(session, route) {
-                    return refused;
-                }
-                HttpReply::error(
-                    503,
-                    "unavailable",
-                    "this node runs as a single node: cluster join and the consensus transport are not enabled",
-                )
-            }
+            Route::Join | Route::Transport => HttpReply::error(
+                503,
+                "unavailable",
+                "this node runs as a single node: cluster join and the consensus transport are not enabled",
+            ),
             Route::Nas => self.nas(session, body).await,
             Route::NotFound => HttpReply::error(404, "not_found", "no such endpoint"),
             Route::MethodNotAllowed(allowed) => {

@@ -76,9 +76,14 @@ fn write(path: &Path, contents: &str, secret: bool) -> Result<(), TlsError> {
         path: path.display().to_string(),
         source,
     };
-    let tmp = path.with_extension("tmp");
+    // A temp name per file (`node.key.tmp`), created afresh: a stale temp file left by a crash
+    // must not lend its permissions to a new key.
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     if secret {
         options.mode(0o600);
     }

@@ -3,9 +3,9 @@
 //! Storage calls block (RocksDB, fsync), so each runs on tokio's blocking pool; concurrent
 //! writers therefore reach RocksDB together and share WAL syncs.
 
-mod acl;
 mod cluster_info;
 mod keys;
+pub mod write;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -13,6 +13,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::protocol::duration::format_rfc3339_ms;
 use crate::protocol::{Command, Reply};
 use crate::storage::{StorageError, Store};
+
+pub use write::{Write, WriteOp};
 
 /// Who this node is, as reported by `NODE` / `QUORUM` / `TABLE` commands.
 #[derive(Debug, Clone)]
@@ -134,6 +136,14 @@ impl Engine {
         command: Command,
         blob: Option<Vec<u8>>,
     ) -> Result<Reply, CommandError> {
+        if let Command::Put {
+            key,
+            principal: Some(recorded),
+            ..
+        } = &command
+        {
+            tracing::info!(target: "atlas::audit", key = %key, recorded_principal = %recorded, "KEY PUT");
+        }
         let result = match command {
             Command::Get(key) => {
                 self.blocking(move |e| e.get(&key, principal.as_deref()))
@@ -143,26 +153,16 @@ impl Engine {
                 self.blocking(move |e| e.blob_get(&key, principal.as_deref()))
                     .await
             }
-            Command::Put {
-                key,
-                principal: audit_name,
-                worm,
-                value,
-            } => {
-                if let Some(name) = &audit_name {
-                    tracing::info!(target: "atlas::audit", key = %key, recorded_principal = %name, "KEY PUT");
+            command @ (Command::Put { .. }
+            | Command::BlobSet { .. }
+            | Command::Del(_)
+            | Command::Grant { .. }
+            | Command::Revoke { .. }) => {
+                match Write::from_command(command, principal, blob, now_ms()) {
+                    Some(write) => self.blocking(move |e| e.apply_write(&write)).await,
+                    // Only writes reach this arm; `from_command` is `None` for reads alone.
+                    None => Err(CommandError::TaskFailed),
                 }
-                self.blocking(move |e| e.put(&key, principal.as_deref(), worm, value))
-                    .await
-            }
-            Command::BlobSet { key, .. } => {
-                let bytes = blob.unwrap_or_default();
-                self.blocking(move |e| e.blob_set(&key, principal.as_deref(), bytes))
-                    .await
-            }
-            Command::Del(key) => {
-                self.blocking(move |e| e.delete(&key, principal.as_deref()))
-                    .await
             }
             Command::Scan(prefix) => {
                 self.blocking(move |e| e.scan(&prefix, principal.as_deref()))
@@ -170,22 +170,6 @@ impl Engine {
             }
             Command::Count(prefix) => {
                 self.blocking(move |e| e.count(&prefix, principal.as_deref()))
-                    .await
-            }
-            Command::Grant {
-                key,
-                principal: p,
-                perm,
-            } => {
-                self.blocking(move |e| e.change_acl(&key, principal.as_deref(), &p, perm, true))
-                    .await
-            }
-            Command::Revoke {
-                key,
-                principal: p,
-                perm,
-            } => {
-                self.blocking(move |e| e.change_acl(&key, principal.as_deref(), &p, perm, false))
                     .await
             }
             Command::NodeList => Ok(self.node_list()),

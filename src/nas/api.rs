@@ -486,9 +486,12 @@ impl NasApi {
         body: &[u8],
         error: &NasError,
     ) {
-        let action = match method {
-            "POST" => "create",
-            "DELETE" => "delete",
+        let action = match (route, method) {
+            (Route::Restore, _) => "restore",
+            (Route::Apply, _) => "apply",
+            (Route::Backup, _) => "backup",
+            (_, "POST") => "create",
+            (_, "DELETE") => "delete",
             _ => "update",
         };
         let entry = self

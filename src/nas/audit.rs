@@ -16,6 +16,14 @@ const SECRET_KEYS: &[&str] = &[
     "secret",
 ];
 pub const MASK: &str = "***";
+/// Fragments that mark a key as secret whatever its exact spelling (`Password`,
+/// `new_password`, `passwd`, `api_token`, …): a mistyped field is still masked.
+const SECRET_FRAGMENTS: &[&str] = &["pass", "secret", "token", "hash", "key"];
+
+fn is_secret_key(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    SECRET_KEYS.contains(&lower.as_str()) || SECRET_FRAGMENTS.iter().any(|f| lower.contains(f))
+}
 
 /// One audit row to write.
 #[derive(Debug, Clone)]
@@ -77,7 +85,7 @@ pub fn mask_secrets(value: &mut Value) {
     match value {
         Value::Object(map) => {
             for (key, v) in map.iter_mut() {
-                if SECRET_KEYS.contains(&key.as_str()) {
+                if is_secret_key(key) {
                     *v = Value::String(MASK.into());
                 } else {
                     mask_secrets(v);
@@ -304,5 +312,24 @@ mod tests {
         assert!(Filter::from_query(&[("limit".into(), "0".into())]).is_err());
         assert!(Filter::from_query(&[("since".into(), "yesterday".into())]).is_err());
         assert!(Filter::from_query(&[("bogus".into(), "1".into())]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod masking_tests {
+    use super::*;
+
+    #[test]
+    fn secret_like_keys_are_masked_whatever_their_spelling() {
+        let mut v = serde_json::json!({
+            "Password": "a", "new_password": "b", "passwd": "c", "api_token": "d",
+            "nested": [{"Chap_Secret": "e"}], "username": "alice"
+        });
+        mask_secrets(&mut v);
+        let text = v.to_string();
+        for secret in ["\"a\"", "\"b\"", "\"c\"", "\"d\"", "\"e\""] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert!(text.contains("alice"));
     }
 }

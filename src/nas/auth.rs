@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::{Condvar, Mutex};
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use chrono::{DateTime, Duration, Utc};
@@ -190,8 +191,13 @@ impl LoginLimiter {
             if map.len() >= MAX_TRACKED_KEYS && !map.contains_key(&key) {
                 prune(map, now);
                 if map.len() >= MAX_TRACKED_KEYS {
-                    // Still full of fresh entries: drop one arbitrary key rather than grow.
-                    if let Some(k) = map.keys().next().cloned() {
+                    // Still full of fresh entries: drop the key whose last failure is oldest,
+                    // so a flood of new keys cannot erase a recent attack on one account.
+                    let oldest = map
+                        .iter()
+                        .min_by_key(|(_, times)| times.back().copied())
+                        .map(|(k, _)| k.clone());
+                    if let Some(k) = oldest {
                         map.remove(&k);
                     }
                 }
@@ -200,17 +206,63 @@ impl LoginLimiter {
         }
     }
 
-    pub fn record_success(&mut self, user: &str) {
+    /// Clears the user's failures and takes back the attempt counted against the address.
+    pub fn record_success(&mut self, user: &str, addr: Option<&str>) {
         self.by_user.remove(&user.to_lowercase());
+        if let Some(times) = addr.and_then(|a| self.by_addr.get_mut(&address_key(a))) {
+            times.pop_back();
+        }
     }
 }
 
-/// The IP of `ip:port`, so one client is one key whatever its source port.
+/// The IP of `ip:port`, so one client is one key whatever its source port; IPv6 clients are
+/// keyed by their /64, since one host usually holds a whole /64.
 fn address_key(addr: &str) -> String {
-    addr.parse::<SocketAddr>()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|_| addr.to_string())
+    match addr.parse::<SocketAddr>() {
+        Ok(SocketAddr::V6(v6)) => {
+            let s = v6.ip().segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Ok(a) => a.ip().to_string(),
+        Err(_) => addr.to_string(),
+    }
 }
+
+/// A counting semaphore for blocking threads (argon2 runs on tokio's blocking pool).
+struct Permits {
+    free: Mutex<usize>,
+    released: Condvar,
+}
+
+struct Permit<'a>(&'a Permits);
+
+impl Permits {
+    const fn new(n: usize) -> Permits {
+        Permits {
+            free: Mutex::new(n),
+            released: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> Permit<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.released.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.released.notify_one();
+    }
+}
+
+/// Password verifications allowed at once.
+static VERIFY_PERMITS: Permits = Permits::new(2);
 
 /// What a successful login returns.
 #[derive(Debug, Clone, Serialize)]
@@ -243,22 +295,28 @@ pub fn login(
         store.write(|c| audit::record(c, &attempt("rate_limited", &message, None)))?;
         return Err(NasError::RateLimited(message));
     }
+    // The attempt counts as a failure until the password is verified, so parallel attempts
+    // cannot all pass the limit check before any of them is counted.
+    store.limiter().record_failure(username, client_addr, now);
     let found = store.read(|c| users::find_with_hash(c, username))?;
-    let verified = match &found {
-        Some((user, hash)) => users::verify_password(password, hash) && user.active,
-        None => {
-            users::verify_against_dummy(password);
-            false
+    let verified = {
+        // argon2 takes ~20 MiB and tens of ms per verification: bound how many run at once.
+        let _permit = VERIFY_PERMITS.acquire();
+        match &found {
+            Some((user, hash)) => users::verify_password(password, hash) && user.active,
+            None => {
+                users::verify_against_dummy(password);
+                false
+            }
         }
     };
     let Some((user, _)) = found.filter(|_| verified) else {
-        store.limiter().record_failure(username, client_addr, now);
         store.write(|c| audit::record(c, &attempt("failure", "invalid credentials", None)))?;
         return Err(NasError::Unauthorized(
             "invalid user name or password".into(),
         ));
     };
-    store.limiter().record_success(username);
+    store.limiter().record_success(username, client_addr);
     let ttl = store.options().session_ttl;
     let token = store.write(|c| {
         let token = create_session(c, user.id, now, ttl, client_addr)?;

@@ -59,6 +59,7 @@ pub fn backup_to_file(store: &NasStore, dest: &Path) -> Result<u64, NasError> {
     let tmp = temp_sibling(dest, "atlas-tmp");
     let _ = std::fs::remove_file(&tmp);
     let result = (|| -> Result<u64, NasError> {
+        super::db::create_private_file(&tmp)?;
         let mut out = Connection::open(&tmp)?;
         copy_database(&store.connection(), &mut out)?;
         // A self-contained file: no -wal beside it.
@@ -88,7 +89,8 @@ fn scratch_dir() -> Result<PathBuf, NasError> {
         std::process::id(),
         rand::random::<u64>()
     ));
-    std::fs::create_dir_all(&dir)?;
+    // Owner-only: it briefly holds a copy of the database.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&dir)?;
     Ok(dir)
 }
 
@@ -136,6 +138,32 @@ fn stage_checked(src: &Path) -> Result<(Connection, i64), NasError> {
     if version < 1 || !has_users {
         return Err(NasError::NotABackup(
             "no Atlas NAS schema in the file".into(),
+        ));
+    }
+    // Atlas's schema has no triggers or views: one in a backup could rewrite the live data
+    // (e.g. erase audit rows) after the restore.
+    let foreign: i64 = source.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type IN ('trigger', 'view')",
+        [],
+        |r| r.get(0),
+    )?;
+    if foreign > 0 {
+        return Err(NasError::NotABackup(
+            "the file holds triggers or views, which Atlas never creates".into(),
+        ));
+    }
+    // Sessions end with a restore: a backup without an active administrator would lock
+    // everyone out.
+    let has_admin: bool = source
+        .query_row(
+            "SELECT EXISTS(SELECT 1 FROM users WHERE role = 'administrator' AND active = 1)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(false);
+    if !has_admin {
+        return Err(NasError::NotABackup(
+            "the backup has no active administrator".into(),
         ));
     }
     let integrity: String = source.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;

@@ -54,6 +54,22 @@ impl DbLocation {
 }
 
 /// Opens a connection with the settings every connection needs, then migrates.
+/// Creates `path` readable by its owner only (0600) if it does not exist yet: the database
+/// holds password hashes and CHAP secrets. SQLite gives its -wal/-shm files the same mode.
+pub(crate) fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn open(location: &DbLocation) -> Result<Connection, NasError> {
     let conn = match location {
         DbLocation::Memory => {
@@ -68,6 +84,7 @@ pub fn open(location: &DbLocation) -> Result<Connection, NasError> {
                 std::fs::create_dir_all(dir)?;
             }
             tracing::info!(path = %path.display(), "opening NAS database");
+            create_private_file(path)?;
             Connection::open(path)?
         }
     };

@@ -44,6 +44,15 @@ pub fn absolute_path(path: &str) -> Result<(), String> {
     if path.len() > 4096 {
         return Err("must be at most 4096 bytes".into());
     }
+    no_trailing_backslash(path)
+}
+
+/// Samba joins a line that ends in `\` with the next one: a value ending so would swallow the
+/// following setting of the share (e.g. `hosts allow`).
+pub fn no_trailing_backslash(text: &str) -> Result<(), String> {
+    if text.ends_with('\\') {
+        return Err("must not end with a backslash".into());
+    }
     Ok(())
 }
 
@@ -54,7 +63,9 @@ pub fn smb_valid_user(entry: &str) -> Result<(), String> {
         && name.len() <= 256
         && name
             .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '$' | '\\'));
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '$' | '\\'))
+        && !name.starts_with('\\')
+        && !name.ends_with('\\');
     if ok {
         Ok(())
     } else {
@@ -305,7 +316,7 @@ pub fn single_line(text: &str, max_chars: usize) -> Result<(), String> {
     if text.chars().any(char::is_control) {
         return Err("must not contain control characters or line breaks".into());
     }
-    Ok(())
+    no_trailing_backslash(text)
 }
 
 /// Checks each entry of a list and rejects duplicates (compared with `key`).
@@ -522,5 +533,19 @@ mod tests {
                 prop_assert!(!s.split('/').any(|p| p == ".."));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod backslash_tests {
+    use super::*;
+
+    #[test]
+    fn values_ending_in_a_backslash_are_refused() {
+        assert!(absolute_path("/srv/share\\").is_err());
+        assert!(single_line("comment\\", 80).is_err());
+        assert!(smb_valid_user("DOM\\").is_err());
+        assert!(smb_valid_user("DOM\\alice").is_ok());
+        assert!(single_line("a\\b", 80).is_ok());
     }
 }

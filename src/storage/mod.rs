@@ -40,6 +40,8 @@ const COLUMN_FAMILIES: [&str; 6] = [CF_VALUES, CF_BLOBS, CF_ACL, CF_META, CF_LOG
 /// Blobs are stored in chunks of this size, so no RocksDB value is ever larger.
 pub const BLOB_CHUNK_BYTES: usize = 1024 * 1024;
 const LOCK_STRIPES: usize = 1024;
+/// The id of every empty blob (real ids start at 1).
+const EMPTY_BLOB_ID: u64 = 0;
 const META_SLOT_PREFIX: &[u8] = b"slot/";
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +199,10 @@ impl Store {
     pub fn read_body(&self, body: &Body) -> Result<Vec<u8>, StorageError> {
         match body {
             Body::Inline(bytes) => Ok(bytes.clone()),
+            Body::Blob {
+                blob_id: EMPTY_BLOB_ID,
+                ..
+            } => Ok(Vec::new()),
             Body::Blob { blob_id, len } => {
                 let mut out = Vec::with_capacity(*len as usize);
                 let start = blob_id.to_be_bytes();
@@ -272,7 +278,14 @@ impl Store {
                 bytes,
                 worm_until_ms,
             } => {
-                let blob_id = self.next_blob_id.fetch_add(1, Ordering::Relaxed);
+                // An empty blob has no chunks, so it takes no id (0): ids are recovered from
+                // the chunks after a restart, and an id without chunks could be handed out
+                // again and its range-delete would then hit another blob.
+                let blob_id = if bytes.is_empty() {
+                    EMPTY_BLOB_ID
+                } else {
+                    self.next_blob_id.fetch_add(1, Ordering::Relaxed)
+                };
                 for (index, chunk) in bytes.chunks(BLOB_CHUNK_BYTES).enumerate() {
                     batch.put_cf(
                         self.cf(CF_BLOBS),
@@ -303,6 +316,9 @@ impl Store {
     }
 
     fn delete_blob_chunks(&self, batch: &mut WriteBatch, blob_id: u64) {
+        if blob_id == EMPTY_BLOB_ID {
+            return;
+        }
         batch.delete_range_cf(
             self.cf(CF_BLOBS),
             blob_id.to_be_bytes(),

@@ -174,3 +174,25 @@ fn concurrent_updates_of_one_key_are_serialised() {
     let record = store.read(&k, 0).unwrap().record.unwrap();
     assert_eq!(record.body, Body::Inline(b"400".to_vec()));
 }
+
+#[test]
+fn an_empty_blob_never_shares_an_id_with_a_later_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = key("t.empty");
+    let other = key("t.other");
+    {
+        let store = Store::open(dir.path(), Durability::Relaxed).unwrap();
+        put_blob(&store, &empty, Vec::new());
+        store.close().unwrap();
+    }
+    let store = Store::open(dir.path(), Durability::Relaxed).unwrap();
+    let bytes = vec![9u8; BLOB_CHUNK_BYTES + 5];
+    put_blob(&store, &other, bytes.clone());
+    // Replacing and deleting the empty blob must leave the other blob intact.
+    put_blob(&store, &empty, Vec::new());
+    store
+        .update(&empty, 0, |_| Ok::<_, StorageError>((Change::Delete, ())))
+        .unwrap();
+    let record = store.read(&other, 0).unwrap().record.unwrap();
+    assert_eq!(store.read_body(&record.body).unwrap(), bytes);
+}

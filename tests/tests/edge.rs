@@ -256,13 +256,13 @@ fn unknown_paths_methods_and_large_bodies_get_json_errors() {
         (r.status, r.json()["error"].as_str()),
         (404, Some("not_found"))
     );
-    // A body over the limit is refused without reading it all.
+    // A body over the limit is refused without reading it all, before any login.
     let big = node.dir().join("big.bin");
-    std::fs::write(&big, vec![b'x'; 65 * 1024 * 1024]).expect("write");
+    std::fs::write(&big, vec![b'x'; 2 * 1024 * 1024]).expect("write");
     let data = format!("@{}", big.display());
     let r = curl(
         &ca,
-        &url(&node, "/atlas/v1/join"),
+        &url(&node, "/api/v1/auth/login"),
         &["--http1.1", "-X", "POST", "--data-binary", &data],
     );
     assert_eq!(r.status, 413, "{r:?}");
@@ -291,6 +291,23 @@ fn routes_proxy_to_upstreams_with_forwarding_headers() {
     assert!(
         seen.contains(&"upstream=a".to_string()) && seen.contains(&"upstream=b".to_string()),
         "round robin: {seen:?}"
+    );
+    // What a client claims about earlier hops is not passed on.
+    let spoofed = curl(
+        &ca,
+        &url(&node, "/app/spoof"),
+        &[
+            "-H",
+            "X-Forwarded-For: 6.6.6.6",
+            "-H",
+            "Forwarded: for=6.6.6.6",
+        ],
+    );
+    assert!(!spoofed.body.contains("6.6.6.6"), "{}", spoofed.body);
+    assert!(
+        spoofed.body.contains("x-forwarded-for: 127.0.0.1"),
+        "{}",
+        spoofed.body
     );
     // Atlas's own paths are never proxied.
     assert_eq!(
