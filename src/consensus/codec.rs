@@ -95,6 +95,7 @@ impl Writer {
                 self.u8(4);
                 self.u64(*node);
             }
+            CommandOp::LeaveJoint => self.u8(5),
         }
     }
 
@@ -204,6 +205,7 @@ impl<'a> Reader<'a> {
                 zone: self.string()?,
             },
             4 => CommandOp::RemoveNode { node: self.u64()? },
+            5 => CommandOp::LeaveJoint,
             tag => {
                 return Err(CodecError::UnknownTag {
                     what: "command",

@@ -86,6 +86,19 @@ pub enum CommandOp {
     RemoveNode {
         node: NodeId,
     },
+    /// Ends the joint configuration a committed `AddNode`/`RemoveNode` entered: the new
+    /// membership becomes the only one. Proposed by the owner of the `atlas` group.
+    LeaveJoint,
+}
+
+impl CommandOp {
+    /// Whether the entry changes the configuration when applied in the `atlas` group.
+    pub fn is_config_change(&self) -> bool {
+        matches!(
+            self,
+            CommandOp::AddNode { .. } | CommandOp::RemoveNode { .. } | CommandOp::LeaveJoint
+        )
+    }
 }
 
 impl Command {

@@ -14,7 +14,7 @@ use super::log::Log;
 use super::membership::{Membership, SYSTEM_GROUP};
 use super::message::{Message, SlotEntry};
 use super::proposer::Role;
-use super::quorum::QuorumSystem;
+use super::quorum::JointQuorums;
 use super::ready::{Applied, Outgoing, PersistOp, Ready};
 use super::settings::Settings;
 
@@ -27,8 +27,16 @@ pub(super) struct Ctx<'a> {
     pub zone: &'a Zone,
     pub now: u64,
     pub settings: &'a Settings,
-    pub quorums: &'a QuorumSystem,
+    /// The quorums of the configuration in force (both configurations while joint).
+    pub quorums: &'a JointQuorums,
+    /// Every member of the configuration in force (of either while joint).
     pub membership: &'a Membership,
+    /// The configuration epoch this node has applied.
+    pub epoch: u64,
+    /// Nodes that showed a newer configuration epoch: the node fetches the `atlas` log from
+    /// them. The epoch in a message is never adopted by itself (it could be a lie or ahead
+    /// of what is committed); only applied `atlas` entries change the configuration.
+    pub newer_epoch_at: &'a mut Vec<NodeId>,
     pub zone_rtt: &'a BTreeMap<Zone, u64>,
     pub quiet_until: u64,
     pub rng: &'a mut StdRng,
@@ -83,6 +91,40 @@ impl Ctx<'_> {
             } else {
                 lo
             }
+    }
+
+    /// Whether `a` wins a tie of ballot counters against `b`: zone first, then node id (the
+    /// higher wins, as node ids do in ballots). A node of unknown zone ranks lowest.
+    pub fn wins_tie(&self, a: NodeId, b: NodeId) -> bool {
+        let rank = |n: NodeId| (self.membership.zone_of(n).cloned(), n);
+        rank(a) > rank(b)
+    }
+
+    /// Refuses a request of another configuration epoch: an older sender is told ours (it
+    /// catches up); from a newer one nothing is answered, and this node catches up.
+    pub fn wrong_epoch(
+        &mut self,
+        group: &str,
+        from: NodeId,
+        ballot: Ballot,
+        epoch: u64,
+        promised: Ballot,
+    ) -> bool {
+        if epoch == self.epoch {
+            return false;
+        }
+        if epoch < self.epoch {
+            let message = Message::Reject {
+                group: group.to_string(),
+                ballot,
+                promised,
+                epoch: self.epoch,
+            };
+            self.send(from, message);
+        } else {
+            self.newer_epoch_at.push(from);
+        }
+        true
     }
 
     /// A random member other than this node, for gap fill.
@@ -145,8 +187,14 @@ impl Group {
                 ballot,
                 token,
                 handoff_from,
+                epoch,
                 ..
-            } => self.on_prepare(ctx, from, ballot, token, handoff_from),
+            } => {
+                let promised = self.acceptor.promised();
+                if !ctx.wrong_epoch(&self.name, from, ballot, epoch, promised) {
+                    self.on_prepare(ctx, from, ballot, token, handoff_from);
+                }
+            }
             Message::Promise {
                 ballot,
                 token,
@@ -155,10 +203,25 @@ impl Group {
                 ..
             } => self.on_promise(ctx, from, ballot, token, applied, accepted),
             Message::Accept {
-                ballot, entries, ..
-            } => self.on_accept(ctx, from, ballot, entries),
+                ballot,
+                entries,
+                epoch,
+                ..
+            } => {
+                let promised = self.acceptor.promised();
+                if !ctx.wrong_epoch(&self.name, from, ballot, epoch, promised) {
+                    self.on_accept(ctx, from, ballot, entries);
+                }
+            }
             Message::Accepted { ballot, slots, .. } => self.on_accepted(ctx, from, ballot, slots),
-            Message::Reject { promised, .. } => self.observe(ctx, promised, false),
+            Message::Reject {
+                promised, epoch, ..
+            } => {
+                if epoch > ctx.epoch {
+                    ctx.newer_epoch_at.push(from);
+                }
+                self.observe(ctx, promised, false);
+            }
             Message::Commit {
                 ballot, entries, ..
             } => {
@@ -186,8 +249,17 @@ impl Group {
                 }
             }
             Message::CatchUpReply { entries, .. } => self.learn(ctx, entries),
-            Message::LeaseRenew { ballot, token, .. } => {
+            Message::LeaseRenew {
+                ballot,
+                token,
+                epoch,
+                ..
+            } => {
                 let group = self.name.clone();
+                let promised = self.acceptor.promised();
+                if ctx.wrong_epoch(&group, from, ballot, epoch, promised) {
+                    return;
+                }
                 if self.acceptor.renew(ballot, ctx.now, ctx.lease_ms()) {
                     self.observe(ctx, ballot, true);
                     ctx.send(
@@ -199,13 +271,13 @@ impl Group {
                         },
                     );
                 } else {
-                    let promised = self.acceptor.promised();
                     ctx.send(
                         from,
                         Message::Reject {
                             group,
                             ballot,
                             promised,
+                            epoch: ctx.epoch,
                         },
                     );
                 }
@@ -232,9 +304,17 @@ impl Group {
             Role::Preparing(p) => Some(p.ballot),
             Role::Follower => None,
         };
-        if mine.is_some_and(|b| b < ballot) {
+        if let Some(b) = mine.filter(|b| *b < ballot) {
+            // A concurrent steal at the same counter: zone, then node id decides. A candidate
+            // that wins on zone retries at once (one counter up); the loser backs off.
+            let preparing = matches!(self.role, Role::Preparing(_));
             self.role = Role::Follower;
-            self.not_before = ctx.backoff();
+            if preparing && b.counter == ballot.counter && ctx.wins_tie(ctx.id, ballot.node) {
+                self.not_before = ctx.now;
+                self.start_phase1(ctx, None);
+            } else {
+                self.not_before = ctx.backoff();
+            }
         }
     }
 
@@ -247,6 +327,15 @@ impl Group {
         handoff_from: Option<Ballot>,
     ) {
         let group = self.name.clone();
+        // This node's candidacy at the same counter loses on zone to `from`'s: give way.
+        if let Role::Preparing(p) = &self.role
+            && p.ballot.counter == ballot.counter
+            && ballot.node != ctx.id
+            && ctx.wins_tie(ballot.node, ctx.id)
+        {
+            self.role = Role::Follower;
+            self.not_before = ctx.backoff();
+        }
         match self
             .acceptor
             .prepare(ballot, handoff_from, ctx.now, ctx.quiet_until)
@@ -284,6 +373,7 @@ impl Group {
                         group,
                         ballot,
                         promised,
+                        epoch: ctx.epoch,
                     },
                 );
             }
@@ -306,6 +396,7 @@ impl Group {
                     group,
                     ballot,
                     promised,
+                    epoch: ctx.epoch,
                 },
             );
             return;

@@ -1,9 +1,13 @@
 //! Who is in the cluster, and in which zone. Membership is data: it changes only by applying
-//! committed `AddNode`/`RemoveNode` commands of the `atlas` group (`atlas.nodes`).
+//! committed commands of the `atlas` group (`atlas.nodes`), through a joint configuration:
+//! `AddNode`/`RemoveNode` enters the joint configuration (old and new), `LeaveJoint` makes the
+//! new one the only one. [`Config`] is that state machine; every replica folds the same log
+//! into the same sequence of configurations, numbered by `epoch`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::ballot::{NodeId, Zone};
+use super::command::CommandOp;
 
 /// The group that holds the system table `atlas.nodes`.
 pub const SYSTEM_GROUP: &str = "atlas";
@@ -71,9 +75,108 @@ impl Membership {
     }
 }
 
+/// The configuration in force: one membership, or two while a change is under way (joint).
+/// `epoch` counts the transitions applied (entering and leaving a joint configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    pub epoch: u64,
+    pub current: Membership,
+    /// While joint: the membership being moved to. Quorums must then be quorums of both.
+    pub next: Option<Membership>,
+    /// After a change: the membership before it. Phase 1 still needs a Q1 of it too, so it
+    /// meets every Q2 that chose a value before the change (see `docs/consensus.md`).
+    pub previous: Option<Membership>,
+}
+
+impl Config {
+    pub fn new(membership: Membership) -> Config {
+        Config {
+            epoch: 0,
+            current: membership,
+            next: None,
+            previous: None,
+        }
+    }
+
+    pub fn is_joint(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// Every node of either configuration (who gets broadcasts, and whose zone is known).
+    pub fn members(&self) -> Membership {
+        let mut all = self.current.clone();
+        if let Some(next) = &self.next {
+            for (node, zone) in &next.nodes {
+                all.nodes.insert(*node, zone.clone());
+            }
+        }
+        all
+    }
+
+    /// Folds one applied command of the `atlas` group. A change that would alter the
+    /// membership enters the joint configuration; `LeaveJoint` ends it. A change applied while
+    /// joint (the owner never proposes one, see `proposer.rs`) and one that alters nothing are
+    /// ignored, the same way at every replica. Returns whether the configuration changed.
+    pub fn apply(&mut self, op: &CommandOp) -> bool {
+        match op {
+            CommandOp::AddNode { node, zone } if self.next.is_none() => {
+                let mut next = self.current.clone();
+                if next.add(*node, zone.clone()) {
+                    self.next = Some(next);
+                    self.previous = None;
+                    self.epoch += 1;
+                    return true;
+                }
+                false
+            }
+            CommandOp::RemoveNode { node } if self.next.is_none() => {
+                let mut next = self.current.clone();
+                if next.remove(*node) {
+                    self.next = Some(next);
+                    self.previous = None;
+                    self.epoch += 1;
+                    return true;
+                }
+                false
+            }
+            CommandOp::LeaveJoint => match self.next.take() {
+                Some(next) => {
+                    self.previous = Some(std::mem::replace(&mut self.current, next));
+                    self.epoch += 1;
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_go_through_a_joint_configuration_one_at_a_time() {
+        let mut c = Config::new(Membership::new([(1, "a".to_string())]));
+        let add = |n: NodeId| CommandOp::AddNode {
+            node: n,
+            zone: "b".into(),
+        };
+        assert!(c.apply(&add(2)));
+        assert!(c.is_joint() && c.epoch == 1);
+        assert_eq!(c.members().len(), 2);
+        // A second change while joint is ignored; so is a change that alters nothing.
+        assert!(!c.apply(&add(3)));
+        assert!(c.apply(&CommandOp::LeaveJoint));
+        assert!(!c.is_joint() && c.epoch == 2 && c.current.len() == 2);
+        assert!(!c.apply(&add(2)));
+        assert!(!c.apply(&CommandOp::LeaveJoint));
+        assert!(c.apply(&CommandOp::RemoveNode { node: 1 }));
+        assert!(c.apply(&CommandOp::LeaveJoint));
+        assert_eq!(c.current.nodes().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(c.epoch, 4);
+    }
 
     #[test]
     fn last_node_is_never_removed() {

@@ -38,11 +38,14 @@ pub enum Message {
     /// Phase 1a. `token` is the proposer's clock at sending; it comes back with the lease.
     /// `handoff_from` names the ballot of an owner that handed the group over (its lease is
     /// released).
+    /// `epoch` (here and in `Accept`, `LeaseRenew`, `Reject`) is the sender's configuration
+    /// epoch: acceptors answer only requests of their own epoch (see `group.rs`).
     Prepare {
         group: GroupId,
         ballot: Ballot,
         token: u64,
         handoff_from: Option<Ballot>,
+        epoch: u64,
     },
     /// Phase 1b: the promise, the acceptor's accepted-but-uncommitted entries and how far it
     /// has applied. It also grants a lease to `ballot`.
@@ -58,6 +61,7 @@ pub enum Message {
         group: GroupId,
         ballot: Ballot,
         entries: Vec<SlotEntry>,
+        epoch: u64,
     },
     /// Phase 2b.
     Accepted {
@@ -71,6 +75,7 @@ pub enum Message {
         group: GroupId,
         ballot: Ballot,
         promised: Ballot,
+        epoch: u64,
     },
     /// Commit broadcast.
     Commit {
@@ -98,6 +103,7 @@ pub enum Message {
         group: GroupId,
         ballot: Ballot,
         token: u64,
+        epoch: u64,
     },
     LeaseGrant {
         group: GroupId,
@@ -225,6 +231,7 @@ fn write_message(w: &mut Writer, m: &Message) {
             ballot,
             token,
             handoff_from,
+            epoch,
         } => {
             w.u8(1);
             w.str(group);
@@ -234,6 +241,7 @@ fn write_message(w: &mut Writer, m: &Message) {
             if let Some(b) = handoff_from {
                 w.ballot(*b);
             }
+            w.u64(*epoch);
         }
         Message::Promise {
             group,
@@ -257,11 +265,13 @@ fn write_message(w: &mut Writer, m: &Message) {
             group,
             ballot,
             entries,
+            epoch,
         } => {
             w.u8(3);
             w.str(group);
             w.ballot(*ballot);
             write_entries(w, entries);
+            w.u64(*epoch);
         }
         Message::Accepted {
             group,
@@ -277,11 +287,13 @@ fn write_message(w: &mut Writer, m: &Message) {
             group,
             ballot,
             promised,
+            epoch,
         } => {
             w.u8(5);
             w.str(group);
             w.ballot(*ballot);
             w.ballot(*promised);
+            w.u64(*epoch);
         }
         Message::Commit {
             group,
@@ -318,11 +330,13 @@ fn write_message(w: &mut Writer, m: &Message) {
             group,
             ballot,
             token,
+            epoch,
         } => {
             w.u8(10);
             w.str(group);
             w.ballot(*ballot);
             w.u64(*token);
+            w.u64(*epoch);
         }
         Message::LeaseGrant {
             group,
@@ -375,6 +389,7 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, CodecError> {
             ballot: r.ballot()?,
             token: r.u64()?,
             handoff_from: if r.bool()? { Some(r.ballot()?) } else { None },
+            epoch: r.u64()?,
         },
         2 => Message::Promise {
             group,
@@ -393,6 +408,7 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, CodecError> {
             group,
             ballot: r.ballot()?,
             entries: read_entries(r)?,
+            epoch: r.u64()?,
         },
         4 => Message::Accepted {
             group,
@@ -403,6 +419,7 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, CodecError> {
             group,
             ballot: r.ballot()?,
             promised: r.ballot()?,
+            epoch: r.u64()?,
         },
         6 => Message::Commit {
             group,
@@ -427,6 +444,7 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, CodecError> {
             group,
             ballot: r.ballot()?,
             token: r.u64()?,
+            epoch: r.u64()?,
         },
         11 => Message::LeaseGrant {
             group,

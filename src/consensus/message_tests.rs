@@ -19,6 +19,7 @@ fn samples() -> Vec<Message> {
             ballot: b,
             token: 5,
             handoff_from: Some(Ballot::new(2, 1)),
+            epoch: 3,
         },
         Message::Promise {
             group: g.clone(),
@@ -38,6 +39,7 @@ fn samples() -> Vec<Message> {
                 slot: 6,
                 command: cmd.clone(),
             }],
+            epoch: 2,
         },
         Message::Accepted {
             group: g.clone(),
@@ -48,6 +50,7 @@ fn samples() -> Vec<Message> {
             group: g.clone(),
             ballot: b,
             promised: Ballot::new(4, 1),
+            epoch: 1,
         },
         Message::Commit {
             group: g.clone(),
@@ -69,12 +72,19 @@ fn samples() -> Vec<Message> {
         },
         Message::CatchUpReply {
             group: g.clone(),
-            entries: vec![],
+            entries: vec![SlotEntry {
+                slot: 3,
+                command: Command {
+                    id,
+                    op: CommandOp::LeaveJoint,
+                },
+            }],
         },
         Message::LeaseRenew {
             group: g.clone(),
             ballot: b,
             token: 1,
+            epoch: 4,
         },
         Message::LeaseGrant {
             group: g.clone(),

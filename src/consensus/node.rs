@@ -12,9 +12,9 @@ use super::ballot::{Ballot, CommandId, GroupId, NodeId, Slot, Zone};
 use super::command::{ClientOp, Command, CommandOp};
 use super::group::{Ctx, Group};
 use super::log::Log;
-use super::membership::{Membership, SYSTEM_GROUP};
+use super::membership::{Config, Membership, SYSTEM_GROUP};
 use super::message::{ForwardOutcome, Message};
-use super::quorum::QuorumSystem;
+use super::quorum::{JointQuorums, QuorumSystem};
 use super::ready::{Completion, Outcome, Ready, RequestId};
 use super::settings::{MigrationMode, Settings};
 
@@ -54,8 +54,11 @@ pub struct Node {
     id: NodeId,
     zone: Zone,
     settings: Settings,
+    /// The configuration applied from the `atlas` log (joint while a change is under way).
+    config: Config,
+    /// Every member of `config` (of either membership while joint).
     membership: Membership,
-    quorums: QuorumSystem,
+    quorums: JointQuorums,
     zone_rtt: BTreeMap<Zone, u64>,
     rng: StdRng,
     groups: BTreeMap<GroupId, Group>,
@@ -67,6 +70,10 @@ pub struct Node {
     out: Ready,
     inbox: VecDeque<(NodeId, Message)>,
     membership_changes: Vec<CommandOp>,
+    /// Peers that showed a newer configuration epoch, and when the `atlas` log was last
+    /// fetched because of one.
+    newer_epoch_at: Vec<NodeId>,
+    last_epoch_catch_up: u64,
 }
 
 impl Node {
@@ -81,11 +88,12 @@ impl Node {
         seed: u64,
         now: u64,
     ) -> Node {
-        let quorums = QuorumSystem::new(&membership, settings.tolerances);
+        let quorums = JointQuorums::single(QuorumSystem::new(&membership, settings.tolerances));
         Node {
             id,
             zone,
             settings,
+            config: Config::new(membership.clone()),
             membership,
             quorums,
             zone_rtt: BTreeMap::new(),
@@ -99,6 +107,8 @@ impl Node {
             out: Ready::default(),
             inbox: VecDeque::new(),
             membership_changes: Vec::new(),
+            newer_epoch_at: Vec::new(),
+            last_epoch_catch_up: 0,
         }
     }
 
@@ -122,7 +132,12 @@ impl Node {
         }
         for (name, g) in recovered.groups {
             if name == SYSTEM_GROUP {
+                // Replayed as they were applied: a retried command's second copy is skipped.
+                let mut seen = std::collections::BTreeSet::new();
                 for command in g.log.range(..=g.applied).map(|(_, c)| c) {
+                    if command.op != CommandOp::Noop && !seen.insert(command.id) {
+                        continue;
+                    }
                     node.membership_changes.push(command.op.clone());
                 }
             }
@@ -144,12 +159,26 @@ impl Node {
         self.id
     }
 
+    /// Every member of the configuration in force (of the old and the new membership while a
+    /// change is joint).
     pub fn membership(&self) -> &Membership {
         &self.membership
     }
 
+    /// The quorums of the configuration in force (the old one while a change is joint; see
+    /// `joint_quorums` for both).
     pub fn quorums(&self) -> &QuorumSystem {
+        &self.quorums.current
+    }
+
+    pub fn joint_quorums(&self) -> &JointQuorums {
         &self.quorums
+    }
+
+    /// The configuration applied from the `atlas` log: epoch, membership, and the membership
+    /// being moved to while joint.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Measured round trip to a zone, used to choose the Q2 zones.
@@ -274,6 +303,8 @@ impl Node {
             settings: &self.settings,
             quorums: &self.quorums,
             membership: &self.membership,
+            epoch: self.config.epoch,
+            newer_epoch_at: &mut self.newer_epoch_at,
             zone_rtt: &self.zone_rtt,
             quiet_until: self.quiet_until,
             rng: &mut self.rng,
@@ -384,11 +415,13 @@ impl Node {
             for name in names {
                 self.with_group(&name, |g, ctx| g.flush(ctx));
             }
-            if self.inbox.is_empty() {
+            // A new configuration restarts phase 1 of the groups this node leads.
+            let changed = self.fold_membership();
+            if self.inbox.is_empty() && !changed {
                 break;
             }
         }
-        self.fold_membership();
+        self.fetch_newer_config();
         // Requests waiting for this node to take their group go in as soon as it has.
         let waiting: Vec<CommandId> = self
             .outstanding
@@ -433,24 +466,68 @@ impl Node {
         }
     }
 
-    fn fold_membership(&mut self) {
+    /// Folds applied `atlas` entries into the configuration. When the epoch moved, quorums
+    /// follow and every group this node leads or is taking is taken again under the new
+    /// configuration. Returns whether the configuration changed.
+    fn fold_membership(&mut self) -> bool {
         if self.membership_changes.is_empty() {
-            return;
+            return false;
         }
+        let mut changed = false;
         for op in std::mem::take(&mut self.membership_changes) {
-            match op {
-                CommandOp::AddNode { node, zone } => {
-                    self.membership.add(node, zone);
-                }
-                CommandOp::RemoveNode { node } => {
-                    self.membership.remove(node);
-                }
-                _ => {}
-            }
+            changed |= self.config.apply(&op);
         }
-        self.quorums = QuorumSystem::new(&self.membership, self.settings.tolerances);
+        if !changed {
+            return false;
+        }
+        let t = self.settings.tolerances;
+        self.quorums = JointQuorums {
+            current: QuorumSystem::new(&self.config.current, t),
+            next: self.config.next.as_ref().map(|m| QuorumSystem::new(m, t)),
+            previous: self
+                .config
+                .previous
+                .as_ref()
+                .map(|m| QuorumSystem::new(m, t)),
+        };
+        self.membership = self.config.members();
         if let Some(zone) = self.membership.zone_of(self.id) {
             self.zone = zone.clone();
+        }
+        tracing::debug!(
+            node = self.id,
+            epoch = self.config.epoch,
+            joint = self.config.is_joint(),
+            "configuration changed"
+        );
+        let names: Vec<GroupId> = self.groups.keys().cloned().collect();
+        for name in names {
+            self.with_group(&name, |g, ctx| g.on_epoch_change(ctx));
+        }
+        true
+    }
+
+    /// A peer showed a newer configuration epoch: fetch the `atlas` log from it (at most every
+    /// quarter retry interval). The configuration changes only when those entries apply.
+    fn fetch_newer_config(&mut self) {
+        if self.newer_epoch_at.is_empty() {
+            return;
+        }
+        let peers = std::mem::take(&mut self.newer_epoch_at);
+        if self.now < self.last_epoch_catch_up + self.settings.retry_ms / 4 {
+            return;
+        }
+        self.last_epoch_catch_up = self.now;
+        let from = self.applied(SYSTEM_GROUP) + 1;
+        if let Some(peer) = peers.into_iter().find(|p| *p != self.id) {
+            self.out.messages.push(super::ready::Outgoing {
+                to: peer,
+                message: Message::CatchUp {
+                    group: SYSTEM_GROUP.to_string(),
+                    from,
+                    to: from + 255,
+                },
+            });
         }
     }
 }

@@ -185,6 +185,7 @@ fn a_deposed_owner_never_acknowledges_a_write_it_did_not_commit() {
             ballot: higher,
             token: 0,
             handoff_from: None,
+            epoch: 0,
         },
     );
     assert!(!node.is_owner("users"));
@@ -232,4 +233,151 @@ fn grouped_tables_move_together() {
     assert_eq!(node.group_of("orders"), node.group_of("items"));
     assert!(node.is_owner("shop"));
     assert_eq!(node.applied("shop"), 2);
+}
+
+/// A message from a newer configuration epoch is not answered and does not change this node's
+/// configuration: the node fetches the `atlas` log from the sender instead. A request of an
+/// older epoch is refused with this node's epoch.
+#[test]
+fn a_newer_epoch_in_a_message_is_never_adopted() {
+    let mut node = Node::new(1, "z".into(), three_nodes(), settings(), 1, 1, 0);
+    let prepare = |epoch| Message::Prepare {
+        group: "users".into(),
+        ballot: Ballot::new(5, 2),
+        token: 0,
+        handoff_from: None,
+        epoch,
+    };
+    node.step(1_000, 2, prepare(7));
+    let ready = node.take_ready();
+    assert!(ready.persist.is_empty(), "no promise for another epoch");
+    assert!(
+        ready
+            .messages
+            .iter()
+            .all(|m| !matches!(m.message, Message::Promise { .. }))
+    );
+    assert!(ready.messages.iter().any(|m| m.to == 2
+        && matches!(&m.message, Message::CatchUp { group, from: 1, .. } if group == SYSTEM_GROUP)));
+    assert_eq!(node.config().epoch, 0);
+    assert_eq!(node.membership().len(), 3);
+    // Committed `atlas` entries do change it: joint first, then the new membership.
+    let add = Command {
+        id: CommandId { origin: 2, seq: 1 },
+        op: CommandOp::AddNode {
+            node: 4,
+            zone: "y".into(),
+        },
+    };
+    let commit = |slot, command| Message::Commit {
+        group: SYSTEM_GROUP.into(),
+        ballot: Ballot::new(1, 2),
+        entries: vec![SlotEntry { slot, command }],
+    };
+    node.step(1_001, 2, commit(1, add));
+    assert_eq!(node.config().epoch, 1);
+    assert!(node.config().is_joint() && node.joint_quorums().is_joint());
+    assert_eq!(node.membership().len(), 4);
+    // Now an epoch-0 request is refused, with the epoch.
+    node.take_ready();
+    node.step(1_002, 3, prepare(0));
+    let ready = node.take_ready();
+    assert!(
+        ready
+            .messages
+            .iter()
+            .any(|m| m.to == 3 && matches!(m.message, Message::Reject { epoch: 1, .. }))
+    );
+    let leave = Command {
+        id: CommandId {
+            origin: 2,
+            seq: u64::MAX - 1,
+        },
+        op: CommandOp::LeaveJoint,
+    };
+    node.step(1_003, 2, commit(2, leave));
+    assert_eq!(node.config().epoch, 2);
+    assert!(!node.config().is_joint());
+    assert_eq!(
+        node.config().current.zone_of(4).map(String::as_str),
+        Some("y")
+    );
+}
+
+/// Two candidates at the same ballot counter: the one in the higher zone wins even against a
+/// higher node id (it retries one counter up at once), the other gives way.
+#[test]
+fn concurrent_steals_break_ties_on_zone_then_node() {
+    let members = Membership::new([
+        (1, "b".to_string()),
+        (2, "a".to_string()),
+        (3, "a".to_string()),
+    ]);
+    let s = Settings {
+        tolerances: Tolerances { nodes: 0, zones: 1 },
+        ..settings()
+    };
+    // Node 1 (zone b) is taking the group with counter 1.
+    let mut node = Node::new(1, "b".into(), members.clone(), s.clone(), 1, 1, 0);
+    node.client_request(
+        0,
+        1,
+        ClientOp::Put {
+            key: "users.k".into(),
+            value: vec![1],
+        },
+    );
+    let mine = prepare_ballot(&node.take_ready());
+    assert_eq!(mine, Ballot::new(1, 1));
+    // Node 3 (zone a, higher id) prepares at the same counter: node 1's acceptor promises
+    // it (ballots order by id), but node 1 wins the tie on zone and goes one counter up.
+    node.step(
+        1,
+        3,
+        Message::Prepare {
+            group: "users".into(),
+            ballot: Ballot::new(1, 3),
+            token: 0,
+            handoff_from: None,
+            epoch: 0,
+        },
+    );
+    assert_eq!(prepare_ballot(&node.take_ready()), Ballot::new(2, 1));
+    // Node 3 in turn gives way when it hears node 1's prepare at its own counter.
+    let mut other = Node::new(3, "a".into(), members, s, 1, 1, 0);
+    other.client_request(
+        0,
+        1,
+        ClientOp::Put {
+            key: "users.k".into(),
+            value: vec![1],
+        },
+    );
+    assert_eq!(prepare_ballot(&other.take_ready()), Ballot::new(1, 3));
+    other.step(
+        1,
+        1,
+        Message::Prepare {
+            group: "users".into(),
+            ballot: Ballot::new(1, 1),
+            token: 0,
+            handoff_from: None,
+            epoch: 0,
+        },
+    );
+    other.take_ready();
+    // Its own acceptor promised 1.3, so node 1's 1.1 is refused, but node 3 stopped its
+    // candidacy: a promise from node 2 no longer makes it owner.
+    other.step(
+        2,
+        2,
+        Message::Promise {
+            group: "users".into(),
+            ballot: Ballot::new(1, 3),
+            token: 0,
+            applied: 0,
+            accepted: vec![],
+        },
+    );
+    assert!(!other.is_owner("users"));
 }

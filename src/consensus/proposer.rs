@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::ballot::{Ballot, CommandId, NodeId, Slot};
-use super::command::{ClientOp, Command};
+use super::command::{ClientOp, Command, CommandOp};
 use super::group::{Ctx, Group};
 use super::lease::LeaseGrants;
+use super::membership::SYSTEM_GROUP;
 use super::message::{AcceptedEntry, ForwardOutcome, Message, SlotEntry};
 use super::migration::AccessWindow;
 use super::settings::MigrationMode;
@@ -53,6 +54,28 @@ pub struct Leader {
     last_heartbeat: u64,
     last_renew: u64,
     access: AccessWindow,
+    /// Membership changes that wait for the one under way (owner of `atlas` only): one
+    /// change at a time, in arrival order.
+    parked: Vec<(Waiter, ClientOp)>,
+}
+
+impl Leader {
+    fn config_change_inflight(&self) -> bool {
+        self.inflight
+            .values()
+            .any(|i| i.command.op.is_config_change())
+    }
+}
+
+/// Whether a membership change must wait: a joint configuration is in force, this owner has
+/// not applied what phase 1 found, or a change is proposed or committed but not applied.
+fn change_busy(l: &Leader, log: &super::log::Log, joint: bool) -> bool {
+    joint
+        || log.applied() < l.recovery_end
+        || l.config_change_inflight()
+        || log
+            .committed_after(log.applied())
+            .any(|(_, c)| c.op.is_config_change())
 }
 
 /// Node id used in the ids of no-ops that fill holes (no-ops are never de-duplicated).
@@ -106,7 +129,20 @@ impl Group {
             ballot,
             token: ctx.now,
             handoff_from,
+            epoch: ctx.epoch,
         });
+    }
+
+    /// The node applied a new configuration: a candidate or owner of this group started
+    /// under the old one, so it takes the group again under the new one (phase 1 with the
+    /// new quorums; its own lease does not block it). Acceptors refuse the old epoch.
+    pub(super) fn on_epoch_change(&mut self, ctx: &mut Ctx<'_>) {
+        if matches!(self.role, Role::Follower) {
+            return;
+        }
+        self.role = Role::Follower;
+        self.not_before = 0;
+        self.start_phase1(ctx, None);
     }
 
     pub(super) fn on_promise(
@@ -179,6 +215,7 @@ impl Group {
             last_heartbeat: ctx.now,
             last_renew: ctx.now,
             access: AccessWindow::starting(ctx.now),
+            parked: Vec::new(),
         }));
         self.log.note_known(caught);
         if self.log.applied() < caught && caught_by != ctx.id {
@@ -220,6 +257,7 @@ impl Group {
             group: self.name.clone(),
             ballot: l.ballot,
             token: ctx.now,
+            epoch: ctx.epoch,
         };
         ctx.broadcast(message);
     }
@@ -273,11 +311,20 @@ impl Group {
             return;
         }
         let entries = std::mem::take(&mut l.batch);
+        // Leaving a joint configuration needs a Q1 of the old one as well (below): ask all.
+        let everyone = entries
+            .iter()
+            .any(|e| e.command.op == CommandOp::LeaveJoint);
         let message = Message::Accept {
             group: self.name.clone(),
             ballot: l.ballot,
             entries,
+            epoch: ctx.epoch,
         };
+        if everyone {
+            ctx.broadcast(message);
+            return;
+        }
         for to in ctx.quorums.q2_targets(ctx.zone, ctx.zone_rtt) {
             ctx.send(to, message.clone());
         }
@@ -302,7 +349,13 @@ impl Group {
                 continue;
             };
             inflight.acks.insert(from);
+            // `LeaveJoint` is chosen only once a Q1 of the old configuration has accepted it
+            // (so has applied the joint entry and refuses the old epoch): no Q2 of the old
+            // configuration can decide anything in any group afterwards.
+            let fenced = inflight.command.op != CommandOp::LeaveJoint
+                || ctx.quorums.is_q1_of_current(&inflight.acks);
             if ctx.quorums.is_q2(&inflight.acks)
+                && fenced
                 && let Some(done) = l.inflight.remove(&slot)
             {
                 l.inflight_ids.remove(&done.command.id);
@@ -402,14 +455,75 @@ impl Group {
             }
             return;
         }
+        let busy = self.name == SYSTEM_GROUP
+            && op.to_command(id).op.is_config_change()
+            && change_busy(l, &self.log, ctx.quorums.is_joint());
         if self.log.is_applied(&id) {
             let outcome = ForwardOutcome::Written;
             ctx.send(from, Message::ForwardReply { group, id, outcome });
         } else if let Some(slot) = l.inflight_ids.get(&id).copied() {
             l.waiters.entry(slot).or_default().push(waiter);
+        } else if busy {
+            // One membership change at a time: this one waits for the one under way.
+            if let Some(parked) = l.parked.iter_mut().find(|(w, _)| w.id == id) {
+                parked.0 = waiter;
+            } else {
+                l.parked.push((waiter, op));
+            }
         } else {
             self.propose(ctx, op.to_command(id), waiter);
         }
+    }
+
+    /// Owner of `atlas`: ends a joint configuration (`LeaveJoint`), else starts the next
+    /// parked change, when no change is under way.
+    fn drive_config(&mut self, ctx: &mut Ctx<'_>) {
+        let joint = ctx.quorums.is_joint();
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        if l.config_change_inflight() || self.log.applied() < l.recovery_end {
+            return;
+        }
+        if self
+            .log
+            .committed_after(self.log.applied())
+            .any(|(_, c)| c.op.is_config_change())
+        {
+            return;
+        }
+        if joint {
+            let slot = l.next_slot;
+            l.next_slot += 1;
+            // Unique per proposer and joint epoch, so no later change's is a duplicate.
+            let id = CommandId {
+                origin: ctx.id,
+                seq: u64::MAX - ctx.epoch,
+            };
+            let command = Command {
+                id,
+                op: CommandOp::LeaveJoint,
+            };
+            self.propose_at(ctx, slot, command, None);
+            self.flush(ctx);
+            return;
+        }
+        if l.parked.is_empty() {
+            return;
+        }
+        let (waiter, op) = l.parked.remove(0);
+        if self.log.is_applied(&waiter.id) {
+            let message = Message::ForwardReply {
+                group: self.name.clone(),
+                id: waiter.id,
+                outcome: ForwardOutcome::Written,
+            };
+            ctx.send(waiter.origin, message);
+            return;
+        }
+        let command = op.to_command(waiter.id);
+        self.propose(ctx, command, waiter);
+        self.flush(ctx);
     }
 
     /// The owner handed the group to this node.
@@ -449,6 +563,7 @@ impl Group {
                         ballot: p.ballot,
                         token: ctx.now,
                         handoff_from: p.handoff_from,
+                        epoch: ctx.epoch,
                     };
                     let missing: Vec<NodeId> = ctx
                         .membership
@@ -479,6 +594,7 @@ impl Group {
                         group: self.name.clone(),
                         ballot,
                         entries: chunk.to_vec(),
+                        epoch: ctx.epoch,
                     });
                 }
                 let renew = ctx.now >= l.last_renew + ctx.settings.lease_ms / 4;
@@ -497,6 +613,9 @@ impl Group {
                 let beat = ctx.now >= l.last_heartbeat + ctx.settings.heartbeat_ms;
                 if beat {
                     self.heartbeat(ctx);
+                }
+                if self.name == SYSTEM_GROUP {
+                    self.drive_config(ctx);
                 }
                 if renew {
                     self.renew_lease(ctx);

@@ -106,6 +106,62 @@ impl QuorumSystem {
     }
 }
 
+/// The quorums of the configuration in force: one quorum system, or two while a membership
+/// change is joint. While joint, a phase-1 set must be a Q1 of both configurations and a
+/// phase-2 (or lease) set a Q2 of both, so it meets every quorum of either.
+#[derive(Debug, Clone)]
+pub struct JointQuorums {
+    pub current: QuorumSystem,
+    pub next: Option<QuorumSystem>,
+    /// After a change, the configuration before it: phase 1 needs a Q1 of it as well.
+    pub previous: Option<QuorumSystem>,
+}
+
+impl JointQuorums {
+    pub fn single(current: QuorumSystem) -> JointQuorums {
+        JointQuorums {
+            current,
+            next: None,
+            previous: None,
+        }
+    }
+
+    pub fn is_joint(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// Phase 1: a Q1 of every configuration a value may have been chosen under without
+    /// having been taken over since (the current one, the next while joint, the previous one
+    /// after a change).
+    pub fn is_q1(&self, set: &BTreeSet<NodeId>) -> bool {
+        self.current.is_q1(set)
+            && self.next.as_ref().is_none_or(|n| n.is_q1(set))
+            && self.previous.as_ref().is_none_or(|p| p.is_q1(set))
+    }
+
+    pub fn is_q2(&self, set: &BTreeSet<NodeId>) -> bool {
+        self.current.is_q2(set) && self.next.as_ref().is_none_or(|n| n.is_q2(set))
+    }
+
+    /// A Q1 of the configuration being left (used to fence it when leaving a joint one).
+    pub fn is_q1_of_current(&self, set: &BTreeSet<NodeId>) -> bool {
+        self.current.is_q1(set)
+    }
+
+    /// Where accepts go: the Q2 targets of each configuration (union, in order, no repeats).
+    pub fn q2_targets(&self, owner_zone: &str, zone_rtt: &BTreeMap<Zone, u64>) -> Vec<NodeId> {
+        let mut targets = self.current.q2_targets(owner_zone, zone_rtt);
+        if let Some(next) = &self.next {
+            for n in next.q2_targets(owner_zone, zone_rtt) {
+                if !targets.contains(&n) {
+                    targets.push(n);
+                }
+            }
+        }
+        targets
+    }
+}
+
 /// Whether a quorum of each kind can still be formed with `t` failures.
 fn feasible(zones: &BTreeMap<Zone, BTreeSet<NodeId>>, t: Tolerances) -> bool {
     // Any fz zones may fail, so every zone must keep fn+1 nodes after fn failures, and the
@@ -198,6 +254,54 @@ mod tests {
         // Nothing at all terminates too.
         let q = QuorumSystem::new(&Membership::default(), Tolerances { nodes: 5, zones: 5 });
         assert!(!q.is_q1(&set(&[1])));
+    }
+
+    #[test]
+    fn joint_quorums_need_both_configurations() {
+        // Old: one zone {1,2,3}; new: the same plus a zone {4} of one node. With fn=1 the new
+        // configuration reduces to fn=0 (a zone of one), so {1,4} is a Q1 of the new
+        // configuration (one node in each zone) but not of the old one (two of {1,2,3}).
+        let old = grid(&[3]);
+        let mut new = old.clone();
+        new.add(4, "z9".into());
+        let t = Tolerances { nodes: 1, zones: 0 };
+        let (qo, qn) = (QuorumSystem::new(&old, t), QuorumSystem::new(&new, t));
+        let joint = JointQuorums {
+            current: qo.clone(),
+            next: Some(qn.clone()),
+            previous: None,
+        };
+        assert!(qn.is_q1(&set(&[1, 4])) && !qo.is_q1(&set(&[1, 4])));
+        assert!(
+            !joint.is_q1(&set(&[1, 4])),
+            "a new-only Q1 is refused while joint"
+        );
+        assert!(joint.is_q1(&set(&[1, 2, 4])));
+        // Phase 2: the old config's Q2 {1,2} is not a Q2 of the new one (all of z0 and z9).
+        assert!(qo.is_q2(&set(&[1, 2])) && !joint.is_q2(&set(&[1, 2])));
+        assert!(joint.is_q2(&set(&[1, 2, 3, 4])));
+        assert_eq!(joint.q2_targets("z9", &BTreeMap::new()), vec![1, 2, 3, 4]);
+        // Removing a node: old {1..5}, new {1,2,3}; a new Q2 {1,2} misses the old Q1 {4,5}.
+        let old = grid(&[5]);
+        let new = grid(&[3]);
+        let joint = JointQuorums {
+            current: QuorumSystem::new(&old, t),
+            next: Some(QuorumSystem::new(&new, t)),
+            previous: None,
+        };
+        assert!(QuorumSystem::new(&new, t).is_q2(&set(&[1, 2])));
+        assert!(!joint.is_q2(&set(&[1, 2])));
+        assert!(!joint.is_q1(&set(&[4, 5])));
+        assert!(joint.is_q2(&set(&[1, 2, 3, 4])) && joint.is_q1(&set(&[1, 2])));
+        assert!(!JointQuorums::single(QuorumSystem::new(&new, t)).is_joint());
+        // After adding {4}: phase 1 still needs a Q1 of the old configuration, phase 2 not.
+        let after = JointQuorums {
+            current: qn.clone(),
+            next: None,
+            previous: Some(qo.clone()),
+        };
+        assert!(!after.is_q1(&set(&[1, 4])) && after.is_q1(&set(&[1, 2, 4])));
+        assert!(after.is_q2(&set(&[4])));
     }
 
     proptest! {

@@ -6,7 +6,20 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::check::{self, Operation};
-use crate::consensus::{MigrationMode, Settings, Tolerances};
+use crate::consensus::{MigrationMode, NodeId, Settings, Tolerances};
+
+/// A membership change the simulator asks for at some instant (to a random live member).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Starts a fresh node (empty state) and asks the cluster to add it.
+    Add {
+        node: NodeId,
+        zone: usize,
+    },
+    Remove {
+        node: NodeId,
+    },
+}
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -35,6 +48,8 @@ pub struct SimConfig {
     /// Requests issued this long after faults end must complete within `liveness_bound_ms`.
     pub settle_ms: u64,
     pub liveness_bound_ms: u64,
+    /// Membership changes and when they are requested (global ms).
+    pub changes: Vec<(u64, Change)>,
 }
 
 impl SimConfig {
@@ -90,7 +105,47 @@ impl SimConfig {
             drift_ppm: 2_000,
             settle_ms: 2_500,
             liveness_bound_ms: 2_500,
+            changes: Vec::new(),
         }
+        .with_changes(&mut rng)
+    }
+
+    /// One seed in four changes membership under load: a node joins (half the time in a
+    /// zone of its own), an initial node leaves, maybe another joins; requests are spread
+    /// over the run and may overlap (the cluster serialises them).
+    fn with_changes(mut self, rng: &mut StdRng) -> SimConfig {
+        if !rng.random_bool(0.25) {
+            return self;
+        }
+        self.changes = Self::random_changes(rng, &self.zones, self.load_until);
+        self
+    }
+
+    pub fn random_changes(rng: &mut StdRng, zones: &[usize], until: u64) -> Vec<(u64, Change)> {
+        let initial: usize = zones.iter().sum();
+        let mut at = || rng.random_range(300..until.saturating_sub(2_000).max(301));
+        let (t1, t2, t3) = (at(), at(), at());
+        let new_zone = if rng.random_bool(0.5) {
+            zones.len()
+        } else {
+            rng.random_range(0..zones.len())
+        };
+        let leaving = rng.random_range(1..=initial as NodeId);
+        let mut changes = vec![
+            (
+                t1,
+                Change::Add {
+                    node: 101,
+                    zone: new_zone,
+                },
+            ),
+            (t2, Change::Remove { node: leaving }),
+        ];
+        if rng.random_bool(0.5) {
+            let zone = rng.random_range(0..=zones.len());
+            changes.push((t3, Change::Add { node: 102, zone }));
+        }
+        changes
     }
 }
 

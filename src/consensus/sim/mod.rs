@@ -16,5 +16,5 @@ mod world;
 #[cfg(test)]
 mod tests;
 
-pub use config::SimConfig;
+pub use config::{Change, SimConfig};
 pub use world::Sim;

@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::config::{Report, SimConfig};
+use super::config::{Change, Report, SimConfig};
 use crate::check::{Operation, Output};
 use crate::consensus::{
-    Command, CommandOp, GroupId, Membership, Message, Node, NodeId, Outcome, PersistOp, Recovered,
-    Slot, Zone,
+    ClientOp, Command, CommandOp, GroupId, Membership, Message, Node, NodeId, Outcome, PersistOp,
+    Recovered, Slot, Zone,
 };
 
 /// Node ticks every this many milliseconds of global time.
@@ -34,6 +34,8 @@ pub(super) enum Event {
     Restart(NodeId),
     Partition,
     Heal,
+    /// The `i`th configured membership change.
+    Change(usize),
 }
 
 pub(super) struct SimNode {
@@ -142,7 +144,7 @@ impl Sim {
             report: Report {
                 seed: config.seed,
                 shape: format!(
-                    "zones {:?}, fn {} fz {}, {:?}, loss {:.3}, dup {:.3}, {} partitions, {} crashes",
+                    "zones {:?}, fn {} fz {}, {:?}, loss {:.3}, dup {:.3}, {} partitions, {} crashes, changes {:?}",
                     config.zones,
                     config.settings.tolerances.nodes,
                     config.settings.tolerances.zones,
@@ -150,7 +152,8 @@ impl Sim {
                     config.loss,
                     config.duplication,
                     config.partitions,
-                    config.crashes
+                    config.crashes,
+                    config.changes
                 ),
                 ..Report::default()
             },
@@ -181,6 +184,10 @@ impl Sim {
         for c in 0..sim.clients.len() {
             let at = sim.rng.random_range(0..50);
             sim.schedule(at, Event::ClientNext(c));
+        }
+        for i in 0..sim.config.changes.len() {
+            let at = sim.config.changes[i].0;
+            sim.schedule_at(at, Event::Change(i));
         }
         sim.plan_faults(&ids);
         sim
@@ -335,7 +342,56 @@ impl Sim {
             }
             Event::Partition => self.partition(),
             Event::Heal => self.blocked.clear(),
+            Event::Change(i) => self.change(i),
         }
+    }
+
+    /// Starts a joining node, then asks a random live node for the change.
+    fn change(&mut self, i: usize) {
+        let Some((_, change)) = self.config.changes.get(i).cloned() else {
+            return;
+        };
+        let op = match change {
+            Change::Add { node, zone } => {
+                let zone = format!("z{zone}");
+                if !self.nodes.contains_key(&node) {
+                    let clock_offset = self.rng.random_range(0..1_000_000);
+                    let drift_ppm = self
+                        .rng
+                        .random_range(-self.config.drift_ppm..=self.config.drift_ppm);
+                    self.nodes.insert(
+                        node,
+                        SimNode {
+                            zone: zone.clone(),
+                            node: None,
+                            durable: Recovered::default(),
+                            kv: BTreeMap::new(),
+                            incarnation: 0,
+                            clock_offset,
+                            drift_ppm,
+                        },
+                    );
+                    self.start_node(node);
+                    self.schedule(1, Event::Tick(node));
+                }
+                ClientOp::AddNode { node, zone }
+            }
+            Change::Remove { node } => ClientOp::RemoveNode { node },
+        };
+        let live: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.node.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let at = live[self.rng.random_range(0..live.len())];
+        if self.trace {
+            eprintln!("{:>6} membership change at node {at}: {op:?}", self.now);
+        }
+        self.request(at, op);
     }
 
     pub(super) fn node_mut(&mut self, id: NodeId) -> Option<&mut Node> {
