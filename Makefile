@@ -31,16 +31,16 @@ fmt:
 
 # Long deterministic-simulator sweeps of the consensus core (make test runs 2,000 seeds).
 # SEEDS seeds starting at FROM; FAULTS=heavy triples partitions and crashes. A failing seed
-# prints itself and replays with sim-seed.
+# prints itself and replays with sim-seed. MEMBERSHIP=1 changes membership on every seed.
 FROM ?= 2000
 sim:
-	ATLAS_SIM_SEEDS=$(SEEDS) ATLAS_SIM_FROM=$(FROM) $(if $(FAULTS),ATLAS_SIM_FAULTS=$(FAULTS)) cargo test --release -p atlas --lib sim_sweep_long -- --ignored --nocapture
+	ATLAS_SIM_SEEDS=$(SEEDS) ATLAS_SIM_FROM=$(FROM) $(if $(FAULTS),ATLAS_SIM_FAULTS=$(FAULTS)) $(if $(MEMBERSHIP),ATLAS_SIM_MEMBERSHIP=1) cargo test --release -p atlas --lib sim_sweep_long -- --ignored --nocapture
 
 # Replay one simulator seed with its history (same FAULTS as the sweep); TRACE=1 prints
 # every delivered message.
 SEED ?= 0
 sim-seed:
-	ATLAS_SIM_SEED=$(SEED) $(if $(TRACE),ATLAS_SIM_TRACE=1) cargo test --release -p atlas --lib sim_replay_seed -- --ignored --nocapture
+	ATLAS_SIM_SEED=$(SEED) $(if $(TRACE),ATLAS_SIM_TRACE=1) $(if $(MEMBERSHIP),ATLAS_SIM_MEMBERSHIP=1) cargo test --release -p atlas --lib sim_replay_seed -- --ignored --nocapture
 
 check:
 	cargo fmt --all -- --check
