@@ -1,4 +1,7 @@
-//! Cluster plumbing that is not consensus itself: peer health and RTT (routing of requests to
-//! table owners and membership follow in the cluster issue).
+//! Cluster plumbing around the consensus core: peer health and RTT, and the replica that
+//! drives a node's consensus state machine against its storage (the network runtime, join and
+//! routing of requests follow in the cluster issue).
 
 pub mod health;
+#[cfg(feature = "engine")]
+pub mod replica;

@@ -47,6 +47,8 @@ pub enum CommandError {
     Storage(#[from] StorageError),
     #[error("internal error: request task failed")]
     TaskFailed,
+    #[error("internal error: {0} is not a read")]
+    NotARead(&'static str),
 }
 
 impl CommandError {
@@ -59,7 +61,7 @@ impl CommandError {
             CommandError::HoldsBlob(_) => "holds_blob",
             CommandError::UnknownNode(_) => "unknown_node",
             CommandError::Storage(_) => "storage",
-            CommandError::TaskFailed => "internal",
+            CommandError::TaskFailed | CommandError::NotARead(_) => "internal",
         }
     }
 }
@@ -115,6 +117,22 @@ impl Engine {
         tokio::task::spawn_blocking(move || work(&engine))
             .await
             .map_err(|_| CommandError::TaskFailed)?
+    }
+
+    /// Answers a read from this node's storage now (blocking): what a cluster replica does
+    /// once the log says the read may be served.
+    pub fn read_now(
+        &self,
+        principal: Option<&str>,
+        command: &Command,
+    ) -> Result<Reply, CommandError> {
+        match command {
+            Command::Get(key) => self.get(key, principal),
+            Command::BlobGet(key) => self.blob_get(key, principal),
+            Command::Scan(prefix) => self.scan(prefix, principal),
+            Command::Count(prefix) => self.count(prefix, principal),
+            other => Err(CommandError::NotARead(other.name())),
+        }
     }
 
     /// Executes one command for `principal`. `blob` is the payload of `KEY BLOB SET`.
