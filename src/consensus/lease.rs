@@ -86,7 +86,7 @@ mod tests {
         let joint = JointQuorums {
             current: q.current.clone(),
             next: Some(QuorumSystem::new(&m2, Tolerances { nodes: 1, zones: 0 })),
-            previous: None,
+            past: Vec::new(),
         };
         assert_eq!(g.valid_until(&joint, 1000, 50), Some(990));
         g.grant(4, 150);

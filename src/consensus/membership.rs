@@ -83,9 +83,12 @@ pub struct Config {
     pub current: Membership,
     /// While joint: the membership being moved to. Quorums must then be quorums of both.
     pub next: Option<Membership>,
-    /// After a change: the membership before it. Phase 1 still needs a Q1 of it too, so it
-    /// meets every Q2 that chose a value before the change (see `docs/consensus.md`).
-    pub previous: Option<Membership>,
+    /// Every membership that was in force before `current` (the bootstrap one first, no
+    /// repeats, none equal to `current`). Phase 1 of every group needs a Q1 of each
+    /// of them too: a change copies no group's state to the new members, so a value chosen
+    /// under an old membership is held only by that membership's Q2 (accepted or applied),
+    /// however many changes ago (see `docs/consensus.md`).
+    pub past: Vec<Membership>,
 }
 
 impl Config {
@@ -94,7 +97,7 @@ impl Config {
             epoch: 0,
             current: membership,
             next: None,
-            previous: None,
+            past: Vec::new(),
         }
     }
 
@@ -123,7 +126,6 @@ impl Config {
                 let mut next = self.current.clone();
                 if next.add(*node, zone.clone()) {
                     self.next = Some(next);
-                    self.previous = None;
                     self.epoch += 1;
                     return true;
                 }
@@ -133,7 +135,6 @@ impl Config {
                 let mut next = self.current.clone();
                 if next.remove(*node) {
                     self.next = Some(next);
-                    self.previous = None;
                     self.epoch += 1;
                     return true;
                 }
@@ -141,7 +142,12 @@ impl Config {
             }
             CommandOp::LeaveJoint => match self.next.take() {
                 Some(next) => {
-                    self.previous = Some(std::mem::replace(&mut self.current, next));
+                    let old = std::mem::replace(&mut self.current, next);
+                    if !self.past.contains(&old) {
+                        self.past.push(old);
+                    }
+                    let current = &self.current;
+                    self.past.retain(|m| m != current);
                     self.epoch += 1;
                     true
                 }
@@ -176,6 +182,19 @@ mod tests {
         assert!(c.apply(&CommandOp::LeaveJoint));
         assert_eq!(c.current.nodes().collect::<Vec<_>>(), vec![2]);
         assert_eq!(c.epoch, 4);
+        // Every earlier membership is kept for phase 1, not only the last one.
+        assert_eq!(c.past.len(), 2);
+        assert!(c.past[0].contains(1) && !c.past[0].contains(2));
+        assert!(c.past[1].contains(1) && c.past[1].contains(2));
+        // Going back to an earlier membership does not keep it twice.
+        assert!(c.apply(&CommandOp::AddNode {
+            node: 1,
+            zone: "a".into()
+        }));
+        assert_eq!(c.past.len(), 2, "still listed while joint");
+        assert!(c.apply(&CommandOp::LeaveJoint));
+        assert_eq!(c.past.len(), 2);
+        assert!(c.past.iter().all(|m| *m != c.current));
     }
 
     #[test]

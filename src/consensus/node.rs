@@ -484,11 +484,12 @@ impl Node {
         self.quorums = JointQuorums {
             current: QuorumSystem::new(&self.config.current, t),
             next: self.config.next.as_ref().map(|m| QuorumSystem::new(m, t)),
-            previous: self
+            past: self
                 .config
-                .previous
-                .as_ref()
-                .map(|m| QuorumSystem::new(m, t)),
+                .past
+                .iter()
+                .map(|m| QuorumSystem::new(m, t))
+                .collect(),
         };
         self.membership = self.config.members();
         if let Some(zone) = self.membership.zone_of(self.id) {

@@ -113,8 +113,9 @@ impl QuorumSystem {
 pub struct JointQuorums {
     pub current: QuorumSystem,
     pub next: Option<QuorumSystem>,
-    /// After a change, the configuration before it: phase 1 needs a Q1 of it as well.
-    pub previous: Option<QuorumSystem>,
+    /// Every configuration in force before `current` (`Config::past`): phase 1 needs a Q1
+    /// of each of them as well.
+    pub past: Vec<QuorumSystem>,
 }
 
 impl JointQuorums {
@@ -122,7 +123,7 @@ impl JointQuorums {
         JointQuorums {
             current,
             next: None,
-            previous: None,
+            past: Vec::new(),
         }
     }
 
@@ -130,13 +131,13 @@ impl JointQuorums {
         self.next.is_some()
     }
 
-    /// Phase 1: a Q1 of every configuration a value may have been chosen under without
-    /// having been taken over since (the current one, the next while joint, the previous one
-    /// after a change).
+    /// Phase 1: a Q1 of every configuration a value may have been chosen under (the current
+    /// one, the next while joint, and every earlier one: a membership change copies no
+    /// group's state to new members, so only the Q2 that chose a value holds it).
     pub fn is_q1(&self, set: &BTreeSet<NodeId>) -> bool {
         self.current.is_q1(set)
             && self.next.as_ref().is_none_or(|n| n.is_q1(set))
-            && self.previous.as_ref().is_none_or(|p| p.is_q1(set))
+            && self.past.iter().all(|p| p.is_q1(set))
     }
 
     pub fn is_q2(&self, set: &BTreeSet<NodeId>) -> bool {
@@ -269,7 +270,7 @@ mod tests {
         let joint = JointQuorums {
             current: qo.clone(),
             next: Some(qn.clone()),
-            previous: None,
+            past: Vec::new(),
         };
         assert!(qn.is_q1(&set(&[1, 4])) && !qo.is_q1(&set(&[1, 4])));
         assert!(
@@ -287,7 +288,7 @@ mod tests {
         let joint = JointQuorums {
             current: QuorumSystem::new(&old, t),
             next: Some(QuorumSystem::new(&new, t)),
-            previous: None,
+            past: Vec::new(),
         };
         assert!(QuorumSystem::new(&new, t).is_q2(&set(&[1, 2])));
         assert!(!joint.is_q2(&set(&[1, 2])));
@@ -298,10 +299,45 @@ mod tests {
         let after = JointQuorums {
             current: qn.clone(),
             next: None,
-            previous: Some(qo.clone()),
+            past: vec![qo.clone()],
         };
         assert!(!after.is_q1(&set(&[1, 4])) && after.is_q1(&set(&[1, 2, 4])));
         assert!(after.is_q2(&set(&[4])));
+    }
+
+    /// The shape of simulator seed 1,554: a value chosen under the bootstrap 3×3 grid by a Q2
+    /// of zones z1 and z2; then 102 joins (new zone z3), 101 joins z2, and 9 is removed. While
+    /// the third change is joint, {1, 101, 102} is a Q1 of both configurations in force but
+    /// misses the bootstrap Q2 that chose the value: every past configuration is required.
+    #[test]
+    fn phase1_needs_every_past_configuration() {
+        let t = Tolerances { nodes: 0, zones: 1 };
+        let c0 = grid(&[3, 3, 3]);
+        let mut c1 = c0.clone();
+        c1.add(102, "z3".into());
+        let mut c2 = c1.clone();
+        c2.add(101, "z2".into());
+        let mut c3 = c2.clone();
+        c3.remove(9);
+        let q = |m: &Membership| QuorumSystem::new(m, t);
+        let stale = set(&[1, 101, 102]);
+        assert!(q(&c0).is_q2(&set(&[4, 5, 6, 7, 8, 9])));
+        assert!(q(&c2).is_q1(&stale) && q(&c3).is_q1(&stale));
+        // The old rule kept only the membership before the last change, and dropped it when
+        // the next change began: while joint, nothing else was required.
+        let old_rule = JointQuorums {
+            current: q(&c2),
+            next: Some(q(&c3)),
+            past: Vec::new(),
+        };
+        assert!(old_rule.is_q1(&stale), "the missed intersection");
+        let all = JointQuorums {
+            current: q(&c2),
+            next: Some(q(&c3)),
+            past: vec![q(&c0), q(&c1)],
+        };
+        assert!(!all.is_q1(&stale));
+        assert!(all.is_q1(&set(&[1, 4, 102])));
     }
 
     proptest! {

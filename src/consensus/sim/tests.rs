@@ -7,6 +7,8 @@ use crate::consensus::{CommandOp, MigrationMode, NodeId, Settings};
 const SWEEP_SEEDS: u64 = 2_000;
 /// Seeds of the forced membership-change sweep.
 const MEMBERSHIP_SEEDS: u64 = 200;
+/// A second forced membership-change range, around seed 1,554 (several changes in a row).
+const MEMBERSHIP_SEEDS_IN_A_ROW: std::ops::Range<u64> = 1_450..1_650;
 
 /// Runs seeds `from..from+count` on all cores; returns the failing reports' descriptions.
 fn sweep(from: u64, count: u64, adjust: impl Fn(&mut SimConfig) + Sync) -> Vec<String> {
@@ -319,4 +321,32 @@ fn sim_a_second_membership_change_waits_for_the_first() {
 #[test]
 fn sim_membership_changes_under_load_and_faults() {
     assert_sweep_green(sweep(0, MEMBERSHIP_SEEDS, force_changes));
+}
+
+/// Regression: seed 1,554 with forced changes (3×3, `fn 0 fz 1`, three changes within 1.3 s).
+/// Slot 1 of `shop` was chosen under the bootstrap configuration by a Q2 of zones z1 and z2;
+/// two changes later a candidate won phase 1 with the two new nodes (101, 102, empty) and a
+/// node that had been partitioned (1): a Q1 of the configuration in force and of the one
+/// before, but not of the bootstrap one, so it missed the chosen value and committed another.
+/// Phase 1 now needs a Q1 of every earlier configuration.
+#[test]
+fn sim_a_value_chosen_three_changes_ago_is_kept() {
+    let mut config = SimConfig::for_seed(1_554);
+    force_changes(&mut config);
+    assert_eq!(
+        config.changes.len(),
+        3,
+        "the seed no longer has three changes"
+    );
+    assert_eq!(config.zones, vec![3, 3, 3]);
+    let report = Sim::run(config);
+    assert!(report.ok(), "{}", report.describe());
+}
+
+/// Forced membership changes on a second range of seeds (several changes in a row, as in
+/// seed 1,554), bounded to keep the module fast.
+#[test]
+fn sim_membership_changes_in_a_row() {
+    let range = MEMBERSHIP_SEEDS_IN_A_ROW;
+    assert_sweep_green(sweep(range.start, range.end - range.start, force_changes));
 }

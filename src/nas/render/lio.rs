@@ -129,9 +129,10 @@ fn target_json(target: &IscsiTarget, luns: &[&IscsiLun], mode: Secrets) -> Value
             "authentication": authentication,
             "generate_node_acls": u8::from(demo_mode),
             "cache_dynamic_acls": u8::from(demo_mode),
-            // Demo mode has no ACLs to carry per-LUN write protection: protect the whole
-            // TPG only when every LUN is read-only (mixed cases need listed initiators).
-            "demo_mode_write_protect": u8::from(demo_mode && !luns.is_empty() && luns.iter().all(|l| l.read_only)),
+            // Demo mode has no ACLs to carry per-LUN write protection, so one read-only LUN
+            // write-protects the whole TPG: a read-only LUN is never exported writable (list
+            // the initiators to mix read-only and writable LUNs).
+            "demo_mode_write_protect": u8::from(demo_mode && luns.iter().any(|l| l.read_only)),
         }),
     );
     tpg.insert(
