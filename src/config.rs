@@ -321,7 +321,12 @@ impl AtlasConfig {
     pub fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() && p.as_os_str() != ":memory:" {
-                *p = base.join(&*p);
+                // `./data` under /srv becomes /srv/data, not /srv/./data.
+                *p = base
+                    .join(&*p)
+                    .components()
+                    .filter(|c| !matches!(c, std::path::Component::CurDir))
+                    .collect();
             }
         };
         resolve(&mut self.data_dir);
@@ -455,11 +460,8 @@ mod tests {
     fn relative_paths_resolve_against_the_start_directory() {
         let mut c = AtlasConfig::from_yaml("atlas:\n  nas: {db_path: ':memory:'}\n", "f").unwrap();
         c.resolve_paths(Path::new("/srv/atlas"));
-        assert_eq!(c.data_dir, PathBuf::from("/srv/atlas/./data"));
-        assert_eq!(
-            c.socket_path(),
-            PathBuf::from("/srv/atlas/./data/atlas.sock")
-        );
+        assert_eq!(c.data_dir, PathBuf::from("/srv/atlas/data"));
+        assert_eq!(c.socket_path(), PathBuf::from("/srv/atlas/data/atlas.sock"));
         assert_eq!(c.nas.db_path, Some(PathBuf::from(":memory:")));
     }
 
