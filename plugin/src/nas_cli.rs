@@ -80,13 +80,20 @@ pub fn run(command: NasCommand, config: &AtlasConfig) -> ExitCode {
     let result = match command {
         NasCommand::User { command } => run_user(&store, command),
         NasCommand::Backup { file } => backup::backup_to_file(&store, &file).map(|bytes| {
-            let _ = record(
-                &store,
-                "backup",
-                "database",
-                None,
-                "backup written by the CLI",
-            );
+            let ts = atlas::nas::format_ts(store.now());
+            let audited = store.write(|c| {
+                record(
+                    c,
+                    &ts,
+                    "backup",
+                    "database",
+                    None,
+                    "backup written by the CLI",
+                )
+            });
+            if let Err(e) = audited {
+                eprintln!("atlas nas: the backup was written but could not be audited: {e}");
+            }
             println!("backup written to {} ({bytes} bytes)", file.display());
         }),
         NasCommand::Restore { file } => backup::restore_from_file(&store, &file, &actor(), None)
@@ -120,17 +127,18 @@ fn actor() -> String {
     format!("cli:{who}")
 }
 
+/// Writes the audit row of a change in the change's own transaction: no change without its row.
 fn record(
-    store: &NasStore,
+    conn: &atlas::nas::Connection,
+    ts: &str,
     action: &str,
     resource_type: &str,
     resource_id: Option<i64>,
     message: &str,
 ) -> Result<(), NasError> {
-    let ts = atlas::nas::format_ts(store.now());
-    let mut entry = audit::Entry::new(&actor(), action, resource_type, &ts).message(message);
+    let mut entry = audit::Entry::new(&actor(), action, resource_type, ts).message(message);
     entry.resource_id = resource_id.map(|id| id.to_string());
-    store.write(|c| audit::record(c, &entry)).map(|_| ())
+    audit::record(conn, &entry).map(|_| ())
 }
 
 fn find(store: &NasStore, username: &str) -> Result<users::User, NasError> {
@@ -183,14 +191,18 @@ fn run_user(store: &NasStore, command: UserCommand) -> Result<(), NasError> {
                 active: true,
             };
             let now = atlas::nas::format_ts(store.now());
-            let created = store.write(|c| users::create(c, &user, &now))?;
-            record(
-                store,
-                "create",
-                "user",
-                Some(created.id),
-                "user added by the CLI",
-            )?;
+            let created = store.write(|c| {
+                let created = users::create(c, &user, &now)?;
+                record(
+                    c,
+                    &now,
+                    "create",
+                    "user",
+                    Some(created.id),
+                    "user added by the CLI",
+                )?;
+                Ok(created)
+            })?;
             println!("added {} ({})", created.username, created.role.as_str());
             Ok(())
         }
@@ -205,14 +217,17 @@ fn run_user(store: &NasStore, command: UserCommand) -> Result<(), NasError> {
                 ..UserChanges::default()
             };
             let now = atlas::nas::format_ts(store.now());
-            store.write(|c| users::update(c, user.id, &changes, &now))?;
-            record(
-                store,
-                "update",
-                "user",
-                Some(user.id),
-                "password set by the CLI",
-            )?;
+            store.write(|c| {
+                users::update(c, user.id, &changes, &now)?;
+                record(
+                    c,
+                    &now,
+                    "update",
+                    "user",
+                    Some(user.id),
+                    "password set by the CLI",
+                )
+            })?;
             println!(
                 "password of {} changed; their sessions ended",
                 user.username
@@ -221,14 +236,18 @@ fn run_user(store: &NasStore, command: UserCommand) -> Result<(), NasError> {
         }
         UserCommand::Del { username } => {
             let user = find(store, &username)?;
-            store.write(|c| users::delete(c, user.id))?;
-            record(
-                store,
-                "delete",
-                "user",
-                Some(user.id),
-                "user deleted by the CLI",
-            )?;
+            let now = atlas::nas::format_ts(store.now());
+            store.write(|c| {
+                users::delete(c, user.id)?;
+                record(
+                    c,
+                    &now,
+                    "delete",
+                    "user",
+                    Some(user.id),
+                    "user deleted by the CLI",
+                )
+            })?;
             println!("deleted {}", user.username);
             Ok(())
         }

@@ -33,13 +33,15 @@ pub mod validate;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::TransactionBehavior;
 
 pub use api::{ApiRequest, ApiResponse, NasApi};
 pub use apply::ApplyPaths;
 pub use db::DbLocation;
 pub use error::NasError;
 pub use runner::{CommandOutput, CommandRunner, DryRunRunner, RecordingRunner, SystemRunner};
+/// The connection type `NasStore::read`/`write` hand to their closures.
+pub use rusqlite::Connection;
 
 use crate::config::AtlasConfig;
 

@@ -320,6 +320,19 @@ fn cli_adds_users_the_running_server_accepts() {
         api.call("GET", "/auth/me", Some(&token), None).json()["role"],
         "operator"
     );
+    // The CLI's change is audited like the API's.
+    let admin = api.login("admin", ADMIN_PASSWORD);
+    let audit = api.call(
+        "GET",
+        "/audit-logs?resource_type=user&limit=50",
+        Some(&admin),
+        None,
+    );
+    assert!(
+        audit.body.contains("user added by the CLI"),
+        "{}",
+        audit.body
+    );
     let listed = run_with_input(
         Command::new(atlas_bin())
             .args(["nas", "-c"])
