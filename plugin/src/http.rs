@@ -159,6 +159,7 @@ impl HttpApi {
         // make the server buffer anything.
         let refused = match route {
             Route::Join | Route::Transport => self.authenticate(session, route),
+            Route::Nas if path == RESTORE_PATH => self.restore_refused(session).await,
             _ => None,
         };
         let reply = match refused {
@@ -211,6 +212,35 @@ impl HttpApi {
                 reply.extra_headers.push(("allow", allowed.to_string()));
                 reply
             }
+        }
+    }
+
+    /// A restore uploads up to 256 MiB: only an administrator's request gets its body read.
+    async fn restore_refused(&self, session: &ServerSession) -> Option<HttpReply> {
+        let Some(api) = self.nas.get().cloned() else {
+            return Some(HttpReply::error(
+                503,
+                "unavailable",
+                "the NAS store is starting",
+            ));
+        };
+        let token = bearer(session).map(str::to_string);
+        let role = tokio::task::spawn_blocking(move || token.and_then(|t| api.token_role(&t)))
+            .await
+            .ok()
+            .flatten();
+        match role {
+            Some(atlas::nas::users::Role::Administrator) => None,
+            Some(_) => Some(HttpReply::error(
+                403,
+                "forbidden",
+                "only an administrator may restore the configuration",
+            )),
+            None => Some(HttpReply::error(
+                401,
+                "unauthorized",
+                "an administrator's bearer token is required to restore",
+            )),
         }
     }
 

@@ -232,6 +232,17 @@ impl NasApi {
         NasApi { store }
     }
 
+    /// The role of the active user whose live session `token` is, if any. Blocking. Lets the
+    /// HTTP layer refuse a large upload (restore) before reading it.
+    pub fn token_role(&self, token: &str) -> Option<Role> {
+        let now = self.store.now();
+        self.store
+            .read(|c| super::auth::authenticate(c, token, now))
+            .ok()
+            .filter(|user| user.active)
+            .map(|user| user.role)
+    }
+
     pub fn store(&self) -> &Arc<NasStore> {
         &self.store
     }

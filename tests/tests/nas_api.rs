@@ -269,6 +269,29 @@ fn backup_change_restore() {
         201
     );
     let data = format!("@{}", backup.display());
+    // Without an administrator's token the upload is refused before it is read.
+    let operator = api.create_user(&admin, "otto", "operator");
+    let refused = curl(
+        &node.ca_path(),
+        &url("/config/restore"),
+        // HTTP/1.1: a refused upload is not read, and h2 would see its stream reset.
+        &[
+            "--http1.1",
+            "-X",
+            "POST",
+            "-H",
+            &format!("Authorization: Bearer {operator}"),
+            "--data-binary",
+            &data,
+        ],
+    );
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let anonymous = curl(
+        &node.ca_path(),
+        &url("/config/restore"),
+        &["--http1.1", "-X", "POST", "--data-binary", &data],
+    );
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
     let restored = curl(
         &node.ca_path(),
         &url("/config/restore"),
