@@ -100,6 +100,17 @@ impl Ctx<'_> {
         rank(a) > rank(b)
     }
 
+    /// Tells `to` that its `ballot` lost to our promise (with our epoch, so it can catch up).
+    pub fn reject(&mut self, to: NodeId, group: &str, ballot: Ballot, promised: Ballot) {
+        let message = Message::Reject {
+            group: group.to_string(),
+            ballot,
+            promised,
+            epoch: self.epoch,
+        };
+        self.send(to, message);
+    }
+
     /// Refuses a request of another configuration epoch: an older sender is told ours (it
     /// catches up); from a newer one nothing is answered, and this node catches up.
     pub fn wrong_epoch(
@@ -114,13 +125,7 @@ impl Ctx<'_> {
             return false;
         }
         if epoch < self.epoch {
-            let message = Message::Reject {
-                group: group.to_string(),
-                ballot,
-                promised,
-                epoch: self.epoch,
-            };
-            self.send(from, message);
+            self.reject(from, group, ballot, promised);
         } else {
             self.newer_epoch_at.push(from);
         }
@@ -271,15 +276,7 @@ impl Group {
                         },
                     );
                 } else {
-                    ctx.send(
-                        from,
-                        Message::Reject {
-                            group,
-                            ballot,
-                            promised,
-                            epoch: ctx.epoch,
-                        },
-                    );
+                    ctx.reject(from, &group, ballot, promised);
                 }
             }
             Message::LeaseGrant { ballot, token, .. } => self.on_lease_grant(from, ballot, token),
@@ -367,15 +364,7 @@ impl Group {
             }
             Err(_) => {
                 let promised = self.acceptor.promised();
-                ctx.send(
-                    from,
-                    Message::Reject {
-                        group,
-                        ballot,
-                        promised,
-                        epoch: ctx.epoch,
-                    },
-                );
+                ctx.reject(from, &group, ballot, promised);
             }
         }
     }
@@ -390,15 +379,7 @@ impl Group {
         let group = self.name.clone();
         if ballot < self.acceptor.promised() {
             let promised = self.acceptor.promised();
-            ctx.send(
-                from,
-                Message::Reject {
-                    group,
-                    ballot,
-                    promised,
-                    epoch: ctx.epoch,
-                },
-            );
+            ctx.reject(from, &group, ballot, promised);
             return;
         }
         let mut slots = Vec::with_capacity(entries.len());
