@@ -179,7 +179,7 @@ async fn run_observed(
 ) -> Reply {
     let name = command.name();
     let started = std::time::Instant::now();
-    let result = engine.try_execute(principal, command, blob).await;
+    let result = engine.execute(principal, command, blob).await;
     let error_kind = result.as_ref().err().map(|e| e.kind());
     observer.command(name, error_kind, started.elapsed());
     result.unwrap_or_else(|e| Reply::warn(e.to_string()))

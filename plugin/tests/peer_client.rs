@@ -1,64 +1,20 @@
 //! The node-to-node HTTP/2 client against a real `atlas serve`: peers are verified against the
 //! internal CA, credentials are presented, and one connection carries many requests.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use atlas_pingora::peer_client::{PeerClient, PeerClientOptions};
+use atlas_tests::Node;
 use bytes::Bytes;
 
-struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-    addr: String,
+/// A real node (the black-box harness) with cluster credentials.
+fn start_server() -> Node {
+    Node::start_with("credentials: peer-secret")
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let config = dir.path().join("atlas.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 1\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\natlas:\n  data_dir: {}\n  listen: {addr}\n  credentials: peer-secret\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .expect("config");
-    let child = Command::new(env!("CARGO_BIN_EXE_atlas"))
-        .args(["serve", "-c"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start atlas");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "atlas did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server { child, dir, addr }
-}
-
-fn client(server: &Server, credentials: &str) -> PeerClient {
+fn client(server: &Node, credentials: &str) -> PeerClient {
     PeerClient::new(PeerClientOptions {
-        ca_file: server
-            .dir
-            .path()
-            .join("data/tls/ca.crt")
-            .display()
-            .to_string(),
+        ca_file: server.ca_path().display().to_string(),
         credentials: credentials.to_string(),
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(10),
@@ -73,7 +29,7 @@ async fn posts_reuse_one_h2_connection_and_carry_credentials() {
     // With valid credentials the endpoint is past authentication (503: not clustered yet).
     let first = good
         .post(
-            &server.addr,
+            &server.https_addr(),
             "localhost",
             "/atlas/v1/consensus",
             Bytes::from_static(b"\x01"),
@@ -84,7 +40,7 @@ async fn posts_reuse_one_h2_connection_and_carry_credentials() {
     for i in 0..300u32 {
         let r = good
             .post(
-                &server.addr,
+                &server.https_addr(),
                 "localhost",
                 "/atlas/v1/consensus",
                 Bytes::from(i.to_be_bytes().to_vec()),
@@ -99,7 +55,7 @@ async fn posts_reuse_one_h2_connection_and_carry_credentials() {
         "sequential requests share one connection"
     );
     // Concurrent streams share it too (a burst may race one extra connection into the pool).
-    let results = concurrent_posts(&good, &server.addr).await;
+    let results = concurrent_posts(&good, &server.https_addr()).await;
     assert!(results.iter().all(|s| *s == 503), "{results:?}");
     assert!(
         good.connections_opened() <= 2,
@@ -109,7 +65,12 @@ async fn posts_reuse_one_h2_connection_and_carry_credentials() {
 
     let bad = client(&server, "wrong");
     let refused = bad
-        .post(&server.addr, "localhost", "/atlas/v1/join", Bytes::new())
+        .post(
+            &server.https_addr(),
+            "localhost",
+            "/atlas/v1/join",
+            Bytes::new(),
+        )
         .await
         .expect("post");
     assert_eq!(refused.status, 401);
@@ -145,12 +106,7 @@ async fn a_peer_not_signed_by_the_cluster_ca_is_refused() {
     let other = start_server();
     // Trust the other server's CA only: the first server's certificate must not verify.
     let mismatched = PeerClient::new(PeerClientOptions {
-        ca_file: other
-            .dir
-            .path()
-            .join("data/tls/ca.crt")
-            .display()
-            .to_string(),
+        ca_file: other.ca_path().display().to_string(),
         credentials: "peer-secret".into(),
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(10),
@@ -158,7 +114,7 @@ async fn a_peer_not_signed_by_the_cluster_ca_is_refused() {
     });
     let result = mismatched
         .post(
-            &server.addr,
+            &server.https_addr(),
             "localhost",
             "/atlas/v1/consensus",
             Bytes::new(),

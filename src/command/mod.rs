@@ -135,20 +135,10 @@ impl Engine {
         }
     }
 
-    /// Executes one command for `principal`. `blob` is the payload of `KEY BLOB SET`.
+    /// Executes one command for `principal` (`blob` is the payload of `KEY BLOB SET`). The
+    /// error stays a value so the session can count it by kind before it becomes an
+    /// `ERROR WARN` line.
     pub async fn execute(
-        self: &Arc<Self>,
-        principal: Option<String>,
-        command: Command,
-        blob: Option<Vec<u8>>,
-    ) -> Reply {
-        self.try_execute(principal, command, blob)
-            .await
-            .unwrap_or_else(|e| Reply::warn(e.to_string()))
-    }
-
-    /// Like `execute`, with the error kept as a value (for metrics and logs).
-    pub async fn try_execute(
         self: &Arc<Self>,
         principal: Option<String>,
         command: Command,
