@@ -163,6 +163,12 @@ impl HttpApi {
             _ => None,
         };
         let reply = match refused {
+            Some(reply) if expects_continue(session) => {
+                // The client waits for `100 Continue` before sending the body: it gets the
+                // refusal instead and never sends it, so nothing is read.
+                session.set_keepalive(None);
+                reply
+            }
             Some(reply) => {
                 // Drain a small body so an h2 client sees the answer, not a reset stream; a
                 // larger one is not read at all.
@@ -171,7 +177,7 @@ impl HttpApi {
                 }
                 reply
             }
-            None => match read_body(session, body_limit(route, &path)).await {
+            None => match read_body_after_continue(session, body_limit(route, &path)).await {
                 Ok(body) => self.handle(route, session, body).await,
                 Err(reply) => {
                     // The rest of the body is not read: the connection cannot be reused.
@@ -315,14 +321,45 @@ impl HttpApi {
     }
 }
 
+/// The body length the client declared, if any.
+fn declared_length(session: &ServerSession) -> Option<u64> {
+    session
+        .get_header("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Whether the client sent `Expect: 100-continue` and waits before sending its body.
+fn expects_continue(session: &ServerSession) -> bool {
+    session
+        .get_header("expect")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// Reads an accepted request's body, first telling a client that sent
+/// `Expect: 100-continue` to go on (HTTP/1.1; HTTP/2 clients do not wait).
+async fn read_body_after_continue(
+    session: &mut ServerSession,
+    limit: usize,
+) -> Result<Vec<u8>, HttpReply> {
+    if expects_continue(session) && !session.is_http2() {
+        if !declared_length(session).is_some_and(|n| n > limit as u64) {
+            let go_on = ResponseHeader::build(100, None).map_err(|_| {
+                HttpReply::error(500, "internal", "could not build 100 Continue")
+            })?;
+            if session.write_response_header(Box::new(go_on)).await.is_err() {
+                return Err(HttpReply::error(400, "bad_request", "connection failed"));
+            }
+        }
+    }
+    read_body(session, limit).await
+}
+
 /// Reads the whole request body (an h2 client reusing the connection needs that), bounded in
 /// size and time.
 async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Vec<u8>, HttpReply> {
-    let declared = session
-        .get_header("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared_length(session).is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
     let mut body = Vec::new();
