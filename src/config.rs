@@ -50,6 +50,10 @@ pub struct AtlasConfig {
     #[serde(rename = "fn")]
     pub fn_: u32,
     pub fz: u32,
+    /// How table ownership moves between nodes (cluster mode).
+    pub migration: Migration,
+    /// Test-only: serve `POST /atlas/v1/test/faults` to cut this node off from peers.
+    pub fault_injection: bool,
     pub durability: Durability,
     pub metrics_listen: Option<String>,
     pub routes: Vec<RouteConfig>,
@@ -71,6 +75,8 @@ impl Default for AtlasConfig {
             tls: TlsConfig::default(),
             fn_: 1,
             fz: 0,
+            migration: Migration::Adaptive,
+            fault_injection: false,
             durability: Durability::Strict,
             metrics_listen: None,
             routes: Vec::new(),
@@ -78,6 +84,19 @@ impl Default for AtlasConfig {
             limits: Limits::default(),
         }
     }
+}
+
+/// `migration:` how table ownership moves (see docs/consensus.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Migration {
+    /// Forward to the owner; move a table to the zone that uses it most.
+    #[default]
+    Adaptive,
+    /// Take ownership on every access (benchmark baseline).
+    Immediate,
+    /// Never move for load (benchmark baseline); failed owners are still replaced.
+    Static,
 }
 
 /// `tls: internal` (a self-made CA, like Caddy's) or `tls: {cert, key}` (PEM files).
@@ -287,6 +306,30 @@ impl AtlasConfig {
             && !c.starts_with("https://")
         {
             return Err(format!("atlas.connect: `{c}` must start with https://"));
+        }
+        if self.connect.is_some() && self.credentials.is_none() {
+            return Err(
+                "atlas.credentials: required with atlas.connect (the cluster's shared secret)"
+                    .into(),
+            );
+        }
+        if self.connect.is_some() && self.peer_ca.is_none() {
+            return Err(
+                "atlas.peer_ca: required with atlas.connect (the CA file that verifies the seed)"
+                    .into(),
+            );
+        }
+        if self.credentials.is_some()
+            && matches!(self.tls, TlsConfig::Files { .. })
+            && self.peer_ca.is_none()
+        {
+            return Err(
+                "atlas.peer_ca: required in a cluster with tls files (the CA that signed the nodes' certificates)"
+                    .into(),
+            );
+        }
+        if self.credentials.as_deref().is_some_and(|c| c.len() < 8) {
+            return Err("atlas.credentials: must be at least 8 characters".into());
         }
         if self.limits.max_line_bytes < 64 {
             return Err("atlas.limits.max_line_bytes: must be at least 64".into());

@@ -13,6 +13,8 @@ pub enum OpenError {
     DataDir { dir: String, source: std::io::Error },
     #[error("cannot open storage in {dir}: {source}")]
     Storage { dir: String, source: StorageError },
+    #[error("cluster identity: {0}")]
+    Cluster(String),
 }
 
 impl OpenError {
@@ -39,7 +41,18 @@ pub fn open(config: &AtlasConfig) -> Result<Arc<Engine>, OpenError> {
     let store = Arc::new(
         Store::open(&config.data_dir.join("db"), config.durability).map_err(storage_error)?,
     );
-    let id = node_id(&store).map_err(storage_error)?;
+    // A cluster member's id comes from its cluster identity (given by the cluster on join).
+    let id = match crate::cluster::identity::ClusterIdentity::load(&config.data_dir)
+        .map_err(OpenError::Cluster)?
+    {
+        Some(identity) => {
+            store
+                .put_meta("node_id", &identity.node_id.to_be_bytes())
+                .map_err(storage_error)?;
+            identity.node_id
+        }
+        None => node_id(&store).map_err(storage_error)?,
+    };
     let (host, port) = config.advertised_host_port();
     let identity = NodeIdentity {
         id,

@@ -10,6 +10,11 @@ use pingora::services::background::BackgroundService;
 
 use std::sync::Arc;
 
+use atlas::cluster::health::HealthPolicy;
+use atlas::cluster::identity::ClusterIdentity;
+use atlas::cluster::runtime::{ClusterHandle, RuntimeConfig};
+use atlas::config::Migration;
+use atlas::consensus::{MigrationMode, Settings, Tolerances};
 use atlas::nas::{NasApi, NasStore, snapshots};
 
 use crate::{EngineCell, NasCell};
@@ -60,16 +65,90 @@ pub struct EngineService {
     engine: EngineCell,
     nas: NasCell,
     upgrading: bool,
+    /// This node's cluster identity; `None` runs it standalone.
+    identity: Option<ClusterIdentity>,
+    faults: Arc<crate::cluster::Faults>,
 }
 
 impl EngineService {
-    pub fn new(config: AtlasConfig, engine: EngineCell, nas: NasCell, upgrading: bool) -> Self {
+    pub fn new(
+        config: AtlasConfig,
+        engine: EngineCell,
+        nas: NasCell,
+        upgrading: bool,
+        identity: Option<ClusterIdentity>,
+        faults: Arc<crate::cluster::Faults>,
+    ) -> Self {
         EngineService {
             config,
             engine,
             nas,
             upgrading,
+            identity,
+            faults,
         }
+    }
+
+    /// Starts the cluster runtime over the opened engine.
+    fn start_cluster(
+        &self,
+        identity: &ClusterIdentity,
+        engine: &Arc<atlas::Engine>,
+    ) -> Result<ClusterHandle, String> {
+        let store = engine.store();
+        // Data written before the node was clustered is in no log: no other node could ever
+        // get it, so refuse rather than serve a cluster that silently lacks it.
+        if store.get_meta("clustered").map_err(|e| e.to_string())?.is_none() {
+            let user_tables = store
+                .tables()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|t| !atlas::protocol::key::is_system_table(t))
+                .count();
+            if user_tables > 0 {
+                return Err(format!(
+                    "{} holds data written while this node ran without atlas.credentials;                      it cannot be replicated. Start the cluster from an empty data_dir                      (and copy the data in through a client)",
+                    self.config.data_dir.display()
+                ));
+            }
+            store
+                .put_meta("clustered", b"1")
+                .map_err(|e| e.to_string())?;
+        }
+        for record in &identity.nodes {
+            if record.id != identity.node_id {
+                atlas::cluster::directory::save(store, record).map_err(|e| e.to_string())?;
+            }
+        }
+        let settings = Settings {
+            tolerances: Tolerances {
+                nodes: self.config.fn_ as usize,
+                zones: self.config.fz as usize,
+            },
+            migration: match self.config.migration {
+                Migration::Adaptive => MigrationMode::Adaptive,
+                Migration::Immediate => MigrationMode::Immediate,
+                Migration::Static => MigrationMode::Static,
+            },
+            ..Settings::default()
+        };
+        let transport = crate::cluster::HttpTransport::new(
+            &self.config,
+            identity.node_id,
+            self.faults.clone(),
+        );
+        ClusterHandle::start(
+            RuntimeConfig {
+                id: identity.node_id,
+                zone: self.config.region.clone(),
+                bootstrap: identity.bootstrap_membership(),
+                settings,
+                health: HealthPolicy::default(),
+            },
+            engine.clone(),
+            transport,
+        )
+        .map_err(|e| e.to_string())
     }
 
     /// Opens the NAS store (SQLite) and runs its migrations.
@@ -131,6 +210,21 @@ impl BackgroundService for EngineService {
             }
         };
         let _ = self.nas.set(NasApi::new(nas.clone()));
+        let cluster = match &self.identity {
+            Some(identity) => match self.start_cluster(identity, &engine) {
+                Ok(cluster) => {
+                    engine.attach_cluster(cluster.clone());
+                    tokio::spawn(crate::cluster::ping_loop(cluster.clone(), shutdown.clone()));
+                    Some(cluster)
+                }
+                Err(e) => {
+                    eprintln!("atlas: {e}");
+                    tracing::error!(error = %e, "cannot start the cluster runtime");
+                    std::process::exit(2);
+                }
+            },
+            None => None,
+        };
         let node = engine.node().clone();
         let _ = self.engine.set(engine.clone());
         tracing::info!(
@@ -150,6 +244,9 @@ impl BackgroundService for EngineService {
                 _ = shutdown.changed() => break,
                 _ = stats_ticker.tick() => {
                     crate::metrics::metrics().record_storage(&engine.store().stats());
+                    if let Some(cluster) = &cluster {
+                        crate::metrics::metrics().record_cluster(cluster);
+                    }
                 }
                 _ = snapshot_ticker.tick() => {
                     let nas = nas.clone();
@@ -169,6 +266,10 @@ impl BackgroundService for EngineService {
                     }
                 }
             }
+        }
+        if let Some(cluster) = cluster {
+            // Let in-flight persistence finish before storage closes.
+            let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
         }
     }
 }

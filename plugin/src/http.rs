@@ -41,6 +41,8 @@ const OWNED_PREFIXES: [&str; 3] = ["/atlas/", "/api/", "/metrics"];
 
 pub const JOIN_PATH: &str = "/atlas/v1/join";
 pub const TRANSPORT_PATH: &str = "/atlas/v1/consensus";
+/// Test-only fault layer (served only with `atlas.fault_injection: true`).
+pub const FAULTS_PATH: &str = "/atlas/v1/test/faults";
 
 /// A response before it is written.
 pub struct HttpReply {
@@ -72,6 +74,7 @@ pub enum Route {
     Metrics,
     Join,
     Transport,
+    Faults,
     Nas,
     NotFound,
     MethodNotAllowed(&'static str),
@@ -84,6 +87,7 @@ impl Route {
             Route::Metrics => "metrics",
             Route::Join => "join",
             Route::Transport => "consensus",
+            Route::Faults => "faults",
             Route::Nas => "api",
             Route::NotFound => "not_found",
             Route::MethodNotAllowed(_) => "method_not_allowed",
@@ -109,6 +113,7 @@ pub fn route(method: &str, path: &str) -> Route {
         "/metrics" => expect("GET", Route::Metrics),
         JOIN_PATH => expect("POST", Route::Join),
         TRANSPORT_PATH => expect("POST", Route::Transport),
+        FAULTS_PATH => expect("POST", Route::Faults),
         p if p == "/api/v1" || p.starts_with("/api/v1/") => Route::Nas,
         _ => Route::NotFound,
     }
@@ -134,15 +139,30 @@ pub struct HttpApi {
     nas: NasCell,
     region: String,
     credentials: Option<String>,
+    /// The internal CA's directory (handed to joining nodes), with `tls: internal`.
+    tls_dir: Option<std::path::PathBuf>,
+    fault_injection: bool,
+    faults: Arc<crate::cluster::Faults>,
+    joins: tokio::sync::Mutex<()>,
 }
 
 impl HttpApi {
-    pub fn new(engine: EngineCell, nas: NasCell, config: &atlas::AtlasConfig) -> Arc<HttpApi> {
+    pub fn new(
+        engine: EngineCell,
+        nas: NasCell,
+        config: &atlas::AtlasConfig,
+        faults: Arc<crate::cluster::Faults>,
+    ) -> Arc<HttpApi> {
         Arc::new(HttpApi {
             engine,
             nas,
             region: config.region.clone(),
             credentials: config.credentials.clone(),
+            tls_dir: matches!(config.tls, atlas::config::TlsConfig::Internal)
+                .then(|| crate::tls::tls_dir(config)),
+            fault_injection: config.fault_injection,
+            faults,
+            joins: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -159,6 +179,10 @@ impl HttpApi {
         // make the server buffer anything.
         let refused = match route {
             Route::Join | Route::Transport => self.authenticate(session, route),
+            Route::Faults if !self.fault_injection => {
+                Some(HttpReply::error(404, "not_found", "no such endpoint"))
+            }
+            Route::Faults => self.authenticate(session, route),
             Route::Nas if path == RESTORE_PATH => self.restore_refused(session).await,
             _ => None,
         };
@@ -197,6 +221,9 @@ impl HttpApi {
             Route::Metrics => {
                 if let Some(engine) = self.engine.get() {
                     metrics().record_storage(&engine.store().stats());
+                    if let Some(cluster) = engine.cluster() {
+                        metrics().record_cluster(cluster);
+                    }
                 }
                 HttpReply {
                     status: 200,
@@ -205,11 +232,7 @@ impl HttpApi {
                     extra_headers: Vec::new(),
                 }
             }
-            Route::Join | Route::Transport => HttpReply::error(
-                503,
-                "unavailable",
-                "this node runs as a single node: cluster join and the consensus transport are not enabled",
-            ),
+            Route::Join | Route::Transport | Route::Faults => self.cluster(route, body).await,
             Route::Nas => self.nas(session, body).await,
             Route::NotFound => HttpReply::error(404, "not_found", "no such endpoint"),
             Route::MethodNotAllowed(allowed) => {
@@ -217,6 +240,43 @@ impl HttpApi {
                     HttpReply::error(405, "method_not_allowed", &format!("use {allowed}"));
                 reply.extra_headers.push(("allow", allowed.to_string()));
                 reply
+            }
+        }
+    }
+
+    /// Join, the consensus transport and the fault layer: they need the cluster runtime.
+    async fn cluster(&self, route: Route, body: Vec<u8>) -> HttpReply {
+        let Some(engine) = self.engine.get() else {
+            return HttpReply::error(503, "unavailable", "the node is starting");
+        };
+        let Some(cluster) = engine.cluster() else {
+            return HttpReply::error(503, "unavailable", "the node is starting");
+        };
+        match route {
+            Route::Join => {
+                crate::cluster::serve_join(
+                    cluster,
+                    engine,
+                    self.tls_dir.as_deref(),
+                    &self.joins,
+                    &body,
+                )
+                .await
+            }
+            Route::Transport => crate::cluster::serve_transport(cluster, &self.faults, &body),
+            _ => {
+                #[derive(serde::Deserialize)]
+                struct FaultsBody {
+                    blocked: std::collections::BTreeSet<u64>,
+                }
+                match serde_json::from_slice::<FaultsBody>(&body) {
+                    Ok(f) => {
+                        tracing::warn!(blocked = ?f.blocked, "fault injection: peers cut off");
+                        self.faults.set(f.blocked);
+                        HttpReply::json(200, json!({"status": "ok"}))
+                    }
+                    Err(e) => HttpReply::error(400, "bad_request", &format!("blocked: {e}")),
+                }
             }
         }
     }

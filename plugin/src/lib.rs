@@ -6,6 +6,7 @@
 //! plaintext Prometheus listener. `install_embedded` adds the same minus the HTTPS listener,
 //! for a user's own proxy, which calls [`Atlas::try_serve`] from its `request_filter`.
 
+pub mod cluster;
 pub mod edge;
 mod engine_service;
 pub mod http;
@@ -43,6 +44,8 @@ pub enum InstallError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Route(#[from] edge::RouteError),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// Atlas inside a Pingora server: the request hook and a clean close.
@@ -82,9 +85,11 @@ impl Atlas {
 
 /// Adds all of Atlas's services to `server`, including its HTTPS listener at `atlas.listen`.
 pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, InstallError> {
-    // Prepared before the fork so a bad certificate is a start-up error on the terminal.
+    // Joining happens first: a joining node adopts the cluster's CA before its certificate
+    // is prepared. Both happen before the fork, so a failure is an error on the terminal.
+    let identity = cluster::prepare_identity(config).map_err(InstallError::Cluster)?;
     let tls = tls::ServerTls::prepare(config)?;
-    let atlas = install_common(server, config)?;
+    let atlas = install_common(server, config, identity)?;
     let routes = edge::build_routes(server, &config.routes)?;
     let proxy = edge::EdgeProxy::new(atlas.http.clone(), routes);
     let mut https =
@@ -106,19 +111,32 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
 /// Adds Atlas's services except the HTTPS listener: the host proxy serves Atlas's paths by
 /// calling [`Atlas::try_serve`].
 pub fn install_embedded(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, InstallError> {
-    install_common(server, config)
+    let identity = cluster::prepare_identity(config).map_err(InstallError::Cluster)?;
+    install_common(server, config, identity)
 }
 
-fn install_common(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, InstallError> {
+fn install_common(
+    server: &mut Server,
+    config: &AtlasConfig,
+    identity: Option<atlas::cluster::identity::ClusterIdentity>,
+) -> Result<Atlas, InstallError> {
     let engine: EngineCell = Arc::new(OnceLock::new());
     let nas: NasCell = Arc::new(OnceLock::new());
+    let faults = Arc::new(cluster::Faults::default());
     metrics::metrics();
     // In a zero-downtime upgrade (`-u`) the old process still holds the socket and RocksDB's
     // lock until it has drained: take the socket over and wait for the lock.
     let upgrading = server.options.as_ref().is_some_and(|o| o.upgrade);
     let engine_handle = server.add_service(background_service(
         "atlas engine",
-        EngineService::new(config.clone(), engine.clone(), nas.clone(), upgrading),
+        EngineService::new(
+            config.clone(),
+            engine.clone(),
+            nas.clone(),
+            upgrading,
+            identity,
+            faults.clone(),
+        ),
     ));
 
     let socket = config.socket_path();
@@ -150,6 +168,6 @@ fn install_common(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, In
         server.add_service(prometheus);
     }
 
-    let http = http::HttpApi::new(engine.clone(), nas.clone(), config);
+    let http = http::HttpApi::new(engine.clone(), nas.clone(), config, faults);
     Ok(Atlas { engine, nas, http })
 }

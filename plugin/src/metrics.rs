@@ -38,6 +38,8 @@ pub struct Metrics {
     pub consensus_forwards: IntCounter,
     pub consensus_commits: IntCounter,
     pub consensus_quorum_failures: IntCounter,
+    pub consensus_messages_sent: IntCounter,
+    pub consensus_messages_received: IntCounter,
     pub consensus_owned_tables: IntGauge,
 }
 
@@ -211,12 +213,45 @@ impl Metrics {
                 "atlas_consensus_quorum_failures_total",
                 "Phase-1 or phase-2 rounds that did not reach a quorum in time.",
             ),
+            consensus_messages_sent: counter(
+                registry,
+                "atlas_consensus_messages_sent_total",
+                "Consensus messages delivered to peers.",
+            ),
+            consensus_messages_received: counter(
+                registry,
+                "atlas_consensus_messages_received_total",
+                "Consensus messages received from peers.",
+            ),
             consensus_owned_tables: gauge(
                 registry,
                 "atlas_consensus_owned_tables",
                 "Tables this node owns now.",
             ),
         }
+    }
+
+    /// Brings the consensus families up to the runtime's cumulative counts.
+    pub fn record_cluster(&self, cluster: &atlas::cluster::runtime::ClusterHandle) {
+        let counts = cluster.counters();
+        let catch_up = |counter: &IntCounter, total: u64| {
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        };
+        catch_up(&self.consensus_ballots, counts.ballots);
+        catch_up(&self.consensus_steals, counts.steals);
+        catch_up(&self.consensus_forwards, counts.forwards);
+        catch_up(&self.consensus_commits, counts.commits);
+        catch_up(&self.consensus_quorum_failures, counts.quorum_failures);
+        let view = cluster.view();
+        let owned = view
+            .groups
+            .iter()
+            .filter(|(g, v)| v.is_owner && g.as_str() != atlas::consensus::SYSTEM_GROUP)
+            .count();
+        self.consensus_owned_tables.set(owned as i64);
     }
 
     /// Copies storage figures into the gauges.

@@ -232,6 +232,32 @@ pub fn ensure_leaf(
     Ok(true)
 }
 
+/// Installs the cluster's CA (from a join answer) as this node's internal CA, so its
+/// certificate is issued by the CA every member verifies against. A changed CA makes the next
+/// `ServerTls::prepare` issue a new leaf.
+pub fn adopt_cluster_ca(config: &AtlasConfig, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+    KeyPair::from_pem(key_pem).map_err(|_| TlsError::Pem {
+        path: "join answer".into(),
+        what: "CA private key",
+    })?;
+    let dir = tls_dir(config);
+    std::fs::create_dir_all(&dir).map_err(|source| TlsError::Write {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let current = std::fs::read_to_string(dir.join("ca.crt")).unwrap_or_default();
+    if current == cert_pem {
+        return Ok(());
+    }
+    write(&dir.join("ca.key"), key_pem, true)?;
+    write(&dir.join("ca.crt"), cert_pem, false)?;
+    for stale in ["node.json", "node.crt", "node.key"] {
+        let _ = std::fs::remove_file(dir.join(stale));
+    }
+    tracing::info!("adopted the cluster's CA");
+    Ok(())
+}
+
 /// Loads a PEM chain and key into what rustls serves.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let cert_s = cert.display().to_string();

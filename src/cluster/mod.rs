@@ -1,7 +1,14 @@
-//! Cluster plumbing around the consensus core: peer health and RTT, and the replica that
-//! drives a node's consensus state machine against its storage (the network runtime, join and
-//! routing of requests follow in the cluster issue).
+//! Cluster plumbing around the consensus core: peer health and RTT, the node directory, the
+//! transport envelope, the replica that drives a node's consensus state machine against its
+//! storage, and the runtime thread that owns the replica.
 
+#[cfg(feature = "engine")]
+pub mod directory;
+pub mod envelope;
 pub mod health;
 #[cfg(feature = "engine")]
+pub mod identity;
+#[cfg(feature = "engine")]
 pub mod replica;
+#[cfg(feature = "engine")]
+pub mod runtime;

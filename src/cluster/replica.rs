@@ -12,10 +12,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::directory::{self, NodeRecord};
 use crate::command::{CommandError, Engine, Write};
 use crate::consensus::{
-    ClientOp, CommandOp, Membership, Message, Node, NodeId, Outcome, Outgoing, RequestId, Settings,
-    Zone,
+    ClientOp, CommandOp, Membership, Message, Node, NodeId, Outcome, Outgoing, RequestId,
+    SYSTEM_GROUP, Settings, Zone,
 };
 use crate::protocol::{Command, Reply};
 use crate::storage::StorageError;
@@ -28,6 +29,12 @@ pub struct Processed {
     pub messages: Vec<Outgoing>,
     /// Answers to client requests taken in by this node.
     pub answers: Vec<(RequestId, Reply)>,
+    /// A node record arrived through the `atlas` log (reload the directory).
+    pub directory_changed: bool,
+    /// Groups of the entries applied (one per entry).
+    pub applied_groups: Vec<String>,
+    /// Requests that ended without a quorum's answer in time.
+    pub timeouts: u64,
 }
 
 /// A client request waiting for the log.
@@ -37,6 +44,11 @@ enum Pending {
         principal: Option<String>,
         command: Command,
     },
+    /// A read barrier: answered `OK` once this node has applied everything committed to the
+    /// table before the barrier began; a read of local storage after that is linearizable.
+    Barrier,
+    /// A change of the `atlas` group (node record, membership): answered `OK` when applied.
+    System,
 }
 
 pub struct Replica {
@@ -50,6 +62,18 @@ pub struct Replica {
 }
 
 const PROPOSAL_MAGIC: u8 = 0xA7;
+/// A node record for the directory (`ATLAS.NODES`), in the `atlas` group.
+const NODE_RECORD_MAGIC: u8 = 0xA8;
+
+/// The consensus operation that commits a node record to the directory.
+pub fn node_record_op(record: &NodeRecord) -> ClientOp {
+    let mut value = vec![NODE_RECORD_MAGIC];
+    value.extend_from_slice(record.encode().as_bytes());
+    ClientOp::Put {
+        key: format!("{SYSTEM_GROUP}.nodes.{}", record.id),
+        value,
+    }
+}
 
 /// Wraps a write with its origin for the log.
 fn encode_proposal(origin: NodeId, request: RequestId, write: &Write) -> Vec<u8> {
@@ -113,6 +137,10 @@ impl Replica {
         &self.node
     }
 
+    pub fn node_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+
     fn new_request(&mut self) -> RequestId {
         let id = self.next_request;
         self.next_request += 1;
@@ -150,6 +178,28 @@ impl Replica {
         request
     }
 
+    /// Takes in a read barrier on `table` (see `Pending::Barrier`).
+    pub fn submit_barrier(&mut self, now: u64, table: &str) -> RequestId {
+        let request = self.new_request();
+        self.pending.insert(request, Pending::Barrier);
+        self.node.client_request(
+            now,
+            request,
+            ClientOp::Get {
+                key: format!("{table}."),
+            },
+        );
+        request
+    }
+
+    /// Takes in a change of the `atlas` group: a node record or a membership change.
+    pub fn submit_system(&mut self, now: u64, op: ClientOp) -> RequestId {
+        let request = self.new_request();
+        self.pending.insert(request, Pending::System);
+        self.node.client_request(now, request, op);
+        request
+    }
+
     pub fn step(&mut self, now: u64, from: NodeId, message: Message) {
         self.node.step(now, from, message);
     }
@@ -180,11 +230,15 @@ impl Replica {
             }
             for applied in ready.apply {
                 if !applied.duplicate {
-                    self.apply(&applied.command.op)?;
+                    out.directory_changed |= self.apply(&applied.command.op)?;
                 }
                 store.mark_applied(&applied.group, applied.slot)?;
+                out.applied_groups.push(applied.group);
             }
             for completion in ready.completions {
+                if completion.outcome == Outcome::Timeout {
+                    out.timeouts += 1;
+                }
                 if let Some(reply) = self.answer(completion.request, completion.outcome)? {
                     out.answers.push((completion.request, reply));
                 }
@@ -195,13 +249,21 @@ impl Replica {
         }
     }
 
-    fn apply(&mut self, op: &CommandOp) -> Result<(), StorageError> {
+    /// Applies one entry; returns whether it was a node record.
+    fn apply(&mut self, op: &CommandOp) -> Result<bool, StorageError> {
         let CommandOp::Put { value, .. } = op else {
-            return Ok(());
+            return Ok(false);
         };
+        if let Some(record) = value.strip_prefix(&[NODE_RECORD_MAGIC]) {
+            match NodeRecord::decode(&String::from_utf8_lossy(record)) {
+                Some(record) => directory::save(self.engine.store(), &record)?,
+                None => tracing::error!("a node record in the log does not parse; skipped"),
+            }
+            return Ok(true);
+        }
         let Some((origin, request, write)) = decode_proposal(value) else {
             tracing::error!("a log entry is not an Atlas write; skipped");
-            return Ok(());
+            return Ok(false);
         };
         let reply = match self.engine.apply_write(&write) {
             Ok(reply) => reply,
@@ -211,7 +273,7 @@ impl Replica {
         if origin == self.id && self.pending.contains_key(&request) {
             self.results.insert(request, reply);
         }
-        Ok(())
+        Ok(false)
     }
 
     fn answer(
@@ -232,6 +294,9 @@ impl Replica {
                     Err(CommandError::Storage(e)) => return Err(e),
                     Err(e) => Reply::warn(e.to_string()),
                 }
+            }
+            (Outcome::ReadNow { .. }, Pending::Barrier) | (Outcome::Written, Pending::System) => {
+                Reply::Ok
             }
             (Outcome::Timeout, _) => {
                 self.results.remove(&request);

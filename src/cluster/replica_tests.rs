@@ -191,3 +191,35 @@ fn proposals_round_trip_and_foreign_entries_are_refused() {
     assert_eq!(decode_proposal(b"plain value"), None);
     assert_eq!(decode_proposal(&bytes[..10]), None);
 }
+
+#[test]
+fn node_records_and_membership_changes_commit_and_reach_the_directory() {
+    let mut cluster = Cluster::new(&[(1, "a")]);
+    let record = NodeRecord {
+        id: 2,
+        region: "b".into(),
+        host: "127.0.0.1".into(),
+        port: 4002,
+    };
+    let now = cluster.now;
+    let replica = cluster.replicas.get_mut(&1).unwrap();
+    let request = replica.submit_system(now, node_record_op(&record));
+    assert_eq!(cluster.run_until_answered(1, request), Reply::Ok);
+    let now = cluster.now;
+    let replica = cluster.replicas.get_mut(&1).unwrap();
+    let request = replica.submit_barrier(now, "USERS");
+    assert_eq!(cluster.run_until_answered(1, request), Reply::Ok);
+    let directory = directory::load(cluster.replicas[&1].engine.store()).unwrap();
+    assert_eq!(directory.get(&2), Some(&record));
+    let now = cluster.now;
+    let replica = cluster.replicas.get_mut(&1).unwrap();
+    let request = replica.submit_system(
+        now,
+        ClientOp::AddNode {
+            node: 2,
+            zone: "b".into(),
+        },
+    );
+    assert_eq!(cluster.run_until_answered(1, request), Reply::Ok);
+    assert!(cluster.replicas[&1].node().config().members().contains(2));
+}

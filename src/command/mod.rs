@@ -4,6 +4,7 @@
 //! writers therefore reach RocksDB together and share WAL syncs.
 
 mod cluster_info;
+mod clustered;
 mod keys;
 pub mod write;
 
@@ -82,6 +83,8 @@ pub struct Engine {
     store: Arc<Store>,
     node: NodeIdentity,
     started: Instant,
+    /// Set when the node runs as part of a cluster: commands then go through consensus.
+    cluster: std::sync::OnceLock<crate::cluster::runtime::ClusterHandle>,
 }
 
 impl Engine {
@@ -97,7 +100,17 @@ impl Engine {
             store,
             node,
             started: Instant::now(),
+            cluster: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Routes every later command through the cluster runtime.
+    pub fn attach_cluster(&self, cluster: crate::cluster::runtime::ClusterHandle) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&crate::cluster::runtime::ClusterHandle> {
+        self.cluster.get()
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -151,6 +164,15 @@ impl Engine {
         } = &command
         {
             tracing::info!(target: "atlas::audit", key = %key, recorded_principal = %recorded, "KEY PUT");
+        }
+        if let Some(cluster) = self.cluster.get() {
+            let result = self
+                .execute_clustered(cluster, principal, command, blob)
+                .await;
+            if let Err(CommandError::Storage(inner)) = &result {
+                tracing::error!(error = %inner, "storage failure");
+            }
+            return result;
         }
         let result = match command {
             Command::Get(key) => {

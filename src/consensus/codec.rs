@@ -7,8 +7,9 @@ use super::command::{Command, CommandOp};
 /// The version of the wire and persistence encodings written by this build.
 pub const ENCODING_VERSION: u8 = 1;
 
-/// Longest sequence or byte string accepted when decoding (guards allocations).
-const MAX_LEN: usize = 64 * 1024 * 1024;
+/// Longest sequence or byte string accepted when decoding (guards allocations): room for a
+/// write carrying the largest configurable blob (128 MiB by default) plus its framing.
+const MAX_LEN: usize = 160 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -96,6 +97,10 @@ impl Writer {
                 self.u64(*node);
             }
             CommandOp::LeaveJoint => self.u8(5),
+            CommandOp::Seal { epoch } => {
+                self.u8(6);
+                self.u64(*epoch);
+            }
         }
     }
 
@@ -206,6 +211,7 @@ impl<'a> Reader<'a> {
             },
             4 => CommandOp::RemoveNode { node: self.u64()? },
             5 => CommandOp::LeaveJoint,
+            6 => CommandOp::Seal { epoch: self.u64()? },
             tag => {
                 return Err(CodecError::UnknownTag {
                     what: "command",

@@ -89,9 +89,21 @@ pub enum CommandOp {
     /// Ends the joint configuration a committed `AddNode`/`RemoveNode` entered: the new
     /// membership becomes the only one. Proposed by the owner of the `atlas` group.
     LeaveJoint,
+    /// Proposed by an owner whose phase 1 ran under configuration `epoch` (not joint) with a
+    /// Q1 of every earlier configuration, once what that phase 1 found is committed: from
+    /// then on the group's chosen values are all known to that configuration's quorums, so
+    /// later phase 1s need no Q1 of configurations that ended before `epoch`. A no-op for
+    /// the state machine.
+    Seal { epoch: u64 },
 }
 
 impl CommandOp {
+    /// Whether a second copy of this entry (same command id) is skipped when applied: true
+    /// for client commands; no-ops and seals carry no client's id.
+    pub fn is_deduplicated(&self) -> bool {
+        !matches!(self, CommandOp::Noop | CommandOp::Seal { .. })
+    }
+
     /// Whether the entry changes the configuration when applied in the `atlas` group.
     pub fn is_config_change(&self) -> bool {
         matches!(

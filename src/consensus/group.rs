@@ -156,6 +156,9 @@ pub struct Group {
     /// No phase 1 before this (random back-off after a lost contest).
     pub(super) not_before: u64,
     last_catch_up: u64,
+    /// The highest configuration epoch this group is known sealed at (see `CommandOp::Seal`):
+    /// from an accepted or committed seal entry.
+    pub(super) sealed: u64,
 }
 
 impl Group {
@@ -171,6 +174,7 @@ impl Group {
             last_heard: 0,
             not_before: 0,
             last_catch_up: 0,
+            sealed: 0,
         }
     }
 
@@ -205,8 +209,9 @@ impl Group {
                 token,
                 applied,
                 accepted,
+                sealed,
                 ..
-            } => self.on_promise(ctx, from, ballot, token, applied, accepted),
+            } => self.on_promise(ctx, from, ballot, token, applied, accepted, sealed),
             Message::Accept {
                 ballot,
                 entries,
@@ -359,6 +364,7 @@ impl Group {
                         token,
                         applied,
                         accepted,
+                        sealed: self.sealed,
                     },
                 );
             }
@@ -384,6 +390,7 @@ impl Group {
         }
         let mut slots = Vec::with_capacity(entries.len());
         for entry in entries {
+            self.note_seal(&entry.command);
             // An applied slot is committed; its value cannot differ, so it is acknowledged.
             if entry.slot > self.log.applied() {
                 match self.acceptor.accept(ballot, entry.slot, &entry.command) {
@@ -443,6 +450,7 @@ impl Group {
         };
         self.acceptor.forget_through(last);
         for (slot, command, duplicate) in applicable {
+            self.note_seal(&command);
             self.on_applied(ctx, slot, &command);
             if self.name == SYSTEM_GROUP && !duplicate {
                 ctx.membership_changes.push(command.op.clone());
@@ -453,6 +461,12 @@ impl Group {
                 command,
                 duplicate,
             });
+        }
+    }
+
+    fn note_seal(&mut self, command: &Command) {
+        if let CommandOp::Seal { epoch } = command.op {
+            self.sealed = self.sealed.max(epoch);
         }
     }
 

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::ballot::{CommandId, Slot};
-use super::command::{Command, CommandOp};
+use super::command::Command;
 
 #[derive(Debug, Clone, Default)]
 pub struct Log {
@@ -22,7 +22,7 @@ impl Log {
     pub fn restore(committed: BTreeMap<Slot, Command>, applied: Slot) -> Log {
         let applied_ids = committed
             .range(..=applied)
-            .filter(|(_, c)| c.op != CommandOp::Noop)
+            .filter(|(_, c)| c.op.is_deduplicated())
             .map(|(_, c)| c.id)
             .collect();
         let known = committed
@@ -89,7 +89,7 @@ impl Log {
         let mut out = Vec::new();
         while let Some(command) = self.committed.get(&(self.applied + 1)) {
             self.applied += 1;
-            let duplicate = command.op != CommandOp::Noop && !self.applied_ids.insert(command.id);
+            let duplicate = command.op.is_deduplicated() && !self.applied_ids.insert(command.id);
             out.push((self.applied, command.clone(), duplicate));
         }
         out
@@ -112,6 +112,7 @@ impl Log {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consensus::command::CommandOp;
 
     fn put(seq: u64) -> Command {
         Command {

@@ -84,11 +84,12 @@ pub struct Config {
     /// While joint: the membership being moved to. Quorums must then be quorums of both.
     pub next: Option<Membership>,
     /// Every membership that was in force before `current` (the bootstrap one first, no
-    /// repeats, none equal to `current`). Phase 1 of every group needs a Q1 of each
-    /// of them too: a change copies no group's state to the new members, so a value chosen
-    /// under an old membership is held only by that membership's Q2 (accepted or applied),
-    /// however many changes ago (see `docs/consensus.md`).
-    pub past: Vec<Membership>,
+    /// repeats, none equal to `current`), with the last epoch it was in force. Phase 1 of a
+    /// group needs a Q1 of each of them that was in force at or after the group's seal epoch
+    /// too: a change copies no group's state to the new members, so a value chosen under an
+    /// old membership is held only by that membership's Q2 (accepted or applied) until the
+    /// group is sealed under a later one (see `CommandOp::Seal` and `docs/consensus.md`).
+    pub past: Vec<(Membership, u64)>,
 }
 
 impl Config {
@@ -143,11 +144,14 @@ impl Config {
             CommandOp::LeaveJoint => match self.next.take() {
                 Some(next) => {
                     let old = std::mem::replace(&mut self.current, next);
-                    if !self.past.contains(&old) {
-                        self.past.push(old);
+                    // `old` was in force through this (joint) epoch.
+                    let last = self.epoch;
+                    match self.past.iter_mut().find(|(m, _)| *m == old) {
+                        Some(entry) => entry.1 = entry.1.max(last),
+                        None => self.past.push((old, last)),
                     }
                     let current = &self.current;
-                    self.past.retain(|m| m != current);
+                    self.past.retain(|(m, _)| m != current);
                     self.epoch += 1;
                     true
                 }
@@ -184,8 +188,10 @@ mod tests {
         assert_eq!(c.epoch, 4);
         // Every earlier membership is kept for phase 1, not only the last one.
         assert_eq!(c.past.len(), 2);
-        assert!(c.past[0].contains(1) && !c.past[0].contains(2));
-        assert!(c.past[1].contains(1) && c.past[1].contains(2));
+        assert!(c.past[0].0.contains(1) && !c.past[0].0.contains(2));
+        assert!(c.past[1].0.contains(1) && c.past[1].0.contains(2));
+        // Each remembers the last epoch it was in force (the joint epoch that left it).
+        assert_eq!((c.past[0].1, c.past[1].1), (1, 3));
         // Going back to an earlier membership does not keep it twice.
         assert!(c.apply(&CommandOp::AddNode {
             node: 1,
@@ -194,7 +200,7 @@ mod tests {
         assert_eq!(c.past.len(), 2, "still listed while joint");
         assert!(c.apply(&CommandOp::LeaveJoint));
         assert_eq!(c.past.len(), 2);
-        assert!(c.past.iter().all(|m| *m != c.current));
+        assert!(c.past.iter().all(|(m, _)| *m != c.current));
     }
 
     #[test]

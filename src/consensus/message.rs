@@ -55,6 +55,8 @@ pub enum Message {
         token: u64,
         applied: Slot,
         accepted: Vec<AcceptedEntry>,
+        /// The configuration epoch the acceptor knows the group sealed at (0: never).
+        sealed: u64,
     },
     /// Phase 2a, batched.
     Accept {
@@ -249,6 +251,7 @@ fn write_message(w: &mut Writer, m: &Message) {
             token,
             applied,
             accepted,
+            sealed,
         } => {
             w.u8(2);
             w.str(group);
@@ -260,6 +263,7 @@ fn write_message(w: &mut Writer, m: &Message) {
                 w.ballot(e.ballot);
                 w.command(&e.command);
             });
+            w.u64(*sealed);
         }
         Message::Accept {
             group,
@@ -403,6 +407,7 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, CodecError> {
                     command: r.command()?,
                 })
             })?,
+            sealed: r.u64()?,
         },
         3 => Message::Accept {
             group,

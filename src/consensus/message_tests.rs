@@ -31,6 +31,7 @@ fn samples() -> Vec<Message> {
                 ballot: Ballot::new(2, 1),
                 command: cmd.clone(),
             }],
+            sealed: 3,
         },
         Message::Accept {
             group: g.clone(),
@@ -77,6 +78,16 @@ fn samples() -> Vec<Message> {
                 command: Command {
                     id,
                     op: CommandOp::LeaveJoint,
+                },
+            }],
+        },
+        Message::CatchUpReply {
+            group: g.clone(),
+            entries: vec![SlotEntry {
+                slot: 4,
+                command: Command {
+                    id,
+                    op: CommandOp::Seal { epoch: 6 },
                 },
             }],
         },

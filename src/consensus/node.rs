@@ -135,12 +135,23 @@ impl Node {
                 // Replayed as they were applied: a retried command's second copy is skipped.
                 let mut seen = std::collections::BTreeSet::new();
                 for command in g.log.range(..=g.applied).map(|(_, c)| c) {
-                    if command.op != CommandOp::Noop && !seen.insert(command.id) {
+                    if command.op.is_deduplicated() && !seen.insert(command.id) {
                         continue;
                     }
                     node.membership_changes.push(command.op.clone());
                 }
             }
+            // The seal epoch is derived from the entries it was accepted or committed in.
+            let sealed = g
+                .log
+                .values()
+                .chain(g.accepted.values().map(|(_, c)| c))
+                .filter_map(|c| match c.op {
+                    CommandOp::Seal { epoch } => Some(epoch),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
             let accepted = g
                 .accepted
                 .into_iter()
@@ -148,8 +159,9 @@ impl Node {
                 .collect();
             let acceptor = Acceptor::restore(g.promised, accepted);
             let log = Log::restore(g.log, g.applied);
-            node.groups
-                .insert(name.clone(), Group::new(name, acceptor, log));
+            let mut group = Group::new(name.clone(), acceptor, log);
+            group.sealed = sealed;
+            node.groups.insert(name, group);
         }
         node.fold_membership();
         node
@@ -198,6 +210,11 @@ impl Node {
 
     pub fn owner_hint(&self, group: &str) -> Option<NodeId> {
         self.groups.get(group).and_then(|g| g.owner_hint())
+    }
+
+    /// The highest ballot this node has seen for the group (the owner's, as far as it knows).
+    pub fn ballot(&self, group: &str) -> Option<Ballot> {
+        self.groups.get(group).map(|g| g.seen)
     }
 
     pub fn applied(&self, group: &str) -> Slot {
@@ -488,7 +505,7 @@ impl Node {
                 .config
                 .past
                 .iter()
-                .map(|m| QuorumSystem::new(m, t))
+                .map(|(m, last)| (QuorumSystem::new(m, t), *last))
                 .collect(),
         };
         self.membership = self.config.members();

@@ -97,6 +97,7 @@ fn phase1_reproposes_the_highest_ballot_per_slot_and_fills_holes() {
         token: 0,
         applied: 0,
         accepted,
+        sealed: 0,
     };
     node.step(1, 2, promise);
     assert!(node.is_owner("users"));
@@ -171,6 +172,7 @@ fn a_deposed_owner_never_acknowledges_a_write_it_did_not_commit() {
         token: 0,
         applied: 0,
         accepted: vec![],
+        sealed: 0,
     };
     node.step(1, 2, promise);
     let proposed = accepts_to(&node.take_ready(), 2);
@@ -377,6 +379,7 @@ fn concurrent_steals_break_ties_on_zone_then_node() {
             token: 0,
             applied: 0,
             accepted: vec![],
+            sealed: 0,
         },
     );
     assert!(!other.is_owner("users"));

@@ -25,6 +25,8 @@ pub struct Preparing {
     handoff_from: Option<Ballot>,
     /// Per acceptor: how far it applied, and its accepted-but-uncommitted entries.
     promises: BTreeMap<NodeId, (Slot, Vec<AcceptedEntry>)>,
+    /// The highest seal epoch a promise reported.
+    sealed: u64,
 }
 
 /// Who waits for a slot: the node that forwarded the request (maybe this one).
@@ -57,6 +59,8 @@ pub struct Leader {
     /// Membership changes that wait for the one under way (owner of `atlas` only): one
     /// change at a time, in arrival order.
     parked: Vec<(Waiter, ClientOp)>,
+    /// The epoch this owner proposed a seal for.
+    sealing: Option<u64>,
 }
 
 impl Leader {
@@ -122,6 +126,7 @@ impl Group {
             last_sent: ctx.now,
             handoff_from,
             promises: BTreeMap::new(),
+            sealed: 0,
         });
         let group = self.name.clone();
         ctx.broadcast(Message::Prepare {
@@ -153,6 +158,7 @@ impl Group {
         token: u64,
         applied: Slot,
         accepted: Vec<AcceptedEntry>,
+        sealed: u64,
     ) {
         let Role::Preparing(p) = &mut self.role else {
             return;
@@ -162,8 +168,12 @@ impl Group {
         }
         let _ = token;
         p.promises.insert(from, (applied, accepted));
+        p.sealed = p.sealed.max(sealed);
         let promised: BTreeSet<NodeId> = p.promises.keys().copied().collect();
-        if ctx.quorums.is_q1(&promised) {
+        // A seal reported by any promiser is real: only an owner whose recovery under that
+        // epoch was committed proposes one, and a Q1 of the sealing configuration meets the
+        // Q2 that accepted it.
+        if ctx.quorums.is_q1_sealed(&promised, p.sealed) {
             let Role::Preparing(p) = std::mem::replace(&mut self.role, Role::Follower) else {
                 return;
             };
@@ -216,6 +226,7 @@ impl Group {
             last_renew: ctx.now,
             access: AccessWindow::starting(ctx.now),
             parked: Vec::new(),
+            sealing: None,
         }));
         self.log.note_known(caught);
         if self.log.applied() < caught && caught_by != ctx.id {
@@ -526,6 +537,32 @@ impl Group {
         self.flush(ctx);
     }
 
+    /// Seals the group under the configuration in force once this owner's recovery is
+    /// committed (see `CommandOp::Seal`). Never while joint; never needed at epoch 0.
+    fn seal(&mut self, ctx: &mut Ctx<'_>) {
+        if ctx.quorums.is_joint() || self.sealed >= ctx.epoch {
+            return;
+        }
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        if l.sealing == Some(ctx.epoch) || self.log.applied() < l.recovery_end {
+            return;
+        }
+        l.sealing = Some(ctx.epoch);
+        let slot = l.next_slot;
+        l.next_slot += 1;
+        let command = Command {
+            id: CommandId {
+                origin: ctx.id,
+                seq: FILLER_SEQ,
+            },
+            op: CommandOp::Seal { epoch: ctx.epoch },
+        };
+        self.propose_at(ctx, slot, command, None);
+        self.flush(ctx);
+    }
+
     /// The owner handed the group to this node.
     pub(super) fn on_handoff(&mut self, ctx: &mut Ctx<'_>, released: Ballot) {
         if released >= self.seen && !self.is_leading() {
@@ -617,6 +654,7 @@ impl Group {
                 if self.name == SYSTEM_GROUP {
                     self.drive_config(ctx);
                 }
+                self.seal(ctx);
                 if renew {
                     self.renew_lease(ctx);
                 }

@@ -113,9 +113,10 @@ impl QuorumSystem {
 pub struct JointQuorums {
     pub current: QuorumSystem,
     pub next: Option<QuorumSystem>,
-    /// Every configuration in force before `current` (`Config::past`): phase 1 needs a Q1
-    /// of each of them as well.
-    pub past: Vec<QuorumSystem>,
+    /// Every configuration in force before `current` (`Config::past`), with the last epoch
+    /// it was in force: phase 1 needs a Q1 of each of them as well, unless the group was
+    /// sealed after it ended.
+    pub past: Vec<(QuorumSystem, u64)>,
 }
 
 impl JointQuorums {
@@ -135,9 +136,19 @@ impl JointQuorums {
     /// one, the next while joint, and every earlier one: a membership change copies no
     /// group's state to new members, so only the Q2 that chose a value holds it).
     pub fn is_q1(&self, set: &BTreeSet<NodeId>) -> bool {
+        self.is_q1_sealed(set, 0)
+    }
+
+    /// Phase 1 of a group sealed at epoch `sealed`: configurations that ended before it
+    /// hold nothing the sealed configuration's quorums do not.
+    pub fn is_q1_sealed(&self, set: &BTreeSet<NodeId>, sealed: u64) -> bool {
         self.current.is_q1(set)
             && self.next.as_ref().is_none_or(|n| n.is_q1(set))
-            && self.past.iter().all(|p| p.is_q1(set))
+            && self
+                .past
+                .iter()
+                .filter(|(_, last)| *last >= sealed)
+                .all(|(p, _)| p.is_q1(set))
     }
 
     pub fn is_q2(&self, set: &BTreeSet<NodeId>) -> bool {
@@ -299,10 +310,13 @@ mod tests {
         let after = JointQuorums {
             current: qn.clone(),
             next: None,
-            past: vec![qo.clone()],
+            past: vec![(qo.clone(), 1)],
         };
         assert!(!after.is_q1(&set(&[1, 4])) && after.is_q1(&set(&[1, 2, 4])));
         assert!(after.is_q2(&set(&[4])));
+        // Once the group is sealed under the new configuration (epoch 2), it does not.
+        assert!(after.is_q1_sealed(&set(&[1, 4]), 2));
+        assert!(!after.is_q1_sealed(&set(&[1, 4]), 1));
     }
 
     /// The shape of simulator seed 1,554: a value chosen under the bootstrap 3×3 grid by a Q2
@@ -334,10 +348,13 @@ mod tests {
         let all = JointQuorums {
             current: q(&c2),
             next: Some(q(&c3)),
-            past: vec![q(&c0), q(&c1)],
+            past: vec![(q(&c0), 1), (q(&c1), 3)],
         };
         assert!(!all.is_q1(&stale));
         assert!(all.is_q1(&set(&[1, 4, 102])));
+        // Sealed under c1 (epoch 2): c0's quorums are no longer needed, c1's still are.
+        assert!(!all.is_q1_sealed(&stale, 2));
+        assert!(all.is_q1_sealed(&set(&[1, 101, 102, 4]), 2) || !q(&c1).is_q1(&set(&[1, 101, 102, 4])));
     }
 
     proptest! {

@@ -1,0 +1,544 @@
+//! Atlas as a cluster member inside Pingora: joining over HTTPS before the server starts, the
+//! join endpoint a member serves, the HTTP/2 transport of consensus messages (one queue and
+//! one pooled h2 connection per peer; batches of messages per POST), health pings, and the
+//! test-only fault layer that cuts a node off from chosen peers.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use atlas::AtlasConfig;
+use atlas::cluster::directory::NodeRecord;
+use atlas::cluster::envelope::Envelope;
+use atlas::cluster::identity::{BootstrapMember, ClusterIdentity};
+use atlas::cluster::runtime::{ClusterHandle, PingFuture, Transport};
+use atlas::config::TlsConfig;
+use atlas::consensus::{ClientOp, Message, NodeId};
+use atlas::protocol::Reply;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::http::{HttpReply, JOIN_PATH, TRANSPORT_PATH};
+use crate::peer_client::{PeerClient, PeerClientOptions};
+
+/// How long a joining node keeps trying to reach its seed before giving up.
+const JOIN_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a member waits for a join to be committed.
+const JOIN_COMMIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A consensus POST (which may carry a blob) must finish within this.
+const TRANSPORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A health ping must answer within this.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bytes of encoded messages put in one POST before it is sent.
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The id this node had before (a restart), if any.
+    #[serde(default)]
+    pub node_id: Option<NodeId>,
+    pub region: String,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinAnswer {
+    pub node_id: NodeId,
+    pub bootstrap: Vec<BootstrapMember>,
+    pub nodes: Vec<NodeRecord>,
+    /// With `tls: internal`: the cluster CA, so every node's certificate verifies against it.
+    #[serde(default)]
+    pub ca_cert: Option<String>,
+    #[serde(default)]
+    pub ca_key: Option<String>,
+}
+
+/// The CA file that verifies peers: the cluster CA of `tls: internal`, else `peer_ca`.
+pub fn peer_ca_file(config: &AtlasConfig) -> String {
+    match (&config.tls, &config.peer_ca) {
+        (TlsConfig::Internal, _) => crate::tls::ca_cert_path(config).display().to_string(),
+        (_, Some(ca)) => ca.display().to_string(),
+        (_, None) => String::new(),
+    }
+}
+
+fn this_node_request(config: &AtlasConfig, node_id: Option<NodeId>) -> JoinRequest {
+    let (host, port) = config.advertised_host_port();
+    JoinRequest {
+        node_id,
+        region: config.region.clone(),
+        host,
+        port,
+    }
+}
+
+/// Splits `https://host:port[/]` into the address to dial and the name to verify.
+fn seed_address(url: &str) -> Result<(String, String), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("atlas.connect: `{url}` must start with https://"))?
+        .trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("atlas.connect: `{url}` needs a port (https://host:port)"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("atlas.connect: `{url}` has a bad port"))?;
+    let name = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    Ok((rest.to_string(), name))
+}
+
+/// Decides this node's cluster identity before the server starts. Without `credentials` the
+/// node is standalone (`None`). The first node of a cluster (no `connect`) founds it; a node
+/// with `connect` joins through the seed (and, restarted, re-joins with its stored id). A
+/// failed join is an error for the operator, except that a member whose seed is unreachable
+/// starts from what it stored.
+pub fn prepare_identity(config: &AtlasConfig) -> Result<Option<ClusterIdentity>, String> {
+    if config.credentials.is_none() {
+        return Ok(None);
+    }
+    let stored = ClusterIdentity::load(&config.data_dir)?;
+    let Some(seed) = &config.connect else {
+        let identity = match stored {
+            Some(identity) => identity,
+            None => {
+                let identity = ClusterIdentity::founder(&config.region);
+                identity.save(&config.data_dir)?;
+                tracing::info!("founded a new cluster as node 1");
+                identity
+            }
+        };
+        return Ok(Some(identity));
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the join: {e}"))?;
+    let answer = runtime.block_on(join(config, seed, stored.as_ref().map(|s| s.node_id)));
+    match answer {
+        Ok(answer) => {
+            if let (TlsConfig::Internal, Some(cert), Some(key)) =
+                (&config.tls, &answer.ca_cert, &answer.ca_key)
+            {
+                crate::tls::adopt_cluster_ca(config, cert, key).map_err(|e| e.to_string())?;
+            }
+            let identity = ClusterIdentity {
+                node_id: answer.node_id,
+                bootstrap: answer.bootstrap,
+                nodes: answer.nodes,
+            };
+            identity.save(&config.data_dir)?;
+            tracing::info!(node_id = identity.node_id, seed = %seed, "joined the cluster");
+            Ok(Some(identity))
+        }
+        Err(JoinFailure::Unreachable(e)) if stored.is_some() => {
+            tracing::warn!(error = %e, "the seed is unreachable; starting as the stored member");
+            Ok(stored)
+        }
+        Err(JoinFailure::Unreachable(e) | JoinFailure::Refused(e)) => Err(e),
+    }
+}
+
+enum JoinFailure {
+    /// Nothing answered (worth retrying, or starting from stored state).
+    Unreachable(String),
+    /// The seed answered no, or could not be verified.
+    Refused(String),
+}
+
+async fn join(
+    config: &AtlasConfig,
+    seed: &str,
+    node_id: Option<NodeId>,
+) -> Result<JoinAnswer, JoinFailure> {
+    let (addr, name) = seed_address(seed).map_err(JoinFailure::Refused)?;
+    let ca_file = config
+        .peer_ca
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .ok_or_else(|| JoinFailure::Refused("atlas.peer_ca: required with atlas.connect".into()))?;
+    if let Err(e) = std::fs::metadata(&ca_file) {
+        return Err(JoinFailure::Refused(format!(
+            "atlas.peer_ca: cannot read {ca_file}: {e}"
+        )));
+    }
+    let client = PeerClient::new(PeerClientOptions {
+        ca_file,
+        credentials: config.credentials.clone().unwrap_or_default(),
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: JOIN_COMMIT_TIMEOUT + Duration::from_secs(10),
+        client_cert_key: None,
+    });
+    let body = serde_json::to_vec(&this_node_request(config, node_id)).unwrap_or_default();
+    let deadline = Instant::now() + JOIN_PATIENCE;
+    loop {
+        match client
+            .post(&addr, &name, JOIN_PATH, Bytes::from(body.clone()))
+            .await
+        {
+            Ok(response) if response.status == 200 => {
+                return serde_json::from_slice(&response.body).map_err(|e| {
+                    JoinFailure::Refused(format!("the seed's join answer does not parse: {e}"))
+                });
+            }
+            Ok(response) if response.status == 401 => {
+                return Err(JoinFailure::Refused(format!(
+                    "the seed {seed} refused the cluster credentials (atlas.credentials)"
+                )));
+            }
+            Ok(response) => {
+                let message = String::from_utf8_lossy(&response.body).into_owned();
+                if response.status == 503 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                return Err(JoinFailure::Refused(format!(
+                    "the seed {seed} refused the join ({}): {message}",
+                    response.status
+                )));
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if is_tls_failure(&e) {
+                    return Err(JoinFailure::Refused(format!(
+                        "cannot verify the seed {seed} with atlas.peer_ca: {text}"
+                    )));
+                }
+                if Instant::now() >= deadline {
+                    return Err(JoinFailure::Unreachable(format!(
+                        "cannot reach the seed {seed}: {text}"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+fn is_tls_failure(e: &pingora::Error) -> bool {
+    use pingora::ErrorType;
+    matches!(
+        e.etype(),
+        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError
+    ) || e.to_string().to_ascii_lowercase().contains("certificate")
+}
+
+/// `POST /atlas/v1/join` on a member: commits the new node's record, then the node itself,
+/// and answers with its id, the membership the cluster started from and the directory.
+pub async fn serve_join(
+    cluster: &ClusterHandle,
+    engine: &atlas::Engine,
+    tls_dir: Option<&std::path::Path>,
+    joins: &tokio::sync::Mutex<()>,
+    body: &[u8],
+) -> HttpReply {
+    let request: JoinRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return HttpReply::error(400, "bad_request", &format!("join request: {e}")),
+    };
+    if request.region.trim().is_empty() || request.region.contains(char::is_whitespace) {
+        return HttpReply::error(400, "bad_request", "region: must be a non-empty word");
+    }
+    if request.host.is_empty() || request.host.contains(char::is_whitespace) || request.port == 0
+    {
+        return HttpReply::error(400, "bad_request", "host/port: not an address");
+    }
+    // One join at a time through this member, so ids are not handed out twice here.
+    let _guard = joins.lock().await;
+    let view = cluster.view();
+    let same_address = view
+        .directory
+        .values()
+        .find(|r| r.host == request.host && r.port == request.port)
+        .cloned();
+    let id = match (&same_address, request.node_id) {
+        (Some(existing), Some(id)) if existing.id == id => id,
+        (Some(existing), _) => {
+            return HttpReply::error(
+                409,
+                "conflict",
+                &format!(
+                    "address {}:{} already belongs to node {}",
+                    request.host, request.port, existing.id
+                ),
+            );
+        }
+        (None, Some(id)) => {
+            if let Some(other) = view.directory.get(&id) {
+                return HttpReply::error(
+                    409,
+                    "conflict",
+                    &format!("node {id} is registered at {}", other.address()),
+                );
+            }
+            id
+        }
+        (None, None) => {
+            view.members
+                .nodes()
+                .chain(view.directory.keys().copied())
+                .max()
+                .unwrap_or(0)
+                + 1
+        }
+    };
+    let record = NodeRecord {
+        id,
+        region: request.region.clone(),
+        host: request.host.clone(),
+        port: request.port,
+    };
+    if same_address.is_none() {
+        let reply = cluster.record_node(&record).await;
+        if reply != Reply::Ok {
+            return HttpReply::error(503, "unavailable", &format!("join not committed: {reply:?}"));
+        }
+    }
+    // The change is not awaited: once applied, the configuration is joint, and the owner of
+    // `atlas` runs phase 1 again with quorums that include the new node, which is still
+    // waiting for this answer. So the answer goes out as soon as the node is a member.
+    let deadline = Instant::now() + JOIN_COMMIT_TIMEOUT;
+    let mut proposal: Option<tokio::task::JoinHandle<Reply>> = None;
+    loop {
+        let view = cluster.view();
+        if view.members.contains(id) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return HttpReply::error(
+                503,
+                "unavailable",
+                "the membership change did not commit in time; retry the join",
+            );
+        }
+        let idle = proposal.as_ref().is_none_or(|p| p.is_finished());
+        if idle && !view.joint {
+            let cluster = cluster.clone();
+            let op = ClientOp::AddNode {
+                node: id,
+                zone: request.region.clone(),
+            };
+            proposal = Some(tokio::spawn(async move { cluster.system(op).await }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let view = cluster.view();
+    let mut nodes: Vec<NodeRecord> = view.directory.values().cloned().collect();
+    if !nodes.iter().any(|n| n.id == engine.node().id) {
+        let me = engine.node();
+        nodes.push(NodeRecord {
+            id: me.id,
+            region: me.region.clone(),
+            host: me.host.clone(),
+            port: me.port,
+        });
+    }
+    let (ca_cert, ca_key) = match tls_dir {
+        Some(dir) => (
+            std::fs::read_to_string(dir.join("ca.crt")).ok(),
+            std::fs::read_to_string(dir.join("ca.key")).ok(),
+        ),
+        None => (None, None),
+    };
+    tracing::info!(node = id, region = %request.region, addr = %record.address(), "node joined");
+    let answer = JoinAnswer {
+        node_id: id,
+        bootstrap: bootstrap_of(cluster),
+        nodes,
+        ca_cert,
+        ca_key,
+    };
+    HttpReply::json(200, serde_json::to_value(answer).unwrap_or_default())
+}
+
+fn bootstrap_of(cluster: &ClusterHandle) -> Vec<BootstrapMember> {
+    let bootstrap = cluster.bootstrap();
+    bootstrap
+        .nodes()
+        .map(|id| BootstrapMember {
+            id,
+            region: bootstrap.zone_of(id).cloned().unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// `POST /atlas/v1/consensus`: messages from a peer (an empty batch is a ping).
+pub fn serve_transport(cluster: &ClusterHandle, faults: &Faults, body: &[u8]) -> HttpReply {
+    let envelope = match Envelope::decode(body) {
+        Ok(e) => e,
+        Err(e) => {
+            return HttpReply::error(400, "bad_message", &format!("consensus message: {e}"));
+        }
+    };
+    if faults.blocks(envelope.from) {
+        return HttpReply::error(503, "partitioned", "fault injection drops this peer");
+    }
+    crate::metrics::metrics()
+        .consensus_messages_received
+        .inc_by(envelope.messages.len() as u64);
+    cluster.deliver(envelope.from, envelope.messages);
+    HttpReply {
+        status: 204,
+        content_type: crate::metrics::TEXT_CONTENT_TYPE,
+        body: Vec::new(),
+        extra_headers: Vec::new(),
+    }
+}
+
+/// The test-only fault layer: peers this node neither sends to nor accepts from.
+#[derive(Default)]
+pub struct Faults {
+    blocked: Mutex<BTreeSet<NodeId>>,
+}
+
+impl Faults {
+    pub fn blocks(&self, peer: NodeId) -> bool {
+        self.blocked
+            .lock()
+            .map(|b| b.contains(&peer))
+            .unwrap_or(false)
+    }
+
+    pub fn set(&self, peers: BTreeSet<NodeId>) {
+        if let Ok(mut b) = self.blocked.lock() {
+            *b = peers;
+        }
+    }
+}
+
+/// The consensus transport over HTTP/2.
+pub struct HttpTransport {
+    me: NodeId,
+    client: Arc<PeerClient>,
+    queues: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Vec<Message>>>>,
+    runtime: tokio::runtime::Handle,
+    faults: Arc<Faults>,
+}
+
+impl HttpTransport {
+    pub fn new(config: &AtlasConfig, me: NodeId, faults: Arc<Faults>) -> Arc<HttpTransport> {
+        let client = PeerClient::new(PeerClientOptions {
+            ca_file: peer_ca_file(config),
+            credentials: config.credentials.clone().unwrap_or_default(),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: TRANSPORT_TIMEOUT,
+            client_cert_key: None,
+        });
+        Arc::new(HttpTransport {
+            me,
+            client: Arc::new(client),
+            queues: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
+            faults,
+        })
+    }
+}
+
+impl Transport for HttpTransport {
+    fn send(&self, to: &NodeRecord, messages: Vec<Message>) {
+        if self.faults.blocks(to.id) {
+            return;
+        }
+        let Ok(mut queues) = self.queues.lock() else {
+            return;
+        };
+        let queue = queues.entry(to.id).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.runtime.spawn(peer_sender(
+                self.me,
+                to.clone(),
+                self.client.clone(),
+                rx,
+            ));
+            tx
+        });
+        let _ = queue.send(messages);
+    }
+
+    fn ping(&self, to: &NodeRecord) -> PingFuture {
+        let client = self.client.clone();
+        let to = to.clone();
+        let me = self.me;
+        let blocked = self.faults.blocks(to.id);
+        Box::pin(async move {
+            if blocked {
+                return Err("partitioned by fault injection".to_string());
+            }
+            let body = Envelope {
+                from: me,
+                messages: Vec::new(),
+            }
+            .encode();
+            let started = Instant::now();
+            let address = to.address();
+            let post = client.post(&address, &to.host, TRANSPORT_PATH, Bytes::from(body));
+            match tokio::time::timeout(PING_TIMEOUT, post).await {
+                Ok(Ok(r)) if r.status == 204 => Ok(started.elapsed()),
+                Ok(Ok(r)) => Err(format!("answered {}", r.status)),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {PING_TIMEOUT:?}")),
+            }
+        })
+    }
+}
+
+/// Sends one peer's messages in order, batching whatever queued up while a POST was out.
+/// A failed POST is dropped: consensus re-sends what matters.
+async fn peer_sender(
+    me: NodeId,
+    to: NodeRecord,
+    client: Arc<PeerClient>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Message>>,
+) {
+    let address = to.address();
+    while let Some(mut messages) = rx.recv().await {
+        let mut size: usize = 0;
+        while size < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(more) => {
+                    size += more.len() * 64;
+                    messages.extend(more);
+                }
+                Err(_) => break,
+            }
+        }
+        let count = messages.len() as u64;
+        let body = Envelope { from: me, messages }.encode();
+        match client
+            .post(&address, &to.host, TRANSPORT_PATH, Bytes::from(body))
+            .await
+        {
+            Ok(r) if r.status == 204 => {
+                crate::metrics::metrics()
+                    .consensus_messages_sent
+                    .inc_by(count);
+            }
+            Ok(r) => tracing::debug!(peer = to.id, status = r.status, "peer refused messages"),
+            Err(e) => tracing::debug!(peer = to.id, error = %e, "sending to a peer failed"),
+        }
+    }
+}
+
+/// Pings every other known node every interval, feeding health and zone RTTs.
+pub async fn ping_loop(cluster: ClusterHandle, mut shutdown: pingora::server::ShutdownWatch) {
+    let interval = cluster.health_policy().ping_interval;
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = ticker.tick() => {}
+        }
+        let view = cluster.view();
+        for record in view.directory.values() {
+            if record.id == cluster.id() {
+                continue;
+            }
+            let cluster = cluster.clone();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let _ = cluster.ping(&record).await;
+            });
+        }
+    }
+}
