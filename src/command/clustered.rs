@@ -214,6 +214,9 @@ fn node_info(cluster: &ClusterHandle, id: &str, started: Instant) -> Result<Repl
     ];
     if node == cluster.id() {
         lines.push(format!("uptime_s={}", started.elapsed().as_secs()));
+        // The membership configuration this node has applied (joint while a change is on).
+        lines.push(format!("config_epoch={}", view.epoch));
+        lines.push(format!("joint={}", view.joint));
     }
     Ok(lines_reply(lines))
 }

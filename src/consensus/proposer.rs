@@ -588,7 +588,17 @@ impl Group {
     pub(super) fn tick(&mut self, ctx: &mut Ctx<'_>) {
         self.fill_gaps(ctx);
         match &mut self.role {
-            Role::Follower => {}
+            // A joint configuration must be left even when no client asks anything: if
+            // nobody has owned `atlas` for a while, take it (after any back-off) so its owner
+            // proposes `LeaveJoint`.
+            Role::Follower => {
+                if self.name == SYSTEM_GROUP
+                    && ctx.quorums.is_joint()
+                    && ctx.now >= self.last_heard.saturating_add(ctx.settings.suspect_ms)
+                {
+                    self.start_phase1(ctx, None);
+                }
+            }
             Role::Preparing(p) => {
                 if ctx.now >= p.started_at + 4 * ctx.settings.retry_ms {
                     self.role = Role::Follower;

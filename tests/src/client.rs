@@ -39,6 +39,22 @@ impl Client {
         Client::from_stream(stream)
     }
 
+    /// Like [`Client::connect_ready`], but a node that is down or stopped is an error.
+    pub fn try_connect_ready(path: &Path) -> io::Result<Client> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(READ_TIMEOUT))?;
+        stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+        let mut client = Client::from_stream(stream);
+        if client.try_read_line()? != WELCOME {
+            return Err(io::Error::other("no WELCOME"));
+        }
+        client.try_send(b"HELLO 1.0 test\r\n")?;
+        if client.try_read_line()? != "READY" {
+            return Err(io::Error::other("no READY"));
+        }
+        Ok(client)
+    }
+
     /// Connection after the handshake (`WELCOME` read, `HELLO 1.0 test` sent, `READY` read).
     pub fn connect_ready(path: &Path) -> Client {
         let mut client = Client::connect(path);

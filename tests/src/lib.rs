@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 mod client;
+pub mod cluster;
 pub mod https;
 
 use client::describe;
@@ -237,6 +238,10 @@ impl Node {
     /// Everything the server wrote to stderr (all runs in this directory).
     pub fn stderr_text(&self) -> String {
         fs::read_to_string(self.dir.join("atlas.stderr.log")).unwrap_or_default()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,229 @@
+//! Clusters of real processes on loopback: join over HTTPS, replication, failover under
+//! kill -9, SIGSTOP and partitions, late joiners; every history is checked for
+//! linearizability and no acknowledged write may be lost.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use atlas_tests::cluster::{
+    CREDENTIALS, History, TestCluster, Worker, acknowledged_writes, assert_linearizable,
+    final_reads, node_yaml, run_workload, signal, start_expecting_failure,
+};
+use atlas_tests::{Node, free_port};
+
+/// How long `SOAK_SECONDS` (set by `make soak`) stretches each nemesis phase.
+fn phase(default_ms: u64) -> Duration {
+    let scale = std::env::var("ATLAS_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(1, |s| (s / 10).max(1));
+    Duration::from_millis(default_ms * scale)
+}
+
+fn keys() -> Vec<String> {
+    ["acct.a", "acct.b", "acct.c", "cart.x", "cart.y"]
+        .iter()
+        .map(|k| k.to_string())
+        .collect()
+}
+
+fn workers(cluster: &TestCluster, keys: &[String]) -> Vec<Worker> {
+    (0..cluster.len())
+        .map(|i| Worker {
+            socket: cluster.nodes[i].socket_path(),
+            client_id: i as u64 + 1,
+            keys: keys.to_vec(),
+        })
+        .collect()
+}
+
+/// Starts the workload, runs `nemesis`, stops the workload, checks the history.
+fn with_workload(cluster: &mut TestCluster, nemesis: impl FnOnce(&mut TestCluster)) -> History {
+    let keys = keys();
+    let history = History::default();
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = run_workload(workers(cluster, &keys), history.clone(), epoch, stop.clone());
+    nemesis(cluster);
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().expect("worker");
+    }
+    final_reads(cluster, &keys, &history, epoch);
+    assert_linearizable(&history);
+    history
+}
+
+#[test]
+fn three_regions_replicate_and_survive_kill9_sigstop_and_partitions() {
+    let mut cluster = TestCluster::start(&["us", "eu", "ap"], "fz: 1\n");
+    // Every node serves every key, and reports the real cluster.
+    cluster.nodes[0].client().put("boot.a", "zero");
+    for node in &cluster.nodes {
+        assert_eq!(node.client().get("boot.a").as_deref(), Some("zero"));
+    }
+    let list = cluster.nodes[2].client().request_ok("NODE LIST");
+    assert_eq!(list.len(), 3, "{list:?}");
+    assert!(list.iter().all(|l| l.contains("status=ACTIVE")), "{list:?}");
+    assert!(
+        list.iter()
+            .any(|l| l.contains("region=eu") && l.contains(&format!("port={}", cluster.port(1)))),
+        "{list:?}"
+    );
+    let quorum = cluster.nodes[0].client().request_ok("QUORUM INFO acct");
+    assert_eq!(quorum[0], "Q1 size=2", "fn=1 fz=1 on 3×1: {quorum:?}");
+
+    let history = with_workload(&mut cluster, |cluster| {
+        thread::sleep(phase(1_500));
+        // kill -9 the owner of a busy table; the others take it over within seconds.
+        let owner = cluster.owner_of(0, "acct").unwrap_or(0);
+        cluster.nodes[owner].kill9();
+        thread::sleep(phase(2_500));
+        cluster.nodes[owner].restart();
+        thread::sleep(phase(1_000));
+        // SIGSTOP a node for longer than the failure detector's patience.
+        let stopped = (owner + 1) % 3;
+        signal(&cluster.nodes[stopped], libc::SIGSTOP);
+        thread::sleep(phase(2_000));
+        signal(&cluster.nodes[stopped], libc::SIGCONT);
+        thread::sleep(phase(1_000));
+        // Partition one node away, then heal.
+        let cut = (owner + 2) % 3;
+        cluster.isolate(cut, true);
+        thread::sleep(phase(2_000));
+        cluster.isolate(cut, false);
+        thread::sleep(phase(1_500));
+    });
+    assert!(
+        acknowledged_writes(&history) > 20,
+        "the workload barely ran: {} acknowledged writes",
+        acknowledged_writes(&history)
+    );
+
+    // A late joiner copies what is there and serves linearizable reads.
+    let late = cluster.add("eu");
+    let mut client = cluster.nodes[late].client();
+    assert_eq!(client.get("boot.a").as_deref(), Some("zero"));
+    let scan = client.request_ok("SCAN ACCT.");
+    assert!(scan.len() >= 2, "{scan:?}");
+}
+
+#[test]
+fn a_crashed_owner_is_replaced_and_rejoins_with_its_id() {
+    let mut cluster = TestCluster::start(&["a", "b", "c"], "fz: 1\n");
+    cluster.nodes[1].client().put("orders.1", "first");
+    let owner = cluster.owner_of(1, "orders").expect("an owner");
+    cluster.nodes[owner].kill9();
+    let other = (owner + 1) % 3;
+    let started = Instant::now();
+    cluster.nodes[other].client().put("orders.2", "second");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "takeover took {:?}",
+        started.elapsed()
+    );
+    // The report is refreshed every 100 ms: wait (bounded) for it to name the new owner.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.owner_of(other, "orders") == Some(owner) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let new_owner = cluster.owner_of(other, "orders").expect("a new owner");
+    assert_ne!(new_owner, owner);
+    cluster.nodes[owner].restart();
+    // The restarted node keeps its id (no new member) and catches up.
+    let list = cluster.nodes[owner].client().request_ok("NODE LIST");
+    assert_eq!(list.len(), 3, "{list:?}");
+    let mut client = cluster.nodes[owner].client();
+    assert_eq!(client.get("orders.2").as_deref(), Some("second"));
+    assert_eq!(client.get("orders.1").as_deref(), Some("first"));
+    let info = client.request_ok(&format!("NODE INFO {}", owner + 1));
+    assert!(info.contains(&format!("id={}", owner + 1)), "{info:?}");
+}
+
+#[test]
+fn three_zones_of_three_nodes_keep_serving_through_failures() {
+    let regions = ["z1", "z1", "z1", "z2", "z2", "z2", "z3", "z3", "z3"];
+    let mut cluster = TestCluster::start(&regions, "fn: 1\nfz: 0\n");
+    let quorum = cluster.nodes[0].client().request_ok("QUORUM INFO cart");
+    // fn=1 fz=0: Q1 = 2 nodes in each of 3 zones, Q2 = 2 nodes of the owner's zone.
+    assert_eq!(quorum[0], "Q1 size=6", "{quorum:?}");
+    assert!(quorum.contains(&"Q2 size=2".to_string()), "{quorum:?}");
+    let history = with_workload(&mut cluster, |cluster| {
+        thread::sleep(phase(1_500));
+        let owner = cluster.owner_of(0, "acct").unwrap_or(0);
+        cluster.nodes[owner].kill9();
+        thread::sleep(phase(3_000));
+        cluster.nodes[owner].restart();
+        thread::sleep(phase(1_000));
+        // A follower in another zone stops and comes back.
+        let follower = (owner + 4) % 9;
+        signal(&cluster.nodes[follower], libc::SIGSTOP);
+        thread::sleep(phase(1_500));
+        signal(&cluster.nodes[follower], libc::SIGCONT);
+        thread::sleep(phase(1_000));
+    });
+    assert!(acknowledged_writes(&history) > 10);
+}
+
+#[test]
+fn joins_with_wrong_credentials_an_unverified_seed_or_a_taken_address_are_refused() {
+    let cluster = TestCluster::start(&["a", "b"], "fz: 1\n");
+    let seed_port = cluster.port(0);
+    let seed_ca = cluster.nodes[0].ca_path();
+    let bound = Duration::from_secs(60);
+
+    let wrong = node_yaml(free_port(), "c", Some((seed_port, &seed_ca)), "")
+        .replace(CREDENTIALS, "not-the-cluster-secret");
+    let stderr = start_expecting_failure(&wrong, bound);
+    assert!(stderr.contains("refused the cluster credentials"), "{stderr}");
+
+    // A CA that did not sign the seed's certificate: the seed cannot be verified.
+    let stranger = Node::start();
+    let unverified = node_yaml(free_port(), "c", Some((seed_port, &stranger.ca_path())), "");
+    let stderr = start_expecting_failure(&unverified, bound);
+    assert!(stderr.contains("cannot verify the seed"), "{stderr}");
+
+    // A second node announcing node 2's address is refused.
+    let taken = node_yaml(
+        free_port(),
+        "c",
+        Some((seed_port, &seed_ca)),
+        &format!("advertise: 127.0.0.1:{}\n", cluster.port(1)),
+    );
+    let stderr = start_expecting_failure(&taken, bound);
+    assert!(stderr.contains("already belongs to node 2"), "{stderr}");
+
+    // The cluster is unchanged.
+    let list = cluster.nodes[0].client().request_ok("NODE LIST");
+    assert_eq!(list.len(), 2, "{list:?}");
+}
+
+#[test]
+fn blobs_acls_and_scans_replicate() {
+    let cluster = TestCluster::start(&["a", "b", "c"], "fz: 1\n");
+    let payload = atlas_tests::random_bytes(3 * 1024 * 1024, 7);
+    cluster.nodes[0].client().blob_set("files.big", &payload);
+    let got = cluster.nodes[2].client().blob_get("files.big").expect("blob");
+    atlas_tests::assert_same_bytes(&got, &payload, "blob read at another node");
+
+    let mut alice = cluster.nodes[1].client();
+    alice.request_ok("PRINCIPAL ASSUME alice");
+    alice.request_ok("ACL GRANT docs.plan alice PERMS OWNER");
+    alice.put("docs.plan", "v1");
+    let mut mallory = cluster.nodes[2].client();
+    mallory.request_ok("PRINCIPAL ASSUME mallory");
+    mallory.request_err("KEY PUT docs.plan evil", "ERROR WARN permission denied");
+    assert_eq!(mallory.get("docs.plan"), None, "hidden from mallory");
+
+    for i in 0..5 {
+        cluster.nodes[i % 3].client().put(&format!("inv.k{i}"), "x");
+    }
+    for node in &cluster.nodes {
+        let count = node.client().request_ok("COUNT INV");
+        assert_eq!(count, ["COUNT:5"], "COUNT at another node");
+        let scan = node.client().request_ok("SCAN INV");
+        assert_eq!(scan.len(), 6, "KEYS:5 and five keys: {scan:?}");
+    }
+}
