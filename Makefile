@@ -3,7 +3,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 ATLAS := $(TARGET_DIR)/release/atlas
 SEEDS ?= 100000
 
-.PHONY: run test deps test-deps build check fmt bench fuzz clean sim sim-seed
+.PHONY: run test deps test-deps build check fmt bench fuzz clean sim sim-seed soak
 
 # Build needs: cmake, clang/libclang, g++.
 deps:
@@ -28,6 +28,12 @@ test: build test-deps
 
 fmt:
 	cargo fmt --all
+
+# The real-process cluster tests with every nemesis phase stretched: SOAK_SECONDS=600 runs
+# each phase 60 times longer than in make test (histories still checked for linearizability).
+SOAK_SECONDS ?= 300
+soak: build test-deps
+	ATLAS_SOAK_SECONDS=$(SOAK_SECONDS) cargo test --release -p atlas-tests --test cluster -- --test-threads=1 --nocapture
 
 # Long deterministic-simulator sweeps of the consensus core (make test runs 2,000 seeds).
 # SEEDS seeds starting at FROM; FAULTS=heavy triples partitions and crashes. A failing seed

@@ -85,7 +85,10 @@ fn seed_address(url: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("atlas.connect: `{url}` needs a port (https://host:port)"))?;
     port.parse::<u16>()
         .map_err(|_| format!("atlas.connect: `{url}` has a bad port"))?;
-    let name = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let name = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     Ok((rest.to_string(), name))
 }
 
@@ -240,8 +243,7 @@ pub async fn serve_join(
     if request.region.trim().is_empty() || request.region.contains(char::is_whitespace) {
         return HttpReply::error(400, "bad_request", "region: must be a non-empty word");
     }
-    if request.host.is_empty() || request.host.contains(char::is_whitespace) || request.port == 0
-    {
+    if request.host.is_empty() || request.host.contains(char::is_whitespace) || request.port == 0 {
         return HttpReply::error(400, "bad_request", "host/port: not an address");
     }
     // One join at a time through this member, so ids are not handed out twice here.
@@ -292,7 +294,11 @@ pub async fn serve_join(
     if same_address.is_none() {
         let reply = cluster.record_node(&record).await;
         if reply != Reply::Ok {
-            return HttpReply::error(503, "unavailable", &format!("join not committed: {reply:?}"));
+            return HttpReply::error(
+                503,
+                "unavailable",
+                &format!("join not committed: {reply:?}"),
+            );
         }
     }
     // The change is not awaited: once applied, the configuration is joint, and the owner of
@@ -445,12 +451,8 @@ impl Transport for HttpTransport {
         };
         let queue = queues.entry(to.id).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            self.runtime.spawn(peer_sender(
-                self.me,
-                to.clone(),
-                self.client.clone(),
-                rx,
-            ));
+            self.runtime
+                .spawn(peer_sender(self.me, to.clone(), self.client.clone(), rx));
             tx
         });
         let _ = queue.send(messages);

@@ -98,7 +98,11 @@ impl EngineService {
         let store = engine.store();
         // Data written before the node was clustered is in no log: no other node could ever
         // get it, so refuse rather than serve a cluster that silently lacks it.
-        if store.get_meta("clustered").map_err(|e| e.to_string())?.is_none() {
+        if store
+            .get_meta("clustered")
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
             let user_tables = store
                 .tables()
                 .map_err(|e| e.to_string())?
@@ -132,11 +136,8 @@ impl EngineService {
             },
             ..Settings::default()
         };
-        let transport = crate::cluster::HttpTransport::new(
-            &self.config,
-            identity.node_id,
-            self.faults.clone(),
-        );
+        let transport =
+            crate::cluster::HttpTransport::new(&self.config, identity.node_id, self.faults.clone());
         ClusterHandle::start(
             RuntimeConfig {
                 id: identity.node_id,

@@ -403,14 +403,19 @@ async fn read_body_after_continue(
     session: &mut ServerSession,
     limit: usize,
 ) -> Result<Vec<u8>, HttpReply> {
-    if expects_continue(session) && !session.is_http2() {
-        if !declared_length(session).is_some_and(|n| n > limit as u64) {
-            let go_on = ResponseHeader::build(100, None).map_err(|_| {
-                HttpReply::error(500, "internal", "could not build 100 Continue")
-            })?;
-            if session.write_response_header(Box::new(go_on)).await.is_err() {
-                return Err(HttpReply::error(400, "bad_request", "connection failed"));
-            }
+    // A body declared too large is refused by `read_body` instead.
+    if expects_continue(session)
+        && !session.is_http2()
+        && declared_length(session).is_none_or(|n| n <= limit as u64)
+    {
+        let go_on = ResponseHeader::build(100, None)
+            .map_err(|_| HttpReply::error(500, "internal", "could not build 100 Continue"))?;
+        if session
+            .write_response_header(Box::new(go_on))
+            .await
+            .is_err()
+        {
+            return Err(HttpReply::error(400, "bad_request", "connection failed"));
         }
     }
     read_body(session, limit).await

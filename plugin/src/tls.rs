@@ -235,7 +235,11 @@ pub fn ensure_leaf(
 /// Installs the cluster's CA (from a join answer) as this node's internal CA, so its
 /// certificate is issued by the CA every member verifies against. A changed CA makes the next
 /// `ServerTls::prepare` issue a new leaf.
-pub fn adopt_cluster_ca(config: &AtlasConfig, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+pub fn adopt_cluster_ca(
+    config: &AtlasConfig,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(), TlsError> {
     KeyPair::from_pem(key_pem).map_err(|_| TlsError::Pem {
         path: "join answer".into(),
         what: "CA private key",

@@ -96,6 +96,10 @@ mod tests {
         assert_eq!(ClusterIdentity::load(dir.path()), Ok(Some(id.clone())));
         assert_eq!(id.bootstrap_membership().len(), 1);
         std::fs::write(ClusterIdentity::path(dir.path()), "{").unwrap();
-        assert!(ClusterIdentity::load(dir.path()).unwrap_err().contains("cluster.json"));
+        assert!(
+            ClusterIdentity::load(dir.path())
+                .unwrap_err()
+                .contains("cluster.json")
+        );
     }
 }

@@ -264,7 +264,11 @@ impl ClusterHandle {
     }
 
     pub fn counters(&self) -> Counters {
-        *self.inner.counters.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .inner
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn health_policy(&self) -> HealthPolicy {
@@ -478,7 +482,11 @@ impl Worker {
 
     fn count(&self, processed: &super::replica::Processed) {
         let node = self.replica.node();
-        let mut c = self.shared.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self
+            .shared
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mut prepares = std::collections::BTreeSet::new();
         for outgoing in &processed.messages {
             match &outgoing.message {
@@ -487,15 +495,13 @@ impl Worker {
                     ballot,
                     handoff_from,
                     ..
-                } => {
-                    if prepares.insert((group.clone(), *ballot)) {
-                        c.ballots += 1;
-                        let other_owner = node
-                            .owner_hint(group)
-                            .is_some_and(|owner| owner != node.id());
-                        if handoff_from.is_none() && other_owner {
-                            c.steals += 1;
-                        }
+                } if prepares.insert((group.clone(), *ballot)) => {
+                    c.ballots += 1;
+                    let other_owner = node
+                        .owner_hint(group)
+                        .is_some_and(|owner| owner != node.id());
+                    if handoff_from.is_none() && other_owner {
+                        c.steals += 1;
                     }
                 }
                 Message::Forward { .. } => c.forwards += 1,
@@ -603,7 +609,12 @@ mod tests {
         let limit = Duration::from_secs(10);
         let command = parse_request(b"KEY PUT users.a 1").unwrap().command;
         let write = Write::from_command(command, None, None, 1).unwrap();
-        assert_eq!(tokio::time::timeout(limit, cluster.write(write)).await.unwrap(), Reply::Ok);
+        assert_eq!(
+            tokio::time::timeout(limit, cluster.write(write))
+                .await
+                .unwrap(),
+            Reply::Ok
+        );
         assert_eq!(
             tokio::time::timeout(limit, cluster.barrier(vec!["USERS".into(), "OTHER".into()]))
                 .await
@@ -616,10 +627,21 @@ mod tests {
             host: "127.0.0.2".into(),
             port: 2,
         };
-        assert_eq!(tokio::time::timeout(limit, cluster.record_node(&record)).await.unwrap(), Reply::Ok);
+        assert_eq!(
+            tokio::time::timeout(limit, cluster.record_node(&record))
+                .await
+                .unwrap(),
+            Reply::Ok
+        );
         tokio::time::sleep(VIEW_EVERY * 2).await;
         assert_eq!(cluster.view().directory.get(&2), Some(&record));
-        assert!(cluster.view().groups.get("USERS").is_some_and(|g| g.is_owner));
+        assert!(
+            cluster
+                .view()
+                .groups
+                .get("USERS")
+                .is_some_and(|g| g.is_owner)
+        );
         assert!(cluster.counters().commits >= 2);
         cluster.stop();
     }

@@ -44,11 +44,12 @@ impl Engine {
             | Command::BlobSet { .. }
             | Command::Del(_)
             | Command::Grant { .. }
-            | Command::Revoke { .. }) => match Write::from_command(command, principal, blob, now_ms())
-            {
-                Some(write) => Ok(cluster.write(write).await),
-                None => Err(CommandError::TaskFailed),
-            },
+            | Command::Revoke { .. }) => {
+                match Write::from_command(command, principal, blob, now_ms()) {
+                    Some(write) => Ok(cluster.write(write).await),
+                    None => Err(CommandError::TaskFailed),
+                }
+            }
             Command::NodeList => Ok(node_list(cluster)),
             Command::NodeInfo(id) => node_info(cluster, &id, self.started),
             Command::NodePing(id) => self.cluster_ping(cluster, &id).await,
@@ -111,7 +112,10 @@ impl Engine {
         let effective = view.effective.unwrap_or(cluster.configured());
         let configured = cluster.configured();
         let lines = [
-            format!("owner={}", owner.map_or("none".to_string(), |o| o.to_string())),
+            format!(
+                "owner={}",
+                owner.map_or("none".to_string(), |o| o.to_string())
+            ),
             format!(
                 "ballot={}",
                 group
@@ -267,18 +271,18 @@ fn quorum_info(cluster: &ClusterHandle, table: &str) -> Reply {
         nodes.truncate(count);
         nodes
     };
-    let q1_zones = zones.len().saturating_sub(t.zones as usize).max(1);
+    let q1_zones = zones.len().saturating_sub(t.zones).max(1);
     let q1: Vec<NodeId> = ordered
         .iter()
         .take(q1_zones)
-        .flat_map(|z| pick(z, t.nodes as usize + 1))
+        .flat_map(|z| pick(z, t.nodes + 1))
         .collect();
     let q2: Vec<NodeId> = ordered
         .iter()
-        .take(t.zones as usize + 1)
+        .take(t.zones + 1)
         .flat_map(|z| {
             let size = zones.get(z.as_str()).map_or(0, |s| s.len());
-            pick(z, size.saturating_sub(t.nodes as usize).max(1))
+            pick(z, size.saturating_sub(t.nodes).max(1))
         })
         .collect();
     let describe = |node: &NodeId| {

@@ -94,7 +94,9 @@ pub enum CommandOp {
     /// then on the group's chosen values are all known to that configuration's quorums, so
     /// later phase 1s need no Q1 of configurations that ended before `epoch`. A no-op for
     /// the state machine.
-    Seal { epoch: u64 },
+    Seal {
+        epoch: u64,
+    },
 }
 
 impl CommandOp {

@@ -211,7 +211,14 @@ impl Group {
                 accepted,
                 sealed,
                 ..
-            } => self.on_promise(ctx, from, ballot, token, applied, accepted, sealed),
+            } => {
+                let report = super::proposer::PromiseReport {
+                    applied,
+                    accepted,
+                    sealed,
+                };
+                self.on_promise(ctx, from, ballot, token, report)
+            }
             Message::Accept {
                 ballot,
                 entries,

@@ -29,6 +29,13 @@ pub struct Preparing {
     sealed: u64,
 }
 
+/// What an acceptor's promise reports besides the ballot.
+pub(super) struct PromiseReport {
+    pub applied: Slot,
+    pub accepted: Vec<AcceptedEntry>,
+    pub sealed: u64,
+}
+
 /// Who waits for a slot: the node that forwarded the request (maybe this one).
 struct Waiter {
     origin: NodeId,
@@ -59,8 +66,8 @@ pub struct Leader {
     /// Membership changes that wait for the one under way (owner of `atlas` only): one
     /// change at a time, in arrival order.
     parked: Vec<(Waiter, ClientOp)>,
-    /// The epoch this owner proposed a seal for.
-    sealing: Option<u64>,
+    /// Sealing under an epoch: `(epoch, copied_through, seal_proposed)`.
+    sealing: Option<(u64, Slot, bool)>,
 }
 
 impl Leader {
@@ -156,10 +163,13 @@ impl Group {
         from: NodeId,
         ballot: Ballot,
         token: u64,
-        applied: Slot,
-        accepted: Vec<AcceptedEntry>,
-        sealed: u64,
+        report: PromiseReport,
     ) {
+        let PromiseReport {
+            applied,
+            accepted,
+            sealed,
+        } = report;
         let Role::Preparing(p) = &mut self.role else {
             return;
         };
@@ -537,19 +547,54 @@ impl Group {
         self.flush(ctx);
     }
 
-    /// Seals the group under the configuration in force once this owner's recovery is
-    /// committed (see `CommandOp::Seal`). Never while joint; never needed at epoch 0.
+    /// Seals the group under the configuration in force (see `CommandOp::Seal`); never while
+    /// joint, never needed at epoch 0. Once this owner has applied what its phase 1 found,
+    /// it re-proposes every committed slot up to there at its ballot (an acceptor that
+    /// applied a slot acknowledges it without storing it), so a Q2 of this configuration
+    /// holds each slot, accepted or applied: that is the copy of the group's state to the
+    /// new members. Only when all of them are committed does it propose the seal.
     fn seal(&mut self, ctx: &mut Ctx<'_>) {
         if ctx.quorums.is_joint() || self.sealed >= ctx.epoch {
             return;
         }
+        let applied = self.log.applied();
         let Role::Leading(l) = &mut self.role else {
             return;
         };
-        if l.sealing == Some(ctx.epoch) || self.log.applied() < l.recovery_end {
+        if applied < l.recovery_end {
             return;
         }
-        l.sealing = Some(ctx.epoch);
+        match l.sealing {
+            Some((epoch, _, true)) if epoch == ctx.epoch => return,
+            Some((epoch, through, false)) if epoch == ctx.epoch => {
+                if l.inflight.range(..=through).next().is_some() {
+                    return;
+                }
+                l.sealing = Some((epoch, through, true));
+            }
+            _ => {
+                let through = l.recovery_end;
+                l.sealing = Some((ctx.epoch, through, false));
+                let copies: Vec<(Slot, Command)> = (1..=through)
+                    .filter_map(|s| self.log.get(s).map(|c| (s, c.clone())))
+                    .collect();
+                let empty = copies.is_empty();
+                for (slot, command) in copies {
+                    self.propose_at(ctx, slot, command, None);
+                }
+                self.flush(ctx);
+                if !empty {
+                    return;
+                }
+                let Role::Leading(l) = &mut self.role else {
+                    return;
+                };
+                l.sealing = Some((ctx.epoch, through, true));
+            }
+        }
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
         let slot = l.next_slot;
         l.next_slot += 1;
         let command = Command {

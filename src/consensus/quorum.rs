@@ -354,7 +354,9 @@ mod tests {
         assert!(all.is_q1(&set(&[1, 4, 102])));
         // Sealed under c1 (epoch 2): c0's quorums are no longer needed, c1's still are.
         assert!(!all.is_q1_sealed(&stale, 2));
-        assert!(all.is_q1_sealed(&set(&[1, 101, 102, 4]), 2) || !q(&c1).is_q1(&set(&[1, 101, 102, 4])));
+        assert!(
+            all.is_q1_sealed(&set(&[1, 101, 102, 4]), 2) || !q(&c1).is_q1(&set(&[1, 101, 102, 4]))
+        );
     }
 
     proptest! {

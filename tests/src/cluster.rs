@@ -69,11 +69,7 @@ impl TestCluster {
             .tempdir()
             .expect("temp dir");
         let port = free_port();
-        let seed = self
-            .nodes
-            .first()
-            .map(|n| (self.ports[0], n.ca_path()))
-            .map(|(p, ca)| (p, ca));
+        let seed = self.nodes.first().map(|n| (self.ports[0], n.ca_path()));
         let yaml = node_yaml(
             port,
             region,
@@ -318,12 +314,10 @@ fn work(w: Worker, history: History, epoch: Instant, stop: Arc<AtomicBool>) -> u
         };
         let output = match result.as_deref() {
             Ok([ok]) if write && ok == "OK" => Some(Output::Ok),
-            Ok([v, ok]) if !write && ok == "OK" && v.starts_with("VALUE:") => Some(Output::Value(
-                Some(v["VALUE:".len()..].as_bytes().to_vec()),
-            )),
-            Ok([nf, ok]) if !write && ok == "OK" && nf == "NOT_FOUND" => {
-                Some(Output::Value(None))
+            Ok([v, ok]) if !write && ok == "OK" && v.starts_with("VALUE:") => {
+                Some(Output::Value(Some(v.as_bytes()["VALUE:".len()..].to_vec())))
             }
+            Ok([nf, ok]) if !write && ok == "OK" && nf == "NOT_FOUND" => Some(Output::Value(None)),
             Ok(lines) => {
                 // A timeout (or any error) leaves the outcome unknown; the server keeps the
                 // connection usable.
@@ -371,7 +365,7 @@ pub fn final_reads(cluster: &TestCluster, keys: &[String], history: &History, ep
             let ret = epoch.elapsed().as_micros() as u64;
             let output = match lines.as_slice() {
                 [v, ok] if ok == "OK" && v.starts_with("VALUE:") => {
-                    Output::Value(Some(v["VALUE:".len()..].as_bytes().to_vec()))
+                    Output::Value(Some(v.as_bytes()["VALUE:".len()..].to_vec()))
                 }
                 [nf, ok] if ok == "OK" && nf == "NOT_FOUND" => Output::Value(None),
                 other => panic!("final read of {key} at node {}: {other:?}", i + 1),

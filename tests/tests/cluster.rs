@@ -45,7 +45,12 @@ fn with_workload(cluster: &mut TestCluster, nemesis: impl FnOnce(&mut TestCluste
     let history = History::default();
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let handles = run_workload(workers(cluster, &keys), history.clone(), epoch, stop.clone());
+    let handles = run_workload(
+        workers(cluster, &keys),
+        history.clone(),
+        epoch,
+        stop.clone(),
+    );
     nemesis(cluster);
     stop.store(true, Ordering::Relaxed);
     for h in handles {
@@ -177,7 +182,10 @@ fn joins_with_wrong_credentials_an_unverified_seed_or_a_taken_address_are_refuse
     let wrong = node_yaml(free_port(), "c", Some((seed_port, &seed_ca)), "")
         .replace(CREDENTIALS, "not-the-cluster-secret");
     let stderr = start_expecting_failure(&wrong, bound);
-    assert!(stderr.contains("refused the cluster credentials"), "{stderr}");
+    assert!(
+        stderr.contains("refused the cluster credentials"),
+        "{stderr}"
+    );
 
     // A CA that did not sign the seed's certificate: the seed cannot be verified.
     let stranger = Node::start();
@@ -205,7 +213,10 @@ fn blobs_acls_and_scans_replicate() {
     let cluster = TestCluster::start(&["a", "b", "c"], "fz: 1\n");
     let payload = atlas_tests::random_bytes(3 * 1024 * 1024, 7);
     cluster.nodes[0].client().blob_set("files.big", &payload);
-    let got = cluster.nodes[2].client().blob_get("files.big").expect("blob");
+    let got = cluster.nodes[2]
+        .client()
+        .blob_get("files.big")
+        .expect("blob");
     atlas_tests::assert_same_bytes(&got, &payload, "blob read at another node");
 
     let mut alice = cluster.nodes[1].client();
@@ -220,6 +231,23 @@ fn blobs_acls_and_scans_replicate() {
     for i in 0..5 {
         cluster.nodes[i % 3].client().put(&format!("inv.k{i}"), "x");
     }
+    // The consensus families count real work.
+    let metrics = atlas_tests::https::curl(
+        &cluster.nodes[0].ca_path(),
+        &format!("https://{}/metrics", cluster.nodes[0].https_addr()),
+        &[],
+    );
+    let value = |name: &str| -> f64 {
+        metrics
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{}", metrics.body))
+    };
+    assert!(value("atlas_consensus_commits_total") >= 1.0);
+    assert!(value("atlas_consensus_ballots_total") >= 1.0);
+    assert!(value("atlas_consensus_messages_sent_total") >= 1.0);
+    assert!(value("atlas_consensus_owned_tables") >= 1.0);
     for node in &cluster.nodes {
         let count = node.client().request_ok("COUNT INV");
         assert_eq!(count, ["COUNT:5"], "COUNT at another node");
