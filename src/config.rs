@@ -439,6 +439,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_shipped_example_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                AtlasConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 4, "examples in {}", dir.display());
+    }
+
+    #[test]
     fn embedded_default_is_valid() {
         let c = AtlasConfig::from_yaml(DEFAULT_YAML, "default").unwrap();
         assert_eq!(c.data_dir, PathBuf::from("./data"));

@@ -158,6 +158,10 @@ fn serve(conf: Option<PathBuf>, test: bool, daemon: bool, upgrade: bool) -> Exit
     server.bootstrap();
     let atlas = match atlas_pingora::install(&mut server, &config) {
         Ok(atlas) => atlas,
+        Err(atlas_pingora::InstallError::Cluster(e)) => {
+            eprintln!("atlas: cannot start as a cluster member: {e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("atlas: config error in {name}: {e}");
             return ExitCode::from(2);
