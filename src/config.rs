@@ -46,6 +46,9 @@ pub struct AtlasConfig {
     pub connect: Option<String>,
     /// CA file used to verify the seed.
     pub peer_ca: Option<PathBuf>,
+    /// Instead of `peer_ca`: the SHA-256 fingerprint of the seed's CA certificate (as
+    /// `atlas ca show` prints it); the CA is fetched from the seed and checked against it.
+    pub peer_ca_sha256: Option<String>,
     pub tls: TlsConfig,
     #[serde(rename = "fn")]
     pub fn_: u32,
@@ -72,6 +75,7 @@ impl Default for AtlasConfig {
             credentials: None,
             connect: None,
             peer_ca: None,
+            peer_ca_sha256: None,
             tls: TlsConfig::default(),
             fn_: 1,
             fz: 0,
@@ -84,6 +88,17 @@ impl Default for AtlasConfig {
             limits: Limits::default(),
         }
     }
+}
+
+/// A SHA-256 fingerprint as 64 upper-case hex digits without separators, if `text` is one
+/// (colons and spaces are ignored, case is not significant).
+pub fn normalize_fingerprint(text: &str) -> Option<String> {
+    let hex: String = text
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit())).then_some(hex)
 }
 
 /// `migration:` how table ownership moves (see docs/consensus.md).
@@ -313,9 +328,19 @@ impl AtlasConfig {
                     .into(),
             );
         }
-        if self.connect.is_some() && self.peer_ca.is_none() {
+        if self.connect.is_some() && self.peer_ca.is_none() && self.peer_ca_sha256.is_none() {
             return Err(
-                "atlas.peer_ca: required with atlas.connect (the CA file that verifies the seed)"
+                "atlas.peer_ca: required with atlas.connect (the CA file that verifies the seed; \
+                 or pin its fingerprint with atlas.peer_ca_sha256)"
+                    .into(),
+            );
+        }
+        if let Some(pin) = &self.peer_ca_sha256
+            && normalize_fingerprint(pin).is_none()
+        {
+            return Err(
+                "atlas.peer_ca_sha256: expected 64 hex digits, as `atlas ca show` prints them \
+                 (colons optional)"
                     .into(),
             );
         }

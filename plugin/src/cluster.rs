@@ -19,7 +19,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::http::{HttpReply, JOIN_PATH, TRANSPORT_PATH};
+use crate::http::{CA_PATH, HttpReply, JOIN_PATH, TRANSPORT_PATH};
+use sha2::Digest;
 use crate::peer_client::{PeerClient, PeerClientOptions};
 
 /// How long a joining node keeps trying to reach its seed before giving up.
@@ -156,11 +157,15 @@ async fn join(
     node_id: Option<NodeId>,
 ) -> Result<JoinAnswer, JoinFailure> {
     let (addr, name) = seed_address(seed).map_err(JoinFailure::Refused)?;
-    let ca_file = config
-        .peer_ca
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .ok_or_else(|| JoinFailure::Refused("atlas.peer_ca: required with atlas.connect".into()))?;
+    let ca_file = match (&config.peer_ca, &config.peer_ca_sha256) {
+        (Some(path), _) => path.display().to_string(),
+        (None, Some(pin)) => pinned_seed_ca(config, &addr, &name, pin).await?,
+        (None, None) => {
+            return Err(JoinFailure::Refused(
+                "atlas.peer_ca: required with atlas.connect".into(),
+            ));
+        }
+    };
     if let Err(e) = std::fs::metadata(&ca_file) {
         return Err(JoinFailure::Refused(format!(
             "atlas.peer_ca: cannot read {ca_file}: {e}"
@@ -217,6 +222,59 @@ async fn join(
             }
         }
     }
+}
+
+/// Fetches the seed's CA certificate without verification, checks it against the pinned
+/// fingerprint, and stores it (`<data_dir>/tls/seed-ca.crt`) to verify the seed with.
+async fn pinned_seed_ca(
+    config: &AtlasConfig,
+    addr: &str,
+    name: &str,
+    pin: &str,
+) -> Result<String, JoinFailure> {
+    let expected = atlas::config::normalize_fingerprint(pin).ok_or_else(|| {
+        JoinFailure::Refused("atlas.peer_ca_sha256: not a SHA-256 fingerprint".into())
+    })?;
+    let deadline = Instant::now() + JOIN_PATIENCE;
+    let response = loop {
+        match crate::peer_client::get_unverified(addr, name, CA_PATH, Duration::from_secs(5))
+            .await
+        {
+            Ok(r) => break r,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(JoinFailure::Unreachable(format!(
+                    "cannot reach the seed {addr}: {e}"
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
+    if response.status != 200 {
+        return Err(JoinFailure::Refused(format!(
+            "the seed {addr} serves no CA certificate ({}); use atlas.peer_ca",
+            response.status
+        )));
+    }
+    let pem = String::from_utf8_lossy(&response.body).into_owned();
+    let der = crate::tls::pem_to_der(&pem).ok_or_else(|| {
+        JoinFailure::Refused(format!("the seed {addr} sent a CA that does not parse"))
+    })?;
+    let found: String = sha2::Sha256::digest(&der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    if found != expected {
+        return Err(JoinFailure::Refused(format!(
+            "cannot verify the seed {addr}: its CA fingerprint {found} does not match \
+             atlas.peer_ca_sha256"
+        )));
+    }
+    let dir = crate::tls::tls_dir(config);
+    let path = dir.join("seed-ca.crt");
+    std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::write(&path, &pem))
+        .map_err(|e| JoinFailure::Refused(format!("cannot write {}: {e}", path.display())))?;
+    Ok(path.display().to_string())
 }
 
 fn is_tls_failure(e: &pingora::Error) -> bool {

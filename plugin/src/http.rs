@@ -41,6 +41,8 @@ const OWNED_PREFIXES: [&str; 3] = ["/atlas/", "/api/", "/metrics"];
 
 pub const JOIN_PATH: &str = "/atlas/v1/join";
 pub const TRANSPORT_PATH: &str = "/atlas/v1/consensus";
+/// The internal CA certificate (public), for joiners that pin its fingerprint.
+pub const CA_PATH: &str = "/atlas/v1/ca";
 /// Test-only fault layer (served only with `atlas.fault_injection: true`).
 pub const FAULTS_PATH: &str = "/atlas/v1/test/faults";
 
@@ -72,6 +74,7 @@ impl HttpReply {
 pub enum Route {
     Health,
     Metrics,
+    Ca,
     Join,
     Transport,
     Faults,
@@ -84,6 +87,7 @@ impl Route {
     pub fn label(self) -> &'static str {
         match self {
             Route::Health => "health",
+            Route::Ca => "ca",
             Route::Metrics => "metrics",
             Route::Join => "join",
             Route::Transport => "consensus",
@@ -111,6 +115,7 @@ pub fn route(method: &str, path: &str) -> Route {
     match path {
         "/atlas/v1/health" => expect("GET", Route::Health),
         "/metrics" => expect("GET", Route::Metrics),
+        CA_PATH => expect("GET", Route::Ca),
         JOIN_PATH => expect("POST", Route::Join),
         TRANSPORT_PATH => expect("POST", Route::Transport),
         FAULTS_PATH => expect("POST", Route::Faults),
@@ -218,6 +223,7 @@ impl HttpApi {
     async fn handle(&self, route: Route, session: &ServerSession, body: Vec<u8>) -> HttpReply {
         match route {
             Route::Health => self.health(),
+            Route::Ca => self.ca_certificate(),
             Route::Metrics => {
                 if let Some(engine) = self.engine.get() {
                     metrics().record_storage(&engine.store().stats());
@@ -332,6 +338,24 @@ impl HttpApi {
                 extra_headers: Vec::new(),
             },
             Err(_) => HttpReply::error(500, "internal", "the request failed"),
+        }
+    }
+
+    /// `GET /atlas/v1/ca`: the internal CA's certificate (public by nature), so a joining node
+    /// can check it against a pinned fingerprint. `404` with `tls: {cert, key}`.
+    fn ca_certificate(&self) -> HttpReply {
+        let pem = self
+            .tls_dir
+            .as_ref()
+            .and_then(|dir| std::fs::read(dir.join("ca.crt")).ok());
+        match pem {
+            Some(pem) => HttpReply {
+                status: 200,
+                content_type: "application/x-pem-file",
+                body: pem,
+                extra_headers: Vec::new(),
+            },
+            None => HttpReply::error(404, "not_found", "this node has no internal CA"),
         }
     }
 

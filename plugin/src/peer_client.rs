@@ -129,3 +129,44 @@ impl PeerClient {
         })
     }
 }
+
+/// GETs `path` from `addr` **without verifying** its certificate. Only for fetching a CA
+/// certificate whose fingerprint the caller then checks against a pinned one (a joining node
+/// with `peer_ca_sha256`); nothing else may trust what this returns.
+pub async fn get_unverified(
+    addr: &str,
+    server_name: &str,
+    path: &str,
+    timeout: Duration,
+) -> pingora::Result<PeerResponse> {
+    let exchange = async {
+        let connector = Connector::new(None);
+        let mut peer = HttpPeer::new(addr, true, server_name.to_string());
+        peer.options.verify_cert = false;
+        peer.options.verify_hostname = false;
+        peer.options.connection_timeout = Some(timeout);
+        peer.options.total_connection_timeout = Some(timeout);
+        let (mut session, _) = connector.get_http_session(&peer).await?;
+        let mut request = RequestHeader::build("GET", path.as_bytes(), None)?;
+        request.insert_header("host", server_name)?;
+        session.write_request_header(Box::new(request)).await?;
+        session.finish_request_body().await?;
+        session.read_response_header().await?;
+        let status = session.response_header().map_or(0, |h| h.status.as_u16());
+        let mut received = Vec::new();
+        while let Some(chunk) = session.read_response_body().await? {
+            received.extend_from_slice(&chunk);
+        }
+        Ok(PeerResponse {
+            status,
+            body: Bytes::from(received),
+        })
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(pingora::Error::explain(
+            pingora::ErrorType::ReadTimedout,
+            format!("no answer from {addr} within {timeout:?}"),
+        )),
+    }
+}

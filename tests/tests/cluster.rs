@@ -203,9 +203,34 @@ fn joins_with_wrong_credentials_an_unverified_seed_or_a_taken_address_are_refuse
     let stderr = start_expecting_failure(&taken, bound);
     assert!(stderr.contains("already belongs to node 2"), "{stderr}");
 
-    // The cluster is unchanged.
+    // A pinned CA fingerprint instead of a CA file: a wrong one is refused, the right one
+    // (as `atlas ca show` prints it) joins.
+    let shown = std::process::Command::new(atlas_tests::atlas_bin())
+        .args(["ca", "show", "-c"])
+        .arg(cluster.nodes[0].config_path())
+        .output()
+        .expect("atlas ca show");
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    let fingerprint = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("SHA-256 fingerprint: "))
+        .expect("fingerprint line")
+        .to_string();
+    let pinned = |pin: &str| {
+        format!(
+            "{}connect: https://127.0.0.1:{seed_port}\npeer_ca_sha256: \"{pin}\"\n",
+            node_yaml(free_port(), "c", None, "")
+        )
+    };
+    let wrong_pin = "00:".repeat(31) + "00";
+    let stderr = start_expecting_failure(&pinned(&wrong_pin), bound);
+    assert!(stderr.contains("does not match atlas.peer_ca_sha256"), "{stderr}");
+    let joined = Node::start_with(&pinned(&fingerprint));
+    assert_eq!(joined.client().request_ok("NODE LIST").len(), 3);
+
+    // The refused ones left the cluster unchanged.
     let list = cluster.nodes[0].client().request_ok("NODE LIST");
-    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list.len(), 3, "{list:?}");
 }
 
 #[test]
