@@ -3,7 +3,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 ATLAS := $(TARGET_DIR)/release/atlas
 SEEDS ?= 100000
 
-.PHONY: run test deps test-deps build check fmt bench fuzz clean sim sim-seed soak
+.PHONY: run test deps test-deps build check fmt bench bench-compare fuzz clean sim sim-seed soak
 
 # Build needs: cmake, clang/libclang, g++.
 deps:
@@ -53,9 +53,19 @@ check:
 	cargo clippy --release --workspace --all-targets -- -D warnings
 
 # Benchmarks measure and report; they never gate CI.
+# Peers the side-by-side benchmarks run against (Debian packages, installed when missing).
+BENCH_PEERS := etcd-server etcd-client redis-server rocksdb-tools nginx wrk nghttp2-client fio
+BENCH_SECONDS ?= 3
 bench: build
+	bash scripts/install-deps.sh $(BENCH_PEERS)
 	cargo bench -p atlas-bench
 	$(TARGET_DIR)/release/atlas-bench --spawn $(ATLAS)
+	$(TARGET_DIR)/release/atlas-compare --atlas $(ATLAS) --seconds $(BENCH_SECONDS)
+
+# Only the side-by-side comparison (ONLY=kv,blob,engine,edge,fsync picks parts).
+bench-compare: build
+	bash scripts/install-deps.sh $(BENCH_PEERS)
+	$(TARGET_DIR)/release/atlas-compare --atlas $(ATLAS) --seconds $(BENCH_SECONDS) $(if $(ONLY),--only $(ONLY))
 
 # Coverage-guided fuzzing of the parser and the config loader (libFuzzer via cargo-fuzz;
 # RUSTC_BOOTSTRAP lets the stable toolchain accept the sanitizer flags). FUZZ_SECONDS per target.

@@ -1,0 +1,95 @@
+//! Closed-loop load: N client threads, each with its own connection, for a fixed time;
+//! throughput and latency percentiles over every operation.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::kv::Target;
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Stats {
+    pub ops_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub ops: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    Put,
+    Get,
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e3
+}
+
+pub fn stats(mut latencies: Vec<Duration>, elapsed: Duration) -> Stats {
+    latencies.sort();
+    Stats {
+        ops_per_s: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        p999_ms: percentile(&latencies, 0.999),
+        ops: latencies.len(),
+    }
+}
+
+/// Writes `keys` keys of `value_size` bytes (so GETs find values).
+pub fn preload(target: &Target, prefix: &str, keys: usize, value: &[u8]) -> Result<(), String> {
+    let mut kv = target.connect()?;
+    for k in 0..keys {
+        kv.put(&format!("{prefix}.k{k}"), value)?;
+    }
+    Ok(())
+}
+
+/// Runs `clients` connections doing `op` on keys `<prefix>.k0..keys` for `duration`.
+pub fn run(
+    target: &Target,
+    op: Op,
+    clients: usize,
+    duration: Duration,
+    prefix: &str,
+    keys: usize,
+    value: &[u8],
+) -> Result<Stats, String> {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let target = target.clone();
+            let value = value.to_vec();
+            let prefix = prefix.to_string();
+            std::thread::spawn(move || -> Result<Vec<Duration>, String> {
+                let mut kv = target.connect()?;
+                let mut latencies = Vec::new();
+                let mut i = c * 7919;
+                while Instant::now() < deadline {
+                    i = i.wrapping_add(1);
+                    let key = format!("{prefix}.k{}", i % keys.max(1));
+                    let t = Instant::now();
+                    match op {
+                        Op::Put => kv.put(&key, &value)?,
+                        Op::Get => {
+                            kv.get(&key)?;
+                        }
+                    }
+                    latencies.push(t.elapsed());
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.join().map_err(|_| "client thread panicked".to_string())??);
+    }
+    Ok(stats(all, start.elapsed()))
+}
