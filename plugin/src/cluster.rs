@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::http::{CA_PATH, HttpReply, JOIN_PATH, TRANSPORT_PATH};
-use sha2::Digest;
 use crate::peer_client::{PeerClient, PeerClientOptions};
+use sha2::Digest;
 
 /// How long a joining node keeps trying to reach its seed before giving up.
 const JOIN_PATIENCE: Duration = Duration::from_secs(30);
@@ -237,8 +237,7 @@ async fn pinned_seed_ca(
     })?;
     let deadline = Instant::now() + JOIN_PATIENCE;
     let response = loop {
-        match crate::peer_client::get_unverified(addr, name, CA_PATH, Duration::from_secs(5))
-            .await
+        match crate::peer_client::get_unverified(addr, name, CA_PATH, Duration::from_secs(5)).await
         {
             Ok(r) => break r,
             Err(e) if Instant::now() >= deadline => {

@@ -224,7 +224,10 @@ fn joins_with_wrong_credentials_an_unverified_seed_or_a_taken_address_are_refuse
     };
     let wrong_pin = "00:".repeat(31) + "00";
     let stderr = start_expecting_failure(&pinned(&wrong_pin), bound);
-    assert!(stderr.contains("does not match atlas.peer_ca_sha256"), "{stderr}");
+    assert!(
+        stderr.contains("does not match atlas.peer_ca_sha256"),
+        "{stderr}"
+    );
     let joined = Node::start_with(&pinned(&fingerprint));
     assert_eq!(joined.client().request_ok("NODE LIST").len(), 3);
 

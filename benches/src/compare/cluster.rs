@@ -29,7 +29,8 @@ fn zone_of(node: usize) -> usize {
 }
 
 fn rtt_ms(a: usize, b: usize) -> f64 {
-    const BETWEEN: [[f64; ZONES]; ZONES] = [[0.2, 11.0, 49.0], [11.0, 0.2, 60.0], [49.0, 60.0, 0.2]];
+    const BETWEEN: [[f64; ZONES]; ZONES] =
+        [[0.2, 11.0, 49.0], [11.0, 0.2, 60.0], [49.0, 60.0, 0.2]];
     BETWEEN[zone_of(a)][zone_of(b)]
 }
 
@@ -44,8 +45,26 @@ impl Drop for Procs {
     }
 }
 
+/// Starts (or restarts) node `n` from its directory, inside its namespace.
+fn spawn_node(bin: &Path, n: usize, home: &Path) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("log"))
+        .map_err(|e| e.to_string())?;
+    Wan::command(n, bin)
+        .args(["serve", "-c"])
+        .arg(home.join("atlas.yaml"))
+        .env("ATLAS_ADMIN_PASSWORD", "bench-admin-password")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("atlas in namespace: {e}"))
+}
+
 struct AtlasCluster {
-    _procs: Procs,
+    procs: Procs,
     sockets: Vec<PathBuf>,
     _dir: tempfile::TempDir,
 }
@@ -82,17 +101,7 @@ fn start_atlas(bin: &Path, fz: u32, mode: &str) -> Result<AtlasCluster, String> 
         }
         let conf = home.join("atlas.yaml");
         std::fs::write(&conf, yaml).map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(home.join("log")).map_err(|e| e.to_string())?;
-        let child = Wan::command(n, bin)
-            .args(["serve", "-c"])
-            .arg(&conf)
-            .env("ATLAS_ADMIN_PASSWORD", "bench-admin-password")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("atlas in namespace: {e}"))?;
-        procs.0.push(child);
+        procs.0.push(spawn_node(bin, n, &home)?);
         let deadline = Instant::now() + Duration::from_secs(90);
         while atlas::client::Client::connect(&socket, "bench").is_err() {
             if Instant::now() > deadline {
@@ -118,7 +127,7 @@ fn start_atlas(bin: &Path, fz: u32, mode: &str) -> Result<AtlasCluster, String> 
         std::thread::sleep(Duration::from_millis(300));
     }
     Ok(AtlasCluster {
-        _procs: procs,
+        procs,
         sockets,
         _dir: dir,
     })
@@ -149,11 +158,18 @@ fn print_rtts(cluster: &AtlasCluster) -> Result<(), String> {
             .iter()
             .filter_map(|l| {
                 let id = l.split_whitespace().find_map(|w| w.strip_prefix("id="))?;
-                let rtt = l.split_whitespace().find_map(|w| w.strip_prefix("rtt_ms="))?;
+                let rtt = l
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("rtt_ms="))?;
                 Some(format!("{id}:{rtt}"))
             })
             .collect();
-        println!("  node {} (z{}): {}", z * PER_ZONE + 1, z + 1, rtts.join(" "));
+        println!(
+            "  node {} (z{}): {}",
+            z * PER_ZONE + 1,
+            z + 1,
+            rtts.join(" ")
+        );
     }
     Ok(())
 }
@@ -239,9 +255,18 @@ struct Mix {
 }
 
 const MIXES: [Mix; 3] = [
-    Mix { name: "A", write_percent: 50 },
-    Mix { name: "B", write_percent: 5 },
-    Mix { name: "C", write_percent: 0 },
+    Mix {
+        name: "A",
+        write_percent: 50,
+    },
+    Mix {
+        name: "B",
+        write_percent: 5,
+    },
+    Mix {
+        name: "C",
+        write_percent: 0,
+    },
 ];
 
 struct ZoneResult {
@@ -272,41 +297,43 @@ fn run_mix(
     for (zone, target) in targets.iter().enumerate() {
         for c in 0..2 {
             let target = target.clone();
-            handles.push(std::thread::spawn(move || -> Result<(usize, Vec<Duration>), String> {
-                let mut kv = target.connect()?;
-                let mut latencies = Vec::new();
-                let mut state = (zone as u64 + 1) * 0x9E37_79B9 + c;
-                let mut next = || {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state
-                };
-                let value = vec![b'v'; 100];
-                let mut due = Instant::now();
-                while due < deadline {
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
-                    }
-                    let issued = Instant::now();
-                    let table = if next() % 100 < locality {
-                        zone
-                    } else {
-                        let others: Vec<usize> = (0..ZONES).filter(|z| *z != zone).collect();
-                        others[(next() % others.len() as u64) as usize]
+            handles.push(std::thread::spawn(
+                move || -> Result<(usize, Vec<Duration>), String> {
+                    let mut kv = target.connect()?;
+                    let mut latencies = Vec::new();
+                    let mut state = (zone as u64 + 1) * 0x9E37_79B9 + c;
+                    let mut next = || {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state
                     };
-                    let key = format!("home{}.k{}", table + 1, next() % 100);
-                    if next() % 100 < mix.write_percent {
-                        kv.put(&key, &value)?;
-                    } else {
-                        kv.get(&key)?;
+                    let value = vec![b'v'; 100];
+                    let mut due = Instant::now();
+                    while due < deadline {
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        let issued = Instant::now();
+                        let table = if next() % 100 < locality {
+                            zone
+                        } else {
+                            let others: Vec<usize> = (0..ZONES).filter(|z| *z != zone).collect();
+                            others[(next() % others.len() as u64) as usize]
+                        };
+                        let key = format!("home{}.k{}", table + 1, next() % 100);
+                        if next() % 100 < mix.write_percent {
+                            kv.put(&key, &value)?;
+                        } else {
+                            kv.get(&key)?;
+                        }
+                        latencies.push(issued.elapsed());
+                        due = (due + CLIENT_INTERVAL).max(Instant::now());
                     }
-                    latencies.push(issued.elapsed());
-                    due = (due + CLIENT_INTERVAL).max(Instant::now());
-                }
-                Ok((zone, latencies))
-            }));
+                    Ok((zone, latencies))
+                },
+            ));
         }
     }
     let mut per_zone: Vec<Vec<Duration>> = vec![Vec::new(); ZONES];
@@ -320,12 +347,19 @@ fn run_mix(
         .into_iter()
         .map(|mut l| {
             l.sort();
-            let local = l.iter().filter(|d| d.as_secs_f64() * 1e3 < LOCAL_MS).count();
+            let local = l
+                .iter()
+                .filter(|d| d.as_secs_f64() * 1e3 < LOCAL_MS)
+                .count();
             ZoneResult {
                 ops: l.len(),
                 p50: percentile(&l, 0.5),
                 p99: percentile(&l, 0.99),
-                local_share: if l.is_empty() { 0.0 } else { local as f64 / l.len() as f64 },
+                local_share: if l.is_empty() {
+                    0.0
+                } else {
+                    local as f64 / l.len() as f64
+                },
             }
         })
         .collect();
@@ -357,7 +391,249 @@ fn describe(results: &[ZoneResult]) -> String {
 fn local_share(results: &[ZoneResult]) -> f64 {
     let ops: usize = results.iter().map(|r| r.ops).sum();
     let local: f64 = results.iter().map(|r| r.local_share * r.ops as f64).sum();
-    if ops == 0 { 0.0 } else { local / ops as f64 * 100.0 }
+    if ops == 0 {
+        0.0
+    } else {
+        local / ops as f64 * 100.0
+    }
+}
+
+/// One operation of a timeline run.
+struct Event {
+    at_ms: f64,
+    zone: usize,
+    table: usize,
+    latency_ms: f64,
+    ok: bool,
+}
+
+/// Two rate-capped clients per zone for `duration`; `home(zone, elapsed)` names the table a
+/// zone's clients use 90% of the time at that moment (the rest spread on the others). Every
+/// operation is recorded with its start time; a failed one (node gone, timeout) too.
+fn run_timeline(
+    targets: &[Target],
+    home: impl Fn(usize, Duration) -> usize + Send + Sync + Clone + 'static,
+    duration: Duration,
+    start: Instant,
+) -> Vec<Event> {
+    let deadline = Instant::now() + duration;
+    let mut handles = Vec::new();
+    for (zone, target) in targets.iter().enumerate() {
+        for c in 0..2u64 {
+            let target = target.clone();
+            let home = home.clone();
+            handles.push(std::thread::spawn(move || {
+                let mut events = Vec::new();
+                let mut kv = target.connect().ok();
+                let mut state = (zone as u64 + 7) * 0x9E37_79B9 + c;
+                let mut next = || {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state
+                };
+                let mut due = Instant::now();
+                while due < deadline {
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    let issued = Instant::now();
+                    let own = home(zone, issued - start);
+                    let table = if next() % 100 < 90 {
+                        own
+                    } else {
+                        (own + 1 + (next() % (ZONES as u64 - 1)) as usize) % ZONES
+                    };
+                    let key = format!("home{}.k{}", table + 1, next() % 100);
+                    if kv.is_none() {
+                        kv = target.connect().ok();
+                    }
+                    let ok = match kv.as_mut() {
+                        Some(kv) => kv.put(&key, b"v").is_ok(),
+                        None => false,
+                    };
+                    if !ok {
+                        kv = None;
+                    }
+                    events.push(Event {
+                        at_ms: (issued - start).as_secs_f64() * 1e3,
+                        zone,
+                        table,
+                        latency_ms: issued.elapsed().as_secs_f64() * 1e3,
+                        ok,
+                    });
+                    due = (due + CLIENT_INTERVAL).max(Instant::now());
+                }
+                events
+            }));
+        }
+    }
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap_or_default())
+        .collect()
+}
+
+/// How the adaptive cluster reacts over time (all writes, 90% locality): the workload's home
+/// zone moving, and failures of one node, two nodes of a zone, and a whole zone.
+pub fn dynamics_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let _wan = Wan::build(ZONES * PER_ZONE, rtt_ms, &[ATLAS_PORT, ETCD_PEER], &me)?;
+    dynamics(args, report)
+}
+
+fn dynamics(args: &Args, report: &mut Report) -> Result<(), String> {
+    let settle = Duration::from_secs(8);
+    // Convergence: zones 1 and 3 swap home tables at `settle`.
+    let cluster = start_atlas(&args.atlas, 0, "adaptive")?;
+    let targets: Vec<Target> = (0..ZONES)
+        .map(|z| Target::Atlas(cluster.sockets[z * PER_ZONE].clone()))
+        .collect();
+    let start = Instant::now();
+    let events = run_timeline(
+        &targets,
+        move |zone, t| match (zone, t >= settle) {
+            (0, true) => 2,
+            (2, true) => 0,
+            (z, _) => z,
+        },
+        settle * 3,
+        start,
+    );
+    let shift_ms = settle.as_secs_f64() * 1e3;
+    // The first 500 ms window in which ≥ 80% of z3's writes to home1 are local, and from
+    // which on they are on average.
+    let windows: Vec<(f64, f64)> = (0..((settle.as_secs_f64() * 2e3 / 500.0) as usize))
+        .filter_map(|w| {
+            let from = shift_ms + w as f64 * 500.0;
+            let ops: Vec<&Event> = events
+                .iter()
+                .filter(|e| {
+                    e.zone == 2 && e.table == 0 && e.at_ms >= from && e.at_ms < from + 500.0
+                })
+                .collect();
+            if ops.is_empty() {
+                return None;
+            }
+            let local = ops
+                .iter()
+                .filter(|e| e.ok && e.latency_ms < LOCAL_MS)
+                .count();
+            Some((from, local as f64 / ops.len() as f64))
+        })
+        .collect();
+    println!(
+        "  z3's writes to home1 served locally, per 500 ms after the move: {}",
+        windows
+            .iter()
+            .map(|(_, share)| format!("{:.0}%", share * 100.0))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let converged = windows
+        .iter()
+        .position(|(_, share)| *share >= 0.8)
+        .filter(|&i| {
+            // From then on, local on average (CPU contention on 2 cores makes single
+            // windows dip).
+            let rest = &windows[i..];
+            rest.iter().map(|(_, share)| share).sum::<f64>() / rest.len() as f64 >= 0.8
+        })
+        .map(|i| (windows[i].0 - shift_ms) / 1e3);
+    match converged {
+        Some(s) => println!("  convergence after the home zone moved (z1 -> z3): {s:.1} s"),
+        None => println!(
+            "  convergence after the home zone moved: not within {:?}",
+            settle * 2
+        ),
+    }
+    report.add(
+        "3x3 WAN fz=0 adaptive: home1 moves z1 -> z3",
+        "s to local",
+        "(none)",
+        0.0,
+        converged.unwrap_or(f64::NAN),
+    );
+    drop(cluster);
+
+    // Failures, fz=1, one at a time with recovery in between: one node (home1's likely
+    // owner), two nodes of zone 1 (more than fn), then all of zone 3 (fz).
+    let mut cluster = start_atlas(&args.atlas, 1, "adaptive")?;
+    let targets: Vec<Target> = (0..ZONES)
+        .map(|z| Target::Atlas(cluster.sockets[z * PER_ZONE + 1].clone()))
+        .collect();
+    let start = Instant::now();
+    let phase = Duration::from_secs(8);
+    let phases = [
+        "steady",
+        "node 1 killed",
+        "node 1 restarted",
+        "nodes 1 and 3 of z1 killed",
+        "nodes 1 and 3 restarted",
+        "zone z3 killed",
+    ];
+    let timeline = {
+        let targets = targets.clone();
+        let total = phase * phases.len() as u32;
+        std::thread::spawn(move || run_timeline(&targets, |z, _| z, total, start))
+    };
+    let home = |n: usize| cluster._dir.path().join(format!("n{n}"));
+    let homes: Vec<PathBuf> = (1..=ZONES * PER_ZONE).map(home).collect();
+    let kill = |cluster: &mut AtlasCluster, node: usize| {
+        let child = &mut cluster.procs.0[node - 1];
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    let restart = |cluster: &mut AtlasCluster, node: usize| -> Result<(), String> {
+        cluster.procs.0[node - 1] = spawn_node(&args.atlas, node, &homes[node - 1])?;
+        Ok(())
+    };
+    std::thread::sleep(phase);
+    kill(&mut cluster, 1);
+    std::thread::sleep(phase);
+    restart(&mut cluster, 1)?;
+    std::thread::sleep(phase);
+    kill(&mut cluster, 1);
+    kill(&mut cluster, 3);
+    std::thread::sleep(phase);
+    restart(&mut cluster, 1)?;
+    restart(&mut cluster, 3)?;
+    std::thread::sleep(phase);
+    for n in 7..=9 {
+        kill(&mut cluster, n);
+    }
+    let events = timeline
+        .join()
+        .map_err(|_| "timeline panicked".to_string())?;
+    let span = phase.as_secs_f64() * 1e3;
+    for (k, name) in phases.iter().enumerate() {
+        for zone in 0..ZONES {
+            let from = k as f64 * span;
+            let ops: Vec<&Event> = events
+                .iter()
+                .filter(|e| e.zone == zone && e.at_ms >= from && e.at_ms < from + span)
+                .collect();
+            let ok = ops.iter().filter(|e| e.ok).count();
+            let mut lat: Vec<f64> = ops.iter().filter(|e| e.ok).map(|e| e.latency_ms).collect();
+            lat.sort_by(f64::total_cmp);
+            let p50 = lat.get(lat.len() / 2).copied().unwrap_or(f64::NAN);
+            let worst = ops.iter().map(|e| e.latency_ms).fold(0.0, f64::max);
+            println!(
+                "  fz=1 {name}: z{} clients: {ok}/{} writes succeeded, p50 {p50:.1} ms, slowest {worst:.0} ms",
+                zone + 1,
+                ops.len()
+            );
+            report.add(
+                &format!("3x3 WAN fz=1 {name}, z{} clients", zone + 1),
+                "writes ok",
+                "(issued)",
+                ops.len() as f64,
+                ok as f64,
+            );
+        }
+    }
+    Ok(())
 }
 
 /// One measured pattern of one system, for the report and the plot.
@@ -407,7 +683,11 @@ pub fn cluster_workloads(args: &Args, report: &mut Report) -> Result<(), String>
     for mix in MIXES {
         for &loc in &localities {
             let result = run_mix(&etcd_targets, mix, loc, measure)?;
-            println!("  etcd YCSB-{} {loc}%: {}", mix.name, describe(&result.zones));
+            println!(
+                "  etcd YCSB-{} {loc}%: {}",
+                mix.name,
+                describe(&result.zones)
+            );
             measured.push(Measured {
                 system: "etcd 3 members".into(),
                 fz: None,
@@ -464,7 +744,13 @@ pub fn cluster_workloads(args: &Args, report: &mut Report) -> Result<(), String>
                     && m.locality == adaptive.locality
                     && (m.fz.is_none() || (m.fz == Some(fz) && m.system != "atlas adaptive"))
             }) {
-                report.add(&w, "p50 ms", &peer.system, peer.result.p50, adaptive.result.p50);
+                report.add(
+                    &w,
+                    "p50 ms",
+                    &peer.system,
+                    peer.result.p50,
+                    adaptive.result.p50,
+                );
                 report.add(
                     &w,
                     "% local",

@@ -69,8 +69,7 @@ impl Kv for AtlasKv {
             Some(Frame::Line(l)) if l.starts_with(b"VALUE:") => Ok(Some(l[6..].to_vec())),
             Some(Frame::Line(l)) if l == b"NOT_FOUND" => Ok(None),
             Some(Frame::Line(l))
-                if l.starts_with(b"ERROR WARN")
-                    && l.windows(12).any(|w| w == b"holds a blob") =>
+                if l.starts_with(b"ERROR WARN") && l.windows(12).any(|w| w == b"holds a blob") =>
             {
                 // A blob: read it as one.
                 let frames = self

@@ -89,7 +89,10 @@ pub fn run(
         .collect();
     let mut all = Vec::new();
     for h in handles {
-        all.extend(h.join().map_err(|_| "client thread panicked".to_string())??);
+        all.extend(
+            h.join()
+                .map_err(|_| "client thread panicked".to_string())??,
+        );
     }
     Ok(stats(all, start.elapsed()))
 }

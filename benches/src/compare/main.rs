@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! atlas-compare --atlas target/release/atlas [--seconds 3] [--clients 1,16,64]
-//!               [--only kv,blob,engine,edge,fsync,cluster] [--out benches/results]
+//!               [--only kv,blob,engine,edge,fsync,cluster,dynamics] [--out benches/results]
 //! ```
 
 mod cluster;
@@ -59,7 +59,7 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => {
                 println!(
                     "atlas-compare --atlas BIN [--seconds 3] [--clients 1,16,64] \
-                     [--only kv,blob,engine,edge,fsync,cluster] [--out benches/results]"
+                     [--only kv,blob,engine,edge,fsync,cluster,dynamics] [--out benches/results]"
                 );
                 std::process::exit(0);
             }
@@ -129,14 +129,28 @@ impl Report {
     }
 
     fn kv(&mut self, workload: &str, peer: &str, p: Stats, a: Stats) {
-        self.push(workload, "ops/s", peer, p.ops_per_s, a.ops_per_s, Some(p), Some(a));
+        self.push(
+            workload,
+            "ops/s",
+            peer,
+            p.ops_per_s,
+            a.ops_per_s,
+            Some(p),
+            Some(a),
+        );
         println!(
             "{:<44} {:<10} {:<18} {:>12.3} {:>12.3}",
             "", "p50/p99 ms", "", p.p50_ms, a.p50_ms
         );
-        println!("{:<44} {:<10} {:<18} {:>12.3} {:>12.3}", "", "", "", p.p99_ms, a.p99_ms);
+        println!(
+            "{:<44} {:<10} {:<18} {:>12.3} {:>12.3}",
+            "", "", "", p.p99_ms, a.p99_ms
+        );
     }
 }
+
+/// One part of the comparison.
+type Part = fn(&Args, &mut Report) -> Result<(), String>;
 
 fn wants(args: &Args, part: &str) -> bool {
     args.only.is_empty() || args.only.iter().any(|o| o == part)
@@ -162,7 +176,10 @@ fn main() {
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    println!("atlas-compare: {} s per measurement, clients {:?}", args.seconds, args.clients);
+    println!(
+        "atlas-compare: {} s per measurement, clients {:?}",
+        args.seconds, args.clients
+    );
     println!(
         "{:<44} {:<10} {:<18} {:>12} {:>12} {:>7}",
         "workload", "unit", "peer", "peer", "atlas", "ratio"
@@ -171,13 +188,14 @@ fn main() {
         rows: Vec::new(),
         extra: Vec::new(),
     };
-    let parts: [(&str, fn(&Args, &mut Report) -> Result<(), String>); 6] = [
+    let parts: [(&str, Part); 7] = [
         ("kv", kv_workloads),
         ("blob", blob_workloads),
         ("engine", engine_workloads),
         ("edge", edge_workloads),
         ("fsync", fsync_floor),
         ("cluster", cluster::cluster_workloads),
+        ("dynamics", cluster::dynamics_workloads),
     ];
     for (name, part) in parts {
         if wants(&args, name)
@@ -207,7 +225,10 @@ fn machine() -> serde_json::Value {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_default();
     serde_json::json!({"cpus": cpus, "kernel": kernel.trim(), "cpu": model})
 }
@@ -234,12 +255,22 @@ fn kv_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
         let e = load::run(&etcd_t, Op::Put, c, d, "bench", keys, &value)?;
         report.kv(&format!("durable PUT 100 B, {c} clients"), "etcd", e, a);
         let r = load::run(&redis_durable, Op::Put, c, d, "bench", keys, &value)?;
-        report.kv(&format!("durable PUT 100 B, {c} clients"), "redis fsync always", r, a);
+        report.kv(
+            &format!("durable PUT 100 B, {c} clients"),
+            "redis fsync always",
+            r,
+            a,
+        );
     }
     for &c in &args.clients {
         let a = load::run(&atlas_t, Op::Get, c, d, "bench", keys, &value)?;
         let e = load::run(&etcd_t, Op::Get, c, d, "bench", keys, &value)?;
-        report.kv(&format!("linearizable GET 100 B, {c} clients"), "etcd", e, a);
+        report.kv(
+            &format!("linearizable GET 100 B, {c} clients"),
+            "etcd",
+            e,
+            a,
+        );
         let r = load::run(&redis_plain, Op::Get, c, d, "bench", keys, &value)?;
         report.kv(&format!("GET 100 B, {c} clients"), "redis", r, a);
     }
@@ -264,7 +295,12 @@ fn blob_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
         }
         let a = load::run(&atlas_t, Op::Put, 1, d, "blob", keys, &value)?;
         let r = load::run(&redis_t, Op::Put, 1, d, "blob", keys, &value)?;
-        report.kv(&format!("durable blob SET {label}"), "redis fsync always", r, a);
+        report.kv(
+            &format!("durable blob SET {label}"),
+            "redis fsync always",
+            r,
+            a,
+        );
         let a = load::run(&atlas_t, Op::Get, 1, d, "blob", keys, &value)?;
         let r = load::run(&redis_t, Op::Get, 1, d, "blob", keys, &value)?;
         report.kv(&format!("blob GET {label}"), "redis", r, a);
@@ -302,7 +338,9 @@ fn engine_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
             .find(|l| l.starts_with(name))
             .and_then(|l| {
                 let words: Vec<&str> = l.split_whitespace().collect();
-                let i = words.iter().position(|w| *w == "ops/sec;" || *w == "ops/sec")?;
+                let i = words
+                    .iter()
+                    .position(|w| *w == "ops/sec;" || *w == "ops/sec")?;
                 words.get(i - 1)?.parse().ok()
             })
             .unwrap_or(0.0)
@@ -327,8 +365,8 @@ fn engine_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
         let command = atlas::protocol::parse_request(line.as_bytes())
             .map_err(|e| format!("{e:?}"))?
             .command;
-        let write = atlas::command::Write::from_command(command, None, None, 0)
-            .ok_or("not a write")?;
+        let write =
+            atlas::command::Write::from_command(command, None, None, 0).ok_or("not a write")?;
         engine.apply_write(&write).map_err(|e| e.to_string())?;
         Ok(())
     };
@@ -356,9 +394,27 @@ fn engine_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     let readrandom = n as f64 / t.elapsed().as_secs_f64();
-    report.add("engine fillsync 100 B (synced, 1 thread)", "ops/s", "db_bench", rate("fillsync"), fillsync);
-    report.add("engine fillrandom 100 B (1 thread)", "ops/s", "db_bench", rate("fillrandom"), fillrandom);
-    report.add("engine readrandom 100 B (1 thread)", "ops/s", "db_bench", rate("readrandom"), readrandom);
+    report.add(
+        "engine fillsync 100 B (synced, 1 thread)",
+        "ops/s",
+        "db_bench",
+        rate("fillsync"),
+        fillsync,
+    );
+    report.add(
+        "engine fillrandom 100 B (1 thread)",
+        "ops/s",
+        "db_bench",
+        rate("fillrandom"),
+        fillrandom,
+    );
+    report.add(
+        "engine readrandom 100 B (1 thread)",
+        "ops/s",
+        "db_bench",
+        rate("readrandom"),
+        readrandom,
+    );
     let _ = args;
     Ok(())
 }
@@ -372,7 +428,12 @@ fn edge_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
     let atlas = AtlasNode::start(&args.atlas, "relaxed", &route)?;
     let tls = atlas.tls_dir();
     let proxy = peers::free_port();
-    let _nginx = peers::nginx(upstream, proxy, &tls.join("node.crt"), &tls.join("node.key"))?;
+    let _nginx = peers::nginx(
+        upstream,
+        proxy,
+        &tls.join("node.crt"),
+        &tls.join("node.key"),
+    )?;
     let seconds = args.seconds.to_string();
     let atlas_url = format!("https://127.0.0.1:{}/bench", atlas.https_port);
     let nginx_url = format!("https://127.0.0.1:{proxy}/bench");
@@ -398,12 +459,30 @@ fn edge_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
     };
     let (n_rps, n_p99) = wrk(&nginx_url, &[])?;
     let (a_rps, a_p99) = wrk(&atlas_url, &[])?;
-    report.add("edge proxy HTTP/1.1 keep-alive, 64 conns", "req/s", "nginx", n_rps, a_rps);
-    report.add("edge proxy HTTP/1.1 keep-alive, 64 conns", "p99 ms", "nginx", n_p99, a_p99);
+    report.add(
+        "edge proxy HTTP/1.1 keep-alive, 64 conns",
+        "req/s",
+        "nginx",
+        n_rps,
+        a_rps,
+    );
+    report.add(
+        "edge proxy HTTP/1.1 keep-alive, 64 conns",
+        "p99 ms",
+        "nginx",
+        n_p99,
+        a_p99,
+    );
     let close = ["-H", "Connection: close"];
     let (n_rps, _) = wrk(&nginx_url, &close)?;
     let (a_rps, _) = wrk(&atlas_url, &close)?;
-    report.add("TLS handshakes (new connection per request)", "req/s", "nginx", n_rps, a_rps);
+    report.add(
+        "TLS handshakes (new connection per request)",
+        "req/s",
+        "nginx",
+        n_rps,
+        a_rps,
+    );
     let h2load = |url: &str| -> Result<f64, String> {
         let out = Command::new("h2load")
             .args(["-c16", "-m10", "-D", &seconds])
@@ -422,7 +501,13 @@ fn edge_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
     };
     let n = h2load(&nginx_url)?;
     let a = h2load(&atlas_url)?;
-    report.add("edge proxy HTTP/2, 16 conns x 10 streams", "req/s", "nginx", n, a);
+    report.add(
+        "edge proxy HTTP/2, 16 conns x 10 streams",
+        "req/s",
+        "nginx",
+        n,
+        a,
+    );
     Ok(())
 }
 
@@ -469,6 +554,12 @@ fn fsync_floor(args: &Args, report: &mut Report) -> Result<(), String> {
         100,
         &value,
     )?;
-    report.add("fsync floor: durable write, 1 client", "ops/s", "fio 4k+fsync", iops, stats.ops_per_s);
+    report.add(
+        "fsync floor: durable write, 1 client",
+        "ops/s",
+        "fio 4k+fsync",
+        iops,
+        stats.ops_per_s,
+    );
     Ok(())
 }

@@ -33,7 +33,9 @@ fn spawn(name: &str, mut command: Command, dir: tempfile::TempDir) -> Result<Pro
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
         .spawn()
-        .map_err(|e| format!("cannot start {name}: {e} (is it installed? `make bench` installs it)"))?;
+        .map_err(|e| {
+            format!("cannot start {name}: {e} (is it installed? `make bench` installs it)")
+        })?;
     Ok(Process { child, dir })
 }
 
@@ -113,7 +115,14 @@ pub fn redis(durable: bool) -> Result<(Process, u16), String> {
     let port = free_port();
     let mut command = Command::new("redis-server");
     command
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
         .args(["--dir", &dir.path().display().to_string()]);
     if durable {
         command.args(["--appendonly", "yes", "--appendfsync", "always"]);
@@ -185,7 +194,10 @@ pub fn nginx(upstream: u16, proxy: u16, cert: &Path, key: &Path) -> Result<Proce
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, conf).map_err(|e| e.to_string())?;
     let mut command = Command::new("nginx");
-    command.arg("-c").arg(&path).args(["-p", &dir.path().display().to_string()]);
+    command
+        .arg("-c")
+        .arg(&path)
+        .args(["-p", &dir.path().display().to_string()]);
     let process = spawn("nginx", command, dir)?;
     wait("nginx", Duration::from_secs(20), || {
         listening(upstream) && listening(proxy)

@@ -45,16 +45,20 @@ fn ip(args: &[&str]) -> Result<(), String> {
 /// TCP connections from each `LISTEN` to its `TARGET`, delaying each direction by the given
 /// milliseconds (so a round trip gains twice that).
 pub fn relay_main(args: &[String]) -> Result<(), String> {
-    if args.is_empty() || args.len() % 3 != 0 {
+    if args.is_empty() || !args.len().is_multiple_of(3) {
         return Err("relay LISTEN TARGET ONE_WAY_MS [...]".into());
     }
     let mut threads = Vec::new();
     for triple in args.chunks(3) {
         let (listen, target) = (triple[0].clone(), triple[1].clone());
-        let ms: f64 = triple[2].parse().map_err(|_| format!("delay `{}`", triple[2]))?;
+        let ms: f64 = triple[2]
+            .parse()
+            .map_err(|_| format!("delay `{}`", triple[2]))?;
         let delay = Duration::from_micros((ms * 1000.0) as u64);
         let listener = TcpListener::bind(&listen).map_err(|e| format!("{listen}: {e}"))?;
-        threads.push(std::thread::spawn(move || serve_relay(listener, target, delay)));
+        threads.push(std::thread::spawn(move || {
+            serve_relay(listener, target, delay)
+        }));
     }
     for t in threads {
         let _ = t.join();
@@ -102,7 +106,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                if tx
+                    .send((Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -139,12 +146,16 @@ impl Wan {
             let ns = namespace(n);
             let (inside, outside) = (format!("ab{n}i"), format!("ab{n}o"));
             ip(&["netns", "add", &ns])?;
-            ip(&["link", "add", &inside, "type", "veth", "peer", "name", &outside])?;
+            ip(&[
+                "link", "add", &inside, "type", "veth", "peer", "name", &outside,
+            ])?;
             ip(&["link", "set", &outside, "master", BRIDGE])?;
             ip(&["link", "set", &outside, "up"])?;
             ip(&["link", "set", &inside, "netns", &ns])?;
             let addr = format!("{}/16", real_ip(n));
-            ip(&["netns", "exec", &ns, "ip", "addr", "add", &addr, "dev", &inside])?;
+            ip(&[
+                "netns", "exec", &ns, "ip", "addr", "add", &addr, "dev", &inside,
+            ])?;
             ip(&["netns", "exec", &ns, "ip", "link", "set", &inside, "up"])?;
             ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
             let mut triples = Vec::new();
