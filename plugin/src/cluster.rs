@@ -19,7 +19,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::http::{CA_PATH, HttpReply, JOIN_PATH, TRANSPORT_PATH};
+use crate::http::{CA_PATH, HttpReply, JOIN_PATH, SNAPSHOT_PATH, TRANSPORT_PATH};
 use crate::peer_client::{PeerClient, PeerClientOptions};
 use sha2::Digest;
 
@@ -27,6 +27,10 @@ use sha2::Digest;
 const JOIN_PATIENCE: Duration = Duration::from_secs(30);
 /// How long a member waits for a join to be committed.
 const JOIN_COMMIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Copying a snapshot of the data must finish within this.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Where a joining node leaves the snapshot it copied, for the engine to install.
+pub const SNAPSHOT_FILE: &str = "snapshot.bin";
 /// A consensus POST (which may carry a blob) must finish within this.
 const TRANSPORT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A health ping must answer within this.
@@ -39,6 +43,10 @@ pub struct JoinRequest {
     /// The id this node had before (a restart), if any.
     #[serde(default)]
     pub node_id: Option<NodeId>,
+    /// `false`: only register the node (its id and address); it becomes a member with a
+    /// second request once it has copied a snapshot of the data.
+    #[serde(default = "default_true")]
+    pub member: bool,
     pub region: String,
     pub host: String,
     pub port: u16,
@@ -56,6 +64,10 @@ pub struct JoinAnswer {
     pub ca_key: Option<String>,
 }
 
+fn default_true() -> bool {
+    true
+}
+
 /// The CA file that verifies peers: the cluster CA of `tls: internal`, else `peer_ca`.
 pub fn peer_ca_file(config: &AtlasConfig) -> String {
     match (&config.tls, &config.peer_ca) {
@@ -65,10 +77,11 @@ pub fn peer_ca_file(config: &AtlasConfig) -> String {
     }
 }
 
-fn this_node_request(config: &AtlasConfig, node_id: Option<NodeId>) -> JoinRequest {
+fn this_node_request(config: &AtlasConfig, node_id: Option<NodeId>, member: bool) -> JoinRequest {
     let (host, port) = config.advertised_host_port();
     JoinRequest {
         node_id,
+        member,
         region: config.region.clone(),
         host,
         port,
@@ -121,7 +134,16 @@ pub fn prepare_identity(config: &AtlasConfig) -> Result<Option<ClusterIdentity>,
         .map_err(|e| format!("cannot start the join: {e}"))?;
     let answer = runtime.block_on(join(config, seed, stored.as_ref().map(|s| s.node_id)));
     match answer {
-        Ok(answer) => {
+        Ok((answer, snapshot)) => {
+            if let Some(bytes) = snapshot {
+                let path = config.data_dir.join(SNAPSHOT_FILE);
+                let tmp = path.with_extension("tmp");
+                std::fs::create_dir_all(&config.data_dir)
+                    .and_then(|_| std::fs::write(&tmp, &bytes))
+                    .and_then(|_| std::fs::rename(&tmp, &path))
+                    .map_err(|e| format!("cannot store the snapshot at {}: {e}", path.display()))?;
+                tracing::info!(bytes = bytes.len(), "copied a snapshot of the cluster's data");
+            }
             if let (TlsConfig::Internal, Some(cert), Some(key)) =
                 (&config.tls, &answer.ca_cert, &answer.ca_key)
             {
@@ -151,11 +173,13 @@ enum JoinFailure {
     Refused(String),
 }
 
+/// Joins through `seed`: a node with a stored id re-joins; a new one registers, copies a
+/// snapshot of the data (returned), and only then becomes a member.
 async fn join(
     config: &AtlasConfig,
     seed: &str,
-    node_id: Option<NodeId>,
-) -> Result<JoinAnswer, JoinFailure> {
+    stored: Option<NodeId>,
+) -> Result<(JoinAnswer, Option<Vec<u8>>), JoinFailure> {
     let (addr, name) = seed_address(seed).map_err(JoinFailure::Refused)?;
     let ca_file = match (&config.peer_ca, &config.peer_ca_sha256) {
         (Some(path), _) => path.display().to_string(),
@@ -171,54 +195,110 @@ async fn join(
             "atlas.peer_ca: cannot read {ca_file}: {e}"
         )));
     }
-    let client = PeerClient::new(PeerClientOptions {
-        ca_file,
+    let options = |timeout: Duration| PeerClientOptions {
+        ca_file: ca_file.clone(),
         credentials: config.credentials.clone().unwrap_or_default(),
         connect_timeout: Duration::from_secs(5),
-        request_timeout: JOIN_COMMIT_TIMEOUT + Duration::from_secs(10),
+        request_timeout: timeout,
         client_cert_key: None,
-    });
-    let body = serde_json::to_vec(&this_node_request(config, node_id)).unwrap_or_default();
-    let deadline = Instant::now() + JOIN_PATIENCE;
-    loop {
-        match client
-            .post(&addr, &name, JOIN_PATH, Bytes::from(body.clone()))
-            .await
-        {
-            Ok(response) if response.status == 200 => {
-                return serde_json::from_slice(&response.body).map_err(|e| {
-                    JoinFailure::Refused(format!("the seed's join answer does not parse: {e}"))
-                });
-            }
-            Ok(response) if response.status == 401 => {
-                return Err(JoinFailure::Refused(format!(
-                    "the seed {seed} refused the cluster credentials (atlas.credentials)"
-                )));
-            }
-            Ok(response) => {
-                let message = String::from_utf8_lossy(&response.body).into_owned();
-                if response.status == 503 && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-                return Err(JoinFailure::Refused(format!(
-                    "the seed {seed} refused the join ({}): {message}",
-                    response.status
-                )));
-            }
-            Err(e) => {
-                let text = e.to_string();
-                if is_tls_failure(&e) {
+    };
+    let client = PeerClient::new(options(JOIN_COMMIT_TIMEOUT + Duration::from_secs(10)));
+    let seed = Seed {
+        client: &client,
+        addr: &addr,
+        name: &name,
+        url: seed,
+    };
+    if stored.is_some() {
+        let answer = seed
+            .post_json(JOIN_PATH, &this_node_request(config, stored, true))
+            .await?;
+        return Ok((answer, None));
+    }
+    // A new node: register, copy a snapshot of the data, then become a member.
+    let registered: JoinAnswer = seed
+        .post_json(JOIN_PATH, &this_node_request(config, None, false))
+        .await?;
+    let bulk = PeerClient::new(options(SNAPSHOT_TIMEOUT));
+    let snapshot = Seed {
+        client: &bulk,
+        ..seed
+    }
+    .post(SNAPSHOT_PATH, Vec::new())
+    .await?;
+    let answer = seed
+        .post_json(
+            JOIN_PATH,
+            &this_node_request(config, Some(registered.node_id), true),
+        )
+        .await?;
+    Ok((answer, Some(snapshot)))
+}
+
+/// The member a node joins through.
+#[derive(Clone, Copy)]
+struct Seed<'a> {
+    client: &'a PeerClient,
+    addr: &'a str,
+    name: &'a str,
+    url: &'a str,
+}
+
+impl Seed<'_> {
+    async fn post_json(
+        &self,
+        path: &str,
+        request: &JoinRequest,
+    ) -> Result<JoinAnswer, JoinFailure> {
+        let body = serde_json::to_vec(request).unwrap_or_default();
+        let answer = self.post(path, body).await?;
+        serde_json::from_slice(&answer).map_err(|e| {
+            JoinFailure::Refused(format!("the seed's join answer does not parse: {e}"))
+        })
+    }
+
+    /// POSTs `body`, retrying while the seed is starting or unreachable (bounded); the body
+    /// of a `200`, or why not.
+    async fn post(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>, JoinFailure> {
+        let seed = self.url;
+        let deadline = Instant::now() + JOIN_PATIENCE;
+        loop {
+            match self
+                .client
+                .post(self.addr, self.name, path, Bytes::from(body.clone()))
+                .await
+            {
+                Ok(response) if response.status == 200 => return Ok(response.body.to_vec()),
+                Ok(response) if response.status == 401 => {
                     return Err(JoinFailure::Refused(format!(
-                        "cannot verify the seed {seed} with atlas.peer_ca: {text}"
+                        "the seed {seed} refused the cluster credentials (atlas.credentials)"
                     )));
                 }
-                if Instant::now() >= deadline {
-                    return Err(JoinFailure::Unreachable(format!(
-                        "cannot reach the seed {seed}: {text}"
+                Ok(response) => {
+                    let message = String::from_utf8_lossy(&response.body).into_owned();
+                    if response.status == 503 && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    return Err(JoinFailure::Refused(format!(
+                        "the seed {seed} refused the join ({}): {message}",
+                        response.status
                     )));
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                Err(e) => {
+                    let text = e.to_string();
+                    if is_tls_failure(&e) {
+                        return Err(JoinFailure::Refused(format!(
+                            "cannot verify the seed {seed} with atlas.peer_ca: {text}"
+                        )));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(JoinFailure::Unreachable(format!(
+                            "cannot reach the seed {seed}: {text}"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
     }
@@ -313,6 +393,8 @@ pub async fn serve_join(
         .cloned();
     let id = match (&same_address, request.node_id) {
         (Some(existing), Some(id)) if existing.id == id => id,
+        // Registered before but never a member (its join was interrupted): the same node.
+        (Some(existing), None) if !view.members.contains(existing.id) => existing.id,
         (Some(existing), _) => {
             return HttpReply::error(
                 409,
@@ -358,6 +440,10 @@ pub async fn serve_join(
             );
         }
     }
+    if !request.member {
+        tracing::info!(node = id, addr = %record.address(), "node registered; it copies a snapshot next");
+        return join_answer(cluster, engine, tls_dir, id);
+    }
     // The change is not awaited: once applied, the configuration is joint, and the owner of
     // `atlas` runs phase 1 again with quorums that include the new node, which is still
     // waiting for this answer. So the answer goes out as soon as the node is a member.
@@ -386,6 +472,16 @@ pub async fn serve_join(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    tracing::info!(node = id, region = %request.region, addr = %record.address(), "node joined");
+    join_answer(cluster, engine, tls_dir, id)
+}
+
+fn join_answer(
+    cluster: &ClusterHandle,
+    engine: &atlas::Engine,
+    tls_dir: Option<&std::path::Path>,
+    id: NodeId,
+) -> HttpReply {
     let view = cluster.view();
     let mut nodes: Vec<NodeRecord> = view.directory.values().cloned().collect();
     if !nodes.iter().any(|n| n.id == engine.node().id) {
@@ -404,7 +500,6 @@ pub async fn serve_join(
         ),
         None => (None, None),
     };
-    tracing::info!(node = id, region = %request.region, addr = %record.address(), "node joined");
     let answer = JoinAnswer {
         node_id: id,
         bootstrap: bootstrap_of(cluster),

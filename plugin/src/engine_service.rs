@@ -96,6 +96,24 @@ impl EngineService {
         engine: &Arc<atlas::Engine>,
     ) -> Result<ClusterHandle, String> {
         let store = engine.store();
+        // A joining node copied a snapshot of the data before it became a member: install it
+        // into its (still empty) storage before the runtime starts.
+        let snapshot = self.config.data_dir.join(crate::cluster::SNAPSHOT_FILE);
+        if snapshot.exists() {
+            if store.get_meta("clustered").map_err(|e| e.to_string())?.is_none() {
+                let bytes = std::fs::read(&snapshot)
+                    .map_err(|e| format!("{}: {e}", snapshot.display()))?;
+                let records = store
+                    .import_snapshot(&bytes)
+                    .map_err(|e| format!("installing {}: {e}", snapshot.display()))?;
+                store
+                    .put_meta("node_id", &identity.node_id.to_be_bytes())
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(records, "installed the snapshot copied from the cluster");
+            }
+            std::fs::remove_file(&snapshot)
+                .map_err(|e| format!("{}: {e}", snapshot.display()))?;
+        }
         // Data written before the node was clustered is in no log: no other node could ever
         // get it, so refuse rather than serve a cluster that silently lacks it.
         if store

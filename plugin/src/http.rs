@@ -41,6 +41,8 @@ const OWNED_PREFIXES: [&str; 3] = ["/atlas/", "/api/", "/metrics"];
 
 pub const JOIN_PATH: &str = "/atlas/v1/join";
 pub const TRANSPORT_PATH: &str = "/atlas/v1/consensus";
+/// A snapshot of the node's data, for a joining node (cluster credentials).
+pub const SNAPSHOT_PATH: &str = "/atlas/v1/snapshot";
 /// The internal CA certificate (public), for joiners that pin its fingerprint.
 pub const CA_PATH: &str = "/atlas/v1/ca";
 /// Test-only fault layer (served only with `atlas.fault_injection: true`).
@@ -76,6 +78,7 @@ pub enum Route {
     Metrics,
     Ca,
     Join,
+    Snapshot,
     Transport,
     Faults,
     Nas,
@@ -91,6 +94,7 @@ impl Route {
             Route::Metrics => "metrics",
             Route::Join => "join",
             Route::Transport => "consensus",
+            Route::Snapshot => "snapshot",
             Route::Faults => "faults",
             Route::Nas => "api",
             Route::NotFound => "not_found",
@@ -118,6 +122,7 @@ pub fn route(method: &str, path: &str) -> Route {
         CA_PATH => expect("GET", Route::Ca),
         JOIN_PATH => expect("POST", Route::Join),
         TRANSPORT_PATH => expect("POST", Route::Transport),
+        SNAPSHOT_PATH => expect("POST", Route::Snapshot),
         FAULTS_PATH => expect("POST", Route::Faults),
         p if p == "/api/v1" || p.starts_with("/api/v1/") => Route::Nas,
         _ => Route::NotFound,
@@ -183,7 +188,7 @@ impl HttpApi {
         // Credentials are checked before a body is read, so an unauthenticated client cannot
         // make the server buffer anything.
         let refused = match route {
-            Route::Join | Route::Transport => self.authenticate(session, route),
+            Route::Join | Route::Transport | Route::Snapshot => self.authenticate(session, route),
             Route::Faults if !self.fault_injection => {
                 Some(HttpReply::error(404, "not_found", "no such endpoint"))
             }
@@ -238,7 +243,9 @@ impl HttpApi {
                     extra_headers: Vec::new(),
                 }
             }
-            Route::Join | Route::Transport | Route::Faults => self.cluster(route, body).await,
+            Route::Join | Route::Transport | Route::Faults | Route::Snapshot => {
+                self.cluster(route, body).await
+            }
             Route::Nas => self.nas(session, body).await,
             Route::NotFound => HttpReply::error(404, "not_found", "no such endpoint"),
             Route::MethodNotAllowed(allowed) => {
@@ -270,6 +277,19 @@ impl HttpApi {
                 .await
             }
             Route::Transport => crate::cluster::serve_transport(cluster, &self.faults, &body),
+            Route::Snapshot => {
+                let engine = engine.clone();
+                match tokio::task::spawn_blocking(move || engine.store().export_snapshot()).await
+                {
+                    Ok(Ok(bytes)) => HttpReply {
+                        status: 200,
+                        content_type: "application/octet-stream",
+                        body: bytes,
+                        extra_headers: Vec::new(),
+                    },
+                    _ => HttpReply::error(500, "internal", "the snapshot could not be made"),
+                }
+            }
             _ => {
                 #[derive(serde::Deserialize)]
                 struct FaultsBody {

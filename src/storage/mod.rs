@@ -10,6 +10,7 @@
 pub mod acl;
 pub mod consensus_store;
 pub mod record;
+pub mod snapshot;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};

@@ -107,8 +107,15 @@ fn three_regions_replicate_and_survive_kill9_sigstop_and_partitions() {
         acknowledged_writes(&history)
     );
 
-    // A late joiner copies what is there and serves linearizable reads.
+    // A late joiner copies a snapshot of the data before it becomes a member, then follows
+    // the log, and serves linearizable reads.
     let late = cluster.add("eu");
+    let log = cluster.nodes[late].stderr_text();
+    assert!(
+        log.contains("copied a snapshot of the cluster's data")
+            && log.contains("installed the snapshot copied from the cluster"),
+        "{log}"
+    );
     let mut client = cluster.nodes[late].client();
     assert_eq!(client.get("boot.a").as_deref(), Some("zero"));
     let scan = client.request_ok("SCAN ACCT.");
