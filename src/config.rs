@@ -57,6 +57,8 @@ pub struct AtlasConfig {
     pub migration: Migration,
     /// Test-only: serve `POST /atlas/v1/test/faults` to cut this node off from peers.
     pub fault_injection: bool,
+    /// Node-to-node messages also need a client certificate signed by the cluster CA.
+    pub peer_mtls: bool,
     pub durability: Durability,
     pub metrics_listen: Option<String>,
     pub routes: Vec<RouteConfig>,
@@ -81,6 +83,7 @@ impl Default for AtlasConfig {
             fz: 0,
             migration: Migration::Adaptive,
             fault_injection: false,
+            peer_mtls: false,
             durability: Durability::Strict,
             metrics_listen: None,
             routes: Vec::new(),
@@ -352,6 +355,9 @@ impl AtlasConfig {
                 "atlas.peer_ca: required in a cluster with tls files (the CA that signed the nodes' certificates)"
                     .into(),
             );
+        }
+        if self.peer_mtls && self.credentials.is_none() {
+            return Err("atlas.peer_mtls: needs atlas.credentials (it secures a cluster)".into());
         }
         if self.credentials.as_deref().is_some_and(|c| c.len() < 8) {
             return Err("atlas.credentials: must be at least 8 characters".into());

@@ -581,7 +581,7 @@ impl HttpTransport {
             credentials: config.credentials.clone().unwrap_or_default(),
             connect_timeout: Duration::from_secs(2),
             request_timeout: TRANSPORT_TIMEOUT,
-            client_cert_key: None,
+            client_cert_key: crate::tls::client_cert_key(config),
         });
         Arc::new(HttpTransport {
             me,

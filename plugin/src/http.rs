@@ -152,6 +152,8 @@ pub struct HttpApi {
     /// The internal CA's directory (handed to joining nodes), with `tls: internal`.
     tls_dir: Option<std::path::PathBuf>,
     fault_injection: bool,
+    /// The consensus transport also needs a client certificate (verified by the listener).
+    peer_mtls: bool,
     faults: Arc<crate::cluster::Faults>,
     joins: tokio::sync::Mutex<()>,
 }
@@ -171,6 +173,7 @@ impl HttpApi {
             tls_dir: matches!(config.tls, atlas::config::TlsConfig::Internal)
                 .then(|| crate::tls::tls_dir(config)),
             fault_injection: config.fault_injection,
+            peer_mtls: config.peer_mtls,
             faults,
             joins: tokio::sync::Mutex::new(()),
         })
@@ -188,6 +191,17 @@ impl HttpApi {
         // Credentials are checked before a body is read, so an unauthenticated client cannot
         // make the server buffer anything.
         let refused = match route {
+            Route::Transport if self.peer_mtls && !has_client_certificate(session) => {
+                metrics()
+                    .auth_failures
+                    .with_label_values(&[route.label()])
+                    .inc();
+                Some(HttpReply::error(
+                    401,
+                    "unauthorized",
+                    "a client certificate signed by the cluster CA is required (atlas.peer_mtls)",
+                ))
+            }
             Route::Join | Route::Transport | Route::Snapshot => self.authenticate(session, route),
             Route::Faults if !self.fault_injection => {
                 Some(HttpReply::error(404, "not_found", "no such endpoint"))
@@ -423,6 +437,15 @@ impl HttpApi {
             .push(("www-authenticate", "Bearer".to_string()));
         Some(reply)
     }
+}
+
+/// Whether the TLS client presented a certificate (the listener's verifier accepted it: an
+/// unverifiable one fails the handshake).
+fn has_client_certificate(session: &ServerSession) -> bool {
+    session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .is_some_and(|s| !s.cert_digest.is_empty())
 }
 
 /// The body length the client declared, if any.

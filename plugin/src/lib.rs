@@ -98,6 +98,9 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
     let mut settings = TlsSettings::intermediate("", "")
         .map_err(|e| InstallError::Tls(tls::TlsError::Key(e.to_string())))?;
     settings.set_cert_resolver(tls.resolver.clone());
+    if config.peer_mtls {
+        settings.set_client_cert_verifier(tls::client_verifier(config)?);
+    }
     settings.enable_h2();
     https.add_tls_with_settings(&config.listen, None, settings);
     server.add_service(https);

@@ -262,6 +262,60 @@ pub fn adopt_cluster_ca(
     Ok(())
 }
 
+/// The CA that signs every member's certificate: the internal CA, or `peer_ca` with files.
+pub fn cluster_ca_path(config: &AtlasConfig) -> Option<PathBuf> {
+    match (&config.tls, &config.peer_ca) {
+        (TlsConfig::Internal, _) => Some(ca_cert_path(config)),
+        (_, Some(ca)) => Some(ca.clone()),
+        (_, None) => None,
+    }
+}
+
+/// For `peer_mtls`: the listener verifies a client certificate against the cluster CA when
+/// one is presented (clients of the HTTPS endpoints need none; the consensus transport then
+/// requires one, see `http.rs`).
+pub fn client_verifier(
+    config: &AtlasConfig,
+) -> Result<Arc<dyn pingora::tls::ClientCertVerifier>, TlsError> {
+    let path = cluster_ca_path(config).ok_or(TlsError::Pem {
+        path: "atlas.peer_ca".into(),
+        what: "cluster CA (required with peer_mtls)",
+    })?;
+    let pem = read(&path)?;
+    let der = pem_to_der(&pem).ok_or(TlsError::Pem {
+        path: path.display().to_string(),
+        what: "certificate",
+    })?;
+    let mut roots = pingora::tls::RootCertStore::empty();
+    roots
+        .add(pingora::tls::CertificateDer::from(der))
+        .map_err(|_| TlsError::Pem {
+            path: path.display().to_string(),
+            what: "CA certificate",
+        })?;
+    pingora::tls::WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Key(format!("client certificate verifier: {e}")))
+}
+
+/// For `peer_mtls`: the certificate and key this node presents to its peers.
+pub fn client_cert_key(config: &AtlasConfig) -> Option<(String, String)> {
+    if !config.peer_mtls {
+        return None;
+    }
+    Some(match &config.tls {
+        TlsConfig::Internal => {
+            let dir = tls_dir(config);
+            (
+                dir.join("node.crt").display().to_string(),
+                dir.join("node.key").display().to_string(),
+            )
+        }
+        TlsConfig::Files { cert, key } => (cert.display().to_string(), key.display().to_string()),
+    })
+}
+
 /// Loads a PEM chain and key into what rustls serves.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let cert_s = cert.display().to_string();

@@ -290,3 +290,48 @@ fn blobs_acls_and_scans_replicate() {
         assert_eq!(scan.len(), 6, "KEYS:5 and five keys: {scan:?}");
     }
 }
+
+#[test]
+fn peer_mtls_requires_a_cluster_certificate_on_the_transport() {
+    let cluster = TestCluster::start(&["a", "b"], "fz: 1\npeer_mtls: true\n");
+    cluster.nodes[0].client().put("mtls.k", "v");
+    assert_eq!(cluster.nodes[1].client().get("mtls.k").as_deref(), Some("v"));
+    let node = &cluster.nodes[0];
+    let url = format!("https://{}/atlas/v1/consensus", node.https_addr());
+    let bearer = format!("Authorization: Bearer {CREDENTIALS}");
+    let without = atlas_tests::https::curl(
+        &node.ca_path(),
+        &url,
+        &["-X", "POST", "-H", &bearer, "--data-binary", "x"],
+    );
+    assert_eq!(without.status, 401, "{without:?}");
+    assert!(without.body.contains("client certificate"), "{without:?}");
+    // Node 2's certificate, issued by the cluster CA, passes (the body is then judged).
+    let tls = cluster.nodes[1].dir().join("data").join("tls");
+    let cert = tls.join("node.crt").display().to_string();
+    let key = tls.join("node.key").display().to_string();
+    let with = atlas_tests::https::curl(
+        &node.ca_path(),
+        &url,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &bearer,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--data-binary",
+            "x",
+        ],
+    );
+    assert_eq!(with.status, 400, "{with:?}");
+    // Clients of the other endpoints need no certificate.
+    let health = atlas_tests::https::curl(
+        &node.ca_path(),
+        &format!("https://{}/atlas/v1/health", node.https_addr()),
+        &[],
+    );
+    assert_eq!(health.status, 200);
+}
