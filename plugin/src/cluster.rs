@@ -142,7 +142,10 @@ pub fn prepare_identity(config: &AtlasConfig) -> Result<Option<ClusterIdentity>,
                     .and_then(|_| std::fs::write(&tmp, &bytes))
                     .and_then(|_| std::fs::rename(&tmp, &path))
                     .map_err(|e| format!("cannot store the snapshot at {}: {e}", path.display()))?;
-                tracing::info!(bytes = bytes.len(), "copied a snapshot of the cluster's data");
+                tracing::info!(
+                    bytes = bytes.len(),
+                    "copied a snapshot of the cluster's data"
+                );
             }
             if let (TlsConfig::Internal, Some(cert), Some(key)) =
                 (&config.tls, &answer.ca_cert, &answer.ca_key)

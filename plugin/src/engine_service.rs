@@ -100,9 +100,13 @@ impl EngineService {
         // into its (still empty) storage before the runtime starts.
         let snapshot = self.config.data_dir.join(crate::cluster::SNAPSHOT_FILE);
         if snapshot.exists() {
-            if store.get_meta("clustered").map_err(|e| e.to_string())?.is_none() {
-                let bytes = std::fs::read(&snapshot)
-                    .map_err(|e| format!("{}: {e}", snapshot.display()))?;
+            if store
+                .get_meta("clustered")
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                let bytes =
+                    std::fs::read(&snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?;
                 let records = store
                     .import_snapshot(&bytes)
                     .map_err(|e| format!("installing {}: {e}", snapshot.display()))?;
@@ -111,8 +115,7 @@ impl EngineService {
                     .map_err(|e| e.to_string())?;
                 tracing::info!(records, "installed the snapshot copied from the cluster");
             }
-            std::fs::remove_file(&snapshot)
-                .map_err(|e| format!("{}: {e}", snapshot.display()))?;
+            std::fs::remove_file(&snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?;
         }
         // Data written before the node was clustered is in no log: no other node could ever
         // get it, so refuse rather than serve a cluster that silently lacks it.

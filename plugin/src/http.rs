@@ -293,8 +293,7 @@ impl HttpApi {
             Route::Transport => crate::cluster::serve_transport(cluster, &self.faults, &body),
             Route::Snapshot => {
                 let engine = engine.clone();
-                match tokio::task::spawn_blocking(move || engine.store().export_snapshot()).await
-                {
+                match tokio::task::spawn_blocking(move || engine.store().export_snapshot()).await {
                     Ok(Ok(bytes)) => HttpReply {
                         status: 200,
                         content_type: "application/octet-stream",

@@ -69,7 +69,9 @@ type SnapshotRecord<'a> = (u8, &'a [u8], &'a [u8]);
 
 fn parse(bytes: &[u8]) -> Result<Vec<SnapshotRecord<'_>>, StorageError> {
     let corrupt = |what: &str| StorageError::Corrupt(format!("snapshot: {what}"));
-    let mut rest = bytes.strip_prefix(MAGIC).ok_or_else(|| corrupt("not a snapshot"))?;
+    let mut rest = bytes
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| corrupt("not a snapshot"))?;
     let mut records = Vec::new();
     loop {
         let (&family, tail) = rest.split_first().ok_or_else(|| corrupt("truncated"))?;
@@ -110,9 +112,15 @@ mod tests {
         let key = Key::parse(b"T.K").unwrap();
         source.put_system(&key, b"hello".to_vec(), 0).unwrap();
         let acceptor = source.cf(CF_ACCEPTOR);
-        source.db.put_cf(acceptor, b"Dgroup", 7u64.to_be_bytes()).unwrap();
+        source
+            .db
+            .put_cf(acceptor, b"Dgroup", 7u64.to_be_bytes())
+            .unwrap();
         source.db.put_cf(acceptor, b"Pgroup", b"promise").unwrap();
-        source.db.put_cf(source.cf(CF_LOG), b"entry", b"cmd").unwrap();
+        source
+            .db
+            .put_cf(source.cf(CF_LOG), b"entry", b"cmd")
+            .unwrap();
         let bytes = source.export_snapshot().unwrap();
 
         let target = Store::open(b.path(), Durability::Relaxed).unwrap();
@@ -122,8 +130,17 @@ mod tests {
         assert_eq!(body, b"hello");
         let acceptor = target.cf(CF_ACCEPTOR);
         assert!(target.db.get_cf(acceptor, b"Dgroup").unwrap().is_some());
-        assert!(target.db.get_cf(acceptor, b"Pgroup").unwrap().is_none(), "votes stay home");
-        assert!(target.db.get_cf(target.cf(CF_LOG), b"entry").unwrap().is_some());
+        assert!(
+            target.db.get_cf(acceptor, b"Pgroup").unwrap().is_none(),
+            "votes stay home"
+        );
+        assert!(
+            target
+                .db
+                .get_cf(target.cf(CF_LOG), b"entry")
+                .unwrap()
+                .is_some()
+        );
 
         // Damaged snapshots are refused before anything is written.
         let empty = tempfile::tempdir().unwrap();

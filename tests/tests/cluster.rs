@@ -295,7 +295,10 @@ fn blobs_acls_and_scans_replicate() {
 fn peer_mtls_requires_a_cluster_certificate_on_the_transport() {
     let cluster = TestCluster::start(&["a", "b"], "fz: 1\npeer_mtls: true\n");
     cluster.nodes[0].client().put("mtls.k", "v");
-    assert_eq!(cluster.nodes[1].client().get("mtls.k").as_deref(), Some("v"));
+    assert_eq!(
+        cluster.nodes[1].client().get("mtls.k").as_deref(),
+        Some("v")
+    );
     let node = &cluster.nodes[0];
     let url = format!("https://{}/atlas/v1/consensus", node.https_addr());
     let bearer = format!("Authorization: Bearer {CREDENTIALS}");
