@@ -524,6 +524,52 @@ fn bootstrap_of(cluster: &ClusterHandle) -> Vec<BootstrapMember> {
         .collect()
 }
 
+/// `POST /atlas/v1/remove` `{"node_id": N}`: takes a member out of the cluster (for a node
+/// that is gone for good). Answers once the removal is in the configuration.
+pub async fn serve_remove(cluster: &ClusterHandle, body: &[u8]) -> HttpReply {
+    #[derive(Deserialize)]
+    struct Remove {
+        node_id: NodeId,
+    }
+    let node = match serde_json::from_slice::<Remove>(body) {
+        Ok(r) => r.node_id,
+        Err(e) => return HttpReply::error(400, "bad_request", &format!("node_id: {e}")),
+    };
+    if node == cluster.id() {
+        return HttpReply::error(
+            400,
+            "bad_request",
+            "node_id: a node cannot remove itself; ask another member",
+        );
+    }
+    if !cluster.view().members.contains(node) {
+        return HttpReply::error(404, "not_found", &format!("node {node} is not a member"));
+    }
+    let deadline = Instant::now() + JOIN_COMMIT_TIMEOUT;
+    let mut proposal: Option<tokio::task::JoinHandle<Reply>> = None;
+    loop {
+        let view = cluster.view();
+        if !view.members.contains(node) {
+            tracing::info!(node, "node removed from the cluster");
+            return HttpReply::json(200, serde_json::json!({"removed": node}));
+        }
+        if Instant::now() >= deadline {
+            return HttpReply::error(
+                503,
+                "unavailable",
+                "the removal did not commit in time; retry",
+            );
+        }
+        if proposal.as_ref().is_none_or(|p| p.is_finished()) && !view.joint {
+            let cluster = cluster.clone();
+            proposal = Some(tokio::spawn(async move {
+                cluster.system(ClientOp::RemoveNode { node }).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `POST /atlas/v1/consensus`: messages from a peer (an empty batch is a ping).
 pub fn serve_transport(cluster: &ClusterHandle, faults: &Faults, body: &[u8]) -> HttpReply {
     let envelope = match Envelope::decode(body) {

@@ -41,6 +41,8 @@ const OWNED_PREFIXES: [&str; 3] = ["/atlas/", "/api/", "/metrics"];
 
 pub const JOIN_PATH: &str = "/atlas/v1/join";
 pub const TRANSPORT_PATH: &str = "/atlas/v1/consensus";
+/// Removes a member from the cluster (cluster credentials).
+pub const REMOVE_PATH: &str = "/atlas/v1/remove";
 /// A snapshot of the node's data, for a joining node (cluster credentials).
 pub const SNAPSHOT_PATH: &str = "/atlas/v1/snapshot";
 /// The internal CA certificate (public), for joiners that pin its fingerprint.
@@ -78,6 +80,7 @@ pub enum Route {
     Metrics,
     Ca,
     Join,
+    Remove,
     Snapshot,
     Transport,
     Faults,
@@ -95,6 +98,7 @@ impl Route {
             Route::Join => "join",
             Route::Transport => "consensus",
             Route::Snapshot => "snapshot",
+            Route::Remove => "remove",
             Route::Faults => "faults",
             Route::Nas => "api",
             Route::NotFound => "not_found",
@@ -123,6 +127,7 @@ pub fn route(method: &str, path: &str) -> Route {
         JOIN_PATH => expect("POST", Route::Join),
         TRANSPORT_PATH => expect("POST", Route::Transport),
         SNAPSHOT_PATH => expect("POST", Route::Snapshot),
+        REMOVE_PATH => expect("POST", Route::Remove),
         FAULTS_PATH => expect("POST", Route::Faults),
         p if p == "/api/v1" || p.starts_with("/api/v1/") => Route::Nas,
         _ => Route::NotFound,
@@ -202,7 +207,9 @@ impl HttpApi {
                     "a client certificate signed by the cluster CA is required (atlas.peer_mtls)",
                 ))
             }
-            Route::Join | Route::Transport | Route::Snapshot => self.authenticate(session, route),
+            Route::Join | Route::Transport | Route::Snapshot | Route::Remove => {
+                self.authenticate(session, route)
+            }
             Route::Faults if !self.fault_injection => {
                 Some(HttpReply::error(404, "not_found", "no such endpoint"))
             }
@@ -257,7 +264,7 @@ impl HttpApi {
                     extra_headers: Vec::new(),
                 }
             }
-            Route::Join | Route::Transport | Route::Faults | Route::Snapshot => {
+            Route::Join | Route::Transport | Route::Faults | Route::Snapshot | Route::Remove => {
                 self.cluster(route, body).await
             }
             Route::Nas => self.nas(session, body).await,
@@ -291,6 +298,7 @@ impl HttpApi {
                 .await
             }
             Route::Transport => crate::cluster::serve_transport(cluster, &self.faults, &body),
+            Route::Remove => crate::cluster::serve_remove(cluster, &body).await,
             Route::Snapshot => {
                 let engine = engine.clone();
                 match tokio::task::spawn_blocking(move || engine.store().export_snapshot()).await {

@@ -74,6 +74,8 @@ pub struct ClusterView {
     pub groups: BTreeMap<GroupId, GroupView>,
     pub effective: Option<Tolerances>,
     pub pending_requests: usize,
+    /// Nodes that were members and are no more (removed).
+    pub removed: std::collections::BTreeSet<NodeId>,
 }
 
 enum Input {
@@ -542,6 +544,13 @@ impl Worker {
             groups,
             effective: Some(node.quorums().effective()),
             pending_requests: node.pending_requests(),
+            removed: node
+                .config()
+                .past
+                .iter()
+                .flat_map(|(m, _)| m.nodes())
+                .filter(|n| !node.membership().contains(*n))
+                .collect(),
         };
         *self.shared.view.write().unwrap_or_else(|e| e.into_inner()) = view;
     }

@@ -148,11 +148,17 @@ fn lines_reply(lines: impl IntoIterator<Item = String>) -> Reply {
     Reply::Lines(lines.into_iter().map(String::into_bytes).collect())
 }
 
-/// Members: of the configuration in force, plus any node with a record (joining).
+/// Members: of the configuration in force, plus any node with a record that was never
+/// removed (joining).
 fn known_nodes(view: &ClusterView) -> BTreeSet<NodeId> {
     view.members
         .nodes()
-        .chain(view.directory.keys().copied())
+        .chain(
+            view.directory
+                .keys()
+                .copied()
+                .filter(|n| !view.removed.contains(n)),
+        )
         .collect()
 }
 

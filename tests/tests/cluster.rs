@@ -338,3 +338,40 @@ fn peer_mtls_requires_a_cluster_certificate_on_the_transport() {
     );
     assert_eq!(health.status, 200);
 }
+
+#[test]
+fn a_node_gone_for_good_is_removed_and_the_rest_keep_serving() {
+    let mut cluster = TestCluster::start(&["a", "b", "c"], "fz: 1\n");
+    cluster.nodes[0].client().put("rm.k", "before");
+    cluster.nodes[2].kill9();
+    let node = &cluster.nodes[0];
+    let remove = |body: &str| {
+        atlas_tests::https::curl(
+            &node.ca_path(),
+            &format!("https://{}/atlas/v1/remove", node.https_addr()),
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &format!("Authorization: Bearer {CREDENTIALS}"),
+                "--data-binary",
+                body,
+            ],
+        )
+    };
+    assert_eq!(remove(r#"{"node_id": 1}"#).status, 400, "not itself");
+    assert_eq!(remove(r#"{"node_id": 42}"#).status, 404, "not a member");
+    assert_eq!(remove(r#"{"node": 3}"#).status, 400, "field named");
+    let removed = remove(r#"{"node_id": 3}"#);
+    assert_eq!(removed.status, 200, "{removed:?}");
+    let list = node.client().request_ok("NODE LIST");
+    assert_eq!(list.len(), 2, "{list:?}");
+    // The two left (2 zones: fz reduced to 0) write and read.
+    cluster.nodes[1].client().put("rm.k", "after");
+    assert_eq!(
+        cluster.nodes[0].client().get("rm.k").as_deref(),
+        Some("after")
+    );
+    let info = cluster.nodes[0].client().request_ok("TABLE INFO rm");
+    assert!(info.contains(&"fz=0".to_string()), "{info:?}");
+}
