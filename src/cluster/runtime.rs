@@ -288,7 +288,8 @@ impl ClusterHandle {
             None => entry.tick(now, &policy),
         }
         // The nearest zones serve Q2: tell the core each zone's best measured round trip.
-        let view = self.view();
+        // (The membership is read under the view's lock: no copy of the whole view per ping.)
+        let view = self.inner.view.read().unwrap_or_else(|e| e.into_inner());
         let Some(zone) = view.members.zone_of(peer).cloned() else {
             return;
         };
@@ -299,6 +300,7 @@ impl ClusterHandle {
             .filter(|h| h.status() != PeerStatus::Down)
             .filter_map(|h| h.rtt_ms())
             .fold(f64::INFINITY, f64::min);
+        drop(view);
         drop(health);
         if best.is_finite() && zone != self.inner.zone {
             self.input(Input::ZoneRtt {
@@ -554,23 +556,6 @@ impl Worker {
         };
         *self.shared.view.write().unwrap_or_else(|e| e.into_inner()) = view;
     }
-}
-
-/// The tables a SCAN/COUNT prefix touches: its own table when it names one (`USERS.` or
-/// `USERS.A`), otherwise every table this node knows whose name starts with it.
-pub fn tables_for_prefix(engine: &Engine, prefix: &str) -> Vec<String> {
-    if let Some((table, _)) = prefix.split_once('.') {
-        return vec![table.to_string()];
-    }
-    let mut tables: Vec<String> = engine
-        .store()
-        .tables()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|t| t.starts_with(prefix) && !crate::protocol::key::is_system_table(t))
-        .collect();
-    tables.dedup();
-    tables
 }
 
 #[cfg(test)]

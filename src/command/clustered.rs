@@ -9,9 +9,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::cluster::runtime::{ClusterHandle, ClusterView, tables_for_prefix};
+use crate::cluster::runtime::{ClusterHandle, ClusterView};
 use crate::consensus::{NodeId, SYSTEM_GROUP};
 use crate::protocol::duration::format_rfc3339_ms;
+use crate::protocol::key::is_system_table;
 use crate::protocol::{Command, Reply};
 
 use super::{CommandError, Engine, Write, now_ms};
@@ -25,11 +26,17 @@ impl Engine {
         blob: Option<Vec<u8>>,
     ) -> Result<Reply, CommandError> {
         match command {
-            Command::Get(_) | Command::BlobGet(_) | Command::Scan(_) | Command::Count(_) => {
+            Command::NodeList => Ok(node_list(cluster)),
+            Command::NodeInfo(id) => node_info(cluster, &id, self.started),
+            Command::NodePing(id) => self.cluster_ping(cluster, &id).await,
+            Command::QuorumInfo(table) => Ok(quorum_info(cluster, &table)),
+            Command::TableInfo(table) => Ok(table_info(cluster, &table)),
+            Command::Assume(_) | Command::WhoAmI => Ok(Reply::Ok),
+            command if command.is_read() => {
                 let tables = match &command {
                     Command::Get(key) | Command::BlobGet(key) => vec![key.table().to_string()],
                     Command::Scan(prefix) | Command::Count(prefix) => {
-                        self.prefix_tables(cluster, prefix)
+                        self.prefix_tables(cluster, prefix).await?
                     }
                     _ => Vec::new(),
                 };
@@ -40,37 +47,32 @@ impl Engine {
                 self.blocking(move |e| e.read_now(principal.as_deref(), &command))
                     .await
             }
-            command @ (Command::Put { .. }
-            | Command::BlobSet { .. }
-            | Command::Del(_)
-            | Command::Grant { .. }
-            | Command::Revoke { .. }) => {
-                match Write::from_command(command, principal, blob, now_ms()) {
-                    Some(write) => Ok(cluster.write(write).await),
-                    None => Err(CommandError::TaskFailed),
-                }
-            }
-            Command::NodeList => Ok(node_list(cluster)),
-            Command::NodeInfo(id) => node_info(cluster, &id, self.started),
-            Command::NodePing(id) => self.cluster_ping(cluster, &id).await,
-            Command::QuorumInfo(table) => Ok(quorum_info(cluster, &table)),
-            Command::TableInfo(table) => self.cluster_table_info(cluster, &table).await,
-            Command::Assume(_) | Command::WhoAmI => Ok(Reply::Ok),
+            command => Ok(cluster
+                .write(Write::judged_now(command, principal, blob)?)
+                .await),
         }
     }
 
-    /// Tables a prefix touches: the ones stored here and the ones the consensus core has
-    /// heard of (a table another node created may not have reached this node's storage yet).
-    fn prefix_tables(&self, cluster: &ClusterHandle, prefix: &str) -> Vec<String> {
-        let mut tables: BTreeSet<String> = tables_for_prefix(self, prefix).into_iter().collect();
-        if !prefix.contains('.') {
-            for group in cluster.view().groups.keys() {
-                if group.starts_with(prefix) && group != SYSTEM_GROUP {
-                    tables.insert(group.clone());
-                }
-            }
+    /// The tables a SCAN/COUNT prefix touches: its own table when it names one (`USERS.` or
+    /// `USERS.A`); otherwise every table stored here or heard of by the consensus core (a
+    /// table another node created may not have reached this node's storage yet) whose name
+    /// starts with it.
+    async fn prefix_tables(
+        self: &Arc<Self>,
+        cluster: &ClusterHandle,
+        prefix: &str,
+    ) -> Result<Vec<String>, CommandError> {
+        if let Some((table, _)) = prefix.split_once('.') {
+            return Ok(vec![table.to_string()]);
         }
-        tables.into_iter().collect()
+        // Listing stored tables walks the values family: on the blocking pool.
+        let stored = self.blocking(|e| Ok(e.store.tables()?)).await?;
+        let tables: BTreeSet<String> = stored
+            .into_iter()
+            .chain(cluster.view().groups.into_keys())
+            .filter(|t| t.starts_with(prefix) && !is_system_table(t))
+            .collect();
+        Ok(tables.into_iter().collect())
     }
 
     async fn cluster_ping(
@@ -97,51 +99,48 @@ impl Engine {
             Err(e) => Ok(Reply::warn(format!("node {node} did not answer: {e}"))),
         }
     }
+}
 
-    async fn cluster_table_info(
-        self: &Arc<Self>,
-        cluster: &ClusterHandle,
-        table: &str,
-    ) -> Result<Reply, CommandError> {
-        let view = cluster.view();
-        let group = view.groups.get(table).cloned().unwrap_or_default();
-        let owner = group.owner;
-        let region = owner
-            .and_then(|o| view.members.zone_of(o).cloned())
-            .unwrap_or_else(|| "-".to_string());
-        let effective = view.effective.unwrap_or(cluster.configured());
-        let configured = cluster.configured();
-        let lines = [
-            format!(
-                "owner={}",
-                owner.map_or("none".to_string(), |o| o.to_string())
-            ),
-            format!(
-                "ballot={}",
-                group
-                    .ballot
-                    .filter(|b| !b.is_zero())
-                    .map_or("none".to_string(), |b| format!("{}.{}", b.counter, b.node))
-            ),
-            format!("region={region}"),
-            // Leases are held by the owner; this node reports whether that is itself.
-            format!(
-                "lease={}",
-                if group.is_owner {
-                    "held_here"
-                } else {
-                    "elsewhere"
-                }
-            ),
-            format!("last_slot={}", group.applied),
-            format!("table={table}"),
-            format!("fn={}", effective.nodes),
-            format!("fz={}", effective.zones),
-            format!("configured_fn={}", configured.nodes),
-            format!("configured_fz={}", configured.zones),
-        ];
-        Ok(lines_reply(lines))
-    }
+/// TABLE INFO from the cluster view (see docs/protocol.md).
+fn table_info(cluster: &ClusterHandle, table: &str) -> Reply {
+    let view = cluster.view();
+    let group = view.groups.get(table).cloned().unwrap_or_default();
+    let owner = group.owner;
+    let region = owner
+        .and_then(|o| view.members.zone_of(o).cloned())
+        .unwrap_or_else(|| "-".to_string());
+    let effective = view.effective.unwrap_or(cluster.configured());
+    let configured = cluster.configured();
+    let lines = [
+        format!(
+            "owner={}",
+            owner.map_or("none".to_string(), |o| o.to_string())
+        ),
+        format!(
+            "ballot={}",
+            group
+                .ballot
+                .filter(|b| !b.is_zero())
+                .map_or("none".to_string(), |b| format!("{}.{}", b.counter, b.node))
+        ),
+        format!("region={region}"),
+        // Leases are held by the owner; this node reports whether that is itself.
+        format!(
+            "lease={}",
+            if group.is_owner {
+                "held_here"
+            } else {
+                "elsewhere"
+            }
+        ),
+        format!("last_slot={}", group.applied),
+        format!("table={table}"),
+        format!("fn={}", effective.nodes),
+        format!("fz={}", effective.zones),
+        format!("configured_fn={}", configured.nodes),
+        format!("configured_fz={}", configured.zones),
+    ];
+    lines_reply(lines)
 }
 
 fn lines_reply(lines: impl IntoIterator<Item = String>) -> Reply {

@@ -165,43 +165,27 @@ impl Engine {
         {
             tracing::info!(target: "atlas::audit", key = %key, recorded_principal = %recorded, "KEY PUT");
         }
-        if let Some(cluster) = self.cluster.get() {
-            let result = self
-                .execute_clustered(cluster, principal, command, blob)
-                .await;
-            if let Err(CommandError::Storage(inner)) = &result {
-                tracing::error!(error = %inner, "storage failure");
+        let result = match self.cluster.get() {
+            Some(cluster) => {
+                self.execute_clustered(cluster, principal, command, blob)
+                    .await
             }
-            return result;
+            None => self.execute_here(principal, command, blob).await,
+        };
+        if let Err(CommandError::Storage(inner)) = &result {
+            tracing::error!(error = %inner, "storage failure");
         }
-        let result = match command {
-            Command::Get(key) => {
-                self.blocking(move |e| e.get(&key, principal.as_deref()))
-                    .await
-            }
-            Command::BlobGet(key) => {
-                self.blocking(move |e| e.blob_get(&key, principal.as_deref()))
-                    .await
-            }
-            command @ (Command::Put { .. }
-            | Command::BlobSet { .. }
-            | Command::Del(_)
-            | Command::Grant { .. }
-            | Command::Revoke { .. }) => {
-                match Write::from_command(command, principal, blob, now_ms()) {
-                    Some(write) => self.blocking(move |e| e.apply_write(&write)).await,
-                    // Only writes reach this arm; `from_command` is `None` for reads alone.
-                    None => Err(CommandError::TaskFailed),
-                }
-            }
-            Command::Scan(prefix) => {
-                self.blocking(move |e| e.scan(&prefix, principal.as_deref()))
-                    .await
-            }
-            Command::Count(prefix) => {
-                self.blocking(move |e| e.count(&prefix, principal.as_deref()))
-                    .await
-            }
+        result
+    }
+
+    /// A standalone node: every command on this node's storage at once.
+    async fn execute_here(
+        self: &Arc<Self>,
+        principal: Option<String>,
+        command: Command,
+        blob: Option<Vec<u8>>,
+    ) -> Result<Reply, CommandError> {
+        match command {
             Command::NodeList => Ok(self.node_list()),
             Command::NodeInfo(id) => self.blocking(move |e| e.node_info(&id)).await,
             Command::NodePing(id) => self.node_ping(&id).await,
@@ -209,10 +193,14 @@ impl Engine {
             Command::TableInfo(table) => self.blocking(move |e| e.table_info(&table)).await,
             // Session commands are handled by the connection, which owns the principal.
             Command::Assume(_) | Command::WhoAmI => Ok(Reply::Ok),
-        };
-        if let Err(CommandError::Storage(inner)) = &result {
-            tracing::error!(error = %inner, "storage failure");
+            command if command.is_read() => {
+                self.blocking(move |e| e.read_now(principal.as_deref(), &command))
+                    .await
+            }
+            command => {
+                let write = Write::judged_now(command, principal, blob)?;
+                self.blocking(move |e| e.apply_write(&write)).await
+            }
         }
-        result
     }
 }

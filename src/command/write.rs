@@ -53,6 +53,17 @@ pub enum WriteDecodeError {
 }
 
 impl Write {
+    /// The write a client command asks for, judged at the current time; only for commands
+    /// whose `is_write()` holds.
+    pub fn judged_now(
+        command: Command,
+        principal: Option<String>,
+        blob: Option<Vec<u8>>,
+    ) -> Result<Write, CommandError> {
+        Write::from_command(command, principal, blob, super::now_ms())
+            .ok_or(CommandError::TaskFailed)
+    }
+
     /// The write a client command asks for, judged at `now_ms`; `None` for reads.
     pub fn from_command(
         command: Command,

@@ -80,6 +80,26 @@ pub enum Command {
 }
 
 impl Command {
+    /// A read of stored data (answered from storage, after a read barrier in a cluster).
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Command::Get(_) | Command::BlobGet(_) | Command::Scan(_) | Command::Count(_)
+        )
+    }
+
+    /// A change of stored data (becomes a `command::Write`).
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Command::Put { .. }
+                | Command::BlobSet { .. }
+                | Command::Del(_)
+                | Command::Grant { .. }
+                | Command::Revoke { .. }
+        )
+    }
+
     /// Name for metrics and logs (`KEY GET`, `SCAN`, ...).
     pub fn name(&self) -> &'static str {
         match self {
