@@ -447,33 +447,18 @@ pub async fn serve_join(
         tracing::info!(node = id, addr = %record.address(), "node registered; it copies a snapshot next");
         return join_answer(cluster, engine, tls_dir, id);
     }
-    // The change is not awaited: once applied, the configuration is joint, and the owner of
-    // `atlas` runs phase 1 again with quorums that include the new node, which is still
-    // waiting for this answer. So the answer goes out as soon as the node is a member.
-    let deadline = Instant::now() + JOIN_COMMIT_TIMEOUT;
-    let mut proposal: Option<tokio::task::JoinHandle<Reply>> = None;
-    loop {
-        let view = cluster.view();
-        if view.members.contains(id) {
-            break;
-        }
-        if Instant::now() >= deadline {
-            return HttpReply::error(
-                503,
-                "unavailable",
-                "the membership change did not commit in time; retry the join",
-            );
-        }
-        let idle = proposal.as_ref().is_none_or(|p| p.is_finished());
-        if idle && !view.joint {
-            let cluster = cluster.clone();
-            let op = ClientOp::AddNode {
-                node: id,
-                zone: request.region.clone(),
-            };
-            proposal = Some(tokio::spawn(async move { cluster.system(op).await }));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Answered as soon as the node is a member: leaving the joint configuration needs the
+    // new node's own answers, and it is still waiting for this one.
+    let add = ClientOp::AddNode {
+        node: id,
+        zone: request.region.clone(),
+    };
+    if !change_membership(cluster, add, |view| view.members.contains(id)).await {
+        return HttpReply::error(
+            503,
+            "unavailable",
+            "the membership change did not commit in time; retry the join",
+        );
     }
     tracing::info!(node = id, region = %request.region, addr = %record.address(), "node joined");
     join_answer(cluster, engine, tls_dir, id)
@@ -545,26 +530,42 @@ pub async fn serve_remove(cluster: &ClusterHandle, body: &[u8]) -> HttpReply {
     if !cluster.view().members.contains(node) {
         return HttpReply::error(404, "not_found", &format!("node {node} is not a member"));
     }
+    let remove = ClientOp::RemoveNode { node };
+    if !change_membership(cluster, remove, |view| !view.members.contains(node)).await {
+        return HttpReply::error(
+            503,
+            "unavailable",
+            "the removal did not commit in time; retry",
+        );
+    }
+    tracing::info!(node, "node removed from the cluster");
+    HttpReply::json(200, serde_json::json!({"removed": node}))
+}
+
+/// Proposes the membership change `op` — again whenever the last proposal has finished
+/// and no change is under way (a change committed while another is joint is ignored) —
+/// until `done` holds for the published view. The proposal's own answer is not awaited:
+/// once applied, the configuration is joint, and leaving it may need the node being added.
+/// False if `done` does not hold within `JOIN_COMMIT_TIMEOUT`.
+async fn change_membership(
+    cluster: &ClusterHandle,
+    op: ClientOp,
+    done: impl Fn(&atlas::cluster::runtime::ClusterView) -> bool,
+) -> bool {
     let deadline = Instant::now() + JOIN_COMMIT_TIMEOUT;
     let mut proposal: Option<tokio::task::JoinHandle<Reply>> = None;
     loop {
         let view = cluster.view();
-        if !view.members.contains(node) {
-            tracing::info!(node, "node removed from the cluster");
-            return HttpReply::json(200, serde_json::json!({"removed": node}));
+        if done(&view) {
+            return true;
         }
         if Instant::now() >= deadline {
-            return HttpReply::error(
-                503,
-                "unavailable",
-                "the removal did not commit in time; retry",
-            );
+            return false;
         }
         if proposal.as_ref().is_none_or(|p| p.is_finished()) && !view.joint {
             let cluster = cluster.clone();
-            proposal = Some(tokio::spawn(async move {
-                cluster.system(ClientOp::RemoveNode { node }).await
-            }));
+            let op = op.clone();
+            proposal = Some(tokio::spawn(async move { cluster.system(op).await }));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -79,16 +79,7 @@ impl PeerClient {
         body: Bytes,
     ) -> pingora::Result<PeerResponse> {
         let exchange = self.exchange(addr, server_name, path, body);
-        match tokio::time::timeout(self.options.request_timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(pingora::Error::explain(
-                pingora::ErrorType::ReadTimedout,
-                format!(
-                    "no answer from {addr} within {:?}",
-                    self.options.request_timeout
-                ),
-            )),
-        }
+        within(self.options.request_timeout, addr, exchange).await
     }
 
     async fn exchange(
@@ -114,20 +105,43 @@ impl PeerClient {
         session.write_request_header(Box::new(request)).await?;
         session.write_request_body(body, true).await?;
         session.finish_request_body().await?;
-        session.read_response_header().await?;
-        let status = session.response_header().map_or(0, |h| h.status.as_u16());
-        let mut received = Vec::new();
-        while let Some(chunk) = session.read_response_body().await? {
-            received.extend_from_slice(&chunk);
-        }
+        let response = read_response(&mut session).await?;
         self.connector
             .release_http_session(session, &peer, Some(IDLE_TIMEOUT))
             .await;
-        Ok(PeerResponse {
-            status,
-            body: Bytes::from(received),
-        })
+        Ok(response)
     }
+}
+
+/// `exchange`, or a timeout error naming `addr`.
+async fn within(
+    timeout: Duration,
+    addr: &str,
+    exchange: impl std::future::Future<Output = pingora::Result<PeerResponse>>,
+) -> pingora::Result<PeerResponse> {
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(pingora::Error::explain(
+            pingora::ErrorType::ReadTimedout,
+            format!("no answer from {addr} within {timeout:?}"),
+        )),
+    }
+}
+
+/// Reads a whole response (status and body) once the request is sent.
+async fn read_response(
+    session: &mut pingora::protocols::http::client::HttpSession,
+) -> pingora::Result<PeerResponse> {
+    session.read_response_header().await?;
+    let status = session.response_header().map_or(0, |h| h.status.as_u16());
+    let mut received = Vec::new();
+    while let Some(chunk) = session.read_response_body().await? {
+        received.extend_from_slice(&chunk);
+    }
+    Ok(PeerResponse {
+        status,
+        body: Bytes::from(received),
+    })
 }
 
 /// GETs `path` from `addr` **without verifying** its certificate. Only for fetching a CA
@@ -151,22 +165,7 @@ pub async fn get_unverified(
         request.insert_header("host", server_name)?;
         session.write_request_header(Box::new(request)).await?;
         session.finish_request_body().await?;
-        session.read_response_header().await?;
-        let status = session.response_header().map_or(0, |h| h.status.as_u16());
-        let mut received = Vec::new();
-        while let Some(chunk) = session.read_response_body().await? {
-            received.extend_from_slice(&chunk);
-        }
-        Ok(PeerResponse {
-            status,
-            body: Bytes::from(received),
-        })
+        read_response(&mut session).await
     };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(result) => result,
-        Err(_) => Err(pingora::Error::explain(
-            pingora::ErrorType::ReadTimedout,
-            format!("no answer from {addr} within {timeout:?}"),
-        )),
-    }
+    within(timeout, addr, exchange).await
 }

@@ -375,3 +375,45 @@ fn a_node_gone_for_good_is_removed_and_the_rest_keep_serving() {
     let info = cluster.nodes[0].client().request_ok("TABLE INFO rm");
     assert!(info.contains(&"fz=0".to_string()), "{info:?}");
 }
+
+#[test]
+fn malformed_join_and_fault_requests_get_400_naming_the_field() {
+    let cluster = TestCluster::start(&["a"], "");
+    let node = &cluster.nodes[0];
+    let post = |path: &str, body: &str| {
+        atlas_tests::https::curl(
+            &node.ca_path(),
+            &format!("https://{}{path}", node.https_addr()),
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &format!("Authorization: Bearer {CREDENTIALS}"),
+                "--data-binary",
+                body,
+            ],
+        )
+    };
+    for (body, field) in [
+        ("not json", "join request"),
+        (r#"{"region": "a"}"#, "host"),
+        (
+            r#"{"region": "two words", "host": "127.0.0.1", "port": 9}"#,
+            "region",
+        ),
+        (
+            r#"{"region": "b", "host": "127.0.0.1", "port": 0}"#,
+            "host/port",
+        ),
+    ] {
+        let answer = post("/atlas/v1/join", body);
+        assert_eq!(answer.status, 400, "{body}: {answer:?}");
+        assert!(answer.body.contains(field), "{body}: {answer:?}");
+    }
+    let faults = post("/atlas/v1/test/faults", r#"{"blocked": "x"}"#);
+    assert_eq!(faults.status, 400, "{faults:?}");
+    assert!(faults.body.contains("blocked"), "{faults:?}");
+    // Nothing was registered, and the node still serves.
+    assert_eq!(node.client().request_ok("NODE LIST").len(), 1);
+    node.client().put("still.k", "v");
+}
