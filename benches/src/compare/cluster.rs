@@ -291,61 +291,29 @@ fn run_mix(
     locality: u64,
     duration: Duration,
 ) -> Result<MixResult, String> {
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut handles = Vec::new();
-    for (zone, target) in targets.iter().enumerate() {
-        for c in 0..2 {
-            let target = target.clone();
-            handles.push(std::thread::spawn(
-                move || -> Result<(usize, Vec<Duration>), String> {
-                    let mut kv = target.connect()?;
-                    let mut latencies = Vec::new();
-                    let mut state = (zone as u64 + 1) * 0x9E37_79B9 + c;
-                    let mut next = || {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        state
-                    };
-                    let value = vec![b'v'; 100];
-                    let mut due = Instant::now();
-                    while due < deadline {
-                        let now = Instant::now();
-                        if due > now {
-                            std::thread::sleep(due - now);
-                        }
-                        let issued = Instant::now();
-                        let table = if next() % 100 < locality {
-                            zone
-                        } else {
-                            let others: Vec<usize> = (0..ZONES).filter(|z| *z != zone).collect();
-                            others[(next() % others.len() as u64) as usize]
-                        };
-                        let key = format!("home{}.k{}", table + 1, next() % 100);
-                        if next() % 100 < mix.write_percent {
-                            kv.put(&key, &value)?;
-                        } else {
-                            kv.get(&key)?;
-                        }
-                        latencies.push(issued.elapsed());
-                        due = (due + CLIENT_INTERVAL).max(Instant::now());
-                    }
-                    Ok((zone, latencies))
-                },
-            ));
-        }
+    let events = run_clients(
+        targets,
+        duration,
+        Instant::now(),
+        move |zone, _, random: &mut dyn FnMut() -> u64| {
+            let table = if random() % 100 < locality {
+                zone
+            } else {
+                (zone + 1 + (random() % (ZONES as u64 - 1)) as usize) % ZONES
+            };
+            (table, random() % 100 < mix.write_percent)
+        },
+    );
+    let failed = events.iter().filter(|e| !e.ok).count();
+    if failed > 0 {
+        return Err(format!("{failed} operations failed"));
     }
-    let mut per_zone: Vec<Vec<Duration>> = vec![Vec::new(); ZONES];
-    for h in handles {
-        let (zone, lat) = h.join().map_err(|_| "client panicked".to_string())??;
-        per_zone[zone].extend(lat);
-    }
-    let mut all: Vec<Duration> = per_zone.iter().flatten().copied().collect();
+    let ms = |e: &Event| Duration::from_secs_f64(e.latency_ms / 1e3);
+    let mut all: Vec<Duration> = events.iter().map(ms).collect();
     all.sort();
-    let zones = per_zone
-        .into_iter()
-        .map(|mut l| {
+    let zones = (0..ZONES)
+        .map(|zone| {
+            let mut l: Vec<Duration> = events.iter().filter(|e| e.zone == zone).map(ms).collect();
             l.sort();
             let local = l
                 .iter()
@@ -407,31 +375,31 @@ struct Event {
     ok: bool,
 }
 
-/// Two rate-capped clients per zone for `duration`; `home(zone, elapsed)` names the table a
-/// zone's clients use 90% of the time at that moment (the rest spread on the others). Every
-/// operation is recorded with its start time; a failed one (node gone, timeout) too.
-fn run_timeline(
-    targets: &[Target],
-    home: impl Fn(usize, Duration) -> usize + Send + Sync + Clone + 'static,
-    duration: Duration,
-    start: Instant,
-) -> Vec<Event> {
+/// Two rate-capped clients per zone for `duration`, each on its zone's `targets[zone]`;
+/// `pick(zone, elapsed since start, random)` chooses each operation's table and whether it
+/// writes (100 bytes) or reads. Every operation is recorded with its start time; a failed
+/// one (node gone, timeout) too, and its client reconnects.
+fn run_clients<P>(targets: &[Target], duration: Duration, start: Instant, pick: P) -> Vec<Event>
+where
+    P: Fn(usize, Duration, &mut dyn FnMut() -> u64) -> (usize, bool) + Send + Clone + 'static,
+{
     let deadline = Instant::now() + duration;
     let mut handles = Vec::new();
     for (zone, target) in targets.iter().enumerate() {
         for c in 0..2u64 {
             let target = target.clone();
-            let home = home.clone();
+            let pick = pick.clone();
             handles.push(std::thread::spawn(move || {
                 let mut events = Vec::new();
                 let mut kv = target.connect().ok();
                 let mut state = (zone as u64 + 7) * 0x9E37_79B9 + c;
-                let mut next = || {
+                let mut random = move || {
                     state ^= state << 13;
                     state ^= state >> 7;
                     state ^= state << 17;
                     state
                 };
+                let value = vec![b'v'; 100];
                 let mut due = Instant::now();
                 while due < deadline {
                     let now = Instant::now();
@@ -439,18 +407,14 @@ fn run_timeline(
                         std::thread::sleep(due - now);
                     }
                     let issued = Instant::now();
-                    let own = home(zone, issued - start);
-                    let table = if next() % 100 < 90 {
-                        own
-                    } else {
-                        (own + 1 + (next() % (ZONES as u64 - 1)) as usize) % ZONES
-                    };
-                    let key = format!("home{}.k{}", table + 1, next() % 100);
+                    let (table, write) = pick(zone, issued - start, &mut random);
+                    let key = format!("home{}.k{}", table + 1, random() % 100);
                     if kv.is_none() {
                         kv = target.connect().ok();
                     }
                     let ok = match kv.as_mut() {
-                        Some(kv) => kv.put(&key, b"v").is_ok(),
+                        Some(kv) if write => kv.put(&key, &value).is_ok(),
+                        Some(kv) => kv.get(&key).is_ok(),
                         None => false,
                     };
                     if !ok {
@@ -475,6 +439,21 @@ fn run_timeline(
         .collect()
 }
 
+/// 90% of a zone's writes on `home(zone, elapsed)`, the rest spread on the other tables.
+fn home_writes(
+    home: impl Fn(usize, Duration) -> usize + Send + Clone + 'static,
+) -> impl Fn(usize, Duration, &mut dyn FnMut() -> u64) -> (usize, bool) + Send + Clone + 'static {
+    move |zone, elapsed, random: &mut dyn FnMut() -> u64| {
+        let own = home(zone, elapsed);
+        let table = if random() % 100 < 90 {
+            own
+        } else {
+            (own + 1 + (random() % (ZONES as u64 - 1)) as usize) % ZONES
+        };
+        (table, true)
+    }
+}
+
 /// How the adaptive cluster reacts over time (all writes, 90% locality): the workload's home
 /// zone moving, and failures of one node, two nodes of a zone, and a whole zone.
 pub fn dynamics_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
@@ -491,15 +470,15 @@ fn dynamics(args: &Args, report: &mut Report) -> Result<(), String> {
         .map(|z| Target::Atlas(cluster.sockets[z * PER_ZONE].clone()))
         .collect();
     let start = Instant::now();
-    let events = run_timeline(
+    let events = run_clients(
         &targets,
-        move |zone, t| match (zone, t >= settle) {
+        settle * 3,
+        start,
+        home_writes(move |zone, t| match (zone, t >= settle) {
             (0, true) => 2,
             (2, true) => 0,
             (z, _) => z,
-        },
-        settle * 3,
-        start,
+        }),
     );
     let shift_ms = settle.as_secs_f64() * 1e3;
     // The first 500 ms window in which ≥ 80% of z3's writes to home1 are local, and from
@@ -576,7 +555,7 @@ fn dynamics(args: &Args, report: &mut Report) -> Result<(), String> {
     let timeline = {
         let targets = targets.clone();
         let total = phase * phases.len() as u32;
-        std::thread::spawn(move || run_timeline(&targets, |z, _| z, total, start))
+        std::thread::spawn(move || run_clients(&targets, total, start, home_writes(|z, _| z)))
     };
     let home = |n: usize| cluster._dir.path().join(format!("n{n}"));
     let homes: Vec<PathBuf> = (1..=ZONES * PER_ZONE).map(home).collect();
