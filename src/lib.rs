@@ -11,12 +11,16 @@ pub mod command;
 pub mod config;
 pub mod consensus;
 #[cfg(feature = "engine")]
+pub mod kv;
+#[cfg(feature = "engine")]
 pub mod nas;
 #[cfg(feature = "engine")]
 pub mod node;
 pub mod protocol;
 #[cfg(feature = "engine")]
 pub mod session;
+#[cfg(test)]
+mod sim;
 #[cfg(feature = "engine")]
 pub mod storage;
 

@@ -73,11 +73,7 @@ pub fn load(store: &Store) -> Result<BTreeMap<NodeId, NodeRecord>, StorageError>
 
 /// Stores (or replaces) one record.
 pub fn save(store: &Store, node: &NodeRecord) -> Result<(), StorageError> {
-    store.put_system(
-        &node.key(),
-        node.encode().into_bytes(),
-        crate::command::now_ms(),
-    )
+    store.put_system(&node.key(), node.encode().into_bytes(), crate::kv::now_ms())
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
-//! Cluster plumbing around the consensus core: peer health and RTT, the node directory, the
-//! transport envelope, the replica that drives a node's consensus state machine against its
-//! storage, and the runtime thread that owns the replica.
+//! Cluster plumbing around the consensus core: the one driver of the core (`driver`), the
+//! snapshot stream format, peer health and RTT, the node directory, the transport envelope,
+//! the replica that drives a node's consensus state machine against its storage, and the
+//! runtime thread that owns the replica.
 
 #[cfg(feature = "engine")]
 pub mod directory;
+pub mod driver;
 pub mod envelope;
 pub mod health;
 #[cfg(feature = "engine")]
@@ -12,3 +14,8 @@ pub mod identity;
 pub mod replica;
 #[cfg(feature = "engine")]
 pub mod runtime;
+pub mod snapshot;
+#[cfg(feature = "engine")]
+mod view;
+#[cfg(feature = "engine")]
+mod worker;

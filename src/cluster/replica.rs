@@ -1,41 +1,26 @@
-//! One node's replica: drives its `consensus::Node` against its own storage.
+//! One node's replica: its `consensus::Node` and the [`StoreMachine`] it is driven against
+//! (RocksDB and the kv rules), run by the shared `driver::process`.
 //!
-//! The caller (the cluster runtime: transport, timers, client sessions) feeds inputs — client
-//! writes and reads, peer messages, ticks — with the monotonic time, then calls `process`,
-//! which follows the core's contract in order: persist the `Ready`'s writes durably, hand back
-//! the messages to send, apply committed writes to storage (every replica applies every
-//! write with `Engine::apply_write`, so all judge it alike), and resolve client requests.
-//!
-//! A write travels as a `Proposal`: the `command::Write` plus the node and request it came
-//! from, so the node that took the request knows which applied entry answers it.
+//! A write travels in the log as a proposal: the `kv::Write` plus the node and request it
+//! came from, so the node that took the request answers with the verdict its own replica
+//! reached when it applied the entry. Node records for the directory travel the same way
+//! in the `atlas` group. Every entry of a `Ready` is applied into one RocksDB batch with the
+//! votes and the group states (see `consensus::ready`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::directory::{self, NodeRecord};
-use crate::command::{CommandError, Engine, Write};
+use super::directory::NodeRecord;
+use super::driver::{self, Machine, Outbox, Processed};
 use crate::consensus::{
-    ClientOp, CommandOp, Membership, Message, Node, NodeId, Outcome, Outgoing, RequestId,
-    SYSTEM_GROUP, Settings, Zone,
+    Applied, ClientOp, CommandOp, Completion, GroupId, Membership, Message, Node, NodeId, Outcome,
+    PersistOp, RequestId, SYSTEM_GROUP, Settings, Zone,
 };
-use crate::protocol::{Command, Reply};
-use crate::storage::StorageError;
+use crate::kv::{self, Write};
+use crate::protocol::{Command, Key, Reply};
 use crate::storage::consensus_store::ConsensusStore;
-
-/// What a replica hands back after `process`.
-#[derive(Debug, Default)]
-pub struct Processed {
-    /// Messages for peers; they may leave now (their persistence is durable).
-    pub messages: Vec<Outgoing>,
-    /// Answers to client requests taken in by this node.
-    pub answers: Vec<(RequestId, Reply)>,
-    /// A node record arrived through the `atlas` log (reload the directory).
-    pub directory_changed: bool,
-    /// Groups of the entries applied (one per entry).
-    pub applied_groups: Vec<String>,
-    /// Requests that ended without a quorum's answer in time.
-    pub timeouts: u64,
-}
+use crate::storage::snapshot::Installed;
+use crate::storage::{Change, StorageError, Store};
 
 /// A client request waiting for the log.
 enum Pending {
@@ -51,16 +36,6 @@ enum Pending {
     System,
 }
 
-pub struct Replica {
-    id: NodeId,
-    node: Node,
-    engine: Arc<Engine>,
-    pending: BTreeMap<RequestId, Pending>,
-    /// Apply results of this node's writes, until their completion arrives.
-    results: BTreeMap<RequestId, Reply>,
-    next_request: RequestId,
-}
-
 const PROPOSAL_MAGIC: u8 = 0xA7;
 /// A node record for the directory (`ATLAS.NODES`), in the `atlas` group.
 const NODE_RECORD_MAGIC: u8 = 0xA8;
@@ -71,7 +46,7 @@ pub fn node_record_op(record: &NodeRecord) -> ClientOp {
     value.extend_from_slice(record.encode().as_bytes());
     ClientOp::Put {
         key: format!("{SYSTEM_GROUP}.nodes.{}", record.id),
-        value,
+        value: value.into(),
     }
 }
 
@@ -84,215 +59,158 @@ fn encode_proposal(origin: NodeId, request: RequestId, write: &Write) -> Vec<u8>
     out
 }
 
-fn decode_proposal(bytes: &[u8]) -> Option<(NodeId, RequestId, Write)> {
-    let (&magic, rest) = bytes.split_first()?;
-    if magic != PROPOSAL_MAGIC {
-        return None;
-    }
-    let (origin, rest) = rest.split_first_chunk::<8>()?;
-    let (request, rest) = rest.split_first_chunk::<8>()?;
-    let write = Write::decode(rest).ok()?;
-    Some((
-        u64::from_be_bytes(*origin),
-        u64::from_be_bytes(*request),
-        write,
-    ))
+/// What an applied log entry is to the state machine.
+enum Entry {
+    Proposal {
+        origin: NodeId,
+        request: RequestId,
+        write: Write,
+    },
+    NodeRecord(NodeRecord),
+    /// Nothing for the data (no-ops, seals, membership changes), or unreadable.
+    Nothing,
 }
 
-impl Replica {
-    /// Recovers the node's consensus state from storage and starts it.
-    pub fn open(
-        id: NodeId,
-        zone: Zone,
-        membership: Membership,
-        settings: Settings,
-        engine: Arc<Engine>,
-        seed: u64,
-        now: u64,
-    ) -> Result<Replica, StorageError> {
-        let store = ConsensusStore::new(engine.store());
-        let recovered = store.recover()?;
-        let incarnation = store.next_incarnation()?;
-        let node = Node::recover(
-            id,
-            zone,
-            membership,
-            settings,
-            recovered,
-            incarnation,
-            seed,
-            now,
-        );
-        Ok(Replica {
-            id,
-            node,
-            engine,
-            pending: BTreeMap::new(),
-            results: BTreeMap::new(),
-            next_request: 1,
-        })
-    }
-
-    pub fn node(&self) -> &Node {
-        &self.node
-    }
-
-    pub fn node_mut(&mut self) -> &mut Node {
-        &mut self.node
-    }
-
-    fn new_request(&mut self) -> RequestId {
-        let id = self.next_request;
-        self.next_request += 1;
-        id
-    }
-
-    /// Takes in a client write; its answer comes out of a later `process`.
-    pub fn submit_write(&mut self, now: u64, write: &Write) -> RequestId {
-        let request = self.new_request();
-        let op = ClientOp::Put {
-            key: write.key.as_str().to_string(),
-            value: encode_proposal(self.id, request, write),
-        };
-        self.pending.insert(request, Pending::Write);
-        self.node.client_request(now, request, op);
-        request
-    }
-
-    /// Takes in a linearizable read of one key (`KEY GET` / `KEY BLOB GET`).
-    pub fn submit_read(
-        &mut self,
-        now: u64,
-        principal: Option<String>,
-        command: Command,
-    ) -> RequestId {
-        let request = self.new_request();
-        let key = match &command {
-            Command::Get(key) | Command::BlobGet(key) => key.as_str().to_string(),
-            _ => String::new(),
-        };
-        self.pending
-            .insert(request, Pending::Read { principal, command });
-        self.node
-            .client_request(now, request, ClientOp::Get { key });
-        request
-    }
-
-    /// Takes in a read barrier on `table` (see `Pending::Barrier`).
-    pub fn submit_barrier(&mut self, now: u64, table: &str) -> RequestId {
-        let request = self.new_request();
-        self.pending.insert(request, Pending::Barrier);
-        self.node.client_request(
-            now,
-            request,
-            ClientOp::Get {
-                key: format!("{table}."),
-            },
-        );
-        request
-    }
-
-    /// Takes in a change of the `atlas` group: a node record or a membership change.
-    pub fn submit_system(&mut self, now: u64, op: ClientOp) -> RequestId {
-        let request = self.new_request();
-        self.pending.insert(request, Pending::System);
-        self.node.client_request(now, request, op);
-        request
-    }
-
-    pub fn step(&mut self, now: u64, from: NodeId, message: Message) {
-        self.node.step(now, from, message);
-    }
-
-    pub fn tick(&mut self, now: u64) {
-        self.node.tick(now);
-    }
-
-    /// Persists, applies and answers what the node produced; messages to itself are
-    /// delivered here, so only messages for peers come out.
-    pub fn process(&mut self, now: u64) -> Result<Processed, StorageError> {
-        let mut out = Processed::default();
-        loop {
-            let ready = self.node.take_ready();
-            if ready.is_empty() {
-                return Ok(out);
-            }
-            let engine = self.engine.clone();
-            let store = ConsensusStore::new(engine.store());
-            store.write(&ready.persist)?;
-            let mut to_self = Vec::new();
-            for outgoing in ready.messages {
-                if outgoing.to == self.id {
-                    to_self.push(outgoing.message);
-                } else {
-                    out.messages.push(outgoing);
-                }
-            }
-            for applied in ready.apply {
-                if !applied.duplicate {
-                    out.directory_changed |= self.apply(&applied.command.op)?;
-                }
-                store.mark_applied(&applied.group, applied.slot)?;
-                out.applied_groups.push(applied.group);
-            }
-            for completion in ready.completions {
-                if completion.outcome == Outcome::Timeout {
-                    out.timeouts += 1;
-                }
-                if let Some(reply) = self.answer(completion.request, completion.outcome)? {
-                    out.answers.push((completion.request, reply));
-                }
-            }
-            for message in to_self {
-                self.node.step(now, self.id, message);
-            }
-        }
-    }
-
-    /// Applies one entry; returns whether it was a node record.
-    fn apply(&mut self, op: &CommandOp) -> Result<bool, StorageError> {
-        let CommandOp::Put { value, .. } = op else {
-            return Ok(false);
-        };
-        if let Some(record) = value.strip_prefix(&[NODE_RECORD_MAGIC]) {
+fn decode_entry(op: &CommandOp) -> Entry {
+    let CommandOp::Put { value, .. } = op else {
+        return Entry::Nothing;
+    };
+    match value.split_first() {
+        Some((&NODE_RECORD_MAGIC, record)) => {
             match NodeRecord::decode(&String::from_utf8_lossy(record)) {
-                Some(record) => directory::save(self.engine.store(), &record)?,
-                None => tracing::error!("a node record in the log does not parse; skipped"),
+                Some(record) => Entry::NodeRecord(record),
+                None => {
+                    tracing::error!("a node record in the log does not parse; skipped");
+                    Entry::Nothing
+                }
             }
-            return Ok(true);
         }
-        let Some((origin, request, write)) = decode_proposal(value) else {
+        Some((&PROPOSAL_MAGIC, rest)) => {
+            let decoded = rest.split_first_chunk::<8>().and_then(|(origin, rest)| {
+                let (request, rest) = rest.split_first_chunk::<8>()?;
+                let write = Write::decode(rest).ok()?;
+                Some((
+                    u64::from_be_bytes(*origin),
+                    u64::from_be_bytes(*request),
+                    write,
+                ))
+            });
+            match decoded {
+                Some((origin, request, write)) => Entry::Proposal {
+                    origin,
+                    request,
+                    write,
+                },
+                None => {
+                    tracing::error!("a log entry is not an Atlas write; skipped");
+                    Entry::Nothing
+                }
+            }
+        }
+        _ => {
             tracing::error!("a log entry is not an Atlas write; skipped");
-            return Ok(false);
-        };
-        let reply = match self.engine.apply_write(&write) {
-            Ok(reply) => reply,
-            Err(CommandError::Storage(e)) => return Err(e),
-            Err(e) => Reply::warn(e.to_string()),
-        };
-        if origin == self.id && self.pending.contains_key(&request) {
-            self.results.insert(request, reply);
+            Entry::Nothing
         }
-        Ok(false)
+    }
+}
+
+/// The tables whose keys belong to `group`: the group's own table and those `settings`
+/// map to it; the `atlas` group holds the `ATLAS` system table (the node directory).
+pub fn group_tables(settings: &Settings, group: &str) -> Vec<String> {
+    if group == SYSTEM_GROUP {
+        return vec!["ATLAS".to_string()];
+    }
+    let mut tables = vec![group.to_string()];
+    for (table, g) in &settings.groups {
+        if g == group && table != group {
+            tables.push(table.clone());
+        }
+    }
+    tables
+}
+
+/// RocksDB and the kv rules, as the driver's `Machine`.
+pub struct StoreMachine {
+    id: NodeId,
+    store: Arc<Store>,
+    pending: BTreeMap<RequestId, Pending>,
+    /// Verdicts of this node's writes, until their completion arrives.
+    results: BTreeMap<RequestId, Reply>,
+    /// A node record was applied since the last `process` (reload the directory).
+    directory_changed: bool,
+}
+
+impl Machine for StoreMachine {
+    type Error = StorageError;
+    type Answer = (RequestId, Reply);
+
+    fn write(
+        &mut self,
+        persist: &[PersistOp],
+        apply: &[Applied],
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        let entries: Vec<Entry> = apply
+            .iter()
+            .filter(|a| !a.duplicate)
+            .map(|a| decode_entry(&a.command.op))
+            .collect();
+        let keys: Vec<Key> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Proposal { write, .. } => Some(write.key.clone()),
+                Entry::NodeRecord(record) => Some(record.key()),
+                Entry::Nothing => None,
+            })
+            .collect();
+        let mut batch = self.store.batch(keys.iter());
+        for entry in entries {
+            match entry {
+                Entry::Proposal {
+                    origin,
+                    request,
+                    write,
+                } => {
+                    let reply = match kv::apply(&mut batch, &write)? {
+                        Ok(reply) => reply,
+                        Err(refusal) => Reply::warn(refusal.to_string()),
+                    };
+                    if origin == self.id && self.pending.contains_key(&request) {
+                        self.results.insert(request, reply);
+                    }
+                }
+                Entry::NodeRecord(record) => {
+                    let change = Change::PutInline {
+                        value: record.encode().into_bytes(),
+                        worm_until_ms: None,
+                    };
+                    batch.change(&record.key(), kv::now_ms(), change)?;
+                    self.directory_changed = true;
+                }
+                Entry::Nothing => {}
+            }
+        }
+        ConsensusStore::new(&self.store).stage(batch.raw(), persist);
+        batch.write(sync)
     }
 
     fn answer(
         &mut self,
-        request: RequestId,
-        outcome: Outcome,
-    ) -> Result<Option<Reply>, StorageError> {
+        completion: Completion,
+    ) -> Result<Option<(RequestId, Reply)>, StorageError> {
+        let request = completion.request;
         let Some(pending) = self.pending.remove(&request) else {
             return Ok(None);
         };
-        let reply = match (outcome, pending) {
+        let reply = match (completion.outcome, pending) {
             (Outcome::Written, Pending::Write) => {
                 self.results.remove(&request).unwrap_or(Reply::Ok)
             }
             (Outcome::ReadNow { .. }, Pending::Read { principal, command }) => {
-                match self.engine.read_now(principal.as_deref(), &command) {
-                    Ok(reply) => reply,
-                    Err(CommandError::Storage(e)) => return Err(e),
-                    Err(e) => Reply::warn(e.to_string()),
+                match kv::read(&self.store, principal.as_deref(), &command, kv::now_ms())? {
+                    Some(Ok(reply)) => reply,
+                    Some(Err(refusal)) => Reply::warn(refusal.to_string()),
+                    None => Reply::warn("internal error: not a read"),
                 }
             }
             (Outcome::ReadNow { .. }, Pending::Barrier) | (Outcome::Written, Pending::System) => {
@@ -309,7 +227,159 @@ impl Replica {
                 Reply::warn("internal error: unexpected completion")
             }
         };
-        Ok(Some(reply))
+        Ok(Some((request, reply)))
+    }
+}
+
+pub struct Replica {
+    node: Node,
+    machine: StoreMachine,
+    settings: Settings,
+    next_request: RequestId,
+}
+
+/// What `Replica::process` produced besides the messages it sent.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub processed: Processed<(RequestId, Reply)>,
+    /// A node record arrived through the `atlas` log (reload the directory).
+    pub directory_changed: bool,
+}
+
+impl Replica {
+    /// Recovers the node's consensus state from storage and starts it. A group whose
+    /// snapshot install was cut short by a crash is wiped first (it catches up again).
+    pub fn open(
+        id: NodeId,
+        zone: Zone,
+        membership: Membership,
+        settings: Settings,
+        store: Arc<Store>,
+        seed: u64,
+        now: u64,
+    ) -> Result<Replica, StorageError> {
+        store.wipe_interrupted_installs(&|g| group_tables(&settings, g))?;
+        let consensus = ConsensusStore::new(&store);
+        let (recovered, _) = consensus.recover()?;
+        let incarnation = consensus.next_incarnation()?;
+        let node = Node::recover(
+            id,
+            zone,
+            membership,
+            settings.clone(),
+            recovered,
+            incarnation,
+            seed,
+            now,
+        );
+        Ok(Replica {
+            node,
+            machine: StoreMachine {
+                id,
+                store,
+                pending: BTreeMap::new(),
+                results: BTreeMap::new(),
+                directory_changed: false,
+            },
+            settings,
+            next_request: 1,
+        })
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    pub fn node_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.machine.store
+    }
+
+    /// The tables whose keys belong to `group`.
+    pub fn group_tables(&self, group: &str) -> Vec<String> {
+        group_tables(&self.settings, group)
+    }
+
+    fn new_request(&mut self, pending: Pending) -> RequestId {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.machine.pending.insert(id, pending);
+        id
+    }
+
+    /// Takes in a client write; its answer comes out of a later `process`.
+    pub fn submit_write(&mut self, now: u64, write: &Write) -> RequestId {
+        let request = self.new_request(Pending::Write);
+        let op = ClientOp::Put {
+            key: write.key.as_str().to_string(),
+            value: encode_proposal(self.node.id(), request, write).into(),
+        };
+        self.node.client_request(now, request, op);
+        request
+    }
+
+    /// Takes in a linearizable read of one key (`KEY GET` / `KEY BLOB GET`).
+    pub fn submit_read(
+        &mut self,
+        now: u64,
+        principal: Option<String>,
+        command: Command,
+    ) -> RequestId {
+        let key = match &command {
+            Command::Get(key) | Command::BlobGet(key) => key.as_str().to_string(),
+            _ => String::new(),
+        };
+        let request = self.new_request(Pending::Read { principal, command });
+        self.node
+            .client_request(now, request, ClientOp::Get { key });
+        request
+    }
+
+    /// Takes in a read barrier on `table` (see `Pending::Barrier`).
+    pub fn submit_barrier(&mut self, now: u64, table: &str) -> RequestId {
+        let request = self.new_request(Pending::Barrier);
+        let key = format!("{table}.");
+        self.node
+            .client_request(now, request, ClientOp::Get { key });
+        request
+    }
+
+    /// Takes in a change of the `atlas` group: a node record or a membership change.
+    pub fn submit_system(&mut self, now: u64, op: ClientOp) -> RequestId {
+        let request = self.new_request(Pending::System);
+        self.node.client_request(now, request, op);
+        request
+    }
+
+    pub fn step(&mut self, now: u64, from: NodeId, message: Message) {
+        self.node.step(now, from, message);
+    }
+
+    pub fn tick(&mut self, now: u64) {
+        self.node.tick(now);
+    }
+
+    /// A snapshot of a group was installed into storage: the node catches up from there.
+    pub fn snapshot_installed(&mut self, now: u64, installed: Installed) {
+        self.node
+            .snapshot_installed(now, &installed.group, installed.state, installed.config);
+    }
+
+    pub fn snapshot_failed(&mut self, now: u64, group: &GroupId) {
+        self.node.snapshot_failed(now, group);
+    }
+
+    /// Runs the node's output through the driver: messages to `outbox`, one batch per
+    /// `Ready`, answers to the requests this node took.
+    pub fn process(&mut self, now: u64, outbox: &mut impl Outbox) -> Result<Report, StorageError> {
+        let processed = driver::process(&mut self.node, &mut self.machine, outbox, now)?;
+        Ok(Report {
+            processed,
+            directory_changed: std::mem::take(&mut self.machine.directory_changed),
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use crate::protocol::duration::format_rfc3339_ms;
 use crate::protocol::key::is_system_table;
 use crate::protocol::{Command, Reply};
 
-use super::{CommandError, Engine, Write, now_ms};
+use super::{CommandError, Engine, now_ms};
 
 impl Engine {
     pub(super) async fn execute_clustered(
@@ -48,7 +48,7 @@ impl Engine {
                     .await
             }
             command => Ok(cluster
-                .write(Write::judged_now(command, principal, blob)?)
+                .write(Engine::judge(command, principal, blob)?)
                 .await),
         }
     }

@@ -5,17 +5,15 @@
 
 mod cluster_info;
 mod clustered;
-mod keys;
-pub mod write;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use crate::protocol::duration::format_rfc3339_ms;
+use crate::kv::Refusal;
 use crate::protocol::{Command, Reply};
 use crate::storage::{StorageError, Store};
 
-pub use write::{Write, WriteOp};
+pub use crate::kv::{Write, WriteOp};
 
 /// Who this node is, as reported by `NODE` / `QUORUM` / `TABLE` commands.
 #[derive(Debug, Clone)]
@@ -31,17 +29,9 @@ pub struct NodeIdentity {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    #[error("permission denied for principal '{principal}': {what} access denied")]
-    PermissionDenied {
-        principal: String,
-        what: &'static str,
-    },
-    #[error("write-once value is locked until {}", format_rfc3339_ms(*.until_ms))]
-    Locked { until_ms: i64 },
-    #[error("system table {0} is read-only")]
-    SystemTable(String),
-    #[error("{0} holds a blob; use KEY BLOB GET {0}")]
-    HoldsBlob(String),
+    /// The rules refused it (ACL, WORM lock, system table, blob read as a value).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error("unknown node {0}")]
     UnknownNode(String),
     #[error("internal error: {0}")]
@@ -56,10 +46,7 @@ impl CommandError {
     /// Short label for the errors-by-kind metric.
     pub fn kind(&self) -> &'static str {
         match self {
-            CommandError::PermissionDenied { .. } => "permission_denied",
-            CommandError::Locked { .. } => "worm_locked",
-            CommandError::SystemTable(_) => "system_table",
-            CommandError::HoldsBlob(_) => "holds_blob",
+            CommandError::Refused(refusal) => refusal.kind(),
             CommandError::UnknownNode(_) => "unknown_node",
             CommandError::Storage(_) => "storage",
             CommandError::TaskFailed | CommandError::NotARead(_) => "internal",
@@ -67,16 +54,7 @@ impl CommandError {
     }
 }
 
-pub(crate) fn shown_principal(principal: Option<&str>) -> String {
-    principal.unwrap_or("(none)").to_string()
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::kv::now_ms;
 
 /// The single-node engine: storage plus this node's identity.
 pub struct Engine {
@@ -139,13 +117,29 @@ impl Engine {
         principal: Option<&str>,
         command: &Command,
     ) -> Result<Reply, CommandError> {
-        match command {
-            Command::Get(key) => self.get(key, principal),
-            Command::BlobGet(key) => self.blob_get(key, principal),
-            Command::Scan(prefix) => self.scan(prefix, principal),
-            Command::Count(prefix) => self.count(prefix, principal),
-            other => Err(CommandError::NotARead(other.name())),
+        match crate::kv::read(&self.store, principal, command, now_ms())? {
+            Some(answer) => Ok(answer?),
+            None => Err(CommandError::NotARead(command.name())),
         }
+    }
+
+    /// Applies a write on this (standalone) node: the rules, then one batch written with
+    /// the configured durability.
+    pub fn apply_write(&self, write: &Write) -> Result<Reply, CommandError> {
+        let mut batch = self.store.batch([&write.key]);
+        let verdict = crate::kv::apply(&mut batch, write)?;
+        batch.write(self.store.is_strict())?;
+        Ok(verdict?)
+    }
+
+    /// The write a client command asks for, judged now; only for commands whose
+    /// `is_write()` holds.
+    pub fn judge(
+        command: Command,
+        principal: Option<String>,
+        blob: Option<Vec<u8>>,
+    ) -> Result<Write, CommandError> {
+        Write::from_command(command, principal, blob, now_ms()).ok_or(CommandError::TaskFailed)
     }
 
     /// Executes one command for `principal` (`blob` is the payload of `KEY BLOB SET`). The
@@ -198,7 +192,7 @@ impl Engine {
                     .await
             }
             command => {
-                let write = Write::judged_now(command, principal, blob)?;
+                let write = Engine::judge(command, principal, blob)?;
                 self.blocking(move |e| e.apply_write(&write)).await
             }
         }

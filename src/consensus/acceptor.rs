@@ -1,4 +1,9 @@
 //! The acceptor of one group: its promise, its accepted entries and the lease it honours.
+//!
+//! Accepted entries stay until the log applies them (then they are committed and in the
+//! state machine). They are bounded by bytes: an acceptor that holds `MAX_ACCEPTED_BYTES`
+//! of entries it cannot apply yet (a gap, a snapshot being installed) refuses further ones
+//! except the next slot it needs, which holds its owner back instead of growing memory.
 
 use std::collections::BTreeMap;
 
@@ -6,10 +11,14 @@ use super::ballot::{Ballot, Slot};
 use super::command::Command;
 use super::message::AcceptedEntry;
 
+/// Most bytes of accepted, not yet applied entries one group's acceptor holds.
+pub const MAX_ACCEPTED_BYTES: usize = 64 * 1024 * 1024;
+
 #[derive(Debug, Clone, Default)]
 pub struct Acceptor {
     promised: Ballot,
     accepted: BTreeMap<Slot, (Ballot, Command)>,
+    accepted_bytes: usize,
     /// The owner ballot this acceptor granted a lease to, and when (local clock) it ends.
     lease: Option<(Ballot, u64)>,
 }
@@ -31,9 +40,11 @@ pub struct Promised {
 
 impl Acceptor {
     pub fn restore(promised: Ballot, accepted: BTreeMap<Slot, (Ballot, Command)>) -> Acceptor {
+        let accepted_bytes = accepted.values().map(|(_, c)| c.size()).sum();
         Acceptor {
             promised,
             accepted,
+            accepted_bytes,
             lease: None,
         }
     }
@@ -92,21 +103,45 @@ impl Acceptor {
         true
     }
 
-    /// Phase 2b for one entry. Returns `None` if refused, else whether the promise rose (and
-    /// must be persisted with the entry).
-    pub fn accept(&mut self, ballot: Ballot, slot: Slot, command: &Command) -> Option<bool> {
+    /// Phase 2b for one entry. Returns `None` if refused (a higher promise, or no room:
+    /// `next` is the slot after the applied one, always taken), else whether the promise
+    /// rose (and must be persisted with the entry).
+    pub fn accept(
+        &mut self,
+        ballot: Ballot,
+        slot: Slot,
+        command: &Command,
+        next: Slot,
+    ) -> Option<bool> {
         if ballot < self.promised {
+            return None;
+        }
+        let size = command.size();
+        let replaced = self.accepted.get(&slot).map_or(0, |(_, c)| c.size());
+        // Full: only the next slot, or an entry that replaces one at least as large.
+        let grows = size > replaced;
+        if slot != next && grows && self.accepted_bytes - replaced + size > MAX_ACCEPTED_BYTES {
             return None;
         }
         let raised = ballot > self.promised;
         self.promised = ballot;
+        self.accepted_bytes = self.accepted_bytes - replaced + size;
         self.accepted.insert(slot, (ballot, command.clone()));
         Some(raised)
     }
 
-    /// Drops entries the log has applied: they are committed and served from the log.
+    /// The entry accepted in `slot` at exactly `ballot` (a commit that names only slots).
+    pub fn accepted_at(&self, slot: Slot, ballot: Ballot) -> Option<&Command> {
+        self.accepted
+            .get(&slot)
+            .filter(|(b, _)| *b == ballot)
+            .map(|(_, c)| c)
+    }
+
+    /// Drops entries the log has applied: they are committed and in the state machine.
     pub fn forget_through(&mut self, slot: Slot) {
         self.accepted = self.accepted.split_off(&(slot + 1));
+        self.accepted_bytes = self.accepted.values().map(|(_, c)| c.size()).sum();
     }
 
     pub fn accepted_len(&self) -> usize {
@@ -130,8 +165,10 @@ mod tests {
         assert!(p.changed && p.accepted.is_empty());
         assert!(a.renew(Ballot::new(1, 1), 1, 100));
         assert!(!a.renew(Ballot::new(1, 2), 1, 100));
-        assert_eq!(a.accept(Ballot::new(1, 1), 1, &cmd(1)), Some(false));
-        assert_eq!(a.accept(Ballot::new(0, 9), 2, &cmd(2)), None);
+        assert_eq!(a.accept(Ballot::new(1, 1), 1, &cmd(1), 1), Some(false));
+        assert_eq!(a.accept(Ballot::new(0, 9), 2, &cmd(2), 1), None);
+        assert_eq!(a.accepted_at(1, Ballot::new(1, 1)), Some(&cmd(1)));
+        assert_eq!(a.accepted_at(1, Ballot::new(1, 2)), None);
         // Lease of node 1 in force: node 2 is refused until it ends.
         assert!(matches!(
             a.prepare(Ballot::new(2, 2), None, 50, 0),
@@ -145,6 +182,30 @@ mod tests {
         ));
         a.forget_through(1);
         assert_eq!(a.accepted_len(), 0);
+    }
+
+    #[test]
+    fn accepted_entries_are_bounded_but_the_next_slot_is_always_taken() {
+        let big = Command {
+            id: crate::consensus::ballot::CommandId { origin: 1, seq: 1 },
+            floor: 0,
+            op: crate::consensus::command::CommandOp::Put {
+                key: "t.k".into(),
+                value: vec![0; MAX_ACCEPTED_BYTES / 2].into(),
+            },
+        };
+        let mut a = Acceptor::default();
+        let b = Ballot::new(1, 1);
+        assert!(a.accept(b, 5, &big, 1).is_some());
+        assert!(a.accept(b, 6, &big, 1).is_none(), "full");
+        assert!(
+            a.accept(b, 1, &big, 1).is_some(),
+            "the slot the log needs next"
+        );
+        // Replacing an entry does not count it twice.
+        assert!(a.accept(b, 5, &big, 1).is_some());
+        a.forget_through(5);
+        assert!(a.accept(b, 6, &big, 6).is_some());
     }
 
     #[test]

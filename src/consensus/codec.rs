@@ -1,15 +1,19 @@
 //! A small binary encoding: big-endian integers, length-prefixed bytes and sequences.
 //! Every frame starts with a version byte; a frame of another version is refused clearly.
+//!
+//! Decoding bounds allocations by the input's size: a sequence count is checked against
+//! the bytes left (each item needs at least a known number of them) before anything is
+//! reserved, so a lying count fails instead of allocating.
+
+use bytes::Bytes;
 
 use super::ballot::{Ballot, CommandId};
 use super::command::{Command, CommandOp};
+use super::membership::{Config, Membership};
 
-/// The version of the wire and persistence encodings written by this build.
-pub const ENCODING_VERSION: u8 = 1;
-
-/// Longest sequence or byte string accepted when decoding (guards allocations): room for a
-/// write carrying the largest configurable blob (128 MiB by default) plus its framing.
-const MAX_LEN: usize = 160 * 1024 * 1024;
+/// The version of the wire and persistence encodings written by this build. Version 2:
+/// floors in commands, paged promises, commits by slot, compacted catch-up replies.
+pub const ENCODING_VERSION: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -76,6 +80,7 @@ impl Writer {
 
     pub fn command(&mut self, c: &Command) {
         self.command_id(c.id);
+        self.u64(c.floor);
         match &c.op {
             CommandOp::Noop => self.u8(0),
             CommandOp::Put { key, value } => {
@@ -96,7 +101,10 @@ impl Writer {
                 self.u8(4);
                 self.u64(*node);
             }
-            CommandOp::LeaveJoint => self.u8(5),
+            CommandOp::LeaveJoint { epoch } => {
+                self.u8(5);
+                self.u64(*epoch);
+            }
             CommandOp::Seal { epoch } => {
                 self.u8(6);
                 self.u64(*epoch);
@@ -110,16 +118,45 @@ impl Writer {
             each(self, item);
         }
     }
+
+    pub fn membership(&mut self, m: &Membership) {
+        let nodes: Vec<(u64, String)> = m
+            .nodes()
+            .map(|n| (n, m.zone_of(n).cloned().unwrap_or_default()))
+            .collect();
+        self.seq(&nodes, |w, (node, zone)| {
+            w.u64(*node);
+            w.str(zone);
+        });
+    }
+
+    pub fn config(&mut self, c: &Config) {
+        self.u64(c.epoch);
+        self.membership(&c.current);
+        self.bool(c.next.is_some());
+        if let Some(next) = &c.next {
+            self.membership(next);
+        }
+        self.seq(&c.past, |w, (m, last)| {
+            w.membership(m);
+            w.u64(*last);
+        });
+    }
 }
 
 pub struct Reader<'a> {
     input: &'a [u8],
+    /// The buffer `input` is a suffix of, when values may share it instead of copying.
+    shared: Option<&'a Bytes>,
 }
 
 impl<'a> Reader<'a> {
     /// Checks the version byte and returns a reader over the rest.
     pub fn versioned(input: &'a [u8]) -> Result<Reader<'a>, CodecError> {
-        let mut r = Reader { input };
+        let mut r = Reader {
+            input,
+            shared: None,
+        };
         let found = r.u8()?;
         if found != ENCODING_VERSION {
             return Err(CodecError::Version {
@@ -127,6 +164,13 @@ impl<'a> Reader<'a> {
                 expected: ENCODING_VERSION,
             });
         }
+        Ok(r)
+    }
+
+    /// Like `versioned`, but byte values are slices of `input` (no copy of a large value).
+    pub fn versioned_shared(input: &'a Bytes) -> Result<Reader<'a>, CodecError> {
+        let mut r = Reader::versioned(input)?;
+        r.shared = Some(input);
         Ok(r)
     }
 
@@ -163,17 +207,35 @@ impl<'a> Reader<'a> {
         Ok(self.u8()? != 0)
     }
 
+    /// A byte-string length; `take` then refuses one longer than the input.
     fn len(&mut self) -> Result<usize, CodecError> {
         let n = self.u64()?;
-        if n > MAX_LEN as u64 {
-            return Err(CodecError::TooLong(n));
-        }
-        Ok(n as usize)
+        usize::try_from(n).map_err(|_| CodecError::TooLong(n))
     }
 
     pub fn bytes(&mut self) -> Result<Vec<u8>, CodecError> {
         let n = self.len()?;
         Ok(self.take(n)?.to_vec())
+    }
+
+    /// A byte value as `Bytes`: a slice of the input when it is shared, else a copy.
+    pub fn value(&mut self) -> Result<Bytes, CodecError> {
+        let n = self.len()?;
+        let slice = self.take(n)?;
+        Ok(match self.shared {
+            Some(base) => base.slice_ref(slice),
+            None => Bytes::copy_from_slice(slice),
+        })
+    }
+
+    /// A sequence count, refused if the input cannot hold that many items of at least
+    /// `min_item_bytes` each.
+    pub fn count(&mut self, min_item_bytes: usize) -> Result<usize, CodecError> {
+        let n = self.u64()?;
+        if n.saturating_mul(min_item_bytes.max(1) as u64) > self.input.len() as u64 {
+            return Err(CodecError::TooLong(n));
+        }
+        Ok(n as usize)
     }
 
     pub fn string(&mut self) -> Result<String, CodecError> {
@@ -196,11 +258,12 @@ impl<'a> Reader<'a> {
 
     pub fn command(&mut self) -> Result<Command, CodecError> {
         let id = self.command_id()?;
+        let floor = self.u64()?;
         let op = match self.u8()? {
             0 => CommandOp::Noop,
             1 => CommandOp::Put {
                 key: self.string()?,
-                value: self.bytes()?,
+                value: self.value()?,
             },
             2 => CommandOp::Delete {
                 key: self.string()?,
@@ -210,7 +273,7 @@ impl<'a> Reader<'a> {
                 zone: self.string()?,
             },
             4 => CommandOp::RemoveNode { node: self.u64()? },
-            5 => CommandOp::LeaveJoint,
+            5 => CommandOp::LeaveJoint { epoch: self.u64()? },
             6 => CommandOp::Seal { epoch: self.u64()? },
             tag => {
                 return Err(CodecError::UnknownTag {
@@ -219,22 +282,48 @@ impl<'a> Reader<'a> {
                 });
             }
         };
-        Ok(Command { id, op })
+        Ok(Command { id, floor, op })
     }
 
+    /// A sequence of items that each take at least `min_item_bytes` of input.
     pub fn seq<T>(
         &mut self,
+        min_item_bytes: usize,
         mut each: impl FnMut(&mut Reader<'a>) -> Result<T, CodecError>,
     ) -> Result<Vec<T>, CodecError> {
-        let n = self.len()?;
-        // Each item takes at least one byte, so a lying length fails before it allocates.
-        let mut out = Vec::with_capacity(n.min(self.input.len()));
+        let n = self.count(min_item_bytes)?;
+        let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             out.push(each(self)?);
         }
         Ok(out)
     }
+
+    pub fn membership(&mut self) -> Result<Membership, CodecError> {
+        let nodes = self.seq(16, |r| Ok((r.u64()?, r.string()?)))?;
+        Ok(Membership::new(nodes))
+    }
+
+    pub fn config(&mut self) -> Result<Config, CodecError> {
+        let epoch = self.u64()?;
+        let current = self.membership()?;
+        let next = if self.bool()? {
+            Some(self.membership()?)
+        } else {
+            None
+        };
+        let past = self.seq(16, |r| Ok((r.membership()?, r.u64()?)))?;
+        Ok(Config {
+            epoch,
+            current,
+            next,
+            past,
+        })
+    }
 }
+
+/// Bytes a command takes at least when encoded (id, floor, tag).
+pub const MIN_COMMAND_BYTES: usize = 25;
 
 /// Encodes one command on its own (the persisted form of log and accepted entries).
 pub fn encode_command(c: &Command) -> Vec<u8> {
@@ -246,6 +335,20 @@ pub fn encode_command(c: &Command) -> Vec<u8> {
 pub fn decode_command(bytes: &[u8]) -> Result<Command, CodecError> {
     let mut r = Reader::versioned(bytes)?;
     let c = r.command()?;
+    r.finish()?;
+    Ok(c)
+}
+
+/// The persisted form of a configuration (the `atlas` group's state).
+pub fn encode_config(c: &Config) -> Vec<u8> {
+    let mut w = Writer::versioned();
+    w.config(c);
+    w.finish()
+}
+
+pub fn decode_config(bytes: &[u8]) -> Result<Config, CodecError> {
+    let mut r = Reader::versioned(bytes)?;
+    let c = r.config()?;
     r.finish()?;
     Ok(c)
 }

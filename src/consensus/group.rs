@@ -10,16 +10,13 @@ use rand::rngs::StdRng;
 use super::acceptor::Acceptor;
 use super::ballot::{Ballot, GroupId, NodeId, Slot, Zone};
 use super::command::{Command, CommandOp};
-use super::log::Log;
+use super::log::{Compacted, GroupState, Log};
 use super::membership::{Membership, SYSTEM_GROUP};
-use super::message::{Message, SlotEntry};
+use super::message::{AcceptedEntry, Message, SlotEntry};
 use super::proposer::Role;
 use super::quorum::JointQuorums;
-use super::ready::{Applied, Outgoing, PersistOp, Ready};
+use super::ready::{Applied, Outgoing, PersistOp, Ready, SnapshotRequest};
 use super::settings::Settings;
-
-/// Most entries in one catch-up reply.
-const CATCH_UP_LIMIT: usize = 256;
 
 /// What a handler may use and where its output goes.
 pub(super) struct Ctx<'a> {
@@ -39,6 +36,8 @@ pub(super) struct Ctx<'a> {
     pub newer_epoch_at: &'a mut Vec<NodeId>,
     pub zone_rtt: &'a BTreeMap<Zone, u64>,
     pub quiet_until: u64,
+    /// Bytes of applied entries this group may keep for catch-up (its share of the node's).
+    pub retain_bytes: usize,
     pub rng: &'a mut StdRng,
     pub out: &'a mut Ready,
     /// Messages a node sends itself are handled in the same input, before the batch leaves.
@@ -48,8 +47,13 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Queues a message. Votes wait for the batch they depend on to be durable, also when
+    /// this node sends them to itself (an owner counts its own accept only once it is on
+    /// disk); other messages to this node are handled within the same input.
     pub fn send(&mut self, to: NodeId, message: Message) {
-        if to == self.id {
+        if message.is_vote() {
+            self.out.after_persist.push(Outgoing { to, message });
+        } else if to == self.id {
             self.inbox.push_back((to, message));
         } else {
             self.out.messages.push(Outgoing { to, message });
@@ -157,13 +161,16 @@ pub struct Group {
     pub(super) not_before: u64,
     last_catch_up: u64,
     /// The highest configuration epoch this group is known sealed at (see `CommandOp::Seal`):
-    /// from an accepted or committed seal entry.
+    /// from an accepted or applied seal entry.
     pub(super) sealed: u64,
+    /// A snapshot of the group is being fetched and installed: nothing is applied meanwhile.
+    pub(super) installing: bool,
 }
 
 impl Group {
     pub fn new(name: GroupId, acceptor: Acceptor, log: Log) -> Group {
         let seen = acceptor.promised();
+        let sealed = log.sealed();
         Group {
             name,
             acceptor,
@@ -174,7 +181,8 @@ impl Group {
             last_heard: 0,
             not_before: 0,
             last_catch_up: 0,
-            sealed: 0,
+            sealed,
+            installing: false,
         }
     }
 
@@ -206,18 +214,21 @@ impl Group {
             }
             Message::Promise {
                 ballot,
-                token,
                 applied,
                 accepted,
                 sealed,
+                page,
+                pages,
                 ..
             } => {
                 let report = super::proposer::PromiseReport {
                     applied,
                     accepted,
                     sealed,
+                    page,
+                    pages,
                 };
-                self.on_promise(ctx, from, ballot, token, report)
+                self.on_promise(ctx, from, ballot, report)
             }
             Message::Accept {
                 ballot,
@@ -230,7 +241,12 @@ impl Group {
                     self.on_accept(ctx, from, ballot, entries);
                 }
             }
-            Message::Accepted { ballot, slots, .. } => self.on_accepted(ctx, from, ballot, slots),
+            Message::Accepted {
+                ballot,
+                slots,
+                applied,
+                ..
+            } => self.on_accepted(ctx, from, ballot, slots, applied),
             Message::Reject {
                 promised, epoch, ..
             } => {
@@ -240,9 +256,23 @@ impl Group {
                 self.observe(ctx, promised, false);
             }
             Message::Commit {
-                ballot, entries, ..
+                ballot,
+                slots,
+                mut entries,
+                ..
             } => {
                 self.observe(ctx, ballot, true);
+                // Slots named only: the copy this acceptor accepted at that ballot is the
+                // chosen value. Without one, the slot is known committed and fetched.
+                for slot in slots {
+                    match self.acceptor.accepted_at(slot, ballot) {
+                        Some(command) => entries.push(SlotEntry {
+                            slot,
+                            command: command.clone(),
+                        }),
+                        None => self.log.note_known(slot),
+                    }
+                }
                 self.learn(ctx, entries);
             }
             Message::Heartbeat {
@@ -254,18 +284,50 @@ impl Group {
                 }
             }
             Message::CatchUp { from: lo, to, .. } => {
-                let entries: Vec<SlotEntry> = self
-                    .log
-                    .range(lo, to, CATCH_UP_LIMIT)
-                    .into_iter()
-                    .map(|(slot, command)| SlotEntry { slot, command })
-                    .collect();
-                if !entries.is_empty() {
-                    let group = self.name.clone();
-                    ctx.send(from, Message::CatchUpReply { group, entries });
+                let group = self.name.clone();
+                match self.log.range(lo, to, ctx.settings.batch_bytes) {
+                    Ok(entries) if entries.is_empty() => {}
+                    Ok(entries) => {
+                        let entries = entries
+                            .into_iter()
+                            .map(|(slot, command)| SlotEntry { slot, command })
+                            .collect();
+                        let compacted = None;
+                        let reply = Message::CatchUpReply {
+                            group,
+                            entries,
+                            compacted,
+                        };
+                        ctx.send(from, reply);
+                    }
+                    Err(Compacted::Below { applied }) => {
+                        let reply = Message::CatchUpReply {
+                            group,
+                            entries: Vec::new(),
+                            compacted: Some(applied),
+                        };
+                        ctx.send(from, reply);
+                    }
                 }
             }
-            Message::CatchUpReply { entries, .. } => self.learn(ctx, entries),
+            Message::CatchUpReply {
+                entries, compacted, ..
+            } => {
+                self.learn(ctx, entries);
+                // The entries this node needs left the peer's log: fetch its state instead.
+                if let Some(slot) = compacted
+                    && slot > self.log.applied()
+                    && !self.installing
+                    && from != ctx.id
+                {
+                    self.installing = true;
+                    ctx.out.snapshots.push(SnapshotRequest {
+                        group: self.name.clone(),
+                        from,
+                        slot,
+                    });
+                }
+            }
             Message::LeaseRenew {
                 ballot,
                 token,
@@ -292,7 +354,7 @@ impl Group {
                 }
             }
             Message::LeaseGrant { ballot, token, .. } => self.on_lease_grant(from, ballot, token),
-            Message::Forward { id, op, .. } => self.on_forward(ctx, from, id, op),
+            Message::Forward { id, floor, op, .. } => self.on_forward(ctx, from, id, floor, op),
             Message::Handoff { from: released, .. } => self.on_handoff(ctx, released),
             // Handled by the node (client requests it forwarded).
             Message::ForwardReply { .. } => {}
@@ -358,22 +420,26 @@ impl Group {
                 }
                 self.observe(ctx, ballot, false);
                 let applied = self.log.applied();
-                let accepted = promised
+                let accepted: Vec<AcceptedEntry> = promised
                     .accepted
                     .into_iter()
                     .filter(|e| e.slot > applied)
                     .collect();
-                ctx.send(
-                    from,
-                    Message::Promise {
-                        group,
+                let pages = pages_of(accepted, ctx.settings.batch_bytes);
+                let count = u32::try_from(pages.len()).unwrap_or(u32::MAX);
+                for (page, accepted) in pages.into_iter().enumerate() {
+                    let promise = Message::Promise {
+                        group: group.clone(),
                         ballot,
                         token,
                         applied,
                         accepted,
                         sealed: self.sealed,
-                    },
-                );
+                        page: page as u32,
+                        pages: count,
+                    };
+                    ctx.send(from, promise);
+                }
             }
             Err(_) => {
                 let promised = self.acceptor.promised();
@@ -396,13 +462,17 @@ impl Group {
             return;
         }
         let mut slots = Vec::with_capacity(entries.len());
+        let next = self.log.applied() + 1;
         for entry in entries {
-            self.note_seal(&entry.command);
             // An applied slot is committed; its value cannot differ, so it is acknowledged.
             if entry.slot > self.log.applied() {
-                match self.acceptor.accept(ballot, entry.slot, &entry.command) {
+                match self
+                    .acceptor
+                    .accept(ballot, entry.slot, &entry.command, next)
+                {
                     None => continue,
                     Some(raised) => {
+                        self.note_seal(&entry.command);
                         if raised {
                             ctx.persist(PersistOp::Promise {
                                 group: group.clone(),
@@ -421,12 +491,14 @@ impl Group {
             slots.push(entry.slot);
         }
         self.observe(ctx, ballot, true);
+        let applied = self.log.applied();
         ctx.send(
             from,
             Message::Accepted {
                 group,
                 ballot,
                 slots,
+                applied,
             },
         );
     }
@@ -434,41 +506,66 @@ impl Group {
     /// Learns committed entries (commit broadcast, catch-up) and applies what it can.
     pub(super) fn learn(&mut self, ctx: &mut Ctx<'_>, entries: Vec<SlotEntry>) {
         for entry in entries {
-            self.commit(ctx, entry.slot, entry.command);
+            self.commit(entry.slot, entry.command);
         }
         self.apply(ctx);
     }
 
-    pub(super) fn commit(&mut self, ctx: &mut Ctx<'_>, slot: Slot, command: Command) {
-        if self.log.commit(slot, command.clone()) {
-            ctx.persist(PersistOp::Commit {
-                group: self.name.clone(),
-                slot,
-                command,
-            });
-        }
+    /// Records a committed entry (kept in memory until applied: a crash forgets it, and it
+    /// is learned again; the chosen value is durable at the acceptors that chose it).
+    pub(super) fn commit(&mut self, slot: Slot, command: Command) {
+        self.log.commit(slot, command);
     }
 
-    /// Applies committed entries in slot order and tells waiting clients.
+    /// Applies committed entries in slot order and tells waiting clients. Nothing is
+    /// applied while a snapshot is being installed.
     pub(super) fn apply(&mut self, ctx: &mut Ctx<'_>) {
-        let applicable = self.log.take_applicable();
-        let Some(last) = applicable.last().map(|a| a.0) else {
+        if self.installing {
+            return;
+        }
+        let applicable = self.log.take_applicable(ctx.retain_bytes);
+        let Some(last) = applicable.last().map(|a| a.slot) else {
+            self.log.trim(ctx.retain_bytes);
             return;
         };
         self.acceptor.forget_through(last);
-        for (slot, command, duplicate) in applicable {
-            self.note_seal(&command);
-            self.on_applied(ctx, slot, &command);
-            if self.name == SYSTEM_GROUP && !duplicate {
-                ctx.membership_changes.push(command.op.clone());
+        for entry in applicable {
+            self.note_seal(&entry.command);
+            self.on_applied(ctx, entry.slot, &entry.command, entry.written);
+            if self.name == SYSTEM_GROUP && !entry.duplicate {
+                ctx.membership_changes.push(entry.command.op.clone());
             }
             ctx.out.apply.push(Applied {
                 group: self.name.clone(),
-                slot,
-                command,
-                duplicate,
+                slot: entry.slot,
+                command: entry.command,
+                duplicate: entry.duplicate,
             });
         }
+        let state = self.log.state().clone();
+        ctx.persist(PersistOp::State {
+            group: self.name.clone(),
+            state,
+        });
+    }
+
+    /// A snapshot of the group's state machine at `state.applied` is installed (durably):
+    /// everything up to there is applied.
+    pub(super) fn installed(&mut self, ctx: &mut Ctx<'_>, state: GroupState) {
+        self.installing = false;
+        if state.applied > self.log.applied() {
+            self.acceptor.forget_through(state.applied);
+            self.sealed = self.sealed.max(state.sealed);
+            self.drop_chosen_through(state.applied);
+            self.log.install(state);
+        }
+        self.apply(ctx);
+    }
+
+    /// The snapshot could not be had: catching up starts again.
+    pub(super) fn install_failed(&mut self) {
+        self.installing = false;
+        self.last_catch_up = 0;
     }
 
     fn note_seal(&mut self, command: &Command) {
@@ -479,6 +576,9 @@ impl Group {
 
     /// Asks for missing committed entries, at most once per retry interval.
     pub(super) fn fill_gaps(&mut self, ctx: &mut Ctx<'_>) {
+        if self.installing {
+            return;
+        }
         let Some((from, to)) = self.log.gap() else {
             return;
         };
@@ -496,4 +596,24 @@ impl Group {
             ctx.send(target, Message::CatchUp { group, from, to });
         }
     }
+}
+
+/// Splits accepted entries into promise pages of about `page_bytes` (at least one page,
+/// at least one entry per page).
+fn pages_of(entries: Vec<AcceptedEntry>, page_bytes: usize) -> Vec<Vec<AcceptedEntry>> {
+    let mut pages = vec![Vec::new()];
+    let mut bytes = 0;
+    for entry in entries {
+        let size = entry.command.size();
+        let last = pages.last().is_some_and(|p| !p.is_empty());
+        if last && bytes + size > page_bytes {
+            pages.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(page) = pages.last_mut() {
+            page.push(entry);
+        }
+    }
+    pages
 }

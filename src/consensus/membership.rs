@@ -118,9 +118,10 @@ impl Config {
     }
 
     /// Folds one applied command of the `atlas` group. A change that would alter the
-    /// membership enters the joint configuration; `LeaveJoint` ends it. A change applied while
-    /// joint (the owner never proposes one, see `proposer.rs`) and one that alters nothing are
-    /// ignored, the same way at every replica. Returns whether the configuration changed.
+    /// membership enters the joint configuration; `LeaveJoint` of that joint epoch ends it. A
+    /// change applied while joint (the owner never proposes one, see `proposer.rs`), a
+    /// `LeaveJoint` of another epoch and a change that alters nothing are ignored, the same
+    /// way at every replica. Returns whether the configuration changed.
     pub fn apply(&mut self, op: &CommandOp) -> bool {
         match op {
             CommandOp::AddNode { node, zone } if self.next.is_none() => {
@@ -141,7 +142,7 @@ impl Config {
                 }
                 false
             }
-            CommandOp::LeaveJoint => match self.next.take() {
+            CommandOp::LeaveJoint { epoch } if *epoch == self.epoch => match self.next.take() {
                 Some(next) => {
                     let old = std::mem::replace(&mut self.current, next);
                     // `old` was in force through this (joint) epoch.
@@ -176,14 +177,18 @@ mod tests {
         assert!(c.apply(&add(2)));
         assert!(c.is_joint() && c.epoch == 1);
         assert_eq!(c.members().len(), 2);
-        // A second change while joint is ignored; so is a change that alters nothing.
+        // A second change while joint is ignored; so is a change that alters nothing, and a
+        // `LeaveJoint` of another epoch.
         assert!(!c.apply(&add(3)));
-        assert!(c.apply(&CommandOp::LeaveJoint));
+        assert!(!c.apply(&CommandOp::LeaveJoint { epoch: 0 }));
+        assert!(c.apply(&CommandOp::LeaveJoint { epoch: 1 }));
         assert!(!c.is_joint() && c.epoch == 2 && c.current.len() == 2);
         assert!(!c.apply(&add(2)));
-        assert!(!c.apply(&CommandOp::LeaveJoint));
+        assert!(!c.apply(&CommandOp::LeaveJoint { epoch: 2 }));
         assert!(c.apply(&CommandOp::RemoveNode { node: 1 }));
-        assert!(c.apply(&CommandOp::LeaveJoint));
+        // A retried copy of the first change's LeaveJoint cannot end this one.
+        assert!(!c.apply(&CommandOp::LeaveJoint { epoch: 1 }));
+        assert!(c.apply(&CommandOp::LeaveJoint { epoch: 3 }));
         assert_eq!(c.current.nodes().collect::<Vec<_>>(), vec![2]);
         assert_eq!(c.epoch, 4);
         // Every earlier membership is kept for phase 1, not only the last one.
@@ -198,7 +203,7 @@ mod tests {
             zone: "a".into()
         }));
         assert_eq!(c.past.len(), 2, "still listed while joint");
-        assert!(c.apply(&CommandOp::LeaveJoint));
+        assert!(c.apply(&CommandOp::LeaveJoint { epoch: 5 }));
         assert_eq!(c.past.len(), 2);
         assert!(c.past.iter().all(|(m, _)| *m != c.current));
     }

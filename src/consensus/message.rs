@@ -1,7 +1,7 @@
 //! Messages between nodes, and their versioned binary encoding.
 
 use super::ballot::{Ballot, CommandId, GroupId, NodeId, Slot};
-use super::codec::{CodecError, Reader, Writer};
+use super::codec::{CodecError, MIN_COMMAND_BYTES, Reader, Writer};
 use super::command::{ClientOp, Command};
 
 /// An entry an acceptor accepted but has not yet seen committed.
@@ -48,7 +48,9 @@ pub enum Message {
         epoch: u64,
     },
     /// Phase 1b: the promise, the acceptor's accepted-but-uncommitted entries and how far it
-    /// has applied. It also grants a lease to `ballot`.
+    /// has applied (durably: a promise leaves only after the batch it depends on is synced).
+    /// The entries come in `pages` messages of bounded size, numbered by `page`; the
+    /// promise counts once every page arrived.
     Promise {
         group: GroupId,
         ballot: Ballot,
@@ -57,6 +59,8 @@ pub enum Message {
         accepted: Vec<AcceptedEntry>,
         /// The configuration epoch the acceptor knows the group sealed at (0: never).
         sealed: u64,
+        page: u32,
+        pages: u32,
     },
     /// Phase 2a, batched.
     Accept {
@@ -65,11 +69,13 @@ pub enum Message {
         entries: Vec<SlotEntry>,
         epoch: u64,
     },
-    /// Phase 2b.
+    /// Phase 2b, and how far the acceptor has applied (durably), which an owner sealing
+    /// the group waits on. An `Accept` without entries asks for this report alone.
     Accepted {
         group: GroupId,
         ballot: Ballot,
         slots: Vec<Slot>,
+        applied: Slot,
     },
     /// A refusal of a prepare, accept or lease renewal: the acceptor's promise is higher, or
     /// another owner's lease is in force.
@@ -79,10 +85,12 @@ pub enum Message {
         promised: Ballot,
         epoch: u64,
     },
-    /// Commit broadcast.
+    /// Commit broadcast: `slots` the receiver accepted at `ballot` (it commits its own
+    /// copy), and whole `entries` for the others.
     Commit {
         group: GroupId,
         ballot: Ballot,
+        slots: Vec<Slot>,
         entries: Vec<SlotEntry>,
     },
     /// The owner is alive and has applied through `applied`; learners fill gaps up to it.
@@ -97,9 +105,12 @@ pub enum Message {
         from: Slot,
         to: Slot,
     },
+    /// Committed entries (bounded in bytes). `compacted`: the entries asked for left the
+    /// replier's log; its state is at that slot, and a snapshot of it is what to fetch.
     CatchUpReply {
         group: GroupId,
         entries: Vec<SlotEntry>,
+        compacted: Option<Slot>,
     },
     LeaseRenew {
         group: GroupId,
@@ -112,10 +123,11 @@ pub enum Message {
         ballot: Ballot,
         token: u64,
     },
-    /// A client request sent on to the owner.
+    /// A client request sent on to the owner, with the origin's floor (see `dedup.rs`).
     Forward {
         group: GroupId,
         id: CommandId,
+        floor: u64,
         op: ClientOp,
     },
     ForwardReply {
@@ -147,6 +159,32 @@ impl Message {
         }
     }
 
+    /// A vote: it may leave (or, sent to this node, be handled) only once the batch it
+    /// depends on is durable.
+    pub fn is_vote(&self) -> bool {
+        matches!(self, Message::Promise { .. } | Message::Accepted { .. })
+    }
+
+    /// About how many bytes the message takes encoded (budgets of queues and batches).
+    pub fn size_hint(&self) -> usize {
+        let entries = |e: &[SlotEntry]| e.iter().map(|e| e.command.size() + 8).sum::<usize>();
+        64 + self.group().len()
+            + match self {
+                Message::Promise { accepted, .. } => {
+                    accepted.iter().map(|e| e.command.size() + 24).sum()
+                }
+                Message::Accept { entries: e, .. } | Message::CatchUpReply { entries: e, .. } => {
+                    entries(e)
+                }
+                Message::Commit {
+                    slots, entries: e, ..
+                } => slots.len() * 8 + entries(e),
+                Message::Accepted { slots, .. } => slots.len() * 8,
+                Message::Forward { op, .. } => op.size(),
+                _ => 0,
+            }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::versioned();
         write_message(&mut w, self);
@@ -155,6 +193,14 @@ impl Message {
 
     pub fn decode(bytes: &[u8]) -> Result<Message, CodecError> {
         let mut r = Reader::versioned(bytes)?;
+        let m = read_message(&mut r)?;
+        r.finish()?;
+        Ok(m)
+    }
+
+    /// Like `decode`, but values share `bytes` instead of being copied.
+    pub fn decode_shared(bytes: &bytes::Bytes) -> Result<Message, CodecError> {
+        let mut r = Reader::versioned_shared(bytes)?;
         let m = read_message(&mut r)?;
         r.finish()?;
         Ok(m)
@@ -169,7 +215,7 @@ fn write_entries(w: &mut Writer, entries: &[SlotEntry]) {
 }
 
 fn read_entries(r: &mut Reader<'_>) -> Result<Vec<SlotEntry>, CodecError> {
-    r.seq(|r| {
+    r.seq(8 + MIN_COMMAND_BYTES, |r| {
         Ok(SlotEntry {
             slot: r.u64()?,
             command: r.command()?,
@@ -209,7 +255,7 @@ fn read_op(r: &mut Reader<'_>) -> Result<ClientOp, CodecError> {
         0 => ClientOp::Get { key: r.string()? },
         1 => ClientOp::Put {
             key: r.string()?,
-            value: r.bytes()?,
+            value: r.value()?,
         },
         2 => ClientOp::Delete { key: r.string()? },
         3 => ClientOp::AddNode {
@@ -252,6 +298,8 @@ fn write_message(w: &mut Writer, m: &Message) {
             applied,
             accepted,
             sealed,
+            page,
+            pages,
         } => {
             w.u8(2);
             w.str(group);
@@ -264,6 +312,8 @@ fn write_message(w: &mut Writer, m: &Message) {
                 w.command(&e.command);
             });
             w.u64(*sealed);
+            w.u64(u64::from(*page));
+            w.u64(u64::from(*pages));
         }
         Message::Accept {
             group,
@@ -281,11 +331,13 @@ fn write_message(w: &mut Writer, m: &Message) {
             group,
             ballot,
             slots,
+            applied,
         } => {
             w.u8(4);
             w.str(group);
             w.ballot(*ballot);
             w.seq(slots, |w, s| w.u64(*s));
+            w.u64(*applied);
         }
         Message::Reject {
             group,
@@ -302,11 +354,13 @@ fn write_message(w: &mut Writer, m: &Message) {
         Message::Commit {
             group,
             ballot,
+            slots,
             entries,
         } => {
             w.u8(6);
             w.str(group);
             w.ballot(*ballot);
+            w.seq(slots, |w, s| w.u64(*s));
             write_entries(w, entries);
         }
         Message::Heartbeat {
@@ -325,10 +379,16 @@ fn write_message(w: &mut Writer, m: &Message) {
             w.u64(*from);
             w.u64(*to);
         }
-        Message::CatchUpReply { group, entries } => {
+        Message::CatchUpReply {
+            group,
+            entries,
+            compacted,
+        } => {
             w.u8(9);
             w.str(group);
             write_entries(w, entries);
+            w.bool(compacted.is_some());
+            w.u64(compacted.unwrap_or(0));
         }
         Message::LeaseRenew {
             group,
@@ -352,10 +412,16 @@ fn write_message(w: &mut Writer, m: &Message) {
             w.ballot(*ballot);
             w.u64(*token);
         }
-        Message::Forward { group, id, op } => {
+        Message::Forward {
+            group,
+            id,
+            floor,
+            op,
+        } => {
             w.u8(12);
             w.str(group);
             w.command_id(*id);
+            w.u64(*floor);
             write_op(w, op);
         }
         Message::ForwardReply { group, id, outcome } => {
@@ -384,6 +450,10 @@ fn write_message(w: &mut Writer, m: &Message) {
     }
 }
 
+fn small(n: u64) -> Result<u32, CodecError> {
+    u32::try_from(n).map_err(|_| CodecError::TooLong(n))
+}
+
 fn read_message(r: &mut Reader<'_>) -> Result<Message, CodecError> {
     let tag = r.u8()?;
     let group = r.string()?;
@@ -400,7 +470,7 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, CodecError> {
             ballot: r.ballot()?,
             token: r.u64()?,
             applied: r.u64()?,
-            accepted: r.seq(|r| {
+            accepted: r.seq(24 + MIN_COMMAND_BYTES, |r| {
                 Ok(AcceptedEntry {
                     slot: r.u64()?,
                     ballot: r.ballot()?,
@@ -408,6 +478,8 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, CodecError> {
                 })
             })?,
             sealed: r.u64()?,
+            page: small(r.u64()?)?,
+            pages: small(r.u64()?)?,
         },
         3 => Message::Accept {
             group,
@@ -418,7 +490,8 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, CodecError> {
         4 => Message::Accepted {
             group,
             ballot: r.ballot()?,
-            slots: r.seq(|r| r.u64())?,
+            slots: r.seq(8, |r| r.u64())?,
+            applied: r.u64()?,
         },
         5 => Message::Reject {
             group,
@@ -429,6 +502,7 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, CodecError> {
         6 => Message::Commit {
             group,
             ballot: r.ballot()?,
+            slots: r.seq(8, |r| r.u64())?,
             entries: read_entries(r)?,
         },
         7 => Message::Heartbeat {
@@ -444,6 +518,11 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, CodecError> {
         9 => Message::CatchUpReply {
             group,
             entries: read_entries(r)?,
+            compacted: {
+                let some = r.bool()?;
+                let slot = r.u64()?;
+                some.then_some(slot)
+            },
         },
         10 => Message::LeaseRenew {
             group,
@@ -459,6 +538,7 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, CodecError> {
         12 => Message::Forward {
             group,
             id: r.command_id()?,
+            floor: r.u64()?,
             op: read_op(r)?,
         },
         13 => {

@@ -8,9 +8,10 @@ fn samples() -> Vec<Message> {
     let id = CommandId { origin: 7, seq: 9 };
     let cmd = Command {
         id,
+        floor: 8,
         op: CommandOp::Put {
             key: "users.alice".into(),
-            value: vec![1, 2, 3],
+            value: vec![1, 2, 3].into(),
         },
     };
     vec![
@@ -32,6 +33,8 @@ fn samples() -> Vec<Message> {
                 command: cmd.clone(),
             }],
             sealed: 3,
+            page: 1,
+            pages: 2,
         },
         Message::Accept {
             group: g.clone(),
@@ -46,6 +49,7 @@ fn samples() -> Vec<Message> {
             group: g.clone(),
             ballot: b,
             slots: vec![6, 7],
+            applied: 5,
         },
         Message::Reject {
             group: g.clone(),
@@ -56,6 +60,7 @@ fn samples() -> Vec<Message> {
         Message::Commit {
             group: g.clone(),
             ballot: b,
+            slots: vec![2, 3],
             entries: vec![SlotEntry {
                 slot: 1,
                 command: Command::noop(id),
@@ -77,9 +82,11 @@ fn samples() -> Vec<Message> {
                 slot: 3,
                 command: Command {
                     id,
-                    op: CommandOp::LeaveJoint,
+                    floor: 0,
+                    op: CommandOp::LeaveJoint { epoch: 3 },
                 },
             }],
+            compacted: None,
         },
         Message::CatchUpReply {
             group: g.clone(),
@@ -87,9 +94,11 @@ fn samples() -> Vec<Message> {
                 slot: 4,
                 command: Command {
                     id,
+                    floor: 0,
                     op: CommandOp::Seal { epoch: 6 },
                 },
             }],
+            compacted: Some(9),
         },
         Message::LeaseRenew {
             group: g.clone(),
@@ -105,6 +114,7 @@ fn samples() -> Vec<Message> {
         Message::Forward {
             group: g.clone(),
             id,
+            floor: 3,
             op: ClientOp::Delete {
                 key: "users.bob".into(),
             },
@@ -130,22 +140,63 @@ fn samples() -> Vec<Message> {
 fn every_message_round_trips() {
     for m in samples() {
         assert_eq!(Message::decode(&m.encode()).as_ref(), Ok(&m));
+        let shared = bytes::Bytes::from(m.encode());
+        assert_eq!(Message::decode_shared(&shared).as_ref(), Ok(&m));
+        assert!(m.size_hint() >= 64);
     }
+}
+
+#[test]
+fn shared_decoding_does_not_copy_values() {
+    let value = bytes::Bytes::from(vec![7u8; 4096]);
+    let m = Message::Forward {
+        group: "t".into(),
+        id: CommandId { origin: 1, seq: 1 },
+        floor: 0,
+        op: ClientOp::Put {
+            key: "t.k".into(),
+            value,
+        },
+    };
+    let frame = bytes::Bytes::from(m.encode());
+    let Ok(Message::Forward {
+        op: ClientOp::Put { value, .. },
+        ..
+    }) = Message::decode_shared(&frame)
+    else {
+        panic!("not a forward");
+    };
+    let inside = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
+    assert!(inside.contains(&(value.as_ptr() as usize)));
+}
+
+#[test]
+fn a_lying_count_fails_without_allocating() {
+    // An Accepted claiming 2^40 slots in a few bytes.
+    let mut w = crate::consensus::codec::Writer::versioned();
+    w.u8(4);
+    w.str("t");
+    w.ballot(Ballot::new(1, 1));
+    w.u64(1 << 40);
+    assert!(matches!(
+        Message::decode(&w.finish()),
+        Err(CodecError::TooLong(_))
+    ));
 }
 
 #[test]
 fn another_version_is_refused_clearly() {
     let mut bytes = samples()[0].encode();
-    bytes[0] = 2;
+    bytes[0] = 1;
     let err = Message::decode(&bytes).unwrap_err();
     assert_eq!(
         err,
         CodecError::Version {
-            found: 2,
-            expected: 1
+            found: 1,
+            expected: 2
         }
     );
-    assert!(err.to_string().contains("version 2 is not supported"));
+    assert!(err.to_string().contains("version 1 is not supported"));
 }
 
 proptest! {

@@ -8,6 +8,7 @@ pub mod acceptor;
 pub mod ballot;
 pub mod codec;
 pub mod command;
+pub mod dedup;
 mod group;
 pub mod lease;
 pub mod log;
@@ -20,15 +21,16 @@ pub mod quorum;
 pub mod ready;
 pub mod settings;
 
-#[cfg(test)]
-mod sim;
-
 pub use ballot::{Ballot, CommandId, GroupId, NodeId, Slot, Zone};
 pub use codec::CodecError;
 pub use command::{ClientOp, Command, CommandOp};
+pub use log::GroupState;
+pub use membership::Config;
 pub use membership::{Membership, SYSTEM_GROUP};
 pub use message::{ForwardOutcome, Message};
 pub use node::{Node, Recovered, RecoveredGroup};
 pub use quorum::{QuorumSystem, Tolerances};
-pub use ready::{Applied, Completion, Outcome, Outgoing, PersistOp, Ready, RequestId};
+pub use ready::{
+    Applied, Completion, Outcome, Outgoing, PersistOp, Ready, RequestId, SnapshotRequest,
+};
 pub use settings::{MigrationMode, Settings};

@@ -11,26 +11,29 @@ use super::acceptor::Acceptor;
 use super::ballot::{Ballot, CommandId, GroupId, NodeId, Slot, Zone};
 use super::command::{ClientOp, Command, CommandOp};
 use super::group::{Ctx, Group};
-use super::log::Log;
+use super::log::{GroupState, Log};
 use super::membership::{Config, Membership, SYSTEM_GROUP};
 use super::message::{ForwardOutcome, Message};
 use super::quorum::{JointQuorums, QuorumSystem};
-use super::ready::{Completion, Outcome, Ready, RequestId};
+use super::ready::{Completion, Outcome, PersistOp, Ready, RequestId};
 use super::settings::{MigrationMode, Settings};
 
-/// Durable state of one group, as recovered from storage.
+/// Durable state of one group, as recovered from storage: the acceptor's promise and its
+/// accepted entries above the applied slot, and the state machine's group state. Nothing
+/// of the applied history: restart time and memory do not depend on it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveredGroup {
     pub promised: Ballot,
     pub accepted: BTreeMap<Slot, (Ballot, Command)>,
-    pub log: BTreeMap<Slot, Command>,
-    pub applied: Slot,
+    pub state: GroupState,
 }
 
 /// Everything a restarted node needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovered {
     pub groups: BTreeMap<GroupId, RecoveredGroup>,
+    /// The configuration applied from the `atlas` group (none: the bootstrap one).
+    pub config: Option<Config>,
 }
 
 /// A client request this node took in and has not answered yet.
@@ -113,8 +116,8 @@ impl Node {
     }
 
     /// A restarted node. Leases it granted before the crash were not persisted, so it
-    /// promises no new ballot for one lease length. `membership` is the bootstrap membership;
-    /// applied changes of `atlas.nodes` in the recovered log are replayed over it.
+    /// promises no new ballot for one lease length. `membership` is the bootstrap membership,
+    /// used when nothing of the `atlas` group was ever applied here.
     #[allow(clippy::too_many_arguments)]
     pub fn recover(
         id: NodeId,
@@ -130,40 +133,32 @@ impl Node {
         if node.settings.leases_enabled() {
             node.quiet_until = now.saturating_add(node.settings.lease_ms);
         }
+        if let Some(config) = recovered.config {
+            node.adopt_config(config);
+        }
         for (name, g) in recovered.groups {
-            if name == SYSTEM_GROUP {
-                // Replayed as they were applied: a retried command's second copy is skipped.
-                let mut seen = std::collections::BTreeSet::new();
-                for command in g.log.range(..=g.applied).map(|(_, c)| c) {
-                    if command.op.is_deduplicated() && !seen.insert(command.id) {
-                        continue;
-                    }
-                    node.membership_changes.push(command.op.clone());
-                }
-            }
-            // The seal epoch is derived from the entries it was accepted or committed in.
+            // The seal epoch: applied seals are in the state, accepted ones in the entries.
             let sealed = g
-                .log
+                .accepted
                 .values()
-                .chain(g.accepted.values().map(|(_, c)| c))
-                .filter_map(|c| match c.op {
+                .filter_map(|(_, c)| match c.op {
                     CommandOp::Seal { epoch } => Some(epoch),
                     _ => None,
                 })
+                .chain([g.state.sealed])
                 .max()
                 .unwrap_or(0);
+            let applied = g.state.applied;
             let accepted = g
                 .accepted
                 .into_iter()
-                .filter(|(s, _)| *s > g.applied)
+                .filter(|(s, _)| *s > applied)
                 .collect();
             let acceptor = Acceptor::restore(g.promised, accepted);
-            let log = Log::restore(g.log, g.applied);
-            let mut group = Group::new(name.clone(), acceptor, log);
+            let mut group = Group::new(name.clone(), acceptor, Log::restore(g.state));
             group.sealed = sealed;
             node.groups.insert(name, group);
         }
-        node.fold_membership();
         node
     }
 
@@ -221,8 +216,19 @@ impl Node {
         self.groups.get(group).map_or(0, |g| g.applied())
     }
 
+    /// A committed entry this node still holds in memory (recent, or not yet applied).
     pub fn committed(&self, group: &str, slot: Slot) -> Option<&Command> {
         self.groups.get(group).and_then(|g| g.log().get(slot))
+    }
+
+    /// The group's state as of its applied slot.
+    pub fn group_state(&self, group: &str) -> Option<&GroupState> {
+        self.groups.get(group).map(|g| g.log().state())
+    }
+
+    /// Bytes of applied entries kept for catch-up, over all groups.
+    pub fn retained_bytes(&self) -> usize {
+        self.groups.values().map(|g| g.log().retained_bytes()).sum()
     }
 
     pub fn groups(&self) -> impl Iterator<Item = &GroupId> {
@@ -233,9 +239,72 @@ impl Node {
         self.outstanding.len()
     }
 
-    /// Takes the output accumulated since the last call.
+    /// Takes the output accumulated since the last call (a group's state is written once,
+    /// as of the last entry applied).
     pub fn take_ready(&mut self) -> Ready {
-        std::mem::take(&mut self.out)
+        let mut ready = std::mem::take(&mut self.out);
+        let mut last_state: BTreeMap<GroupId, usize> = BTreeMap::new();
+        let mut last_config = None;
+        for (i, op) in ready.persist.iter().enumerate() {
+            match op {
+                PersistOp::State { group, .. } => {
+                    last_state.insert(group.clone(), i);
+                }
+                PersistOp::Config(_) => last_config = Some(i),
+                _ => {}
+            }
+        }
+        let mut i = 0;
+        ready.persist.retain(|op| {
+            let keep = match op {
+                PersistOp::State { group, .. } => last_state.get(group) == Some(&i),
+                PersistOp::Config(_) => last_config == Some(i),
+                _ => true,
+            };
+            i += 1;
+            keep
+        });
+        ready
+    }
+
+    /// A snapshot of `group`'s state machine was installed durably at `state.applied`
+    /// (with the configuration it holds, for the `atlas` group).
+    pub fn snapshot_installed(
+        &mut self,
+        now: u64,
+        group: &str,
+        state: GroupState,
+        config: Option<Config>,
+    ) {
+        self.advance(now);
+        if let Some(config) = config
+            && config.epoch > self.config.epoch
+        {
+            self.adopt_config(config);
+            self.retake_groups();
+        }
+        self.with_group(group, |g, ctx| g.installed(ctx, state));
+        self.settle();
+    }
+
+    /// Fetching or installing the snapshot of `group` failed: catching up starts again.
+    pub fn snapshot_failed(&mut self, now: u64, group: &str) {
+        self.advance(now);
+        self.with_group(group, |g, _| g.install_failed());
+        self.settle();
+    }
+
+    /// The lowest sequence number of this node's requests still outstanding: everything of
+    /// this node below it is finished (see `dedup.rs`).
+    fn floor(&self) -> u64 {
+        self.outstanding
+            .keys()
+            .next()
+            .map_or(self.next_seq_value(), |id| id.seq)
+    }
+
+    fn next_seq_value(&self) -> u64 {
+        (self.incarnation << SEQ_BITS) | (self.next_seq & ((1 << SEQ_BITS) - 1))
     }
 
     /// A client request received by this node.
@@ -243,7 +312,7 @@ impl Node {
         self.advance(now);
         let id = CommandId {
             origin: self.id,
-            seq: (self.incarnation << SEQ_BITS) | (self.next_seq & ((1 << SEQ_BITS) - 1)),
+            seq: self.next_seq_value(),
         };
         self.next_seq += 1;
         let group = self.settings.group_of(op.table());
@@ -309,6 +378,7 @@ impl Node {
     }
 
     fn with_group<R>(&mut self, name: &str, f: impl FnOnce(&mut Group, &mut Ctx<'_>) -> R) -> R {
+        let retain_bytes = self.settings.retain_bytes / self.groups.len().max(1);
         let group = self
             .groups
             .entry(name.to_string())
@@ -324,6 +394,7 @@ impl Node {
             newer_epoch_at: &mut self.newer_epoch_at,
             zone_rtt: &self.zone_rtt,
             quiet_until: self.quiet_until,
+            retain_bytes,
             rng: &mut self.rng,
             out: &mut self.out,
             inbox: &mut self.inbox,
@@ -344,6 +415,7 @@ impl Node {
     /// Sends a request where it can be served: this node if it owns the group, else the
     /// owner; with no live owner known, this node takes the group (phase 1).
     fn route(&mut self, id: CommandId) {
+        let floor = self.floor();
         let Some(o) = self.outstanding.get_mut(&id) else {
             return;
         };
@@ -360,6 +432,7 @@ impl Node {
                     Message::Forward {
                         group: name.clone(),
                         id,
+                        floor,
                         op,
                     },
                 );
@@ -378,6 +451,7 @@ impl Node {
                         Message::Forward {
                             group: name.clone(),
                             id,
+                            floor,
                             op,
                         },
                     );
@@ -490,13 +564,23 @@ impl Node {
         if self.membership_changes.is_empty() {
             return false;
         }
+        let mut config = self.config.clone();
         let mut changed = false;
         for op in std::mem::take(&mut self.membership_changes) {
-            changed |= self.config.apply(&op);
+            changed |= config.apply(&op);
         }
         if !changed {
             return false;
         }
+        self.out.persist.push(PersistOp::Config(config.clone()));
+        self.adopt_config(config);
+        self.retake_groups();
+        true
+    }
+
+    /// Makes `config` the one in force: quorums and the member list follow.
+    fn adopt_config(&mut self, config: Config) {
+        self.config = config;
         let t = self.settings.tolerances;
         self.quorums = JointQuorums {
             current: QuorumSystem::new(&self.config.current, t),
@@ -518,11 +602,15 @@ impl Node {
             joint = self.config.is_joint(),
             "configuration changed"
         );
+    }
+
+    /// Every group this node leads or is taking runs phase 1 again under the configuration
+    /// now in force.
+    fn retake_groups(&mut self) {
         let names: Vec<GroupId> = self.groups.keys().cloned().collect();
         for name in names {
             self.with_group(&name, |g, ctx| g.on_epoch_change(ctx));
         }
-        true
     }
 
     /// A peer showed a newer configuration epoch: fetch the `atlas` log from it (at most every

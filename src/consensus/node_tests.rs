@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::consensus::message::{AcceptedEntry, SlotEntry};
-use crate::consensus::{ClientOp, CommandId, CommandOp, MigrationMode, Outcome, Tolerances};
+use crate::consensus::{
+    ClientOp, CommandId, CommandOp, MigrationMode, Outcome, PersistOp, Tolerances,
+};
 
 fn three_nodes() -> Membership {
     Membership::new((1..=3).map(|n| (n, "z".to_string())))
@@ -22,10 +24,49 @@ fn settings() -> Settings {
 fn put(origin: u64, seq: u64, key: &str) -> Command {
     Command {
         id: CommandId { origin, seq },
+        floor: 0,
         op: CommandOp::Put {
             key: key.into(),
-            value: vec![seq as u8],
+            value: vec![seq as u8].into(),
         },
+    }
+}
+
+/// What the driver does with a node's output when storage is not the point: votes for this
+/// node are stepped back in (as after the durable write); everything else is collected.
+fn drain(node: &mut Node, now: u64) -> Ready {
+    let mut all = Ready::default();
+    loop {
+        let mut ready = node.take_ready();
+        if ready.is_empty() {
+            return all;
+        }
+        let votes = std::mem::take(&mut ready.after_persist);
+        all.persist.extend(ready.persist);
+        all.messages.extend(ready.messages);
+        all.apply.extend(ready.apply);
+        all.completions.extend(ready.completions);
+        all.snapshots.extend(ready.snapshots);
+        for vote in votes {
+            if vote.to == node.id() {
+                node.step(now, vote.to, vote.message);
+            } else {
+                all.after_persist.push(vote);
+            }
+        }
+    }
+}
+
+fn promise(ballot: Ballot, accepted: Vec<AcceptedEntry>) -> Message {
+    Message::Promise {
+        group: "users".into(),
+        ballot,
+        token: 0,
+        applied: 0,
+        accepted,
+        sealed: 0,
+        page: 0,
+        pages: 1,
     }
 }
 
@@ -74,10 +115,10 @@ fn phase1_reproposes_the_highest_ballot_per_slot_and_fills_holes() {
         77,
         ClientOp::Put {
             key: "users.new".into(),
-            value: vec![1],
+            value: vec![1].into(),
         },
     );
-    let ballot = prepare_ballot(&node.take_ready());
+    let ballot = prepare_ballot(&drain(&mut node, 0));
     assert_eq!(ballot, Ballot::new(2, 1));
     let accepted = vec![
         AcceptedEntry {
@@ -91,17 +132,27 @@ fn phase1_reproposes_the_highest_ballot_per_slot_and_fills_holes() {
             command: put(2, 4, "users.d"),
         },
     ];
-    let promise = Message::Promise {
-        group: "users".into(),
-        ballot,
-        token: 0,
-        applied: 0,
-        accepted,
-        sealed: 0,
-    };
-    node.step(1, 2, promise);
+    // The entries arrive in two pages: the promise counts once both did.
+    let (first, second) = accepted.split_at(1);
+    let mut page = promise(ballot, first.to_vec());
+    if let Message::Promise { pages, .. } = &mut page {
+        *pages = 2;
+    }
+    node.step(1, 2, page.clone());
+    assert!(
+        !node.is_owner("users"),
+        "one page of two is not a promise yet"
+    );
+    node.step(1, 2, page);
+    assert!(!node.is_owner("users"), "a page twice is still one");
+    let mut page = promise(ballot, second.to_vec());
+    if let Message::Promise { page: n, pages, .. } = &mut page {
+        *n = 1;
+        *pages = 2;
+    }
+    node.step(1, 2, page);
     assert!(node.is_owner("users"));
-    let ready = node.take_ready();
+    let ready = drain(&mut node, 1);
     let proposed = accepts_to(&ready, 2);
     assert_eq!(
         proposed.get(&1),
@@ -138,9 +189,10 @@ fn phase1_reproposes_the_highest_ballot_per_slot_and_fills_holes() {
             group: "users".into(),
             ballot,
             slots,
+            applied: 0,
         },
     );
-    let ready = node.take_ready();
+    let ready = drain(&mut node, 2);
     let applied: Vec<Slot> = ready.apply.iter().map(|a| a.slot).collect();
     assert_eq!(applied, vec![1, 2, 3, 4, 5]);
     assert_eq!(
@@ -162,20 +214,12 @@ fn a_deposed_owner_never_acknowledges_a_write_it_did_not_commit() {
         5,
         ClientOp::Put {
             key: "users.k".into(),
-            value: vec![1],
+            value: vec![1].into(),
         },
     );
-    let ballot = prepare_ballot(&node.take_ready());
-    let promise = Message::Promise {
-        group: "users".into(),
-        ballot,
-        token: 0,
-        applied: 0,
-        accepted: vec![],
-        sealed: 0,
-    };
-    node.step(1, 2, promise);
-    let proposed = accepts_to(&node.take_ready(), 2);
+    let ballot = prepare_ballot(&drain(&mut node, 0));
+    node.step(1, 2, promise(ballot, vec![]));
+    let proposed = accepts_to(&drain(&mut node, 1), 2);
     assert_eq!(proposed.len(), 1);
     // Node 3 takes over: its prepare reaches node 1, which promises and steps down.
     let higher = Ballot::new(ballot.counter + 1, 3);
@@ -198,9 +242,10 @@ fn a_deposed_owner_never_acknowledges_a_write_it_did_not_commit() {
             group: "users".into(),
             ballot,
             slots: vec![1],
+            applied: 0,
         },
     );
-    let ready = node.take_ready();
+    let ready = drain(&mut node, 3);
     assert!(ready.completions.is_empty(), "{:?}", ready.completions);
     assert!(ready.apply.is_empty());
 }
@@ -218,18 +263,21 @@ fn grouped_tables_move_together() {
         1,
         ClientOp::Put {
             key: "orders.1".into(),
-            value: vec![1],
+            value: vec![1].into(),
         },
     );
+    let mut ready = drain(&mut node, 0);
     node.client_request(
         1,
         2,
         ClientOp::Put {
             key: "items.1".into(),
-            value: vec![2],
+            value: vec![2].into(),
         },
     );
-    let ready = node.take_ready();
+    let later = drain(&mut node, 1);
+    ready.completions.extend(later.completions);
+    ready.apply.extend(later.apply);
     assert_eq!(ready.completions.len(), 2);
     assert!(ready.apply.iter().all(|a| a.group == "shop"));
     assert_eq!(node.group_of("orders"), node.group_of("items"));
@@ -251,12 +299,13 @@ fn a_newer_epoch_in_a_message_is_never_adopted() {
         epoch,
     };
     node.step(1_000, 2, prepare(7));
-    let ready = node.take_ready();
+    let ready = drain(&mut node, 1_000);
     assert!(ready.persist.is_empty(), "no promise for another epoch");
     assert!(
         ready
             .messages
             .iter()
+            .chain(&ready.after_persist)
             .all(|m| !matches!(m.message, Message::Promise { .. }))
     );
     assert!(ready.messages.iter().any(|m| m.to == 2
@@ -266,6 +315,7 @@ fn a_newer_epoch_in_a_message_is_never_adopted() {
     // Committed `atlas` entries do change it: joint first, then the new membership.
     let add = Command {
         id: CommandId { origin: 2, seq: 1 },
+        floor: 0,
         op: CommandOp::AddNode {
             node: 4,
             zone: "y".into(),
@@ -274,30 +324,39 @@ fn a_newer_epoch_in_a_message_is_never_adopted() {
     let commit = |slot, command| Message::Commit {
         group: SYSTEM_GROUP.into(),
         ballot: Ballot::new(1, 2),
+        slots: vec![],
         entries: vec![SlotEntry { slot, command }],
     };
     node.step(1_001, 2, commit(1, add));
+    // The new configuration is persisted with the group's state.
+    let ready = drain(&mut node, 1_001);
+    assert!(
+        ready
+            .persist
+            .iter()
+            .any(|op| matches!(op, PersistOp::Config(c) if c.epoch == 1))
+    );
     assert_eq!(node.config().epoch, 1);
     assert!(node.config().is_joint() && node.joint_quorums().is_joint());
     assert_eq!(node.membership().len(), 4);
     // Now an epoch-0 request is refused, with the epoch.
-    node.take_ready();
     node.step(1_002, 3, prepare(0));
-    let ready = node.take_ready();
+    let ready = drain(&mut node, 1_002);
     assert!(
         ready
             .messages
             .iter()
             .any(|m| m.to == 3 && matches!(m.message, Message::Reject { epoch: 1, .. }))
     );
-    let leave = Command {
-        id: CommandId {
-            origin: 2,
-            seq: u64::MAX - 1,
-        },
-        op: CommandOp::LeaveJoint,
+    let leave = |epoch| Command {
+        id: CommandId { origin: 2, seq: 0 },
+        floor: 0,
+        op: CommandOp::LeaveJoint { epoch },
     };
-    node.step(1_003, 2, commit(2, leave));
+    // A `LeaveJoint` of another epoch changes nothing; the joint one's does.
+    node.step(1_003, 2, commit(2, leave(0)));
+    assert!(node.config().is_joint());
+    node.step(1_003, 2, commit(3, leave(1)));
     assert_eq!(node.config().epoch, 2);
     assert!(!node.config().is_joint());
     assert_eq!(
@@ -326,10 +385,10 @@ fn concurrent_steals_break_ties_on_zone_then_node() {
         1,
         ClientOp::Put {
             key: "users.k".into(),
-            value: vec![1],
+            value: vec![1].into(),
         },
     );
-    let mine = prepare_ballot(&node.take_ready());
+    let mine = prepare_ballot(&drain(&mut node, 0));
     assert_eq!(mine, Ballot::new(1, 1));
     // Node 3 (zone a, higher id) prepares at the same counter: node 1's acceptor promises
     // it (ballots order by id), but node 1 wins the tie on zone and goes one counter up.
@@ -344,7 +403,7 @@ fn concurrent_steals_break_ties_on_zone_then_node() {
             epoch: 0,
         },
     );
-    assert_eq!(prepare_ballot(&node.take_ready()), Ballot::new(2, 1));
+    assert_eq!(prepare_ballot(&drain(&mut node, 1)), Ballot::new(2, 1));
     // Node 3 in turn gives way when it hears node 1's prepare at its own counter.
     let mut other = Node::new(3, "a".into(), members, s, 1, 1, 0);
     other.client_request(
@@ -352,10 +411,10 @@ fn concurrent_steals_break_ties_on_zone_then_node() {
         1,
         ClientOp::Put {
             key: "users.k".into(),
-            value: vec![1],
+            value: vec![1].into(),
         },
     );
-    assert_eq!(prepare_ballot(&other.take_ready()), Ballot::new(1, 3));
+    assert_eq!(prepare_ballot(&drain(&mut other, 0)), Ballot::new(1, 3));
     other.step(
         1,
         1,
@@ -367,20 +426,9 @@ fn concurrent_steals_break_ties_on_zone_then_node() {
             epoch: 0,
         },
     );
-    other.take_ready();
+    drain(&mut other, 1);
     // Its own acceptor promised 1.3, so node 1's 1.1 is refused, but node 3 stopped its
     // candidacy: a promise from node 2 no longer makes it owner.
-    other.step(
-        2,
-        2,
-        Message::Promise {
-            group: "users".into(),
-            ballot: Ballot::new(1, 3),
-            token: 0,
-            applied: 0,
-            accepted: vec![],
-            sealed: 0,
-        },
-    );
+    other.step(2, 2, promise(Ballot::new(1, 3), vec![]));
     assert!(!other.is_owner("users"));
 }

@@ -1,10 +1,12 @@
 //! The proposer side of a group: taking ownership (phase 1 with re-proposal), committing
-//! (phase 2, pipelined and batched), leases, read index, forwarding answers and handoff.
+//! (phase 2, pipelined within a byte window, batched by bytes), leases, read index,
+//! forwarding answers, sealing and handoff.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::ballot::{Ballot, CommandId, NodeId, Slot};
 use super::command::{ClientOp, Command, CommandOp};
+use super::dedup::Seen;
 use super::group::{Ctx, Group};
 use super::lease::LeaseGrants;
 use super::membership::SYSTEM_GROUP;
@@ -23,17 +25,36 @@ pub struct Preparing {
     started_at: u64,
     last_sent: u64,
     handoff_from: Option<Ballot>,
-    /// Per acceptor: how far it applied, and its accepted-but-uncommitted entries.
-    promises: BTreeMap<NodeId, (Slot, Vec<AcceptedEntry>)>,
+    /// Per acceptor: how far it applied, and which of its promise's pages arrived.
+    promises: BTreeMap<NodeId, PromiseProgress>,
+    /// The highest-ballot accepted value per slot reported so far. Values from acceptors
+    /// whose promise is not complete yet are safe to consider too: every one of them was
+    /// accepted below this ballot, and the highest one at or above a chosen ballot is the
+    /// chosen value.
+    best: BTreeMap<Slot, (Ballot, Command)>,
     /// The highest seal epoch a promise reported.
     sealed: u64,
 }
 
-/// What an acceptor's promise reports besides the ballot.
+struct PromiseProgress {
+    applied: Slot,
+    pages: u32,
+    seen: BTreeSet<u32>,
+}
+
+impl PromiseProgress {
+    fn complete(&self) -> bool {
+        self.seen.len() as u64 >= u64::from(self.pages.max(1))
+    }
+}
+
+/// What one page of an acceptor's promise reports besides the ballot.
 pub(super) struct PromiseReport {
     pub applied: Slot,
     pub accepted: Vec<AcceptedEntry>,
     pub sealed: u64,
+    pub page: u32,
+    pub pages: u32,
 }
 
 /// Who waits for a slot: the node that forwarded the request (maybe this one).
@@ -56,9 +77,15 @@ pub struct Leader {
     /// below it: earlier owners may have acknowledged writes up to there.
     recovery_end: Slot,
     inflight: BTreeMap<Slot, Inflight>,
+    inflight_bytes: usize,
     inflight_ids: BTreeMap<CommandId, Slot>,
+    /// Proposals waiting for room in the window (`Settings::max_inflight_bytes`).
+    queued: VecDeque<(Waiter, Command)>,
+    queued_bytes: usize,
+    queued_ids: BTreeSet<CommandId>,
     waiters: BTreeMap<Slot, Vec<Waiter>>,
     batch: Vec<SlotEntry>,
+    batch_bytes: usize,
     grants: LeaseGrants,
     last_heartbeat: u64,
     last_renew: u64,
@@ -66,15 +93,20 @@ pub struct Leader {
     /// Membership changes that wait for the one under way (owner of `atlas` only): one
     /// change at a time, in arrival order.
     parked: Vec<(Waiter, ClientOp)>,
-    /// Sealing under an epoch: `(epoch, copied_through, seal_proposed)`.
+    /// How far each acceptor reported it has applied (durably), at this ballot.
+    reported: BTreeMap<NodeId, Slot>,
+    /// Sealing under an epoch: `(epoch, through, seal_proposed)`.
     sealing: Option<(u64, Slot, bool)>,
+    last_probe: u64,
 }
 
 impl Leader {
     fn config_change_inflight(&self) -> bool {
         self.inflight
             .values()
-            .any(|i| i.command.op.is_config_change())
+            .map(|i| &i.command)
+            .chain(self.queued.iter().map(|(_, c)| c))
+            .any(|c| c.op.is_config_change())
     }
 }
 
@@ -84,12 +116,11 @@ fn change_busy(l: &Leader, log: &super::log::Log, joint: bool) -> bool {
     joint
         || log.applied() < l.recovery_end
         || l.config_change_inflight()
-        || log
-            .committed_after(log.applied())
-            .any(|(_, c)| c.op.is_config_change())
+        || log.pending().any(|(_, c)| c.op.is_config_change())
 }
 
-/// Node id used in the ids of no-ops that fill holes (no-ops are never de-duplicated).
+/// Sequence number used in the ids of entries no client asked for (hole-filling no-ops,
+/// seals, `LeaveJoint`): they are never de-duplicated.
 const FILLER_SEQ: u64 = 0;
 
 impl Group {
@@ -133,6 +164,7 @@ impl Group {
             last_sent: ctx.now,
             handoff_from,
             promises: BTreeMap::new(),
+            best: BTreeMap::new(),
             sealed: 0,
         });
         let group = self.name.clone();
@@ -162,27 +194,40 @@ impl Group {
         ctx: &mut Ctx<'_>,
         from: NodeId,
         ballot: Ballot,
-        token: u64,
         report: PromiseReport,
     ) {
-        let PromiseReport {
-            applied,
-            accepted,
-            sealed,
-        } = report;
         let Role::Preparing(p) = &mut self.role else {
             return;
         };
         if p.ballot != ballot {
             return;
         }
-        let _ = token;
-        p.promises.insert(from, (applied, accepted));
-        p.sealed = p.sealed.max(sealed);
-        let promised: BTreeSet<NodeId> = p.promises.keys().copied().collect();
-        // A seal reported by any promiser is real: only an owner whose recovery under that
-        // epoch was committed proposes one, and a Q1 of the sealing configuration meets the
-        // Q2 that accepted it.
+        p.sealed = p.sealed.max(report.sealed);
+        let progress = p.promises.entry(from).or_insert_with(|| PromiseProgress {
+            applied: report.applied,
+            pages: report.pages,
+            seen: BTreeSet::new(),
+        });
+        if !progress.seen.insert(report.page) {
+            return;
+        }
+        if !ctx.settings.inject.skip_reproposal {
+            for e in report.accepted {
+                let better = p.best.get(&e.slot).is_none_or(|(b, _)| e.ballot > *b);
+                if better {
+                    p.best.insert(e.slot, (e.ballot, e.command));
+                }
+            }
+        }
+        let promised: BTreeSet<NodeId> = p
+            .promises
+            .iter()
+            .filter(|(_, progress)| progress.complete())
+            .map(|(node, _)| *node)
+            .collect();
+        // A seal reported by any promiser is real: only an owner that saw a Q2 of the
+        // sealing configuration apply what its phase 1 found proposes one, and a Q1 of that
+        // configuration meets the Q2 that accepted it.
         if ctx.quorums.is_q1_sealed(&promised, p.sealed) {
             let Role::Preparing(p) = std::mem::replace(&mut self.role, Role::Follower) else {
                 return;
@@ -192,31 +237,20 @@ impl Group {
     }
 
     /// With a Q1 of promises: re-propose what may have been chosen, fill holes, catch up.
-    fn take_ownership(&mut self, ctx: &mut Ctx<'_>, p: Preparing) {
+    fn take_ownership(&mut self, ctx: &mut Ctx<'_>, mut p: Preparing) {
         // Slots up to `caught` are committed (some promiser applied them): fetch, never
-        // re-propose, since their acceptors no longer report them.
+        // re-propose, since their acceptors no longer hold them.
         let (caught_by, caught) = p
             .promises
             .iter()
-            .map(|(node, (applied, _))| (*node, *applied))
+            .map(|(node, progress)| (*node, progress.applied))
             .max_by_key(|(node, applied)| (*applied, *node))
             .unwrap_or((ctx.id, 0));
         let caught = caught.max(self.log.applied());
         // Above it, the highest ballot wins per slot.
-        let mut best: BTreeMap<Slot, (Ballot, Command)> = BTreeMap::new();
-        for (_, accepted) in p.promises.values() {
-            if ctx.settings.inject.skip_reproposal {
-                break;
-            }
-            for e in accepted.iter().filter(|e| e.slot > caught) {
-                let better = best.get(&e.slot).is_none_or(|(b, _)| e.ballot > *b);
-                if better {
-                    best.insert(e.slot, (e.ballot, e.command.clone()));
-                }
-            }
-        }
+        let mut best = p.best.split_off(&(caught + 1));
         // Entries this node already knows committed are the chosen values.
-        for (slot, command) in self.log.committed_after(caught) {
+        for (slot, command) in self.log.pending().filter(|(s, _)| **s > caught) {
             best.insert(*slot, (Ballot::new(u64::MAX, u64::MAX), command.clone()));
         }
         let end = best.keys().next_back().copied().unwrap_or(0).max(caught);
@@ -228,15 +262,22 @@ impl Group {
             next_slot: end + 1,
             recovery_end: end,
             inflight: BTreeMap::new(),
+            inflight_bytes: 0,
             inflight_ids: BTreeMap::new(),
+            queued: VecDeque::new(),
+            queued_bytes: 0,
+            queued_ids: BTreeSet::new(),
             waiters: BTreeMap::new(),
             batch: Vec::new(),
+            batch_bytes: 0,
             grants: LeaseGrants::default(),
             last_heartbeat: ctx.now,
             last_renew: ctx.now,
             access: AccessWindow::starting(ctx.now),
             parked: Vec::new(),
+            reported: BTreeMap::new(),
             sealing: None,
+            last_probe: 0,
         }));
         self.log.note_known(caught);
         if self.log.applied() < caught && caught_by != ctx.id {
@@ -290,6 +331,14 @@ impl Group {
         command: Command,
         waiter: Option<Waiter>,
     ) {
+        let size = command.size();
+        // A batch stays within `batch_bytes`; an entry larger than that goes alone.
+        if let Role::Leading(l) = &self.role
+            && !l.batch.is_empty()
+            && l.batch_bytes + size > ctx.settings.batch_bytes
+        {
+            self.flush(ctx);
+        }
         let Role::Leading(l) = &mut self.role else {
             return;
         };
@@ -298,7 +347,9 @@ impl Group {
             slot,
             command: command.clone(),
         });
-        l.inflight.insert(
+        l.batch_bytes += size;
+        l.inflight_bytes += size;
+        let replaced = l.inflight.insert(
             slot,
             Inflight {
                 command,
@@ -306,21 +357,60 @@ impl Group {
                 sent_at: ctx.now,
             },
         );
+        if let Some(old) = replaced {
+            l.inflight_bytes -= old.command.size();
+        }
         if let Some(w) = waiter {
             l.waiters.entry(slot).or_default().push(w);
         }
-        if l.batch.len() >= ctx.settings.batch_max {
+        if l.batch_bytes >= ctx.settings.batch_bytes {
             self.flush(ctx);
         }
     }
 
+    /// Gives `command` the next slot, or queues it while the window is full (a request
+    /// beyond the queue too is dropped: its origin retries).
     fn propose(&mut self, ctx: &mut Ctx<'_>, command: Command, waiter: Waiter) {
         let Role::Leading(l) = &mut self.role else {
             return;
         };
+        let size = command.size();
+        let window = ctx.settings.max_inflight_bytes;
+        let room = l.inflight.is_empty() || l.inflight_bytes + size <= window;
+        if !room || !l.queued.is_empty() {
+            if l.queued.is_empty() || l.queued_bytes + size <= window {
+                l.queued_bytes += size;
+                l.queued_ids.insert(command.id);
+                l.queued.push_back((waiter, command));
+            }
+            return;
+        }
         let slot = l.next_slot;
         l.next_slot += 1;
         self.propose_at(ctx, slot, command, Some(waiter));
+    }
+
+    /// Proposes queued commands while the window has room.
+    fn drain_queue(&mut self, ctx: &mut Ctx<'_>) {
+        loop {
+            let Role::Leading(l) = &mut self.role else {
+                return;
+            };
+            let Some(size) = l.queued.front().map(|(_, c)| c.size()) else {
+                return;
+            };
+            if !l.inflight.is_empty() && l.inflight_bytes + size > ctx.settings.max_inflight_bytes {
+                return;
+            }
+            let Some((waiter, command)) = l.queued.pop_front() else {
+                return;
+            };
+            l.queued_bytes -= size;
+            l.queued_ids.remove(&command.id);
+            let slot = l.next_slot;
+            l.next_slot += 1;
+            self.propose_at(ctx, slot, command, Some(waiter));
+        }
     }
 
     /// Sends the batched accepts to the Q2 zones (this node's acceptor included).
@@ -332,10 +422,11 @@ impl Group {
             return;
         }
         let entries = std::mem::take(&mut l.batch);
+        l.batch_bytes = 0;
         // Leaving a joint configuration needs a Q1 of the old one as well (below): ask all.
         let everyone = entries
             .iter()
-            .any(|e| e.command.op == CommandOp::LeaveJoint);
+            .any(|e| matches!(e.command.op, CommandOp::LeaveJoint { .. }));
         let message = Message::Accept {
             group: self.name.clone(),
             ballot: l.ballot,
@@ -357,6 +448,7 @@ impl Group {
         from: NodeId,
         ballot: Ballot,
         slots: Vec<Slot>,
+        applied: Slot,
     ) {
         let Role::Leading(l) = &mut self.role else {
             return;
@@ -364,6 +456,8 @@ impl Group {
         if l.ballot != ballot {
             return;
         }
+        let reported = l.reported.entry(from).or_default();
+        *reported = (*reported).max(applied);
         let mut chosen = Vec::new();
         for slot in slots {
             let Some(inflight) = l.inflight.get_mut(&slot) else {
@@ -373,32 +467,76 @@ impl Group {
             // `LeaveJoint` is chosen only once a Q1 of the old configuration has accepted it
             // (so has applied the joint entry and refuses the old epoch): no Q2 of the old
             // configuration can decide anything in any group afterwards.
-            let fenced = inflight.command.op != CommandOp::LeaveJoint
+            let fenced = !matches!(inflight.command.op, CommandOp::LeaveJoint { .. })
                 || ctx.quorums.is_q1_of_current(&inflight.acks);
             if ctx.quorums.is_q2(&inflight.acks)
                 && fenced
                 && let Some(done) = l.inflight.remove(&slot)
             {
+                l.inflight_bytes -= done.command.size();
                 l.inflight_ids.remove(&done.command.id);
-                chosen.push(SlotEntry {
-                    slot,
-                    command: done.command,
-                });
+                chosen.push((
+                    SlotEntry {
+                        slot,
+                        command: done.command,
+                    },
+                    done.acks,
+                ));
             }
         }
         if chosen.is_empty() {
             return;
         }
-        for entry in &chosen {
-            self.commit(ctx, entry.slot, entry.command.clone());
+        self.broadcast_commit(ctx, ballot, &chosen);
+        for (entry, _) in chosen {
+            self.commit(entry.slot, entry.command);
         }
-        let group = self.name.clone();
-        ctx.broadcast_others(Message::Commit {
-            group,
-            ballot,
-            entries: chosen,
-        });
         self.apply(ctx);
+        self.drain_queue(ctx);
+    }
+
+    /// Tells every other member about chosen entries: by slot to those that accepted them
+    /// (they hold the value), whole (in batches of bounded bytes) to the rest.
+    fn broadcast_commit(
+        &self,
+        ctx: &mut Ctx<'_>,
+        ballot: Ballot,
+        chosen: &[(SlotEntry, BTreeSet<NodeId>)],
+    ) {
+        let others: Vec<NodeId> = ctx.membership.nodes().filter(|n| *n != ctx.id).collect();
+        for to in others {
+            let mut slots = Vec::new();
+            let mut entries = Vec::new();
+            let mut bytes = 0;
+            for (entry, acks) in chosen {
+                if acks.contains(&to) {
+                    slots.push(entry.slot);
+                    continue;
+                }
+                let size = entry.command.size();
+                if !entries.is_empty() && bytes + size > ctx.settings.batch_bytes {
+                    let message = Message::Commit {
+                        group: self.name.clone(),
+                        ballot,
+                        slots: std::mem::take(&mut slots),
+                        entries: std::mem::take(&mut entries),
+                    };
+                    ctx.send(to, message);
+                    bytes = 0;
+                }
+                bytes += size;
+                entries.push(entry.clone());
+            }
+            if !slots.is_empty() || !entries.is_empty() {
+                let message = Message::Commit {
+                    group: self.name.clone(),
+                    ballot,
+                    slots,
+                    entries,
+                };
+                ctx.send(to, message);
+            }
+        }
     }
 
     pub(super) fn on_lease_grant(&mut self, from: NodeId, ballot: Ballot, token: u64) {
@@ -409,12 +547,20 @@ impl Group {
         }
     }
 
-    /// A slot was applied here: answer whoever waits on it, if it holds their command.
-    pub(super) fn on_applied(&mut self, ctx: &mut Ctx<'_>, slot: Slot, command: &Command) {
+    /// A slot was applied here: answer whoever waits on it, if it holds their command
+    /// (`written`: not a stale copy, whose origin stopped waiting long ago).
+    pub(super) fn on_applied(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        slot: Slot,
+        command: &Command,
+        written: bool,
+    ) {
         let Role::Leading(l) = &mut self.role else {
             return;
         };
         if let Some(inflight) = l.inflight.remove(&slot) {
+            l.inflight_bytes -= inflight.command.size();
             l.inflight_ids.remove(&inflight.command.id);
         }
         let Some(waiters) = l.waiters.remove(&slot) else {
@@ -424,8 +570,10 @@ impl Group {
         for w in waiters.into_iter().filter(|w| w.id == command.id) {
             let outcome = if w.read {
                 ForwardOutcome::ReadIndex { slot }
-            } else {
+            } else if written {
                 ForwardOutcome::Written
+            } else {
+                continue;
             };
             let message = Message::ForwardReply {
                 group: group.clone(),
@@ -436,12 +584,26 @@ impl Group {
         }
     }
 
+    /// A snapshot made slots up to `slot` applied: nothing of them is in flight any more.
+    pub(super) fn drop_chosen_through(&mut self, slot: Slot) {
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        let later = l.inflight.split_off(&(slot + 1));
+        for (_, done) in std::mem::replace(&mut l.inflight, later) {
+            l.inflight_bytes -= done.command.size();
+            l.inflight_ids.remove(&done.command.id);
+        }
+        l.waiters = l.waiters.split_off(&(slot + 1));
+    }
+
     /// A request forwarded by `from` (maybe this node).
     pub(super) fn on_forward(
         &mut self,
         ctx: &mut Ctx<'_>,
         from: NodeId,
         id: CommandId,
+        floor: u64,
         op: ClientOp,
     ) {
         let group = self.name.clone();
@@ -470,29 +632,39 @@ impl Group {
                 let slot = applied.max(l.recovery_end);
                 let outcome = ForwardOutcome::ReadIndex { slot };
                 ctx.send(from, Message::ForwardReply { group, id, outcome });
-            } else {
+            } else if !l.queued_ids.contains(&id) && !l.inflight_ids.contains_key(&id) {
                 // Read barrier: a no-op committed at this ballot proves ownership now.
                 self.propose(ctx, Command::noop(id), waiter);
             }
             return;
         }
+        let command = op.to_command(id, floor);
         let busy = self.name == SYSTEM_GROUP
-            && op.to_command(id).op.is_config_change()
+            && command.op.is_config_change()
             && change_busy(l, &self.log, ctx.quorums.is_joint());
-        if self.log.is_applied(&id) {
-            let outcome = ForwardOutcome::Written;
-            ctx.send(from, Message::ForwardReply { group, id, outcome });
-        } else if let Some(slot) = l.inflight_ids.get(&id).copied() {
-            l.waiters.entry(slot).or_default().push(waiter);
-        } else if busy {
-            // One membership change at a time: this one waits for the one under way.
-            if let Some(parked) = l.parked.iter_mut().find(|(w, _)| w.id == id) {
-                parked.0 = waiter;
-            } else {
-                l.parked.push((waiter, op));
+        match self.log.check(&id) {
+            Seen::Applied => {
+                let outcome = ForwardOutcome::Written;
+                ctx.send(from, Message::ForwardReply { group, id, outcome });
             }
-        } else {
-            self.propose(ctx, op.to_command(id), waiter);
+            // Its origin finished with it long ago: nobody waits.
+            Seen::Stale => {}
+            Seen::Fresh => {
+                if let Some(slot) = l.inflight_ids.get(&id).copied() {
+                    l.waiters.entry(slot).or_default().push(waiter);
+                } else if l.queued_ids.contains(&id) {
+                    // Already waiting for room; its waiter is this same origin.
+                } else if busy {
+                    // One membership change at a time: this one waits for the one under way.
+                    if let Some(parked) = l.parked.iter_mut().find(|(w, _)| w.id == id) {
+                        parked.0 = waiter;
+                    } else {
+                        l.parked.push((waiter, op));
+                    }
+                } else {
+                    self.propose(ctx, command, waiter);
+                }
+            }
         }
     }
 
@@ -506,24 +678,19 @@ impl Group {
         if l.config_change_inflight() || self.log.applied() < l.recovery_end {
             return;
         }
-        if self
-            .log
-            .committed_after(self.log.applied())
-            .any(|(_, c)| c.op.is_config_change())
-        {
+        if self.log.pending().any(|(_, c)| c.op.is_config_change()) {
             return;
         }
         if joint {
             let slot = l.next_slot;
             l.next_slot += 1;
-            // Unique per proposer and joint epoch, so no later change's is a duplicate.
-            let id = CommandId {
-                origin: ctx.id,
-                seq: u64::MAX - ctx.epoch,
-            };
             let command = Command {
-                id,
-                op: CommandOp::LeaveJoint,
+                id: CommandId {
+                    origin: ctx.id,
+                    seq: FILLER_SEQ,
+                },
+                floor: 0,
+                op: CommandOp::LeaveJoint { epoch: ctx.epoch },
             };
             self.propose_at(ctx, slot, command, None);
             self.flush(ctx);
@@ -533,68 +700,72 @@ impl Group {
             return;
         }
         let (waiter, op) = l.parked.remove(0);
-        if self.log.is_applied(&waiter.id) {
-            let message = Message::ForwardReply {
-                group: self.name.clone(),
-                id: waiter.id,
-                outcome: ForwardOutcome::Written,
-            };
-            ctx.send(waiter.origin, message);
-            return;
+        match self.log.check(&waiter.id) {
+            Seen::Applied => {
+                let message = Message::ForwardReply {
+                    group: self.name.clone(),
+                    id: waiter.id,
+                    outcome: ForwardOutcome::Written,
+                };
+                ctx.send(waiter.origin, message);
+            }
+            Seen::Stale => {}
+            Seen::Fresh => {
+                let command = op.to_command(waiter.id, 0);
+                self.propose(ctx, command, waiter);
+                self.flush(ctx);
+            }
         }
-        let command = op.to_command(waiter.id);
-        self.propose(ctx, command, waiter);
-        self.flush(ctx);
     }
 
     /// Seals the group under the configuration in force (see `CommandOp::Seal`); never while
-    /// joint, never needed at epoch 0. Once this owner has applied what its phase 1 found,
-    /// it re-proposes every committed slot up to there at its ballot (an acceptor that
-    /// applied a slot acknowledges it without storing it), so a Q2 of this configuration
-    /// holds each slot, accepted or applied: that is the copy of the group's state to the
-    /// new members. Only when all of them are committed does it propose the seal.
+    /// joint, never needed at epoch 0. Once this owner has applied what its phase 1 found
+    /// (through `recovery_end`), it waits until a Q2 of this configuration reports having
+    /// applied that far (durably: acceptances leave only after a synced batch), probing
+    /// with empty accepts; members behind catch up with entries or a snapshot meanwhile.
+    /// Then every value chosen before is held by a Q2 of this configuration, and it
+    /// proposes the seal. No history is copied: state is.
     fn seal(&mut self, ctx: &mut Ctx<'_>) {
         if ctx.quorums.is_joint() || self.sealed >= ctx.epoch {
             return;
         }
         let applied = self.log.applied();
+        let group = self.name.clone();
         let Role::Leading(l) = &mut self.role else {
             return;
         };
         if applied < l.recovery_end {
             return;
         }
-        match l.sealing {
+        let through = match l.sealing {
             Some((epoch, _, true)) if epoch == ctx.epoch => return,
-            Some((epoch, through, false)) if epoch == ctx.epoch => {
-                if l.inflight.range(..=through).next().is_some() {
-                    return;
-                }
-                l.sealing = Some((epoch, through, true));
-            }
+            Some((epoch, through, false)) if epoch == ctx.epoch => through,
             _ => {
-                let through = l.recovery_end;
-                l.sealing = Some((ctx.epoch, through, false));
-                let copies: Vec<(Slot, Command)> = (1..=through)
-                    .filter_map(|s| self.log.get(s).map(|c| (s, c.clone())))
-                    .collect();
-                let empty = copies.is_empty();
-                for (slot, command) in copies {
-                    self.propose_at(ctx, slot, command, None);
-                }
-                self.flush(ctx);
-                if !empty {
-                    return;
-                }
-                let Role::Leading(l) = &mut self.role else {
-                    return;
-                };
-                l.sealing = Some((ctx.epoch, through, true));
+                l.sealing = Some((ctx.epoch, l.recovery_end, false));
+                l.last_probe = 0;
+                l.recovery_end
             }
-        }
-        let Role::Leading(l) = &mut self.role else {
-            return;
         };
+        let caught_up: BTreeSet<NodeId> = l
+            .reported
+            .iter()
+            .filter(|(_, a)| **a >= through)
+            .map(|(n, _)| *n)
+            .collect();
+        if !ctx.quorums.is_q2(&caught_up) {
+            if ctx.now >= l.last_probe + ctx.settings.retry_ms {
+                l.last_probe = ctx.now;
+                let probe = Message::Accept {
+                    group,
+                    ballot: l.ballot,
+                    entries: Vec::new(),
+                    epoch: ctx.epoch,
+                };
+                ctx.broadcast(probe);
+            }
+            return;
+        }
+        l.sealing = Some((ctx.epoch, through, true));
         let slot = l.next_slot;
         l.next_slot += 1;
         let command = Command {
@@ -602,6 +773,7 @@ impl Group {
                 origin: ctx.id,
                 seq: FILLER_SEQ,
             },
+            floor: 0,
             op: CommandOp::Seal { epoch: ctx.epoch },
         };
         self.propose_at(ctx, slot, command, None);
@@ -627,6 +799,40 @@ impl Group {
             applied: self.log.applied(),
         };
         ctx.broadcast_others(message);
+    }
+
+    /// Re-sends accepts that were not answered in time, to the members that did not accept
+    /// them (in batches of bounded bytes).
+    fn retry_accepts(&mut self, ctx: &mut Ctx<'_>) {
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
+        let members: Vec<NodeId> = ctx.membership.nodes().collect();
+        let mut per_member: BTreeMap<NodeId, Vec<SlotEntry>> = BTreeMap::new();
+        for (slot, inflight) in l.inflight.iter_mut() {
+            if ctx.now < inflight.sent_at + ctx.settings.retry_ms {
+                continue;
+            }
+            inflight.sent_at = ctx.now;
+            for to in members.iter().filter(|m| !inflight.acks.contains(m)) {
+                per_member.entry(*to).or_default().push(SlotEntry {
+                    slot: *slot,
+                    command: inflight.command.clone(),
+                });
+            }
+        }
+        let ballot = l.ballot;
+        for (to, entries) in per_member {
+            for chunk in batches(entries, ctx.settings.batch_bytes) {
+                let message = Message::Accept {
+                    group: self.name.clone(),
+                    ballot,
+                    entries: chunk,
+                    epoch: ctx.epoch,
+                };
+                ctx.send(to, message);
+            }
+        }
     }
 
     /// Timer duties: retries, heartbeats, lease renewal, migration, phase 1 timeouts.
@@ -660,7 +866,7 @@ impl Group {
                     let missing: Vec<NodeId> = ctx
                         .membership
                         .nodes()
-                        .filter(|n| !p.promises.contains_key(n))
+                        .filter(|n| !p.promises.get(n).is_some_and(PromiseProgress::complete))
                         .collect();
                     for to in missing {
                         ctx.send(to, message.clone());
@@ -668,27 +874,7 @@ impl Group {
                 }
             }
             Role::Leading(l) => {
-                let retry: Vec<SlotEntry> = l
-                    .inflight
-                    .iter_mut()
-                    .filter(|(_, i)| ctx.now >= i.sent_at + ctx.settings.retry_ms)
-                    .map(|(slot, i)| {
-                        i.sent_at = ctx.now;
-                        SlotEntry {
-                            slot: *slot,
-                            command: i.command.clone(),
-                        }
-                    })
-                    .collect();
                 let ballot = l.ballot;
-                for chunk in retry.chunks(ctx.settings.batch_max.max(1)) {
-                    ctx.broadcast(Message::Accept {
-                        group: self.name.clone(),
-                        ballot,
-                        entries: chunk.to_vec(),
-                        epoch: ctx.epoch,
-                    });
-                }
                 let renew = ctx.now >= l.last_renew + ctx.settings.lease_ms / 4;
                 let handoff = if ctx.settings.migration == MigrationMode::Adaptive {
                     let membership = ctx.membership;
@@ -703,6 +889,7 @@ impl Group {
                     None
                 };
                 let beat = ctx.now >= l.last_heartbeat + ctx.settings.heartbeat_ms;
+                self.retry_accepts(ctx);
                 if beat {
                     self.heartbeat(ctx);
                 }
@@ -710,6 +897,7 @@ impl Group {
                     self.drive_config(ctx);
                 }
                 self.seal(ctx);
+                self.drain_queue(ctx);
                 if renew {
                     self.renew_lease(ctx);
                 }
@@ -731,4 +919,22 @@ impl Group {
             }
         }
     }
+}
+
+/// Splits entries into batches of about `max_bytes` (an entry larger than that goes alone).
+pub(super) fn batches(entries: Vec<SlotEntry>, max_bytes: usize) -> Vec<Vec<SlotEntry>> {
+    let mut out: Vec<Vec<SlotEntry>> = Vec::new();
+    let mut bytes = 0;
+    for entry in entries {
+        let size = entry.command.size();
+        match out.last_mut() {
+            Some(batch) if bytes + size <= max_bytes => batch.push(entry),
+            _ => {
+                bytes = 0;
+                out.push(vec![entry]);
+            }
+        }
+        bytes += size;
+    }
+    out
 }

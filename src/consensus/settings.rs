@@ -43,8 +43,15 @@ pub struct Settings {
     pub migration_window_ms: u64,
     /// Fewer accesses than this in a window never move a group.
     pub migration_min_accesses: u64,
-    /// Most entries in one accept batch.
-    pub batch_max: usize,
+    /// Bytes of entries in one accept batch, catch-up reply or promise page (an entry
+    /// larger than this goes alone).
+    pub batch_bytes: usize,
+    /// Bytes of entries an owner has proposed and not yet seen chosen, per group; requests
+    /// beyond it wait at the owner (up to the same amount again), then at their origin.
+    pub max_inflight_bytes: usize,
+    /// Bytes of applied entries the node keeps, over all groups, so peers a little behind
+    /// catch up with entries rather than a snapshot.
+    pub retain_bytes: usize,
     /// Table → group, for tables that move together. A table not listed is its own group.
     pub groups: BTreeMap<String, GroupId>,
     /// Deliberate bugs for the simulator's mutation tests (it must catch them). Never set
@@ -79,7 +86,9 @@ impl Default for Settings {
             migration: MigrationMode::Adaptive,
             migration_window_ms: 3_000,
             migration_min_accesses: 8,
-            batch_max: 64,
+            batch_bytes: 1024 * 1024,
+            max_inflight_bytes: 32 * 1024 * 1024,
+            retain_bytes: 16 * 1024 * 1024,
             groups: BTreeMap::new(),
             inject: InjectedBugs::default(),
         }

@@ -8,6 +8,7 @@
 //! commit), so N concurrent clients share syncs instead of queueing N of them.
 
 pub mod acl;
+pub mod batch;
 pub mod consensus_store;
 pub mod record;
 pub mod snapshot;
@@ -15,8 +16,8 @@ pub mod snapshot;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, MergeOperands, Options,
@@ -24,19 +25,24 @@ use rocksdb::{
 };
 
 pub use acl::Acl;
+pub use batch::Batch;
 pub use record::{Body, Record};
 
 use crate::config::Durability;
 use crate::protocol::Key;
 
-/// Column families. `log` and `acceptor` hold consensus state (slot log, promises).
+/// Column families. `acceptor` holds the consensus state (votes, group states).
 pub const CF_VALUES: &str = "values";
 pub const CF_BLOBS: &str = "blobs";
 pub const CF_ACL: &str = "acl";
 pub const CF_META: &str = "meta";
-pub const CF_LOG: &str = "log";
 pub const CF_ACCEPTOR: &str = "acceptor";
-const COLUMN_FAMILIES: [&str; 6] = [CF_VALUES, CF_BLOBS, CF_ACL, CF_META, CF_LOG, CF_ACCEPTOR];
+const COLUMN_FAMILIES: [&str; 5] = [CF_VALUES, CF_BLOBS, CF_ACL, CF_META, CF_ACCEPTOR];
+/// Every memtable of the store together stays within this (RocksDB's write buffer
+/// manager): memory and the WAL replayed at start do not grow with the write rate.
+const MEMTABLE_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+/// WAL files are recycled once they exceed this (their memtables are flushed first).
+const MAX_WAL_BYTES: u64 = 128 * 1024 * 1024;
 
 /// Blobs are stored in chunks of this size, so no RocksDB value is ever larger.
 pub const BLOB_CHUNK_BYTES: usize = 1024 * 1024;
@@ -91,7 +97,10 @@ pub struct Store {
     db: DB,
     /// Kept for its statistics (block-cache tickers).
     options: Options,
-    write_options: WriteOptions,
+    /// `durability: strict`: single-node writes are synced.
+    strict: bool,
+    synced: WriteOptions,
+    unsynced: WriteOptions,
     locks: Vec<Mutex<()>>,
     next_blob_id: AtomicU64,
 }
@@ -111,6 +120,8 @@ impl Store {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_keep_log_file_num(4);
+        options.set_db_write_buffer_size(MEMTABLE_BUDGET_BYTES);
+        options.set_max_total_wal_size(MAX_WAL_BYTES);
         options.enable_statistics();
         options.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptTimers);
         let descriptors = COLUMN_FAMILIES.iter().map(|name| {
@@ -120,19 +131,27 @@ impl Store {
             }
             ColumnFamilyDescriptor::new(*name, cf_options)
         });
+        refuse_unknown_families(&options, dir)?;
         let db = DB::open_cf_descriptors(&options, dir, descriptors)?;
-        let mut write_options = WriteOptions::default();
-        write_options.set_sync(durability == Durability::Strict);
+        let mut synced = WriteOptions::default();
+        synced.set_sync(true);
         let store = Store {
             db,
             options,
-            write_options,
+            strict: durability == Durability::Strict,
+            synced,
+            unsynced: WriteOptions::default(),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             next_blob_id: AtomicU64::new(0),
         };
         let next = store.last_blob_id()?.map_or(1, |id| id + 1);
         store.next_blob_id.store(next, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// Whether single-node writes are synced (`durability: strict`).
+    pub fn is_strict(&self) -> bool {
+        self.strict
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {
@@ -161,12 +180,10 @@ impl Store {
         }
     }
 
-    fn lock(&self, key: &Key) -> MutexGuard<'_, ()> {
+    fn stripe(&self, key: &Key) -> usize {
         let mut hasher = DefaultHasher::new();
         key.hash(&mut hasher);
-        let stripe = (hasher.finish() as usize) % LOCK_STRIPES;
-        // A poisoned stripe only means another writer panicked; the data is in RocksDB.
-        self.locks[stripe].lock().unwrap_or_else(|e| e.into_inner())
+        (hasher.finish() as usize) % LOCK_STRIPES
     }
 
     /// The live record and the ACL of `key`.
@@ -237,82 +254,11 @@ impl Store {
     where
         E: From<StorageError>,
     {
-        let _guard = self.lock(key);
-        let stored = self.read_record(key.as_bytes())?;
-        let current = Current {
-            record: stored.clone().filter(|r| !r.is_expired(now_ms)),
-            acl: self.read_acl(key.as_bytes())?,
-        };
+        let mut batch = self.batch([key]);
+        let current = batch.read(key, now_ms)?;
         let (change, result) = decide(&current)?;
-        let mut batch = WriteBatch::default();
-        let k = key.as_bytes();
-        let replaces_record = matches!(
-            change,
-            Change::PutInline { .. } | Change::PutBlob { .. } | Change::Delete
-        );
-        let expired = stored.is_some() && current.record.is_none();
-        if replaces_record || expired {
-            if let Some(Record {
-                body: Body::Blob { blob_id, .. },
-                ..
-            }) = &stored
-            {
-                self.delete_blob_chunks(&mut batch, *blob_id);
-            }
-            if expired && !replaces_record {
-                batch.delete_cf(self.cf(CF_VALUES), k);
-            }
-        }
-        match change {
-            Change::Keep => {}
-            Change::PutInline {
-                value,
-                worm_until_ms,
-            } => {
-                let record = Record {
-                    body: Body::Inline(value),
-                    worm_until_ms,
-                };
-                batch.put_cf(self.cf(CF_VALUES), k, record.encode());
-            }
-            Change::PutBlob {
-                bytes,
-                worm_until_ms,
-            } => {
-                // An empty blob has no chunks, so it takes no id (0): ids are recovered from
-                // the chunks after a restart, and an id without chunks could be handed out
-                // again and its range-delete would then hit another blob.
-                let blob_id = if bytes.is_empty() {
-                    EMPTY_BLOB_ID
-                } else {
-                    self.next_blob_id.fetch_add(1, Ordering::Relaxed)
-                };
-                for (index, chunk) in bytes.chunks(BLOB_CHUNK_BYTES).enumerate() {
-                    batch.put_cf(
-                        self.cf(CF_BLOBS),
-                        blob_chunk_key(blob_id, index as u32),
-                        chunk,
-                    );
-                }
-                let record = Record {
-                    body: Body::Blob {
-                        blob_id,
-                        len: bytes.len() as u64,
-                    },
-                    worm_until_ms,
-                };
-                batch.put_cf(self.cf(CF_VALUES), k, record.encode());
-            }
-            Change::Delete => batch.delete_cf(self.cf(CF_VALUES), k),
-            Change::SetAcl(acl) if acl.is_empty() => batch.delete_cf(self.cf(CF_ACL), k),
-            Change::SetAcl(acl) => batch.put_cf(self.cf(CF_ACL), k, acl.encode()),
-        }
-        if !batch.is_empty() {
-            batch.merge_cf(self.cf(CF_META), slot_key(key.table()), 1u64.to_be_bytes());
-            self.db
-                .write_opt(batch, &self.write_options)
-                .map_err(StorageError::from)?;
-        }
+        batch.change(key, now_ms, change)?;
+        batch.write(self.strict)?;
         Ok(result)
     }
 
@@ -404,7 +350,7 @@ impl Store {
     pub fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_META), name.as_bytes(), value);
-        Ok(self.db.write_opt(batch, &self.write_options)?)
+        Ok(self.db.write_opt(batch, &self.synced)?)
     }
 
     /// Writes a record the server itself owns (system tables), bypassing client rules.
@@ -456,6 +402,27 @@ impl Store {
         self.db.cancel_all_background_work(true);
         Ok(())
     }
+}
+
+/// A data directory written by an older format has column families this build does not
+/// know (format 1 kept a `log` family): refuse it clearly instead of failing in RocksDB.
+fn refuse_unknown_families(options: &Options, dir: &Path) -> Result<(), StorageError> {
+    let Ok(existing) = DB::list_cf(options, dir) else {
+        return Ok(()); // a new directory
+    };
+    let unknown: Vec<String> = existing
+        .into_iter()
+        .filter(|f| f != "default" && !COLUMN_FAMILIES.contains(&f.as_str()))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(StorageError::Corrupt(format!(
+        "{} was written by an older Atlas (column families {}); this build cannot read it: \
+         start from an empty data_dir",
+        dir.display(),
+        unknown.join(", ")
+    )))
 }
 
 fn blob_chunk_key(blob_id: u64, index: u32) -> [u8; 12] {

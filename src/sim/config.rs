@@ -50,12 +50,15 @@ pub struct SimConfig {
     pub liveness_bound_ms: u64,
     /// Membership changes and when they are requested (global ms).
     pub changes: Vec<(u64, Change)>,
+    /// A node whose messages (both ways) take up to this many milliseconds longer.
+    pub slow: Option<(NodeId, u64)>,
 }
 
 impl SimConfig {
     /// The randomised configuration of a sweep seed: shape, faults and rates all derive from it.
     pub fn for_seed(seed: u64) -> SimConfig {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_5eed);
+        let mut knobs = StdRng::seed_from_u64(seed ^ 0x0c0f_fee5);
         let shapes: [&[usize]; 5] = [&[1], &[3], &[5], &[3, 3, 3], &[2, 2, 1]];
         let zones = shapes[rng.random_range(0..shapes.len())].to_vec();
         let settings = Settings {
@@ -69,6 +72,12 @@ impl SimConfig {
                 _ => MigrationMode::Adaptive,
             },
             migration_window_ms: 1_000,
+            // Small windows and batches, so compaction, snapshots, promise pages, the
+            // pipeline window and batch limits are all exercised by small histories. (Drawn
+            // from their own stream, so the rest of a seed's shape stays what it was.)
+            retain_bytes: knobs.random_range(0..4_000),
+            batch_bytes: knobs.random_range(100..2_000),
+            max_inflight_bytes: knobs.random_range(300..20_000),
             groups: BTreeMap::from([
                 ("orders".to_string(), "shop".to_string()),
                 ("items".to_string(), "shop".to_string()),
@@ -79,6 +88,13 @@ impl SimConfig {
             .map(|z| (z, rng.random_range(1..3)))
             .collect();
         let faulty = rng.random_bool(0.85);
+        let nodes: usize = zones.iter().sum();
+        let slow = knobs.random_bool(0.3).then(|| {
+            (
+                knobs.random_range(1..=nodes as NodeId),
+                knobs.random_range(50..400),
+            )
+        });
         SimConfig {
             seed,
             zones,
@@ -106,6 +122,7 @@ impl SimConfig {
             settle_ms: 2_500,
             liveness_bound_ms: 2_500,
             changes: Vec::new(),
+            slow,
         }
         .with_changes(&mut rng)
     }
@@ -160,6 +177,8 @@ pub struct Report {
     pub messages: u64,
     pub completed: usize,
     pub owner_changes: usize,
+    /// Snapshots sent to nodes behind a compacted log.
+    pub snapshots: u64,
 }
 
 impl Report {
@@ -169,12 +188,13 @@ impl Report {
 
     pub fn describe(&self) -> String {
         let mut s = format!(
-            "seed {} [{}] ({} ops, {} completed, {} messages): replay with Sim::run(SimConfig::for_seed({}))\n",
+            "seed {} [{}] ({} ops, {} completed, {} messages, {} snapshots): replay with Sim::run(SimConfig::for_seed({}))\n",
             self.seed,
             self.shape,
             self.history.len(),
             self.completed,
             self.messages,
+            self.snapshots,
             self.seed
         );
         for v in &self.violations {

@@ -2,14 +2,10 @@
 //!
 //! A `Write` is decided once, where the client's request arrives (the clock is read there: a
 //! WORM TTL becomes an absolute deadline and `at_ms` is the instant the rules are judged at),
-//! then applied by `Engine::apply_write` — on a single node directly, in a cluster to every
-//! replica from the consensus log. The rules (system tables, ACLs, WORM locks) live only in
-//! `apply_write`, so both paths answer alike.
+//! then applied by `kv::apply` — on a single node directly, in a cluster to every replica
+//! from the consensus log.
 
-use crate::protocol::{Command, Key, Perm, Reply, Worm};
-use crate::storage::Change;
-
-use super::{CommandError, Engine, shown_principal};
+use crate::protocol::{Command, Key, Perm, Worm};
 
 /// Version byte of the encoding; a replica refuses a newer one instead of guessing.
 const WRITE_VERSION: u8 = 1;
@@ -53,17 +49,6 @@ pub enum WriteDecodeError {
 }
 
 impl Write {
-    /// The write a client command asks for, judged at the current time; only for commands
-    /// whose `is_write()` holds.
-    pub fn judged_now(
-        command: Command,
-        principal: Option<String>,
-        blob: Option<Vec<u8>>,
-    ) -> Result<Write, CommandError> {
-        Write::from_command(command, principal, blob, super::now_ms())
-            .ok_or(CommandError::TaskFailed)
-    }
-
     /// The write a client command asks for, judged at `now_ms`; `None` for reads.
     pub fn from_command(
         command: Command,
@@ -114,6 +99,17 @@ impl Write {
             at_ms: now_ms,
             op,
         })
+    }
+
+    /// Bytes the write holds (what keeping it in flight costs).
+    pub fn size(&self) -> usize {
+        let payload = match &self.op {
+            WriteOp::Put { value, .. } => value.len(),
+            WriteOp::BlobSet { bytes } => bytes.len(),
+            WriteOp::Grant { subject, .. } | WriteOp::Revoke { subject, .. } => subject.len(),
+            WriteOp::Delete => 0,
+        };
+        64 + self.key.as_bytes().len() + self.principal.as_ref().map_or(0, String::len) + payload
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -270,91 +266,6 @@ impl<'a> Reader<'a> {
 
     fn string(&mut self) -> Result<String, WriteDecodeError> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| WriteDecodeError::Malformed("utf-8"))
-    }
-}
-
-/// Write rules shared by PUT, BLOB SET and DEL: permission, then the WORM lock.
-fn check_write(
-    current: &crate::storage::Current,
-    principal: Option<&str>,
-    now: i64,
-) -> Result<(), CommandError> {
-    if !current.acl.may_write(principal) {
-        return Err(CommandError::PermissionDenied {
-            principal: shown_principal(principal),
-            what: "write",
-        });
-    }
-    if let Some(until_ms) = current.record.as_ref().and_then(|r| r.worm_until_ms)
-        && until_ms > now
-    {
-        return Err(CommandError::Locked { until_ms });
-    }
-    Ok(())
-}
-
-impl Engine {
-    /// Applies a write under the key's lock: the one place where write rules are enforced.
-    pub fn apply_write(&self, write: &Write) -> Result<Reply, CommandError> {
-        let key = &write.key;
-        if key.is_system() {
-            return Err(CommandError::SystemTable(key.table().to_string()));
-        }
-        let principal = write.principal.as_deref();
-        let now = write.at_ms;
-        self.store.update(key, now, |current| match &write.op {
-            WriteOp::Put {
-                value,
-                worm_until_ms,
-            } => {
-                check_write(current, principal, now)?;
-                let change = Change::PutInline {
-                    value: value.clone(),
-                    worm_until_ms: *worm_until_ms,
-                };
-                Ok((change, Reply::Ok))
-            }
-            WriteOp::BlobSet { bytes } => {
-                check_write(current, principal, now)?;
-                let change = Change::PutBlob {
-                    bytes: bytes.clone(),
-                    worm_until_ms: None,
-                };
-                Ok((change, Reply::Ok))
-            }
-            WriteOp::Delete => {
-                check_write(current, principal, now)?;
-                let change = if current.record.is_some() {
-                    Change::Delete
-                } else {
-                    Change::Keep
-                };
-                Ok((change, Reply::Ok))
-            }
-            WriteOp::Grant { subject, perm } | WriteOp::Revoke { subject, perm } => {
-                if !current.acl.may_change_acl(principal) {
-                    return Err(CommandError::PermissionDenied {
-                        principal: shown_principal(principal),
-                        what: "owner",
-                    });
-                }
-                let mut acl = current.acl.clone();
-                let line = if matches!(write.op, WriteOp::Grant { .. }) {
-                    acl.grant(subject, *perm);
-                    format!(
-                        "ACL granted to {subject} for {key} with permissions {}",
-                        perm.name()
-                    )
-                } else {
-                    acl.revoke(subject, *perm);
-                    format!(
-                        "ACL revoked from {subject} for {key} with permissions {}",
-                        perm.name()
-                    )
-                };
-                Ok((Change::SetAcl(acl), Reply::line(line)))
-            }
-        })
     }
 }
 

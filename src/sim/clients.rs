@@ -32,7 +32,7 @@ impl Sim {
             5..9 => (
                 ClientOp::Put {
                     key: key.clone(),
-                    value: value.clone(),
+                    value: value.clone().into(),
                 },
                 Input::Put(value),
             ),
@@ -173,13 +173,16 @@ impl Sim {
             .map(|n| n.config().clone())
     }
 
-    /// The applied entries of the `atlas` group at a node, in slot order.
+    /// The applied entries of the `atlas` group at a node, in slot order (the agreement
+    /// check keeps every applied entry; logs themselves are compacted).
     pub fn atlas_log(&self, id: NodeId) -> Vec<CommandOp> {
         let Some(node) = self.nodes.get(&id).and_then(|n| n.node.as_ref()) else {
             return Vec::new();
         };
-        (1..=node.applied(SYSTEM_GROUP))
-            .filter_map(|slot| node.committed(SYSTEM_GROUP, slot).map(|c| c.op.clone()))
+        let applied = node.applied(SYSTEM_GROUP);
+        self.chosen
+            .range((SYSTEM_GROUP.to_string(), 1)..=(SYSTEM_GROUP.to_string(), applied))
+            .map(|(_, c)| c.op.clone())
             .collect()
     }
 }

@@ -6,11 +6,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::config::{Change, Report, SimConfig};
-use crate::check::{Operation, Output};
-use crate::consensus::{
-    ClientOp, Command, CommandOp, GroupId, Membership, Message, Node, NodeId, Outcome, PersistOp,
-    Recovered, Slot, Zone,
-};
+use super::machine::SimMachine;
+use crate::check::Operation;
+use crate::cluster::driver::{self, Outbox};
+use crate::consensus::{ClientOp, Command, GroupId, Membership, Message, Node, NodeId, Slot, Zone};
 
 /// Node ticks every this many milliseconds of global time.
 const TICK_MS: u64 = 10;
@@ -36,13 +35,28 @@ pub(super) enum Event {
     Heal,
     /// The `i`th configured membership change.
     Change(usize),
+    /// `to` asked `from` for a snapshot of `group`; it arrives (or the transfer failed).
+    Snapshot {
+        to: NodeId,
+        group: GroupId,
+        stream: Option<Vec<u8>>,
+    },
+}
+
+/// Messages a node sent during one `driver::process`.
+#[derive(Default)]
+struct Sent(Vec<(NodeId, Message)>);
+
+impl Outbox for Sent {
+    fn send(&mut self, to: NodeId, message: Message) {
+        self.0.push((to, message));
+    }
 }
 
 pub(super) struct SimNode {
     pub(super) zone: Zone,
     pub(super) node: Option<Node>,
-    pub(super) durable: Recovered,
-    pub(super) kv: BTreeMap<String, Vec<u8>>,
+    pub(super) machine: SimMachine,
     pub(super) incarnation: u64,
     pub(super) clock_offset: u64,
     pub(super) drift_ppm: i64,
@@ -112,8 +126,7 @@ impl Sim {
                 SimNode {
                     zone: zone.clone(),
                     node: None,
-                    durable: Recovered::default(),
-                    kv: BTreeMap::new(),
+                    machine: SimMachine::default(),
                     incarnation: 0,
                     clock_offset,
                     drift_ppm,
@@ -144,7 +157,7 @@ impl Sim {
             report: Report {
                 seed: config.seed,
                 shape: format!(
-                    "zones {:?}, fn {} fz {}, {:?}, loss {:.3}, dup {:.3}, {} partitions, {} crashes, changes {:?}",
+                    "zones {:?}, fn {} fz {}, {:?}, loss {:.3}, dup {:.3}, {} partitions, {} crashes, changes {:?}, slow {:?}, retain {} B, batch {} B, window {} B",
                     config.zones,
                     config.settings.tolerances.nodes,
                     config.settings.tolerances.zones,
@@ -153,7 +166,11 @@ impl Sim {
                     config.duplication,
                     config.partitions,
                     config.crashes,
-                    config.changes
+                    config.changes,
+                    config.slow,
+                    config.settings.retain_bytes,
+                    config.settings.batch_bytes,
+                    config.settings.max_inflight_bytes,
                 ),
                 ..Report::default()
             },
@@ -257,7 +274,7 @@ impl Sim {
                 n.zone.clone(),
                 membership,
                 settings,
-                n.durable.clone(),
+                n.machine.written.consensus.clone(),
                 n.incarnation,
                 seed,
                 now,
@@ -331,8 +348,13 @@ impl Sim {
                 }
             }
             Event::Crash(id) => {
+                // Half the crashes are power failures: what was not synced is lost.
+                let power = self.rng.random_bool(0.5);
                 if let Some(n) = self.nodes.get_mut(&id) {
                     n.node = None;
+                    if power {
+                        n.machine.lose_power();
+                    }
                 }
             }
             Event::Restart(id) => {
@@ -343,7 +365,52 @@ impl Sim {
             Event::Partition => self.partition(),
             Event::Heal => self.blocked.clear(),
             Event::Change(i) => self.change(i),
+            Event::Snapshot { to, group, stream } => self.snapshot_arrives(to, &group, stream),
         }
+    }
+
+    /// `to` asked `from` for a snapshot of `group`: `from` exports it now (if it is up and
+    /// reachable), and it arrives after a transfer time.
+    fn snapshot_requested(&mut self, to: NodeId, from: NodeId, group: GroupId) {
+        let reachable = !self.blocked.contains(&(from, to)) && !self.blocked.contains(&(to, from));
+        let stream = match self.nodes.get(&from) {
+            Some(n) if reachable && n.node.is_some() => {
+                n.machine.export(&group, &self.config.settings).ok()
+            }
+            _ => None,
+        };
+        if self.trace {
+            eprintln!(
+                "{:>6} snapshot of {group} {from}->{to}: {:?} bytes",
+                self.now,
+                stream.as_ref().map(Vec::len)
+            );
+        }
+        self.report.snapshots += u64::from(stream.is_some());
+        let transfer = 2 * self.delay(from, to) + 5;
+        self.schedule(transfer, Event::Snapshot { to, group, stream });
+    }
+
+    fn snapshot_arrives(&mut self, to: NodeId, group: &str, stream: Option<Vec<u8>>) {
+        let now = self.local_time(to);
+        let settings = self.config.settings.clone();
+        let Some(n) = self.nodes.get_mut(&to) else {
+            return;
+        };
+        let Some(node) = n.node.as_mut() else {
+            return;
+        };
+        match stream.map(|s| n.machine.install(&s, &settings)) {
+            Some(Ok((group, state, config))) => node.snapshot_installed(now, &group, state, config),
+            Some(Err(e)) => {
+                self.report
+                    .violations
+                    .push(format!("snapshot did not install: {e}"));
+                node.snapshot_failed(now, group);
+            }
+            None => node.snapshot_failed(now, group),
+        }
+        self.drain(to);
     }
 
     /// Starts a joining node, then asks a random live node for the change.
@@ -364,8 +431,7 @@ impl Sim {
                         SimNode {
                             zone: zone.clone(),
                             node: None,
-                            durable: Recovered::default(),
-                            kv: BTreeMap::new(),
+                            machine: SimMachine::default(),
                             incarnation: 0,
                             clock_offset,
                             drift_ppm,
@@ -448,7 +514,11 @@ impl Sim {
             return 0;
         }
         let (a, b) = (zone(from), zone(to));
-        if a == b {
+        let slow = match self.config.slow {
+            Some((node, ms)) if node == from || node == to => self.rng.random_range(0..=ms),
+            _ => 0,
+        };
+        slow + if a == b {
             self.rng.random_range(1..4)
         } else {
             let base = 10
@@ -458,74 +528,55 @@ impl Sim {
         }
     }
 
-    /// Persists, sends, applies and answers one node's output (the order `Ready` requires).
+    /// Runs one node's output through the driver production runs (persist, send, apply,
+    /// answer), then puts its messages on the simulated network.
     pub(super) fn drain(&mut self, id: NodeId) {
-        let Some(ready) = self.node_mut(id).map(|n| n.take_ready()) else {
+        let now = self.local_time(id);
+        let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
-        for op in ready.persist {
-            self.persist(id, op);
+        let Some(node) = n.node.as_mut() else {
+            return;
+        };
+        let mut sent = Sent::default();
+        let processed = match driver::process(node, &mut n.machine, &mut sent, now) {
+            Ok(processed) => processed,
+            Err(never) => match never {},
+        };
+        for applied in &processed.applied {
+            self.agree(&applied.group, applied.slot, &applied.command, id);
         }
         let faulty = self.now < self.config.fault_until;
-        for out in ready.messages {
+        for (to, message) in sent.0 {
             self.report.messages += 1;
             if faulty && self.rng.random_bool(self.config.loss) {
                 continue;
             }
-            let bytes = out.message.encode();
+            let bytes = message.encode();
             let copies = if faulty && self.rng.random_bool(self.config.duplication) {
                 2
             } else {
                 1
             };
             for _ in 0..copies {
-                let d = self.delay(id, out.to);
+                let d = self.delay(id, to);
                 self.schedule(
                     d,
                     Event::Deliver {
                         from: id,
-                        to: out.to,
+                        to,
                         bytes: bytes.clone(),
                     },
                 );
             }
         }
-        for applied in ready.apply {
-            self.agree(&applied.group, applied.slot, &applied.command, id);
-            let Some(n) = self.nodes.get_mut(&id) else {
+        for (request, output) in processed.answers {
+            let Some(pending) = self.requests.remove(&request) else {
                 continue;
-            };
-            if let Some(g) = n.durable.groups.get_mut(&applied.group) {
-                g.applied = applied.slot;
-                g.accepted = g.accepted.split_off(&(applied.slot + 1));
-            }
-            if applied.duplicate {
-                continue;
-            }
-            match &applied.command.op {
-                CommandOp::Put { key, value } => {
-                    n.kv.insert(key.clone(), value.clone());
-                }
-                CommandOp::Delete { key } => {
-                    n.kv.remove(key);
-                }
-                _ => {}
-            }
-        }
-        for completion in ready.completions {
-            let Some(pending) = self.requests.remove(&completion.request) else {
-                continue;
-            };
-            let output = match completion.outcome {
-                Outcome::Written => Output::Ok,
-                Outcome::ReadNow { key } => {
-                    Output::Value(self.nodes.get(&id).and_then(|n| n.kv.get(&key).cloned()))
-                }
-                Outcome::Timeout => Output::Unknown,
             };
             self.stamp += 1;
             let op = &mut self.history[pending.op_index];
-            if output != Output::Unknown {
+            if output != crate::check::Output::Unknown {
                 op.ret = Some(self.stamp);
                 self.times[pending.op_index].1 = Some(self.now);
                 self.report.completed += 1;
@@ -535,49 +586,10 @@ impl Sim {
             let think = self.rng.random_range(0..20);
             self.schedule(think, Event::ClientNext(pending.client));
         }
+        for request in processed.snapshots {
+            self.snapshot_requested(id, request.from, request.group);
+        }
         self.watch_owners();
-    }
-
-    fn persist(&mut self, id: NodeId, op: PersistOp) {
-        if let PersistOp::Commit {
-            group,
-            slot,
-            command,
-        } = &op
-        {
-            self.agree(group, *slot, command, id);
-        }
-        let Some(n) = self.nodes.get_mut(&id) else {
-            return;
-        };
-        match op {
-            PersistOp::Promise { group, ballot } => {
-                let g = n.durable.groups.entry(group).or_default();
-                g.promised = g.promised.max(ballot);
-            }
-            PersistOp::Accept {
-                group,
-                slot,
-                ballot,
-                command,
-            } => {
-                let g = n.durable.groups.entry(group).or_default();
-                g.promised = g.promised.max(ballot);
-                g.accepted.insert(slot, (ballot, command));
-            }
-            PersistOp::Commit {
-                group,
-                slot,
-                command,
-            } => {
-                n.durable
-                    .groups
-                    .entry(group)
-                    .or_default()
-                    .log
-                    .insert(slot, command);
-            }
-        }
     }
 
     /// Agreement: every node commits the same command in a slot.

@@ -1,0 +1,93 @@
+//! What the runtime publishes for `NODE`/`QUORUM`/`TABLE` commands and metrics: a view of
+//! the cluster refreshed every 100 ms, and cumulative counters.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::directory::NodeRecord;
+use crate::consensus::{Ballot, GroupId, Membership, Node, NodeId, Slot, Tolerances};
+
+/// What the runtime knows about one group, as of the last published view.
+#[derive(Debug, Clone, Default)]
+pub struct GroupView {
+    pub owner: Option<NodeId>,
+    pub ballot: Option<Ballot>,
+    pub is_owner: bool,
+    pub applied: Slot,
+}
+
+/// Cumulative consensus counts since the runtime started (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Phase-1 ballots this node started.
+    pub ballots: u64,
+    /// Ballots started while another node was believed to own the group.
+    pub steals: u64,
+    /// Client requests sent on to an owner.
+    pub forwards: u64,
+    /// Entries applied while this node owned their group.
+    pub commits: u64,
+    /// Requests that got no quorum's answer in time.
+    pub quorum_failures: u64,
+    /// Snapshots installed (this node was behind a peer's compacted log).
+    pub snapshots_installed: u64,
+    /// Snapshot fetches or installs that failed (they are retried).
+    pub snapshots_failed: u64,
+    /// Messages the transport refused to queue (a peer's queue was full).
+    pub messages_dropped: u64,
+}
+
+/// A snapshot of the cluster for reports and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    pub members: Membership,
+    pub joint: bool,
+    pub epoch: u64,
+    pub directory: BTreeMap<NodeId, NodeRecord>,
+    pub groups: BTreeMap<GroupId, GroupView>,
+    pub effective: Option<Tolerances>,
+    pub pending_requests: usize,
+    /// Nodes that were members and are no more (removed).
+    pub removed: BTreeSet<NodeId>,
+    /// Bytes of applied entries kept for catch-up.
+    pub retained_bytes: usize,
+}
+
+impl ClusterView {
+    /// The view of `node` with the directory `directory`.
+    pub fn of(node: &Node, directory: &BTreeMap<NodeId, NodeRecord>) -> ClusterView {
+        let groups = node
+            .groups()
+            .map(|group| {
+                let is_owner = node.is_owner(group);
+                let view = GroupView {
+                    owner: if is_owner {
+                        Some(node.id())
+                    } else {
+                        node.owner_hint(group)
+                    },
+                    ballot: node.ballot(group),
+                    is_owner,
+                    applied: node.applied(group),
+                };
+                (group.clone(), view)
+            })
+            .collect();
+        ClusterView {
+            members: node.membership().clone(),
+            joint: node.config().is_joint(),
+            epoch: node.config().epoch,
+            directory: directory.clone(),
+            groups,
+            effective: Some(node.quorums().effective()),
+            pending_requests: node.pending_requests(),
+            removed: node
+                .config()
+                .past
+                .iter()
+                .flat_map(|(m, _)| m.nodes())
+                .filter(|n| !node.membership().contains(*n))
+                .collect(),
+            retained_bytes: node.retained_bytes(),
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! The runtime thread: it owns the [`Replica`] (RocksDB calls block, which is why this is a
+//! thread and not a task), takes every input queued since its last round, ticks the core
+//! every few milliseconds, runs the driver (messages leave for peers while the batch is
+//! written), answers client requests, starts snapshot fetches and publishes the view.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::directory::{self, NodeRecord};
+use super::driver::Outbox;
+use super::replica::{Replica, group_tables};
+use super::runtime::{Input, Shared};
+use super::view::ClusterView;
+use crate::consensus::{Ballot, GroupId, Message, NodeId, RequestId, SnapshotRequest};
+use crate::protocol::Reply;
+
+/// How often the consensus core gets a timer tick.
+const TICK: Duration = Duration::from_millis(5);
+/// How often the published view is refreshed.
+pub(super) const VIEW_EVERY: Duration = Duration::from_millis(100);
+/// Inputs handled before the core is processed (keeps batches large under load and ticks
+/// on time).
+const INPUT_BATCH: usize = 4096;
+
+/// A read barrier over several tables: answered when every table's barrier is.
+struct MultiBarrier {
+    remaining: usize,
+    failure: Option<Reply>,
+    reply: oneshot::Sender<Reply>,
+}
+
+pub(super) struct Worker {
+    replica: Replica,
+    directory: BTreeMap<NodeId, NodeRecord>,
+    clock: Instant,
+    waiting: HashMap<RequestId, oneshot::Sender<Reply>>,
+    /// Request of one table's barrier → the multi-table barrier it belongs to.
+    barriers: HashMap<RequestId, u64>,
+    multi: HashMap<u64, MultiBarrier>,
+    next_multi: u64,
+    /// Groups whose snapshot is being fetched or installed.
+    fetching: BTreeSet<GroupId>,
+    shared: Arc<Shared>,
+}
+
+/// Messages of one `process` call, handed to the transport per peer on each flush.
+struct TransportOutbox<'a> {
+    shared: &'a Shared,
+    directory: &'a BTreeMap<NodeId, NodeRecord>,
+    queued: BTreeMap<NodeId, Vec<Message>>,
+    /// Phase-1 ballots seen going out (counted once per group and ballot).
+    prepares: BTreeSet<(GroupId, Ballot, bool)>,
+    forwards: u64,
+    dropped: u64,
+}
+
+impl Outbox for TransportOutbox<'_> {
+    fn send(&mut self, to: NodeId, message: Message) {
+        match &message {
+            Message::Prepare {
+                group,
+                ballot,
+                handoff_from,
+                ..
+            } => {
+                self.prepares
+                    .insert((group.clone(), *ballot, handoff_from.is_some()));
+            }
+            Message::Forward { .. } => self.forwards += 1,
+            _ => {}
+        }
+        self.queued.entry(to).or_default().push(message);
+    }
+
+    fn flush(&mut self) {
+        for (to, messages) in std::mem::take(&mut self.queued) {
+            match self.directory.get(&to) {
+                Some(peer) => {
+                    self.dropped += self.shared.transport.send(peer, messages) as u64;
+                }
+                None => tracing::debug!(to, "no address for a peer yet; messages dropped"),
+            }
+        }
+    }
+}
+
+impl Worker {
+    pub(super) fn new(
+        replica: Replica,
+        directory: BTreeMap<NodeId, NodeRecord>,
+        shared: Arc<Shared>,
+    ) -> Worker {
+        Worker {
+            replica,
+            directory,
+            clock: Instant::now(),
+            waiting: HashMap::new(),
+            barriers: HashMap::new(),
+            multi: HashMap::new(),
+            next_multi: 1,
+            fetching: BTreeSet::new(),
+            shared,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    pub(super) fn run(mut self, inputs: Receiver<Input>) {
+        let mut next_tick = Instant::now();
+        let mut next_view = Instant::now() + VIEW_EVERY;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let first = match inputs.recv_timeout(wait) {
+                Ok(input) => Some(input),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch: Vec<Input> = first.into_iter().collect();
+            while batch.len() < INPUT_BATCH {
+                match inputs.try_recv() {
+                    Ok(input) => batch.push(input),
+                    Err(_) => break,
+                }
+            }
+            for input in batch {
+                if !self.take(input) {
+                    return;
+                }
+            }
+            if Instant::now() >= next_tick {
+                let now = self.now();
+                self.replica.tick(now);
+                next_tick = Instant::now() + TICK;
+            }
+            self.process();
+            if Instant::now() >= next_view {
+                self.publish();
+                next_view = Instant::now() + VIEW_EVERY;
+            }
+        }
+    }
+
+    /// Hands one input to the replica; false on `Stop`.
+    fn take(&mut self, input: Input) -> bool {
+        let now = self.now();
+        match input {
+            Input::Stop => return false,
+            Input::Write { write, reply } => {
+                let request = self.replica.submit_write(now, &write);
+                self.waiting.insert(request, reply);
+            }
+            Input::System { op, reply } => {
+                let request = self.replica.submit_system(now, op);
+                self.waiting.insert(request, reply);
+            }
+            Input::Barrier { tables, reply } => {
+                if tables.is_empty() {
+                    let _ = reply.send(Reply::Ok);
+                    return true;
+                }
+                let id = self.next_multi;
+                self.next_multi += 1;
+                self.multi.insert(
+                    id,
+                    MultiBarrier {
+                        remaining: tables.len(),
+                        failure: None,
+                        reply,
+                    },
+                );
+                for table in tables {
+                    let request = self.replica.submit_barrier(now, &table);
+                    self.barriers.insert(request, id);
+                }
+            }
+            Input::Peer {
+                from,
+                messages,
+                bytes,
+            } => {
+                self.shared.peer_input.fetch_sub(bytes, Ordering::Relaxed);
+                for message in messages {
+                    self.replica.step(now, from, message);
+                }
+            }
+            Input::ZoneRtt { zone, rtt_us } => self.replica.node_mut().set_zone_rtt(zone, rtt_us),
+            Input::SnapshotDone { group, result } => {
+                self.fetching.remove(&group);
+                self.snapshot_done(now, group, result);
+            }
+        }
+        true
+    }
+
+    fn snapshot_done(
+        &mut self,
+        now: u64,
+        group: GroupId,
+        result: Result<Vec<crate::storage::snapshot::Installed>, String>,
+    ) {
+        let mut counters = self
+            .shared
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(installed) if installed.iter().any(|i| i.group == group) => {
+                counters.snapshots_installed += 1;
+                drop(counters);
+                for done in installed {
+                    tracing::info!(group = %done.group, slot = done.state.applied, "installed a snapshot");
+                    self.replica.snapshot_installed(now, done);
+                }
+            }
+            Ok(_) => {
+                drop(counters);
+                self.replica.snapshot_failed(now, &group);
+            }
+            Err(e) => {
+                counters.snapshots_failed += 1;
+                drop(counters);
+                tracing::warn!(group = %group, error = %e, "fetching a snapshot failed; retrying later");
+                self.replica.snapshot_failed(now, &group);
+            }
+        }
+    }
+
+    fn process(&mut self) {
+        let now = self.now();
+        let mut outbox = TransportOutbox {
+            shared: &self.shared,
+            directory: &self.directory,
+            queued: BTreeMap::new(),
+            prepares: BTreeSet::new(),
+            forwards: 0,
+            dropped: 0,
+        };
+        let report = match self.replica.process(now, &mut outbox) {
+            Ok(report) => report,
+            Err(e) => {
+                // Storage failed under the consensus state: continuing could acknowledge
+                // what is not durable. Stop the process; a restart recovers from disk.
+                tracing::error!(error = %e, "storage failure in the consensus runtime; exiting");
+                eprintln!("atlas: storage failure in the consensus runtime: {e}");
+                std::process::exit(70);
+            }
+        };
+        let TransportOutbox {
+            prepares,
+            forwards,
+            dropped,
+            ..
+        } = outbox;
+        self.count(&prepares, forwards, dropped, &report.processed);
+        if report.directory_changed {
+            match directory::load(&self.shared.store) {
+                Ok(directory) => self.directory = directory,
+                Err(e) => tracing::warn!(error = %e, "reloading the node directory failed"),
+            }
+        }
+        for request in report.processed.snapshots {
+            self.fetch_snapshot(request);
+        }
+        for (request, reply) in report.processed.answers {
+            self.answer(request, reply);
+        }
+    }
+
+    fn answer(&mut self, request: RequestId, reply: Reply) {
+        let Some(id) = self.barriers.remove(&request) else {
+            if let Some(waiter) = self.waiting.remove(&request) {
+                let _ = waiter.send(reply);
+            }
+            return;
+        };
+        let Some(m) = self.multi.get_mut(&id) else {
+            return;
+        };
+        m.remaining -= 1;
+        if reply != Reply::Ok {
+            m.failure = Some(reply);
+        }
+        if m.remaining == 0
+            && let Some(m) = self.multi.remove(&id)
+        {
+            let _ = m.reply.send(m.failure.unwrap_or(Reply::Ok));
+        }
+    }
+
+    /// Fetches a snapshot of the group from the peer (on the server's tokio runtime), then
+    /// installs it on a blocking thread; the outcome comes back as `Input::SnapshotDone`.
+    fn fetch_snapshot(&mut self, request: SnapshotRequest) {
+        let SnapshotRequest { group, from, .. } = request;
+        let peer = self.directory.get(&from).cloned();
+        let (Some(tasks), Some(peer)) = (self.shared.tasks.clone(), peer) else {
+            let now = self.now();
+            self.replica.snapshot_failed(now, &group);
+            return;
+        };
+        if !self.fetching.insert(group.clone()) {
+            return;
+        }
+        let shared = self.shared.clone();
+        let file = shared
+            .snapshot_dir
+            .join(format!("{}.snap", sanitize(&group)));
+        tasks.spawn(async move {
+            let result = fetch_and_install(&shared, &peer, &group, file).await;
+            shared.input(Input::SnapshotDone { group, result });
+        });
+    }
+
+    fn count(
+        &self,
+        prepares: &BTreeSet<(GroupId, Ballot, bool)>,
+        forwards: u64,
+        dropped: u64,
+        processed: &super::driver::Processed<(RequestId, Reply)>,
+    ) {
+        let node = self.replica.node();
+        let mut c = self
+            .shared
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (group, _, handoff) in prepares {
+            c.ballots += 1;
+            let other_owner = node
+                .owner_hint(group)
+                .is_some_and(|owner| owner != node.id());
+            if !handoff && other_owner {
+                c.steals += 1;
+            }
+        }
+        c.forwards += forwards;
+        c.messages_dropped += dropped;
+        c.commits += processed
+            .applied
+            .iter()
+            .filter(|a| node.is_owner(&a.group))
+            .count() as u64;
+        c.quorum_failures += processed.timeouts;
+    }
+
+    pub(super) fn publish(&self) {
+        let view = ClusterView::of(self.replica.node(), &self.directory);
+        *self.shared.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+}
+
+/// A group name as a file name (group names are table names: letters, digits, `_`, `-`).
+fn sanitize(group: &str) -> String {
+    group
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+async fn fetch_and_install(
+    shared: &Arc<Shared>,
+    peer: &NodeRecord,
+    group: &GroupId,
+    file: std::path::PathBuf,
+) -> Result<Vec<crate::storage::snapshot::Installed>, String> {
+    std::fs::create_dir_all(&shared.snapshot_dir)
+        .map_err(|e| format!("{}: {e}", shared.snapshot_dir.display()))?;
+    let fetched = shared
+        .transport
+        .fetch_snapshot(peer, vec![group.clone()], file.clone())
+        .await;
+    let installed = match fetched {
+        Ok(()) => {
+            let store = shared.store.clone();
+            let settings = shared.settings.clone();
+            let path = file.clone();
+            tokio::task::spawn_blocking(move || {
+                let input = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+                store
+                    .install_groups(std::io::BufReader::new(input), &|g| {
+                        group_tables(&settings, g)
+                    })
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+        }
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_file(&file);
+    installed
+}

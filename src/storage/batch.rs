@@ -1,0 +1,178 @@
+//! One atomic RocksDB write of many changes: the keys it changes are locked (their stripes,
+//! in order, so two batches never deadlock) until it is written, and a change sees the
+//! changes made before it in the same batch (a key written twice, a blob replaced twice).
+//! The consensus layer adds its own records (votes, group states) to the same batch, so
+//! the data of applied entries, the applied slot and the votes reach the disk together.
+
+use std::collections::HashMap;
+use std::sync::MutexGuard;
+
+use rocksdb::WriteBatch;
+
+use super::{
+    Acl, Body, CF_ACL, CF_BLOBS, CF_META, CF_VALUES, Change, Current, EMPTY_BLOB_ID, Record,
+    StorageError, Store, blob_chunk_key, slot_key,
+};
+use crate::protocol::Key;
+use std::sync::atomic::Ordering;
+
+pub struct Batch<'a> {
+    store: &'a Store,
+    pub(super) batch: WriteBatch,
+    _locks: Vec<MutexGuard<'a, ()>>,
+    /// The stored record (expired or not) and ACL of every key this batch changed.
+    overlay: HashMap<Vec<u8>, (Option<Record>, Acl)>,
+}
+
+impl Store {
+    /// A batch that may change `keys` (and only those: they are locked until it is written).
+    pub fn batch<'a, 'k>(&'a self, keys: impl IntoIterator<Item = &'k Key>) -> Batch<'a> {
+        let mut stripes: Vec<usize> = keys.into_iter().map(|k| self.stripe(k)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let locks = stripes
+            .into_iter()
+            // A poisoned stripe only means another writer panicked; the data is in RocksDB.
+            .map(|s| self.locks[s].lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        Batch {
+            store: self,
+            batch: WriteBatch::default(),
+            _locks: locks,
+            overlay: HashMap::new(),
+        }
+    }
+}
+
+impl Batch<'_> {
+    /// The stored record (even if expired) and the ACL, as this batch leaves them so far.
+    fn stored(&self, key: &Key) -> Result<(Option<Record>, Acl), StorageError> {
+        if let Some(entry) = self.overlay.get(key.as_bytes()) {
+            return Ok(entry.clone());
+        }
+        Ok((
+            self.store.read_record(key.as_bytes())?,
+            self.store.read_acl(key.as_bytes())?,
+        ))
+    }
+
+    /// The live record and the ACL of `key`, seeing this batch's earlier changes.
+    pub fn read(&self, key: &Key, now_ms: i64) -> Result<Current, StorageError> {
+        let (record, acl) = self.stored(key)?;
+        Ok(Current {
+            record: record.filter(|r| !r.is_expired(now_ms)),
+            acl,
+        })
+    }
+
+    /// Adds `change` of `key` (judged at `now_ms`: an expired record found is removed).
+    pub fn change(&mut self, key: &Key, now_ms: i64, change: Change) -> Result<(), StorageError> {
+        let (stored, mut acl) = self.stored(key)?;
+        let live = stored.as_ref().is_some_and(|r| !r.is_expired(now_ms));
+        let cf = |name| self.store.cf(name);
+        let k = key.as_bytes();
+        let replaces_record = matches!(
+            change,
+            Change::PutInline { .. } | Change::PutBlob { .. } | Change::Delete
+        );
+        let expired = stored.is_some() && !live;
+        let mut record = stored.clone();
+        let before = self.batch.len();
+        if replaces_record || expired {
+            if let Some(Record {
+                body: Body::Blob { blob_id, .. },
+                ..
+            }) = &stored
+            {
+                self.store.delete_blob_chunks(&mut self.batch, *blob_id);
+            }
+            if expired && !replaces_record {
+                self.batch.delete_cf(cf(CF_VALUES), k);
+                record = None;
+            }
+        }
+        match change {
+            Change::Keep => {}
+            Change::PutInline {
+                value,
+                worm_until_ms,
+            } => {
+                let new = Record {
+                    body: Body::Inline(value),
+                    worm_until_ms,
+                };
+                self.batch.put_cf(cf(CF_VALUES), k, new.encode());
+                record = Some(new);
+            }
+            Change::PutBlob {
+                bytes,
+                worm_until_ms,
+            } => {
+                // An empty blob has no chunks, so it takes no id (0): ids are recovered from
+                // the chunks after a restart, and an id without chunks could be handed out
+                // again and its range-delete would then hit another blob.
+                let blob_id = if bytes.is_empty() {
+                    EMPTY_BLOB_ID
+                } else {
+                    self.store.next_blob_id.fetch_add(1, Ordering::Relaxed)
+                };
+                for (index, chunk) in bytes.chunks(super::BLOB_CHUNK_BYTES).enumerate() {
+                    self.batch
+                        .put_cf(cf(CF_BLOBS), blob_chunk_key(blob_id, index as u32), chunk);
+                }
+                let new = Record {
+                    body: Body::Blob {
+                        blob_id,
+                        len: bytes.len() as u64,
+                    },
+                    worm_until_ms,
+                };
+                self.batch.put_cf(cf(CF_VALUES), k, new.encode());
+                record = Some(new);
+            }
+            Change::Delete => {
+                self.batch.delete_cf(cf(CF_VALUES), k);
+                record = None;
+            }
+            Change::SetAcl(new) => {
+                if new.is_empty() {
+                    self.batch.delete_cf(cf(CF_ACL), k);
+                } else {
+                    self.batch.put_cf(cf(CF_ACL), k, new.encode());
+                }
+                acl = new;
+            }
+        }
+        // The table's write counter counts every change that wrote something.
+        if self.batch.len() > before {
+            self.batch
+                .merge_cf(cf(CF_META), slot_key(key.table()), 1u64.to_be_bytes());
+        }
+        self.overlay.insert(k.to_vec(), (record, acl));
+        Ok(())
+    }
+
+    /// The underlying write batch, for records of other layers (consensus state).
+    pub fn raw(&mut self) -> &mut WriteBatch {
+        &mut self.batch
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// Writes the batch atomically: synced (durable on return) or only written (in order
+    /// after every earlier write; a later synced one makes it durable too).
+    pub fn write(self, sync: bool) -> Result<(), StorageError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let options = if sync {
+            &self.store.synced
+        } else {
+            &self.store.unsynced
+        };
+        self.store.db.write_opt(self.batch, options)?;
+        Ok(())
+    }
+}
