@@ -96,8 +96,10 @@ impl EngineService {
         engine: &Arc<atlas::Engine>,
     ) -> Result<ClusterHandle, String> {
         let store = engine.store();
-        // A joining node copied a snapshot of the data before it became a member: install it
-        // into its (still empty) storage before the runtime starts.
+        let settings = self.settings();
+        // A joining node copied a snapshot of the data before it became a member (streamed
+        // to disk and verified): install it into its (still empty) storage, in bounded
+        // batches, before the runtime starts.
         let snapshot = self.config.data_dir.join(crate::cluster::SNAPSHOT_FILE);
         if snapshot.exists() {
             if store
@@ -105,15 +107,24 @@ impl EngineService {
                 .map_err(|e| e.to_string())?
                 .is_none()
             {
-                let bytes =
-                    std::fs::read(&snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?;
-                let records = store
-                    .import_snapshot(&bytes)
+                let file = std::fs::File::open(&snapshot)
+                    .map_err(|e| format!("{}: {e}", snapshot.display()))?;
+                let installed = store
+                    .install_groups(std::io::BufReader::new(file), &|g| {
+                        atlas::cluster::replica::group_tables(&settings, g)
+                    })
                     .map_err(|e| format!("installing {}: {e}", snapshot.display()))?;
                 store
                     .put_meta("node_id", &identity.node_id.to_be_bytes())
                     .map_err(|e| e.to_string())?;
-                tracing::info!(records, "installed the snapshot copied from the cluster");
+                // The data came from the cluster: it is in the cluster's groups.
+                store
+                    .put_meta("clustered", b"1")
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(
+                    groups = installed.len(),
+                    "installed the snapshot copied from the cluster"
+                );
             }
             std::fs::remove_file(&snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?;
         }
@@ -145,7 +156,26 @@ impl EngineService {
                 atlas::cluster::directory::save(store, record).map_err(|e| e.to_string())?;
             }
         }
-        let settings = Settings {
+        let transport =
+            crate::cluster::HttpTransport::new(&self.config, identity.node_id, self.faults.clone());
+        ClusterHandle::start(
+            RuntimeConfig {
+                id: identity.node_id,
+                zone: self.config.region.clone(),
+                bootstrap: identity.bootstrap_membership(),
+                settings,
+                health: HealthPolicy::default(),
+                snapshot_dir: self.config.data_dir.join("snapshots"),
+            },
+            store.clone(),
+            transport,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// The consensus settings from the configuration.
+    fn settings(&self) -> Settings {
+        Settings {
             tolerances: Tolerances {
                 nodes: self.config.fn_ as usize,
                 zones: self.config.fz as usize,
@@ -156,21 +186,7 @@ impl EngineService {
                 Migration::Static => MigrationMode::Static,
             },
             ..Settings::default()
-        };
-        let transport =
-            crate::cluster::HttpTransport::new(&self.config, identity.node_id, self.faults.clone());
-        ClusterHandle::start(
-            RuntimeConfig {
-                id: identity.node_id,
-                zone: self.config.region.clone(),
-                bootstrap: identity.bootstrap_membership(),
-                settings,
-                health: HealthPolicy::default(),
-            },
-            engine.clone(),
-            transport,
-        )
-        .map_err(|e| e.to_string())
+        }
     }
 
     /// Opens the NAS store (SQLite) and runs its migrations.

@@ -20,19 +20,24 @@ use crate::{EngineCell, NasCell};
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// How much of a refused request's body is read (and dropped) before the refusal.
 const REFUSED_BODY_DRAIN_BYTES: usize = 64 * 1024;
-/// Largest node-to-node message (a replicated write may carry a whole blob).
-pub const MAX_TRANSPORT_BODY_BYTES: usize = 160 * 1024 * 1024;
+/// Room in a node-to-node message beyond the largest value it may carry (the envelope,
+/// the entry's framing, the write's key and principal).
+pub const TRANSPORT_OVERHEAD_BYTES: usize = 16 * 1024 * 1024;
 /// Largest body of `POST /api/v1/config/restore` (an uploaded database).
 pub const MAX_RESTORE_BODY_BYTES: usize = 256 * 1024 * 1024;
 const RESTORE_PATH: &str = "/api/v1/config/restore";
 
-/// How much body a request may carry, decided from its route before anything is read.
-fn body_limit(route: Route, path: &str) -> usize {
-    match route {
-        Route::Transport => MAX_TRANSPORT_BODY_BYTES,
-        Route::Nas if path == RESTORE_PATH => MAX_RESTORE_BODY_BYTES,
-        _ => MAX_BODY_BYTES,
-    }
+/// The largest consensus POST a node accepts: a batch is at most 1 MiB, but a message that
+/// carries one value goes alone, and values may be as large as `limits.max_blob_bytes` (or
+/// a `KEY PUT` line, `limits.max_line_bytes`).
+pub fn transport_body_limit(config: &atlas::AtlasConfig) -> usize {
+    let largest = config
+        .limits
+        .max_blob_bytes
+        .max(config.limits.max_line_bytes);
+    usize::try_from(largest)
+        .unwrap_or(usize::MAX)
+        .saturating_add(TRANSPORT_OVERHEAD_BYTES)
 }
 /// A request must arrive whole within this time.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -161,6 +166,7 @@ pub struct HttpApi {
     peer_mtls: bool,
     faults: Arc<crate::cluster::Faults>,
     joins: tokio::sync::Mutex<()>,
+    transport_limit: usize,
 }
 
 impl HttpApi {
@@ -181,7 +187,17 @@ impl HttpApi {
             peer_mtls: config.peer_mtls,
             faults,
             joins: tokio::sync::Mutex::new(()),
+            transport_limit: transport_body_limit(config),
         })
+    }
+
+    /// How much body a request may carry, decided from its route before anything is read.
+    fn body_limit(&self, route: Route, path: &str) -> usize {
+        match route {
+            Route::Transport => self.transport_limit,
+            Route::Nas if path == RESTORE_PATH => MAX_RESTORE_BODY_BYTES,
+            _ => MAX_BODY_BYTES,
+        }
     }
 
     /// Serves the request if its path is Atlas's; returns whether it did.
@@ -232,7 +248,15 @@ impl HttpApi {
                 }
                 reply
             }
-            None => match read_body_after_continue(session, body_limit(route, &path)).await {
+            None => match read_body_after_continue(session, self.body_limit(route, &path)).await {
+                Ok(body) if route == Route::Snapshot => match self.snapshot(session, &body).await {
+                    // Streamed: the answer is written already.
+                    None => {
+                        metrics().record_http(route.label(), 200, started.elapsed());
+                        return Ok(true);
+                    }
+                    Some(reply) => reply,
+                },
                 Ok(body) => self.handle(route, session, body).await,
                 Err(reply) => {
                     // The rest of the body is not read: the connection cannot be reused.
@@ -297,20 +321,10 @@ impl HttpApi {
                 )
                 .await
             }
-            Route::Transport => crate::cluster::serve_transport(cluster, &self.faults, &body),
+            Route::Transport => crate::cluster::serve_transport(cluster, &self.faults, body),
             Route::Remove => crate::cluster::serve_remove(cluster, &body).await,
-            Route::Snapshot => {
-                let engine = engine.clone();
-                match tokio::task::spawn_blocking(move || engine.store().export_snapshot()).await {
-                    Ok(Ok(bytes)) => HttpReply {
-                        status: 200,
-                        content_type: "application/octet-stream",
-                        body: bytes,
-                        extra_headers: Vec::new(),
-                    },
-                    _ => HttpReply::error(500, "internal", "the snapshot could not be made"),
-                }
-            }
+            // Streamed by `snapshot` before a reply is built.
+            Route::Snapshot => HttpReply::error(500, "internal", "snapshot not streamed"),
             _ => {
                 #[derive(serde::Deserialize)]
                 struct FaultsBody {
@@ -326,6 +340,17 @@ impl HttpApi {
                 }
             }
         }
+    }
+
+    /// `POST /atlas/v1/snapshot`: streams a snapshot (`None`), or the reply that refuses it.
+    async fn snapshot(&self, session: &mut ServerSession, body: &[u8]) -> Option<HttpReply> {
+        let cluster = self.engine.get().and_then(|e| e.cluster().cloned());
+        let Some(cluster) = cluster else {
+            return Some(HttpReply::error(503, "unavailable", "the node is starting"));
+        };
+        crate::cluster::serve_snapshot(session, &cluster, body)
+            .await
+            .err()
     }
 
     /// A restore uploads up to 256 MiB: only an administrator's request gets its body read.
@@ -501,7 +526,9 @@ async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Vec<u8>,
     if declared_length(session).is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
-    let mut body = Vec::new();
+    // Callers read bodies only of accepted requests, within their route's limit.
+    let mut body =
+        Vec::with_capacity(declared_length(session).map_or(0, |n| n.min(limit as u64) as usize));
     let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
     loop {
         let chunk = tokio::time::timeout_at(deadline, session.read_request_body()).await;

@@ -40,6 +40,10 @@ pub struct Metrics {
     pub consensus_quorum_failures: IntCounter,
     pub consensus_messages_sent: IntCounter,
     pub consensus_messages_received: IntCounter,
+    pub consensus_messages_dropped: IntCounter,
+    pub consensus_snapshots_installed: IntCounter,
+    pub consensus_snapshots_failed: IntCounter,
+    pub consensus_retained_log_bytes: IntGauge,
     pub consensus_owned_tables: IntGauge,
 }
 
@@ -223,6 +227,26 @@ impl Metrics {
                 "atlas_consensus_messages_received_total",
                 "Consensus messages received from peers.",
             ),
+            consensus_messages_dropped: counter(
+                registry,
+                "atlas_consensus_messages_dropped_total",
+                "Consensus messages dropped because a peer's send queue was full.",
+            ),
+            consensus_snapshots_installed: counter(
+                registry,
+                "atlas_consensus_snapshots_installed_total",
+                "Snapshots installed because this node was behind a peer's compacted log.",
+            ),
+            consensus_snapshots_failed: counter(
+                registry,
+                "atlas_consensus_snapshots_failed_total",
+                "Snapshot fetches or installs that failed (they are retried).",
+            ),
+            consensus_retained_log_bytes: gauge(
+                registry,
+                "atlas_consensus_retained_log_bytes",
+                "Bytes of applied log entries kept in memory for peers that catch up.",
+            ),
             consensus_owned_tables: gauge(
                 registry,
                 "atlas_consensus_owned_tables",
@@ -245,7 +269,14 @@ impl Metrics {
         catch_up(&self.consensus_forwards, counts.forwards);
         catch_up(&self.consensus_commits, counts.commits);
         catch_up(&self.consensus_quorum_failures, counts.quorum_failures);
+        catch_up(
+            &self.consensus_snapshots_installed,
+            counts.snapshots_installed,
+        );
+        catch_up(&self.consensus_snapshots_failed, counts.snapshots_failed);
         let view = cluster.view();
+        self.consensus_retained_log_bytes
+            .set(i64::try_from(view.retained_bytes).unwrap_or(i64::MAX));
         let owned = view
             .groups
             .iter()

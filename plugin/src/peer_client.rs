@@ -113,12 +113,59 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// POSTs `body` and hands the response body to `sink` chunk by chunk as it arrives
+    /// (nothing is held in memory): for snapshots. Returns the status; for a status other
+    /// than 200 the body goes to the returned text instead (its first 64 KiB).
+    pub async fn post_into(
+        &self,
+        addr: &str,
+        server_name: &str,
+        path: &str,
+        body: Bytes,
+        sink: &mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send),
+    ) -> pingora::Result<(u16, String)> {
+        let exchange = async {
+            let peer = self.peer(addr, server_name);
+            let (mut session, reused) = self.connector.get_http_session(&peer).await?;
+            if !reused {
+                self.new_connections.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut request = RequestHeader::build("POST", path.as_bytes(), None)?;
+            request.insert_header("host", server_name)?;
+            request.insert_header(
+                "authorization",
+                format!("Bearer {}", self.options.credentials),
+            )?;
+            request.insert_header("content-type", "application/json")?;
+            request.insert_header("content-length", body.len().to_string())?;
+            session.write_request_header(Box::new(request)).await?;
+            session.write_request_body(body, true).await?;
+            session.finish_request_body().await?;
+            session.read_response_header().await?;
+            let status = session.response_header().map_or(0, |h| h.status.as_u16());
+            let mut refusal = Vec::new();
+            while let Some(chunk) = session.read_response_body().await? {
+                if status == 200 {
+                    sink(&chunk).map_err(|e| {
+                        pingora::Error::explain(pingora::ErrorType::WriteError, e.to_string())
+                    })?;
+                } else if refusal.len() < 64 * 1024 {
+                    refusal.extend_from_slice(&chunk);
+                }
+            }
+            Ok((status, String::from_utf8_lossy(&refusal).into_owned()))
+        };
+        within(self.options.request_timeout, addr, exchange).await
+    }
+}
+
 /// `exchange`, or a timeout error naming `addr`.
-async fn within(
+async fn within<T>(
     timeout: Duration,
     addr: &str,
-    exchange: impl std::future::Future<Output = pingora::Result<PeerResponse>>,
-) -> pingora::Result<PeerResponse> {
+    exchange: impl std::future::Future<Output = pingora::Result<T>>,
+) -> pingora::Result<T> {
     match tokio::time::timeout(timeout, exchange).await {
         Ok(result) => result,
         Err(_) => Err(pingora::Error::explain(

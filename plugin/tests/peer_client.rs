@@ -33,7 +33,7 @@ async fn posts_reuse_one_h2_connection_and_carry_credentials() {
             &server.https_addr(),
             "localhost",
             "/atlas/v1/consensus",
-            Bytes::from_static(b"\x01"),
+            Bytes::from_static(b"\x02"),
         )
         .await
         .expect("post");

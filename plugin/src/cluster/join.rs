@@ -1,25 +1,19 @@
-//! Atlas as a cluster member inside Pingora: joining over HTTPS before the server starts, the
-//! join endpoint a member serves, the HTTP/2 transport of consensus messages (one queue and
-//! one pooled h2 connection per peer; batches of messages per POST), health pings, and the
-//! test-only fault layer that cuts a node off from chosen peers.
+//! Joining over HTTPS before the server starts (register, copy a snapshot, become a member),
+//! the join and remove endpoints a member serves, and the membership-change loop they share.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atlas::AtlasConfig;
 use atlas::cluster::directory::NodeRecord;
-use atlas::cluster::envelope::Envelope;
 use atlas::cluster::identity::{BootstrapMember, ClusterIdentity};
-use atlas::cluster::runtime::{ClusterHandle, PingFuture, Transport};
+use atlas::cluster::runtime::ClusterHandle;
 use atlas::config::TlsConfig;
-use atlas::consensus::{ClientOp, Message, NodeId};
+use atlas::consensus::{ClientOp, NodeId};
 use atlas::protocol::Reply;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
-use crate::http::{CA_PATH, HttpReply, JOIN_PATH, SNAPSHOT_PATH, TRANSPORT_PATH};
+use crate::http::{CA_PATH, HttpReply, JOIN_PATH};
 use crate::peer_client::{PeerClient, PeerClientOptions};
 use sha2::Digest;
 
@@ -27,16 +21,9 @@ use sha2::Digest;
 const JOIN_PATIENCE: Duration = Duration::from_secs(30);
 /// How long a member waits for a join to be committed.
 const JOIN_COMMIT_TIMEOUT: Duration = Duration::from_secs(20);
-/// Copying a snapshot of the data must finish within this.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
-/// Where a joining node leaves the snapshot it copied, for the engine to install.
+/// Where a joining node leaves the snapshot it copied (streamed to disk and verified whole),
+/// for the engine to install when it opens storage.
 pub const SNAPSHOT_FILE: &str = "snapshot.bin";
-/// A consensus POST (which may carry a blob) must finish within this.
-const TRANSPORT_TIMEOUT: Duration = Duration::from_secs(30);
-/// A health ping must answer within this.
-const PING_TIMEOUT: Duration = Duration::from_secs(1);
-/// Bytes of encoded messages put in one POST before it is sent.
-const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
@@ -134,19 +121,7 @@ pub fn prepare_identity(config: &AtlasConfig) -> Result<Option<ClusterIdentity>,
         .map_err(|e| format!("cannot start the join: {e}"))?;
     let answer = runtime.block_on(join(config, seed, stored.as_ref().map(|s| s.node_id)));
     match answer {
-        Ok((answer, snapshot)) => {
-            if let Some(bytes) = snapshot {
-                let path = config.data_dir.join(SNAPSHOT_FILE);
-                let tmp = path.with_extension("tmp");
-                std::fs::create_dir_all(&config.data_dir)
-                    .and_then(|_| std::fs::write(&tmp, &bytes))
-                    .and_then(|_| std::fs::rename(&tmp, &path))
-                    .map_err(|e| format!("cannot store the snapshot at {}: {e}", path.display()))?;
-                tracing::info!(
-                    bytes = bytes.len(),
-                    "copied a snapshot of the cluster's data"
-                );
-            }
+        Ok(answer) => {
             if let (TlsConfig::Internal, Some(cert), Some(key)) =
                 (&config.tls, &answer.ca_cert, &answer.ca_key)
             {
@@ -177,12 +152,13 @@ enum JoinFailure {
 }
 
 /// Joins through `seed`: a node with a stored id re-joins; a new one registers, copies a
-/// snapshot of the data (returned), and only then becomes a member.
+/// snapshot of the data into `<data_dir>/snapshot.bin` (streamed, verified, synced), and
+/// only then becomes a member.
 async fn join(
     config: &AtlasConfig,
     seed: &str,
     stored: Option<NodeId>,
-) -> Result<(JoinAnswer, Option<Vec<u8>>), JoinFailure> {
+) -> Result<JoinAnswer, JoinFailure> {
     let (addr, name) = seed_address(seed).map_err(JoinFailure::Refused)?;
     let ca_file = match (&config.peer_ca, &config.peer_ca_sha256) {
         (Some(path), _) => path.display().to_string(),
@@ -213,29 +189,27 @@ async fn join(
         url: seed,
     };
     if stored.is_some() {
-        let answer = seed
+        return seed
             .post_json(JOIN_PATH, &this_node_request(config, stored, true))
-            .await?;
-        return Ok((answer, None));
+            .await;
     }
     // A new node: register, copy a snapshot of the data, then become a member.
     let registered: JoinAnswer = seed
         .post_json(JOIN_PATH, &this_node_request(config, None, false))
         .await?;
-    let bulk = PeerClient::new(options(SNAPSHOT_TIMEOUT));
-    let snapshot = Seed {
-        client: &bulk,
-        ..seed
-    }
-    .post(SNAPSHOT_PATH, Vec::new())
-    .await?;
-    let answer = seed
-        .post_json(
-            JOIN_PATH,
-            &this_node_request(config, Some(registered.node_id), true),
-        )
-        .await?;
-    Ok((answer, Some(snapshot)))
+    let bulk = PeerClient::new(options(super::snapshot::SNAPSHOT_TIMEOUT));
+    let path = config.data_dir.join(SNAPSHOT_FILE);
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| JoinFailure::Refused(format!("{}: {e}", config.data_dir.display())))?;
+    let bytes = super::snapshot::download(&bulk, &addr, &name, &[], &path)
+        .await
+        .map_err(|e| JoinFailure::Refused(format!("copying a snapshot from {}: {e}", seed.url)))?;
+    tracing::info!(bytes, "copied a snapshot of the cluster's data");
+    seed.post_json(
+        JOIN_PATH,
+        &this_node_request(config, Some(registered.node_id), true),
+    )
+    .await
 }
 
 /// The member a node joins through.
@@ -568,181 +542,5 @@ async fn change_membership(
             proposal = Some(tokio::spawn(async move { cluster.system(op).await }));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `POST /atlas/v1/consensus`: messages from a peer (an empty batch is a ping).
-pub fn serve_transport(cluster: &ClusterHandle, faults: &Faults, body: &[u8]) -> HttpReply {
-    let envelope = match Envelope::decode(body) {
-        Ok(e) => e,
-        Err(e) => {
-            return HttpReply::error(400, "bad_message", &format!("consensus message: {e}"));
-        }
-    };
-    if faults.blocks(envelope.from) {
-        return HttpReply::error(503, "partitioned", "fault injection drops this peer");
-    }
-    crate::metrics::metrics()
-        .consensus_messages_received
-        .inc_by(envelope.messages.len() as u64);
-    cluster.deliver(envelope.from, envelope.messages);
-    HttpReply {
-        status: 204,
-        content_type: crate::metrics::TEXT_CONTENT_TYPE,
-        body: Vec::new(),
-        extra_headers: Vec::new(),
-    }
-}
-
-/// The test-only fault layer: peers this node neither sends to nor accepts from.
-#[derive(Default)]
-pub struct Faults {
-    blocked: Mutex<BTreeSet<NodeId>>,
-}
-
-impl Faults {
-    pub fn blocks(&self, peer: NodeId) -> bool {
-        self.blocked
-            .lock()
-            .map(|b| b.contains(&peer))
-            .unwrap_or(false)
-    }
-
-    pub fn set(&self, peers: BTreeSet<NodeId>) {
-        if let Ok(mut b) = self.blocked.lock() {
-            *b = peers;
-        }
-    }
-}
-
-/// The consensus transport over HTTP/2.
-pub struct HttpTransport {
-    me: NodeId,
-    client: Arc<PeerClient>,
-    queues: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Vec<Message>>>>,
-    runtime: tokio::runtime::Handle,
-    faults: Arc<Faults>,
-}
-
-impl HttpTransport {
-    pub fn new(config: &AtlasConfig, me: NodeId, faults: Arc<Faults>) -> Arc<HttpTransport> {
-        let client = PeerClient::new(PeerClientOptions {
-            ca_file: peer_ca_file(config),
-            credentials: config.credentials.clone().unwrap_or_default(),
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: TRANSPORT_TIMEOUT,
-            client_cert_key: crate::tls::client_cert_key(config),
-        });
-        Arc::new(HttpTransport {
-            me,
-            client: Arc::new(client),
-            queues: Mutex::new(HashMap::new()),
-            runtime: tokio::runtime::Handle::current(),
-            faults,
-        })
-    }
-}
-
-impl Transport for HttpTransport {
-    fn send(&self, to: &NodeRecord, messages: Vec<Message>) {
-        if self.faults.blocks(to.id) {
-            return;
-        }
-        let Ok(mut queues) = self.queues.lock() else {
-            return;
-        };
-        let queue = queues.entry(to.id).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            self.runtime
-                .spawn(peer_sender(self.me, to.clone(), self.client.clone(), rx));
-            tx
-        });
-        let _ = queue.send(messages);
-    }
-
-    fn ping(&self, to: &NodeRecord) -> PingFuture {
-        let client = self.client.clone();
-        let to = to.clone();
-        let me = self.me;
-        let blocked = self.faults.blocks(to.id);
-        Box::pin(async move {
-            if blocked {
-                return Err("partitioned by fault injection".to_string());
-            }
-            let body = Envelope {
-                from: me,
-                messages: Vec::new(),
-            }
-            .encode();
-            let started = Instant::now();
-            let address = to.address();
-            let post = client.post(&address, &to.host, TRANSPORT_PATH, Bytes::from(body));
-            match tokio::time::timeout(PING_TIMEOUT, post).await {
-                Ok(Ok(r)) if r.status == 204 => Ok(started.elapsed()),
-                Ok(Ok(r)) => Err(format!("answered {}", r.status)),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {PING_TIMEOUT:?}")),
-            }
-        })
-    }
-}
-
-/// Sends one peer's messages in order, batching whatever queued up while a POST was out.
-/// A failed POST is dropped: consensus re-sends what matters.
-async fn peer_sender(
-    me: NodeId,
-    to: NodeRecord,
-    client: Arc<PeerClient>,
-    mut rx: mpsc::UnboundedReceiver<Vec<Message>>,
-) {
-    let address = to.address();
-    while let Some(mut messages) = rx.recv().await {
-        let mut size: usize = 0;
-        while size < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(more) => {
-                    size += more.len() * 64;
-                    messages.extend(more);
-                }
-                Err(_) => break,
-            }
-        }
-        let count = messages.len() as u64;
-        let body = Envelope { from: me, messages }.encode();
-        match client
-            .post(&address, &to.host, TRANSPORT_PATH, Bytes::from(body))
-            .await
-        {
-            Ok(r) if r.status == 204 => {
-                crate::metrics::metrics()
-                    .consensus_messages_sent
-                    .inc_by(count);
-            }
-            Ok(r) => tracing::debug!(peer = to.id, status = r.status, "peer refused messages"),
-            Err(e) => tracing::debug!(peer = to.id, error = %e, "sending to a peer failed"),
-        }
-    }
-}
-
-/// Pings every other known node every interval, feeding health and zone RTTs.
-pub async fn ping_loop(cluster: ClusterHandle, mut shutdown: pingora::server::ShutdownWatch) {
-    let interval = cluster.health_policy().ping_interval;
-    let mut ticker = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = ticker.tick() => {}
-        }
-        let view = cluster.view();
-        for record in view.directory.values() {
-            if record.id == cluster.id() {
-                continue;
-            }
-            let cluster = cluster.clone();
-            let record = record.clone();
-            tokio::spawn(async move {
-                let _ = cluster.ping(&record).await;
-            });
-        }
     }
 }
