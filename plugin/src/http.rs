@@ -321,7 +321,7 @@ impl HttpApi {
                 )
                 .await
             }
-            Route::Transport => crate::cluster::serve_transport(cluster, &self.faults, body),
+            Route::Transport => crate::cluster::serve_transport(cluster, &self.faults, body).await,
             Route::Remove => crate::cluster::serve_remove(cluster, &body).await,
             // Streamed by `snapshot` before a reply is built.
             Route::Snapshot => HttpReply::error(500, "internal", "snapshot not streamed"),

@@ -33,9 +33,11 @@ pub use super::view::{ClusterView, Counters, GroupView};
 /// Bytes of client writes in flight through one node (taken in, not yet answered). A write
 /// larger than this still goes, alone.
 const WRITE_BUDGET_BYTES: usize = 256 * 1024 * 1024;
-/// Bytes of peers' messages waiting for the runtime thread; beyond it deliveries are refused
-/// (the transport answers 503, the sender drops, consensus resends).
-const PEER_INPUT_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+/// Bytes of peers' messages waiting for the runtime thread. A delivery beyond it waits for
+/// room (holding the sender's POST, so the sender's own bounded queue fills and drops), and
+/// is refused after `PEER_INPUT_WAIT` (the sender drops it; consensus resends).
+const PEER_INPUT_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+const PEER_INPUT_WAIT: Duration = Duration::from_secs(1);
 
 /// Carries messages to peers and snapshots from them.
 pub trait Transport: Send + Sync + 'static {
@@ -115,8 +117,9 @@ pub(super) struct Shared {
     bootstrap: Membership,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     write_budget: Arc<Semaphore>,
-    /// Bytes of peer messages queued for the thread.
+    /// Bytes of peer messages queued for the thread, and a wake-up when it takes some.
     pub(super) peer_input: AtomicUsize,
+    pub(super) peer_input_taken: tokio::sync::Notify,
     pub(super) settings: Settings,
     pub(super) store: Arc<Store>,
     pub(super) snapshot_dir: PathBuf,
@@ -168,6 +171,7 @@ impl ClusterHandle {
             thread: Mutex::new(None),
             write_budget: Arc::new(Semaphore::new(WRITE_BUDGET_BYTES)),
             peer_input: AtomicUsize::new(0),
+            peer_input_taken: tokio::sync::Notify::new(),
             settings: config.settings,
             store,
             snapshot_dir: config.snapshot_dir,
@@ -244,16 +248,24 @@ impl ClusterHandle {
         result
     }
 
-    /// Messages a peer sent. False when the runtime is too far behind to queue them (the
-    /// caller refuses them; the sender's consensus resends).
-    pub fn deliver(&self, from: NodeId, messages: Vec<Message>) -> bool {
+    /// Messages a peer sent. While the runtime is behind by more than its budget this waits
+    /// for room (bounded); false if none came (the caller refuses them; the sender's
+    /// consensus resends).
+    pub async fn deliver(&self, from: NodeId, messages: Vec<Message>) -> bool {
         if messages.is_empty() {
             return true;
         }
         let bytes: usize = messages.iter().map(Message::size_hint).sum();
-        let queued = self.inner.peer_input.load(Ordering::Relaxed);
-        if queued > 0 && queued + bytes > PEER_INPUT_BUDGET_BYTES {
-            return false;
+        let deadline = tokio::time::Instant::now() + PEER_INPUT_WAIT;
+        loop {
+            let taken = self.inner.peer_input_taken.notified();
+            let queued = self.inner.peer_input.load(Ordering::Relaxed);
+            if queued == 0 || queued + bytes <= PEER_INPUT_BUDGET_BYTES {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, taken).await.is_err() {
+                return false;
+            }
         }
         self.inner.peer_input.fetch_add(bytes, Ordering::Relaxed);
         self.inner.input(Input::Peer {

@@ -186,6 +186,7 @@ impl Worker {
                 bytes,
             } => {
                 self.shared.peer_input.fetch_sub(bytes, Ordering::Relaxed);
+                self.shared.peer_input_taken.notify_waiters();
                 for message in messages {
                     self.replica.step(now, from, message);
                 }

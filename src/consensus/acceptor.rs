@@ -138,10 +138,15 @@ impl Acceptor {
             .map(|(_, c)| c)
     }
 
-    /// Drops entries the log has applied: they are committed and in the state machine.
-    pub fn forget_through(&mut self, slot: Slot) {
-        self.accepted = self.accepted.split_off(&(slot + 1));
-        self.accepted_bytes = self.accepted.values().map(|(_, c)| c.size()).sum();
+    /// Drops entries the log has applied (they are committed and in the state machine);
+    /// returns their slots, whose records the caller deletes.
+    pub fn forget_through(&mut self, slot: Slot) -> Vec<Slot> {
+        let kept = self.accepted.split_off(&(slot + 1));
+        let forgotten = std::mem::replace(&mut self.accepted, kept);
+        for (_, c) in forgotten.values() {
+            self.accepted_bytes -= c.size();
+        }
+        forgotten.into_keys().collect()
     }
 
     pub fn accepted_len(&self) -> usize {

@@ -15,6 +15,10 @@ use super::membership::{Config, Membership};
 /// floors in commands, paged promises, commits by slot, compacted catch-up replies.
 pub const ENCODING_VERSION: u8 = 2;
 
+/// Values at least this large are shared with the buffer they were decoded from (a message
+/// that large travels alone, so the buffer is about the value itself).
+pub const SHARED_VALUE_BYTES: usize = 256 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
     #[error("encoding version {found} is not supported (this build reads version {expected})")]
@@ -218,13 +222,15 @@ impl<'a> Reader<'a> {
         Ok(self.take(n)?.to_vec())
     }
 
-    /// A byte value as `Bytes`: a slice of the input when it is shared, else a copy.
+    /// A byte value as `Bytes`: a slice of the input when it is shared and the value is
+    /// large, else a copy. (A small value kept as a slice would pin the whole buffer it
+    /// came in, a batch of many messages, for as long as the log retains it.)
     pub fn value(&mut self) -> Result<Bytes, CodecError> {
         let n = self.len()?;
         let slice = self.take(n)?;
         Ok(match self.shared {
-            Some(base) => base.slice_ref(slice),
-            None => Bytes::copy_from_slice(slice),
+            Some(base) if n >= SHARED_VALUE_BYTES => base.slice_ref(slice),
+            _ => Bytes::copy_from_slice(slice),
         })
     }
 

@@ -528,7 +528,13 @@ impl Group {
             self.log.trim(ctx.retain_bytes);
             return;
         };
-        self.acceptor.forget_through(last);
+        let forgotten = self.acceptor.forget_through(last);
+        if !forgotten.is_empty() {
+            ctx.persist(PersistOp::Forget {
+                group: self.name.clone(),
+                slots: forgotten,
+            });
+        }
         for entry in applicable {
             self.note_seal(&entry.command);
             self.on_applied(ctx, entry.slot, &entry.command, entry.written);
@@ -554,6 +560,7 @@ impl Group {
     pub(super) fn installed(&mut self, ctx: &mut Ctx<'_>, state: GroupState) {
         self.installing = false;
         if state.applied > self.log.applied() {
+            // The install removed the records of accepted entries up to its slot.
             self.acceptor.forget_through(state.applied);
             self.sealed = self.sealed.max(state.sealed);
             self.drop_chosen_through(state.applied);

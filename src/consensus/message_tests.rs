@@ -148,7 +148,7 @@ fn every_message_round_trips() {
 
 #[test]
 fn shared_decoding_does_not_copy_values() {
-    let value = bytes::Bytes::from(vec![7u8; 4096]);
+    let value = bytes::Bytes::from(vec![7u8; crate::consensus::codec::SHARED_VALUE_BYTES]);
     let m = Message::Forward {
         group: "t".into(),
         id: CommandId { origin: 1, seq: 1 },

@@ -5,8 +5,8 @@
 //!    out while its own accept is being made durable);
 //! 2. write `persist` and `apply` as **one** atomic batch: the acceptor's votes, the
 //!    committed entries applied to the state machine in order (skipping `duplicate`
-//!    ones), and each group's new state (applied slot, de-duplication window), which
-//!    also forgets the accepted entries up to that slot. The batch must be durable (synced)
+//!    ones), each group's new state (applied slot, de-duplication window) and the
+//!    accepted entries it no longer needs. The batch must be durable (synced)
 //!    when [`Ready::needs_sync`] says so; otherwise it only has to be written, in order
 //!    after every earlier batch (a later synced batch makes it durable too);
 //! 3. then send `after_persist` (the votes: promises and acceptances), handing those
@@ -34,9 +34,11 @@ pub enum PersistOp {
         ballot: Ballot,
         command: Command,
     },
-    /// The group's state after this batch's applied entries (written with them); accepted
-    /// entries up to `state.applied` are dropped.
+    /// The group's state after this batch's applied entries (written with them).
     State { group: GroupId, state: GroupState },
+    /// Accepted entries that are applied now: their records go (point deletes: a range
+    /// delete per batch would fill the memtables with range tombstones).
+    Forget { group: GroupId, slots: Vec<Slot> },
     /// The configuration after this batch's applied `atlas` entries.
     Config(Config),
 }

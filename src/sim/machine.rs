@@ -62,8 +62,13 @@ impl Machine for SimMachine {
                 }
                 PersistOp::State { group, state } => {
                     let g = disk.consensus.groups.entry(group.clone()).or_default();
-                    g.accepted = g.accepted.split_off(&(state.applied + 1));
                     g.state = state.clone();
+                }
+                PersistOp::Forget { group, slots } => {
+                    let g = disk.consensus.groups.entry(group.clone()).or_default();
+                    for slot in slots {
+                        g.accepted.remove(slot);
+                    }
                 }
                 PersistOp::Config(config) => disk.consensus.config = Some(config.clone()),
             }

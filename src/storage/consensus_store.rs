@@ -131,20 +131,30 @@ impl<'a> ConsensusStore<'a> {
                     );
                 }
                 PersistOp::State { group, state } => self.stage_state(batch, group, state),
+                PersistOp::Forget { group, slots } => {
+                    for slot in slots {
+                        batch.delete_cf(acceptor, group_key(ACCEPTED, group, Some(*slot)));
+                    }
+                }
                 PersistOp::Config(config) => self.stage_config(batch, config),
             }
         }
     }
 
-    /// The group's state, and the end of its accepted entries up to the applied slot (they
-    /// are in the state machine now).
+    /// The group's state (applied slot, seal, de-duplication window).
     pub fn stage_state(&self, batch: &mut WriteBatch, group: &str, state: &GroupState) {
         let acceptor = self.store.cf(CF_ACCEPTOR);
         batch.put_cf(acceptor, group_key(STATE, group, None), state.encode());
+    }
+
+    /// Every accepted entry of `group` up to `slot` goes (a snapshot installed there: one
+    /// range delete, rare).
+    pub fn stage_forget_through(&self, batch: &mut WriteBatch, group: &str, slot: Slot) {
+        let acceptor = self.store.cf(CF_ACCEPTOR);
         batch.delete_range_cf(
             acceptor,
             group_key(ACCEPTED, group, Some(0)),
-            group_key(ACCEPTED, group, Some(state.applied.saturating_add(1))),
+            group_key(ACCEPTED, group, Some(slot.saturating_add(1))),
         );
     }
 

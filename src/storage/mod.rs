@@ -40,9 +40,9 @@ pub const CF_ACCEPTOR: &str = "acceptor";
 const COLUMN_FAMILIES: [&str; 5] = [CF_VALUES, CF_BLOBS, CF_ACL, CF_META, CF_ACCEPTOR];
 /// Every memtable of the store together stays within this (RocksDB's write buffer
 /// manager): memory and the WAL replayed at start do not grow with the write rate.
-const MEMTABLE_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+const MEMTABLE_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 /// WAL files are recycled once they exceed this (their memtables are flushed first).
-const MAX_WAL_BYTES: u64 = 128 * 1024 * 1024;
+const MAX_WAL_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Blobs are stored in chunks of this size, so no RocksDB value is ever larger.
 pub const BLOB_CHUNK_BYTES: usize = 1024 * 1024;

@@ -375,6 +375,7 @@ impl<'a> Install<'a> {
         let consensus = ConsensusStore::new(self.store);
         let mut batch = WriteBatch::default();
         consensus.stage_state(&mut batch, &self.group, &self.state);
+        consensus.stage_forget_through(&mut batch, &self.group, self.state.applied);
         if let Some(config) = &self.config {
             let newer = consensus
                 .config()

@@ -64,6 +64,13 @@ impl Client {
         client
     }
 
+    /// How long a read may wait (large transfers need longer than `READ_TIMEOUT`).
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .expect("set_read_timeout");
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.try_send(bytes)
             .unwrap_or_else(|e| panic!("send {}: {e}", self.last_sent));

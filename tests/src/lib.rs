@@ -16,6 +16,7 @@ use tempfile::TempDir;
 mod client;
 pub mod cluster;
 pub mod https;
+pub mod load;
 
 use client::describe;
 pub use client::{Client, is_terminal, split_tag};

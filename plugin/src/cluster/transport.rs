@@ -33,10 +33,10 @@ const BATCH_BYTES: usize = 1024 * 1024;
 const POSTS_IN_FLIGHT: usize = 4;
 /// Bytes of messages queued for one peer; a message that does not fit is dropped, except
 /// into an empty queue (so an entry of any allowed size always goes).
-const PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+const PEER_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 
 /// `POST /atlas/v1/consensus`: messages from a peer (an empty batch is a ping).
-pub fn serve_transport(cluster: &ClusterHandle, faults: &Faults, body: Vec<u8>) -> HttpReply {
+pub async fn serve_transport(cluster: &ClusterHandle, faults: &Faults, body: Vec<u8>) -> HttpReply {
     let envelope = match Envelope::decode(&Bytes::from(body)) {
         Ok(e) => e,
         Err(e) => {
@@ -47,7 +47,7 @@ pub fn serve_transport(cluster: &ClusterHandle, faults: &Faults, body: Vec<u8>) 
         return HttpReply::error(503, "partitioned", "fault injection drops this peer");
     }
     let count = envelope.messages.len() as u64;
-    if !cluster.deliver(envelope.from, envelope.messages) {
+    if !cluster.deliver(envelope.from, envelope.messages).await {
         return HttpReply::error(503, "busy", "too many messages waiting; try again");
     }
     crate::metrics::metrics()
