@@ -260,7 +260,14 @@ impl ClusterHandle {
         loop {
             let taken = self.inner.peer_input_taken.notified();
             let queued = self.inner.peer_input.load(Ordering::Relaxed);
-            if queued == 0 || queued + bytes <= PEER_INPUT_BUDGET_BYTES {
+            // A large message (a blob) needs only half the budget free: it is not starved
+            // by a steady stream of small ones.
+            let room = if bytes >= PEER_INPUT_BUDGET_BYTES / 2 {
+                queued <= PEER_INPUT_BUDGET_BYTES / 2
+            } else {
+                queued + bytes <= PEER_INPUT_BUDGET_BYTES
+            };
+            if room {
                 break;
             }
             if tokio::time::timeout_at(deadline, taken).await.is_err() {

@@ -41,6 +41,8 @@ const COLUMN_FAMILIES: [&str; 5] = [CF_VALUES, CF_BLOBS, CF_ACL, CF_META, CF_ACC
 /// Every memtable of the store together stays within this (RocksDB's write buffer
 /// manager): memory and the WAL replayed at start do not grow with the write rate.
 const MEMTABLE_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+/// The block cache every family shares.
+const BLOCK_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// WAL files are recycled once they exceed this (their memtables are flushed first).
 const MAX_WAL_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -124,8 +126,13 @@ impl Store {
         options.set_max_total_wal_size(MAX_WAL_BYTES);
         options.enable_statistics();
         options.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptTimers);
+        // One block cache for every family (RocksDB's default is one per family).
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let descriptors = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf_options = Options::default();
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            cf_options.set_block_based_table_factory(&table);
             if *name == CF_META {
                 cf_options.set_merge_operator_associative("u64_add", add_u64);
             }

@@ -96,3 +96,45 @@ pub fn run(
     }
     Ok(stats(all, start.elapsed()))
 }
+
+/// Like `run` with `Op::Put`, but until `total` writes are done (shared by the clients).
+pub fn run_count(
+    target: &Target,
+    clients: usize,
+    total: u64,
+    prefix: &str,
+    keys: usize,
+    value: &[u8],
+) -> Result<Stats, String> {
+    let start = Instant::now();
+    let left = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(total as i64));
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let target = target.clone();
+            let value = value.to_vec();
+            let prefix = prefix.to_string();
+            let left = left.clone();
+            std::thread::spawn(move || -> Result<Vec<Duration>, String> {
+                let mut kv = target.connect()?;
+                let mut latencies = Vec::new();
+                let mut i = c * 7919;
+                while left.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) > 0 {
+                    i = i.wrapping_add(1);
+                    let key = format!("{prefix}.k{}", i % keys.max(1));
+                    let t = Instant::now();
+                    kv.put(&key, &value)?;
+                    latencies.push(t.elapsed());
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(
+            h.join()
+                .map_err(|_| "client thread panicked".to_string())??,
+        );
+    }
+    Ok(stats(all, start.elapsed()))
+}

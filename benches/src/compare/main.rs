@@ -6,12 +6,13 @@
 //!
 //! ```text
 //! atlas-compare --atlas target/release/atlas [--seconds 3] [--clients 1,16,64]
-//!               [--only kv,blob,engine,edge,fsync,cluster,dynamics] [--out benches/results]
+//!               [--only kv,blob,engine,edge,fsync,throughput,history,cluster,dynamics] [--out benches/results]
 //! ```
 
 mod cluster;
 mod kv;
 mod load;
+mod loopback;
 mod peers;
 mod wan;
 
@@ -59,7 +60,7 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => {
                 println!(
                     "atlas-compare --atlas BIN [--seconds 3] [--clients 1,16,64] \
-                     [--only kv,blob,engine,edge,fsync,cluster,dynamics] [--out benches/results]"
+                     [--only kv,blob,engine,edge,fsync,throughput,history,cluster,dynamics] [--out benches/results]"
                 );
                 std::process::exit(0);
             }
@@ -188,12 +189,14 @@ fn main() {
         rows: Vec::new(),
         extra: Vec::new(),
     };
-    let parts: [(&str, Part); 7] = [
+    let parts: [(&str, Part); 9] = [
         ("kv", kv_workloads),
         ("blob", blob_workloads),
         ("engine", engine_workloads),
         ("edge", edge_workloads),
         ("fsync", fsync_floor),
+        ("throughput", loopback::throughput),
+        ("history", loopback::history),
         ("cluster", cluster::cluster_workloads),
         ("dynamics", cluster::dynamics_workloads),
     ];

@@ -31,9 +31,12 @@ const PING_TIMEOUT: Duration = Duration::from_secs(1);
 const BATCH_BYTES: usize = 1024 * 1024;
 /// POSTs in flight to one peer at a time.
 const POSTS_IN_FLIGHT: usize = 4;
-/// Bytes of messages queued for one peer; a message that does not fit is dropped, except
-/// into an empty queue (so an entry of any allowed size always goes).
+/// Bytes of small messages queued for one peer; one that does not fit is dropped.
 const PEER_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+/// A message at least this large (it goes alone) is queued whenever no other large one is,
+/// whatever the small ones hold: a large value is never starved by a busy queue, and the
+/// queue holds at most its budget plus one large message.
+const LARGE_MESSAGE_BYTES: usize = BATCH_BYTES;
 
 /// `POST /atlas/v1/consensus`: messages from a peer (an empty batch is a ping).
 pub async fn serve_transport(cluster: &ClusterHandle, faults: &Faults, body: Vec<u8>) -> HttpReply {
@@ -61,10 +64,44 @@ pub async fn serve_transport(cluster: &ClusterHandle, faults: &Faults, body: Vec
     }
 }
 
-/// One peer's queue: the messages (with the size they were counted at) and their bytes.
+/// One peer's queue: the messages (with the size they were counted at), the bytes of the
+/// small ones and of the large one queued.
 struct PeerQueue {
     tx: mpsc::UnboundedSender<(Message, usize)>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
+}
+
+#[derive(Default)]
+struct Queued {
+    small: AtomicUsize,
+    large: AtomicUsize,
+}
+
+impl Queued {
+    /// Counts a message in, if there is room for it.
+    fn admit(&self, size: usize) -> bool {
+        if size >= LARGE_MESSAGE_BYTES {
+            return self
+                .large
+                .compare_exchange(0, size, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+        }
+        let queued = self.small.load(Ordering::Relaxed);
+        if queued + size > PEER_QUEUE_BYTES {
+            return false;
+        }
+        self.small.fetch_add(size, Ordering::Relaxed);
+        true
+    }
+
+    /// Counts a message out (the sender took it).
+    fn release(&self, size: usize) {
+        if size >= LARGE_MESSAGE_BYTES {
+            self.large.store(0, Ordering::Release);
+        } else {
+            self.small.fetch_sub(size, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The consensus transport over HTTP/2.
@@ -108,7 +145,7 @@ impl Transport for HttpTransport {
         };
         let queue = peers.entry(to.id).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            let queued = Arc::new(AtomicUsize::new(0));
+            let queued = Arc::new(Queued::default());
             let sender = peer_sender(self.me, to.clone(), self.client.clone(), rx, queued.clone());
             self.runtime.spawn(sender);
             PeerQueue { tx, queued }
@@ -116,13 +153,12 @@ impl Transport for HttpTransport {
         let mut dropped = 0;
         for message in messages {
             let size = message.size_hint();
-            let queued = queue.queued.load(Ordering::Relaxed);
-            if queued > 0 && queued + size > PEER_QUEUE_BYTES {
+            if !queue.queued.admit(size) {
                 dropped += 1;
                 continue;
             }
-            queue.queued.fetch_add(size, Ordering::Relaxed);
             if queue.tx.send((message, size)).is_err() {
+                queue.queued.release(size);
                 dropped += 1;
             }
         }
@@ -188,7 +224,7 @@ async fn peer_sender(
     to: NodeRecord,
     client: Arc<PeerClient>,
     mut rx: mpsc::UnboundedReceiver<(Message, usize)>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
 ) {
     let slots = Arc::new(Semaphore::new(POSTS_IN_FLIGHT));
     let address = Arc::new(to.address());
@@ -203,7 +239,7 @@ async fn peer_sender(
             Some(encoded) => encoded,
             None => match rx.recv().await {
                 Some((message, size)) => {
-                    queued.fetch_sub(size, Ordering::Relaxed);
+                    queued.release(size);
                     message.encode()
                 }
                 None => return,
@@ -215,7 +251,7 @@ async fn peer_sender(
             let Ok((message, size)) = rx.try_recv() else {
                 break;
             };
-            queued.fetch_sub(size, Ordering::Relaxed);
+            queued.release(size);
             let encoded = message.encode();
             if bytes + encoded.len() > BATCH_BYTES {
                 carried = Some(encoded);
