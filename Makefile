@@ -30,10 +30,11 @@ fmt:
 	cargo fmt --all
 
 # The real-process cluster tests with every nemesis phase stretched: SOAK_SECONDS=600 runs
-# each phase 60 times longer than in make test (histories still checked for linearizability).
+# each phase 60 times longer than in make test (histories still checked for linearizability),
+# and the long-lived tests at full size (writes at full speed for SOAK_SECONDS, 128 MiB blobs).
 SOAK_SECONDS ?= 300
 soak: build test-deps
-	ATLAS_SOAK_SECONDS=$(SOAK_SECONDS) cargo test --release -p atlas-tests --test cluster -- --test-threads=1 --nocapture
+	ATLAS_SOAK_SECONDS=$(SOAK_SECONDS) cargo test --release -p atlas-tests --test cluster --test long_lived -- --test-threads=1 --nocapture
 
 # Long deterministic-simulator sweeps of the consensus core (make test runs 2,000 seeds).
 # SEEDS seeds starting at FROM; FAULTS=heavy triples partitions and crashes. A failing seed

@@ -89,6 +89,25 @@ impl PeerClient {
         path: &str,
         body: Bytes,
     ) -> pingora::Result<PeerResponse> {
+        let (mut session, peer) = self
+            .send_post(addr, server_name, path, body, "application/octet-stream")
+            .await?;
+        let response = read_response(&mut session).await?;
+        self.connector
+            .release_http_session(session, &peer, Some(IDLE_TIMEOUT))
+            .await;
+        Ok(response)
+    }
+
+    /// Opens (or reuses) the connection and sends a whole POST request.
+    async fn send_post(
+        &self,
+        addr: &str,
+        server_name: &str,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> pingora::Result<(pingora::protocols::http::client::HttpSession, HttpPeer)> {
         let peer = self.peer(addr, server_name);
         let (mut session, reused) = self.connector.get_http_session(&peer).await?;
         if !reused {
@@ -100,23 +119,17 @@ impl PeerClient {
             "authorization",
             format!("Bearer {}", self.options.credentials),
         )?;
-        request.insert_header("content-type", "application/octet-stream")?;
+        request.insert_header("content-type", content_type.to_string())?;
         request.insert_header("content-length", body.len().to_string())?;
         session.write_request_header(Box::new(request)).await?;
         session.write_request_body(body, true).await?;
         session.finish_request_body().await?;
-        let response = read_response(&mut session).await?;
-        self.connector
-            .release_http_session(session, &peer, Some(IDLE_TIMEOUT))
-            .await;
-        Ok(response)
+        Ok((session, peer))
     }
-}
 
-impl PeerClient {
-    /// POSTs `body` and hands the response body to `sink` chunk by chunk as it arrives
-    /// (nothing is held in memory): for snapshots. Returns the status; for a status other
-    /// than 200 the body goes to the returned text instead (its first 64 KiB).
+    /// POSTs `body` (JSON) and hands the response body to `sink` chunk by chunk as it
+    /// arrives (nothing is held in memory): for snapshots. Returns the status; for a status
+    /// other than 200 the body goes to the returned text instead (its first 64 KiB).
     pub async fn post_into(
         &self,
         addr: &str,
@@ -126,22 +139,9 @@ impl PeerClient {
         sink: &mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send),
     ) -> pingora::Result<(u16, String)> {
         let exchange = async {
-            let peer = self.peer(addr, server_name);
-            let (mut session, reused) = self.connector.get_http_session(&peer).await?;
-            if !reused {
-                self.new_connections.fetch_add(1, Ordering::Relaxed);
-            }
-            let mut request = RequestHeader::build("POST", path.as_bytes(), None)?;
-            request.insert_header("host", server_name)?;
-            request.insert_header(
-                "authorization",
-                format!("Bearer {}", self.options.credentials),
-            )?;
-            request.insert_header("content-type", "application/json")?;
-            request.insert_header("content-length", body.len().to_string())?;
-            session.write_request_header(Box::new(request)).await?;
-            session.write_request_body(body, true).await?;
-            session.finish_request_body().await?;
+            let (mut session, _) = self
+                .send_post(addr, server_name, path, body, "application/json")
+                .await?;
             session.read_response_header().await?;
             let status = session.response_header().map_or(0, |h| h.status.as_u16());
             let mut refusal = Vec::new();

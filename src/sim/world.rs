@@ -62,6 +62,22 @@ pub(super) struct SimNode {
     pub(super) drift_ppm: i64,
 }
 
+impl SimNode {
+    /// A node not started yet, with its own clock offset and drift (drawn from `rng`).
+    fn new(zone: Zone, rng: &mut StdRng, drift_bound_ppm: i64) -> SimNode {
+        let clock_offset = rng.random_range(0..1_000_000);
+        let drift_ppm = rng.random_range(-drift_bound_ppm..=drift_bound_ppm);
+        SimNode {
+            zone,
+            node: None,
+            machine: SimMachine::default(),
+            incarnation: 0,
+            clock_offset,
+            drift_ppm,
+        }
+    }
+}
+
 pub(super) struct Client {
     pub(super) node: NodeId,
     pub(super) retired: bool,
@@ -119,19 +135,7 @@ impl Sim {
         let membership = Membership::new(members.clone());
         let mut nodes = BTreeMap::new();
         for (id, zone) in &members {
-            let clock_offset = rng.random_range(0..1_000_000);
-            let drift_ppm = rng.random_range(-config.drift_ppm..=config.drift_ppm);
-            nodes.insert(
-                *id,
-                SimNode {
-                    zone: zone.clone(),
-                    node: None,
-                    machine: SimMachine::default(),
-                    incarnation: 0,
-                    clock_offset,
-                    drift_ppm,
-                },
-            );
+            nodes.insert(*id, SimNode::new(zone.clone(), &mut rng, config.drift_ppm));
         }
         let mut clients = Vec::new();
         for (zone, count) in &config.clients {
@@ -422,21 +426,8 @@ impl Sim {
             Change::Add { node, zone } => {
                 let zone = format!("z{zone}");
                 if !self.nodes.contains_key(&node) {
-                    let clock_offset = self.rng.random_range(0..1_000_000);
-                    let drift_ppm = self
-                        .rng
-                        .random_range(-self.config.drift_ppm..=self.config.drift_ppm);
-                    self.nodes.insert(
-                        node,
-                        SimNode {
-                            zone: zone.clone(),
-                            node: None,
-                            machine: SimMachine::default(),
-                            incarnation: 0,
-                            clock_offset,
-                            drift_ppm,
-                        },
-                    );
+                    let fresh = SimNode::new(zone.clone(), &mut self.rng, self.config.drift_ppm);
+                    self.nodes.insert(node, fresh);
                     self.start_node(node);
                     self.schedule(1, Event::Tick(node));
                 }

@@ -60,41 +60,10 @@ pub fn run(
     keys: usize,
     value: &[u8],
 ) -> Result<Stats, String> {
-    let start = Instant::now();
-    let deadline = start + duration;
-    let handles: Vec<_> = (0..clients)
-        .map(|c| {
-            let target = target.clone();
-            let value = value.to_vec();
-            let prefix = prefix.to_string();
-            std::thread::spawn(move || -> Result<Vec<Duration>, String> {
-                let mut kv = target.connect()?;
-                let mut latencies = Vec::new();
-                let mut i = c * 7919;
-                while Instant::now() < deadline {
-                    i = i.wrapping_add(1);
-                    let key = format!("{prefix}.k{}", i % keys.max(1));
-                    let t = Instant::now();
-                    match op {
-                        Op::Put => kv.put(&key, &value)?,
-                        Op::Get => {
-                            kv.get(&key)?;
-                        }
-                    }
-                    latencies.push(t.elapsed());
-                }
-                Ok(latencies)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for h in handles {
-        all.extend(
-            h.join()
-                .map_err(|_| "client thread panicked".to_string())??,
-        );
-    }
-    Ok(stats(all, start.elapsed()))
+    let deadline = Instant::now() + duration;
+    drive(target, op, clients, prefix, keys, value, move || {
+        Instant::now() < deadline
+    })
 }
 
 /// Like `run` with `Op::Put`, but until `total` writes are done (shared by the clients).
@@ -106,23 +75,43 @@ pub fn run_count(
     keys: usize,
     value: &[u8],
 ) -> Result<Stats, String> {
-    let start = Instant::now();
     let left = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(total as i64));
+    drive(target, Op::Put, clients, prefix, keys, value, move || {
+        left.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) > 0
+    })
+}
+
+/// The closed loop: each client does `op` while `go()` says so.
+fn drive(
+    target: &Target,
+    op: Op,
+    clients: usize,
+    prefix: &str,
+    keys: usize,
+    value: &[u8],
+    go: impl Fn() -> bool + Clone + Send + 'static,
+) -> Result<Stats, String> {
+    let start = Instant::now();
     let handles: Vec<_> = (0..clients)
         .map(|c| {
             let target = target.clone();
             let value = value.to_vec();
             let prefix = prefix.to_string();
-            let left = left.clone();
+            let go = go.clone();
             std::thread::spawn(move || -> Result<Vec<Duration>, String> {
                 let mut kv = target.connect()?;
                 let mut latencies = Vec::new();
                 let mut i = c * 7919;
-                while left.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) > 0 {
+                while go() {
                     i = i.wrapping_add(1);
                     let key = format!("{prefix}.k{}", i % keys.max(1));
                     let t = Instant::now();
-                    kv.put(&key, &value)?;
+                    match op {
+                        Op::Put => kv.put(&key, &value)?,
+                        Op::Get => {
+                            kv.get(&key)?;
+                        }
+                    }
                     latencies.push(t.elapsed());
                 }
                 Ok(latencies)

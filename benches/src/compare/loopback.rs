@@ -138,7 +138,7 @@ impl Cluster {
     fn wait_active(&self, n: usize) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let lines = request(&self.members[0].socket, "NODE LIST")?;
+            let lines = super::cluster::node_list(&self.members[0].socket)?;
             if lines.iter().filter(|l| l.contains("status=ACTIVE")).count() == n {
                 return Ok(());
             }
@@ -152,20 +152,6 @@ impl Cluster {
     pub fn socket(&self, i: usize) -> PathBuf {
         self.members[i].socket.clone()
     }
-}
-
-fn request(socket: &Path, line: &str) -> Result<Vec<String>, String> {
-    let mut client = atlas::client::Client::connect(socket, "bench").map_err(|e| e.to_string())?;
-    let frames = client
-        .request(line.as_bytes(), None)
-        .map_err(|e| e.to_string())?;
-    Ok(frames
-        .into_iter()
-        .filter_map(|f| match f {
-            atlas::client::Frame::Line(l) => Some(String::from_utf8_lossy(&l).into_owned()),
-            _ => None,
-        })
-        .collect())
 }
 
 fn put_1k(target: &Target, clients: usize, d: Duration) -> Result<Stats, String> {
