@@ -368,6 +368,9 @@ impl Group {
             self.owner_hint = Some(ballot.node);
             self.last_heard = ctx.now;
         } else if from_owner && ballot == self.seen {
+            // The owner's own message: it is the owner (the hint may have been left on a
+            // node that only named this ballot).
+            self.owner_hint = Some(ballot.node);
             self.last_heard = ctx.now;
         }
         let mine = match &self.role {
@@ -418,7 +421,9 @@ impl Group {
                         ballot,
                     });
                 }
-                self.observe(ctx, ballot, false);
+                // The candidate this node just promised is the one to wait for (also when it
+                // retries with the ballot it failed with before).
+                self.observe(ctx, ballot, true);
                 let applied = self.log.applied();
                 let accepted: Vec<AcceptedEntry> = promised
                     .accepted
@@ -578,6 +583,24 @@ impl Group {
     fn note_seal(&mut self, command: &Command) {
         if let CommandOp::Seal { epoch } = command.op {
             self.sealed = self.sealed.max(epoch);
+        }
+    }
+
+    /// A node this one forwarded to is not the owner: it names the owner (or candidate)
+    /// it believes in, and requests follow that hint. Its ballot is heard second hand — it
+    /// may be a candidate's that never won — so it deposes nobody and is not taken as the
+    /// owner's (`seen` stays the ballot of the owner this node believes in; a phase 1 that
+    /// starts too low learns the higher promise from the rejections).
+    pub(super) fn not_owner(&mut self, ctx: &mut Ctx<'_>, hint: Option<NodeId>, ballot: Ballot) {
+        if self.is_leading() || self.is_preparing() {
+            return;
+        }
+        if let Some(owner) = hint {
+            if ballot >= self.seen {
+                self.seen = ballot;
+            }
+            self.owner_hint = Some(owner);
+            self.last_heard = ctx.now;
         }
     }
 

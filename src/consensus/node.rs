@@ -444,6 +444,7 @@ impl Node {
             let live_owner = g
                 .owner_hint
                 .filter(|h| *h != me && ctx.now < g.last_heard.saturating_add(suspect_ms));
+
             match live_owner {
                 Some(owner) if !immediate => {
                     ctx.send(
@@ -479,8 +480,11 @@ impl Node {
                     self.with_group(group, |g, _| g.log.note_known(slot));
                 }
             }
-            ForwardOutcome::NotOwner { ballot, .. } => {
-                self.with_group(group, |g, ctx| g.observe(ctx, ballot, false));
+            ForwardOutcome::NotOwner { hint, ballot } => {
+                let me = self.id;
+                self.with_group(group, |g, ctx| {
+                    g.not_owner(ctx, hint.filter(|h| *h != me), ballot)
+                });
                 if let Some(o) = self.outstanding.get_mut(&id) {
                     // Try again soon, through the (maybe new) owner hint.
                     o.next_try = o.next_try.min(self.now + self.settings.retry_ms / 4);

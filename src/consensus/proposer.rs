@@ -610,7 +610,12 @@ impl Group {
         let lease_valid = self.lease_valid(ctx);
         let applied = self.log.applied();
         let Role::Leading(l) = &mut self.role else {
-            let hint = self.owner_hint.filter(|h| *h != ctx.id);
+            // A candidate names itself: it serves once its phase 1 ends.
+            let hint = if self.is_preparing() {
+                Some(ctx.id)
+            } else {
+                self.owner_hint.filter(|h| *h != ctx.id)
+            };
             let outcome = ForwardOutcome::NotOwner {
                 hint,
                 ballot: self.seen,

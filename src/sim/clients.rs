@@ -91,7 +91,10 @@ impl Sim {
             return self.report;
         }
         let healed = self.config.fault_until + self.config.settle_ms;
-        let bound = self.config.liveness_bound_ms;
+        // A slow node (maybe the owner, or in every Q2 of a zone too small to lose a node)
+        // makes each one-way trip through it up to its extra delay longer; a takeover and
+        // the read or write after it take four round trips (prepare, accept, barrier).
+        let bound = self.config.liveness_bound_ms + self.config.slow.map_or(0, |(_, ms)| 8 * ms);
         // Only requests the run has had time to answer count.
         let last_call = self.config.load_until.min(self.now);
         for (i, (call, ret)) in self.times.iter().enumerate() {
