@@ -177,7 +177,7 @@ impl ClusterHandle {
             snapshot_dir: config.snapshot_dir,
             tasks: tokio::runtime::Handle::try_current().ok(),
         });
-        let worker = Worker::new(replica, directory, shared.clone());
+        let mut worker = Worker::new(replica, directory, shared.clone());
         worker.publish();
         let thread = std::thread::Builder::new()
             .name("atlas-consensus".into())

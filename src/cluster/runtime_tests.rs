@@ -43,6 +43,20 @@ async fn a_single_member_runtime_commits_writes_barriers_and_node_records() {
             .unwrap(),
         Reply::Ok
     );
+    // The view follows a change within milliseconds, not at the next periodic refresh.
+    let shown = Instant::now();
+    while !cluster
+        .view()
+        .groups
+        .get("USERS")
+        .is_some_and(|g| g.is_owner && g.applied >= 1)
+    {
+        assert!(
+            shown.elapsed() < super::super::worker::VIEW_EVERY / 4,
+            "view is stale"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     assert_eq!(
         tokio::time::timeout(limit, cluster.barrier(vec!["USERS".into(), "OTHER".into()]))
             .await

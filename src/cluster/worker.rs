@@ -21,8 +21,12 @@ use crate::protocol::Reply;
 
 /// How often the consensus core gets a timer tick.
 const TICK: Duration = Duration::from_millis(5);
-/// How often the published view is refreshed.
+/// How often the published view is refreshed when nothing changed.
 pub(super) const VIEW_EVERY: Duration = Duration::from_millis(100);
+/// The least time between two publications of a changed view (building one walks every
+/// group): a change is published before the answers of the round that made it, unless the
+/// last publication is younger than this, and then on the next loop (at most one tick later).
+const VIEW_MIN_GAP: Duration = Duration::from_millis(1);
 /// Inputs handled before the core is processed (keeps batches large under load and ticks
 /// on time).
 const INPUT_BATCH: usize = 4096;
@@ -46,6 +50,9 @@ pub(super) struct Worker {
     /// Groups whose snapshot is being fetched or installed.
     fetching: BTreeSet<GroupId>,
     shared: Arc<Shared>,
+    /// Something the view shows may have changed since it was last published.
+    view_dirty: bool,
+    last_view: Instant,
 }
 
 /// Messages of one `process` call, handed to the transport per peer on each flush.
@@ -57,10 +64,13 @@ struct TransportOutbox<'a> {
     prepares: BTreeSet<(GroupId, Ballot, bool)>,
     forwards: u64,
     dropped: u64,
+    /// Messages handed to the outbox this round.
+    sent: usize,
 }
 
 impl Outbox for TransportOutbox<'_> {
     fn send(&mut self, to: NodeId, message: Message) {
+        self.sent += 1;
         match &message {
             Message::Prepare {
                 group,
@@ -105,6 +115,8 @@ impl Worker {
             next_multi: 1,
             fetching: BTreeSet::new(),
             shared,
+            view_dirty: true,
+            last_view: Instant::now(),
         }
     }
 
@@ -140,7 +152,9 @@ impl Worker {
                 next_tick = Instant::now() + TICK;
             }
             self.process();
-            if Instant::now() >= next_view {
+            if self.view_dirty && self.last_view.elapsed() >= VIEW_MIN_GAP
+                || Instant::now() >= next_view
+            {
                 self.publish();
                 next_view = Instant::now() + VIEW_EVERY;
             }
@@ -242,6 +256,7 @@ impl Worker {
             prepares: BTreeSet::new(),
             forwards: 0,
             dropped: 0,
+            sent: 0,
         };
         let report = match self.replica.process(now, &mut outbox) {
             Ok(report) => report,
@@ -253,6 +268,7 @@ impl Worker {
                 std::process::exit(70);
             }
         };
+        let sent = outbox.sent;
         let TransportOutbox {
             prepares,
             forwards,
@@ -265,6 +281,19 @@ impl Worker {
                 Ok(directory) => self.directory = directory,
                 Err(e) => tracing::warn!(error = %e, "reloading the node directory failed"),
             }
+        }
+        // Whatever answers a client next (TABLE INFO, metrics) sees what this round did:
+        // ownership, applied slots and members change only in rounds that send or apply.
+        let processed = &report.processed;
+        if sent > 0
+            || report.directory_changed
+            || !processed.applied.is_empty()
+            || !processed.answers.is_empty()
+        {
+            self.view_dirty = true;
+        }
+        if self.view_dirty && self.last_view.elapsed() >= VIEW_MIN_GAP {
+            self.publish();
         }
         for request in report.processed.snapshots {
             self.fetch_snapshot(request);
@@ -350,9 +379,11 @@ impl Worker {
         c.quorum_failures += processed.timeouts;
     }
 
-    pub(super) fn publish(&self) {
+    pub(super) fn publish(&mut self) {
         let view = ClusterView::of(self.replica.node(), &self.directory);
         *self.shared.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+        self.view_dirty = false;
+        self.last_view = Instant::now();
     }
 }
 

@@ -7,6 +7,7 @@
 //!   length of its history (10k, 20k, 100k, 1M overwrites): each figure against the one
 //!   after 20k writes; the restart is a follower killed with -9, timed until it answers the
 //!   latest value of a key written while it was down.
+//! - `stall`: two 128 MiB blobs written at once to one table, then a small write to it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -291,4 +292,67 @@ fn dir_mib(dir: &Path) -> f64 {
             .unwrap_or(0)
     }
     bytes(dir) as f64 / (1024.0 * 1024.0)
+}
+
+/// Two 128 MiB blobs written at once to one table of a 3-node cluster, then a small write to
+/// the same table: how long the small write takes (the target is under a second).
+pub fn blob_stall(args: &Args, report: &mut Report) -> Result<(), String> {
+    let cluster = Cluster::start(
+        &args.atlas,
+        &["r1", "r2", "r3"],
+        "durability: strict\nfn: 0\nfz: 1",
+    )?;
+    let size = 128usize << 20;
+    let put = |socket: &Path, line: &str, payload: Option<&[u8]>| -> Result<Duration, String> {
+        let mut client =
+            atlas::client::Client::connect(socket, "bench").map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let frames = client
+            .request(line.as_bytes(), payload)
+            .map_err(|e| e.to_string())?;
+        if atlas::client::is_error(&frames) {
+            return Err(format!("{line}: {frames:?}"));
+        }
+        Ok(started.elapsed())
+    };
+    put(&cluster.socket(0), "KEY PUT stall.warm up", None)?;
+    let blobs: Vec<_> = (0..2)
+        .map(|i| {
+            let socket = cluster.socket(i);
+            std::thread::spawn(move || -> Result<Duration, String> {
+                let payload: Vec<u8> = (0..size).map(|b| (b % 251) as u8).collect();
+                let line = format!("KEY BLOB SET stall.blob{i} {size}");
+                let mut client =
+                    atlas::client::Client::connect(&socket, "bench").map_err(|e| e.to_string())?;
+                let started = Instant::now();
+                let frames = client
+                    .request(line.as_bytes(), Some(&payload))
+                    .map_err(|e| e.to_string())?;
+                if atlas::client::is_error(&frames) {
+                    return Err(format!("blob: {frames:?}"));
+                }
+                Ok(started.elapsed())
+            })
+        })
+        .collect();
+    // Both uploads (128 MiB over the socket) have reached their nodes by then.
+    std::thread::sleep(Duration::from_millis(800));
+    let small = put(&cluster.socket(2), "KEY PUT stall.small quick", None)?;
+    let mut slowest = Duration::ZERO;
+    for b in blobs {
+        slowest = slowest.max(b.join().map_err(|_| "blob thread panicked")??);
+    }
+    println!(
+        "  two 128 MiB blobs in {:.2} s; the small write after them in {:.3} s",
+        slowest.as_secs_f64(),
+        small.as_secs_f64()
+    );
+    report.add(
+        "small write behind two 128 MiB blobs, 3-node cluster",
+        "s",
+        "target",
+        1.0,
+        small.as_secs_f64(),
+    );
+    Ok(())
 }

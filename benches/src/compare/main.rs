@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! atlas-compare --atlas target/release/atlas [--seconds 3] [--clients 1,16,64]
-//!               [--only kv,blob,engine,edge,fsync,throughput,history,cluster,dynamics] [--out benches/results]
+//!               [--only kv,blob,engine,edge,fsync,throughput,history,stall,cluster,dynamics] [--out benches/results]
 //! ```
 
 mod cluster;
@@ -60,7 +60,7 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => {
                 println!(
                     "atlas-compare --atlas BIN [--seconds 3] [--clients 1,16,64] \
-                     [--only kv,blob,engine,edge,fsync,throughput,history,cluster,dynamics] [--out benches/results]"
+                     [--only kv,blob,engine,edge,fsync,throughput,history,stall,cluster,dynamics] [--out benches/results]"
                 );
                 std::process::exit(0);
             }
@@ -189,7 +189,7 @@ fn main() {
         rows: Vec::new(),
         extra: Vec::new(),
     };
-    let parts: [(&str, Part); 9] = [
+    let parts: [(&str, Part); 10] = [
         ("kv", kv_workloads),
         ("blob", blob_workloads),
         ("engine", engine_workloads),
@@ -197,6 +197,7 @@ fn main() {
         ("fsync", fsync_floor),
         ("throughput", loopback::throughput),
         ("history", loopback::history),
+        ("stall", loopback::blob_stall),
         ("cluster", cluster::cluster_workloads),
         ("dynamics", cluster::dynamics_workloads),
     ];
