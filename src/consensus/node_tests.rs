@@ -432,3 +432,72 @@ fn concurrent_steals_break_ties_on_zone_then_node() {
     other.step(2, 2, promise(Ballot::new(1, 3), vec![]));
     assert!(!other.is_owner("users"));
 }
+
+/// After the membership grew, a new table's first owner has nothing to recover: it seals the
+/// group under the new configuration in the slot before the first write, so the write's
+/// commit commits the seal, and a takeover right after it needs no quorum of a membership
+/// that ended (which may need a node that is gone; found by a real 3-region test).
+#[test]
+fn a_new_owner_with_nothing_to_recover_seals_before_the_first_write() {
+    // Regions a and b, then c joins; each region one node, `fz: 1`.
+    let two = Membership::new([(1, "a".to_string()), (2, "b".to_string())]);
+    let settings = Settings {
+        tolerances: Tolerances { nodes: 0, zones: 1 },
+        ..settings()
+    };
+    let mut node = Node::new(1, "a".into(), two, settings, 1, 1, 0);
+    let commit = |slot, op| Message::Commit {
+        group: SYSTEM_GROUP.into(),
+        ballot: Ballot::new(1, 2),
+        slots: vec![],
+        entries: vec![SlotEntry {
+            slot,
+            command: Command {
+                id: CommandId {
+                    origin: 2,
+                    seq: slot,
+                },
+                floor: 0,
+                op,
+            },
+        }],
+    };
+    node.step(
+        1_000,
+        2,
+        commit(
+            1,
+            CommandOp::AddNode {
+                node: 3,
+                zone: "c".into(),
+            },
+        ),
+    );
+    node.step(1_000, 2, commit(2, CommandOp::LeaveJoint { epoch: 1 }));
+    assert_eq!(node.config().epoch, 2);
+    drain(&mut node, 1_000);
+    node.client_request(
+        2_000,
+        7,
+        ClientOp::Put {
+            key: "users.a".into(),
+            value: b"v".to_vec().into(),
+        },
+    );
+    let ready = drain(&mut node, 2_000);
+    let ballot = prepare_ballot(&ready);
+    node.step(2_001, 2, promise(ballot, vec![]));
+    let ready = drain(&mut node, 2_001);
+    let accepts = accepts_to(&ready, 2);
+    assert!(
+        matches!(
+            accepts.get(&1).map(|c| &c.op),
+            Some(CommandOp::Seal { epoch: 2 })
+        ),
+        "{accepts:?}"
+    );
+    assert!(
+        matches!(accepts.get(&2).map(|c| &c.op), Some(CommandOp::Put { .. })),
+        "{accepts:?}"
+    );
+}

@@ -254,6 +254,13 @@ impl Group {
             best.insert(*slot, (Ballot::new(u64::MAX, u64::MAX), command.clone()));
         }
         let end = best.keys().next_back().copied().unwrap_or(0).max(caught);
+        // How far each promiser had applied (durably: promises leave after their sync) is
+        // what sealing needs to know; a group whose phase 1 found nothing can seal at once.
+        let reported: BTreeMap<NodeId, Slot> = p
+            .promises
+            .iter()
+            .map(|(node, progress)| (*node, progress.applied))
+            .collect();
         self.seen = self.seen.max(p.ballot);
         self.owner_hint = Some(ctx.id);
         self.last_heard = ctx.now;
@@ -275,7 +282,7 @@ impl Group {
             last_renew: ctx.now,
             access: AccessWindow::starting(ctx.now),
             parked: Vec::new(),
-            reported: BTreeMap::new(),
+            reported,
             sealing: None,
             last_probe: 0,
         }));
@@ -302,6 +309,11 @@ impl Group {
             };
             self.propose_at(ctx, slot, command, None);
         }
+        // Seal before any client write is proposed when nothing needs recovering (a new
+        // group, or one sealed earlier under another configuration): the first write's
+        // commit then commits the seal too, so a takeover right after it needs only the
+        // current configuration's quorums, not those of memberships that ended.
+        self.seal(ctx);
         self.heartbeat(ctx);
         self.renew_lease(ctx);
         self.flush(ctx);

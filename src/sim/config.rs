@@ -52,6 +52,9 @@ pub struct SimConfig {
     pub changes: Vec<(u64, Change)>,
     /// A node whose messages (both ways) take up to this many milliseconds longer.
     pub slow: Option<(NodeId, u64)>,
+    /// A node that crashes at this instant and never comes back (its clients get
+    /// "connection refused"; the others must keep being served).
+    pub down: Option<(u64, NodeId)>,
 }
 
 impl SimConfig {
@@ -123,6 +126,7 @@ impl SimConfig {
             liveness_bound_ms: 2_500,
             changes: Vec::new(),
             slow,
+            down: None,
         }
         .with_changes(&mut rng)
     }

@@ -155,6 +155,29 @@ fn first_failure(count: u64, adjust: impl Fn(&mut SimConfig) + Sync) -> Option<S
     sweep(0, count, adjust).into_iter().next()
 }
 
+/// One node per zone (or a zone of one beside two of two) with `fz: 1`: the node that owns
+/// the tables (or any other) crashes for good mid-run, and the others must take its tables
+/// over and keep serving (liveness is checked from 2.5 s after the crash).
+#[test]
+fn sim_a_zone_down_for_good_fails_over() {
+    let failures = sweep(0, 300, |c| {
+        let shapes: [&[usize]; 2] = [&[1, 1, 1], &[2, 2, 1]];
+        c.zones = shapes[(c.seed % 2) as usize].to_vec();
+        let nodes: usize = c.zones.iter().sum();
+        c.clients = (0..c.zones.len()).map(|z| (z, 2)).collect();
+        c.settings.tolerances.zones = 1;
+        c.changes.clear();
+        c.crashes = 0;
+        c.slow = None;
+        let at = 1_500 + (c.seed % 7) * 300;
+        // Node 1 owns most tables early (its clients start first); the others in turn.
+        let node = [1, 1, (c.seed % nodes as u64) + 1][(c.seed % 3) as usize];
+        c.down = Some((at, node));
+        c.fault_until = c.fault_until.max(at);
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
 #[test]
 fn sim_catches_phase1_without_reproposal() {
     let failure = first_failure(400, |c| {

@@ -215,6 +215,9 @@ impl Sim {
     }
 
     fn plan_faults(&mut self, ids: &[NodeId]) {
+        if let Some((at, node)) = self.config.down {
+            self.schedule_at(at, Event::Crash(node));
+        }
         let until = self.config.fault_until;
         if until == 0 {
             return;
@@ -362,7 +365,11 @@ impl Sim {
                 }
             }
             Event::Restart(id) => {
-                if self.nodes.get(&id).is_some_and(|n| n.node.is_none()) {
+                let gone = self
+                    .config
+                    .down
+                    .is_some_and(|(at, down)| down == id && self.now >= at);
+                if !gone && self.nodes.get(&id).is_some_and(|n| n.node.is_none()) {
                     self.start_node(id);
                 }
             }
