@@ -28,6 +28,9 @@ pub enum ConfigError {
     Invalid { file: String, message: String },
 }
 
+/// The shortest cluster credential accepted (a shared secret guessed over the network).
+pub const MIN_CREDENTIAL_CHARS: usize = 16;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AtlasConfig {
@@ -359,8 +362,15 @@ impl AtlasConfig {
         if self.peer_mtls && self.credentials.is_none() {
             return Err("atlas.peer_mtls: needs atlas.credentials (it secures a cluster)".into());
         }
-        if self.credentials.as_deref().is_some_and(|c| c.len() < 8) {
-            return Err("atlas.credentials: must be at least 8 characters".into());
+        if self
+            .credentials
+            .as_deref()
+            .is_some_and(|c| c.chars().count() < MIN_CREDENTIAL_CHARS)
+        {
+            return Err(format!(
+                "atlas.credentials: must be at least {MIN_CREDENTIAL_CHARS} characters \
+                 (32 recommended; `atlas ca secret` prints one)"
+            ));
         }
         if self.limits.max_line_bytes < 64 {
             return Err("atlas.limits.max_line_bytes: must be at least 64".into());
@@ -521,6 +531,19 @@ mod tests {
         );
         assert!(AtlasConfig::from_yaml("atlas:\n  tls: external\n", "f").is_err());
         assert!(AtlasConfig::from_yaml("atlas:\n  tls: {cert: a}\n", "f").is_err());
+    }
+
+    #[test]
+    fn cluster_credentials_are_long_enough() {
+        let yaml = |c: &str| format!("atlas:\n  credentials: {c}\n");
+        let short = AtlasConfig::from_yaml(&yaml("fifteen-chars-x"), "f").unwrap_err();
+        assert!(
+            short
+                .to_string()
+                .contains("atlas.credentials: must be at least 16"),
+            "{short}"
+        );
+        AtlasConfig::from_yaml(&yaml("sixteen-chars-xx"), "f").unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod consensus;
+pub mod files;
 #[cfg(feature = "engine")]
 pub mod kv;
 #[cfg(feature = "engine")]

@@ -30,7 +30,7 @@ pub const FIRST_NODE_ID: u64 = 1;
 /// Opens (or creates) the node's storage under `data_dir/db` and builds its engine.
 pub fn open(config: &AtlasConfig) -> Result<Arc<Engine>, OpenError> {
     let dir = config.data_dir.display().to_string();
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::DataDir {
+    crate::files::private_dir(&config.data_dir).map_err(|source| OpenError::DataDir {
         dir: dir.clone(),
         source,
     })?;

@@ -167,6 +167,8 @@ pub struct HttpApi {
     faults: Arc<crate::cluster::Faults>,
     joins: tokio::sync::Mutex<()>,
     transport_limit: usize,
+    /// Wrong cluster credentials per source address (429 past a few).
+    throttle: crate::throttle::AuthThrottle,
 }
 
 impl HttpApi {
@@ -187,6 +189,7 @@ impl HttpApi {
             peer_mtls: config.peer_mtls,
             faults,
             joins: tokio::sync::Mutex::new(()),
+            throttle: crate::throttle::AuthThrottle::default(),
             transport_limit: transport_body_limit(config),
         })
     }
@@ -442,6 +445,29 @@ impl HttpApi {
 
     /// `None` when the request carries the cluster credentials; else the 401 to send.
     fn authenticate(&self, session: &ServerSession, route: Route) -> Option<HttpReply> {
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let now = Instant::now();
+        if let Some(ip) = ip
+            && let Err(wait) = self.throttle.check(ip, now)
+        {
+            metrics()
+                .auth_failures
+                .with_label_values(&[route.label()])
+                .inc();
+            let seconds = wait.as_secs() + 1;
+            let mut reply = HttpReply::error(
+                429,
+                "too_many_requests",
+                &format!("too many wrong cluster credentials from {ip}; retry in {seconds} s"),
+            );
+            reply
+                .extra_headers
+                .push(("retry-after", seconds.to_string()));
+            return Some(reply);
+        }
         let ok = self
             .credentials
             .as_deref()
@@ -459,6 +485,11 @@ impl HttpApi {
             .unwrap_or_default();
         // Never log what was presented: it may be a mistyped secret.
         tracing::warn!(client = %client, endpoint = route.label(), "refused a request without valid cluster credentials");
+        if let Some(ip) = ip
+            && let Some(block) = self.throttle.failed(ip, now)
+        {
+            tracing::warn!(client = %ip, seconds = block.as_secs(), "too many wrong cluster credentials: the address is blocked");
+        }
         let mut reply = HttpReply::error(
             401,
             "unauthorized",

@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod peer_client;
 mod socket_service;
+pub mod throttle;
 pub mod tls;
 
 use std::os::unix::fs::PermissionsExt;

@@ -19,6 +19,10 @@ use pingora::server::{RunArgs, Server};
     about = "Atlas: a strongly consistent edge key-value store on Pingora"
 )]
 struct Cli {
+    /// Configuration file: Pingora's keys at the top level plus an `atlas:` section. Accepted
+    /// before or after any subcommand (`atlas nas backup FILE -c atlas.yaml`).
+    #[arg(short = 'c', long = "conf", global = true)]
+    conf: Option<PathBuf>,
     #[command(subcommand)]
     command: Commands,
 }
@@ -27,9 +31,6 @@ struct Cli {
 enum Commands {
     /// Run a node (a Pingora server). Without -c, the embedded single-node default.
     Serve {
-        /// Configuration file: Pingora's keys at the top level plus an `atlas:` section.
-        #[arg(short = 'c', long = "conf")]
-        conf: Option<PathBuf>,
         /// Test the configuration and exit.
         #[arg(short = 't', long = "test")]
         test: bool,
@@ -47,8 +48,6 @@ enum Commands {
     },
     /// Administer the NAS store on this machine (users, backup, restore) without the API.
     Nas {
-        #[arg(short = 'c', long = "conf")]
-        conf: Option<PathBuf>,
         #[command(subcommand)]
         command: nas_cli::NasCommand,
     },
@@ -56,33 +55,36 @@ enum Commands {
     Repl {
         /// Socket path; default: the socket of -c FILE, else ./data/atlas.sock.
         socket: Option<PathBuf>,
-        #[arg(short = 'c', long = "conf")]
-        conf: Option<PathBuf>,
     },
 }
 
 #[derive(Subcommand)]
 enum CaAction {
     /// Print the CA certificate (PEM) and its SHA-256 fingerprint.
-    Show {
-        #[arg(short = 'c', long = "conf")]
-        conf: Option<PathBuf>,
-    },
+    Show,
+    /// Print a new random cluster credential (48 hex characters) for `atlas.credentials`.
+    Secret,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let conf = cli.conf;
     match cli.command {
         Commands::Serve {
-            conf,
             test,
             daemon,
             upgrade,
         } => serve(conf, test, daemon, upgrade),
         Commands::Ca {
-            action: CaAction::Show { conf },
+            action: CaAction::Show,
         } => ca_show(conf.as_ref()),
-        Commands::Nas { conf, command } => match load(conf.as_ref()) {
+        Commands::Ca {
+            action: CaAction::Secret,
+        } => {
+            println!("{}", hex::encode(rand::random::<[u8; 24]>()));
+            ExitCode::SUCCESS
+        }
+        Commands::Nas { command } => match load(conf.as_ref()) {
             Ok((config, _, _)) => {
                 init_logging();
                 nas_cli::run(command, &config)
@@ -92,7 +94,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Commands::Repl { socket, conf } => {
+        Commands::Repl { socket } => {
             let socket = match (socket, conf) {
                 (Some(socket), _) => socket,
                 (None, conf) => match load(conf.as_ref()) {
@@ -146,6 +148,13 @@ fn serve(conf: Option<PathBuf>, test: bool, daemon: bool, upgrade: bool) -> Exit
     if test {
         println!("atlas: configuration {name} is valid");
         return ExitCode::SUCCESS;
+    }
+    // Everything this process creates without naming a mode (RocksDB's files, SQLite's, the
+    // snapshot files) is its owner's only: the data directory holds the data, the cluster
+    // CA's key and password hashes. Files meant for others (smb.conf, exports) set theirs.
+    // SAFETY: umask has no preconditions; called before any thread that creates files.
+    unsafe {
+        libc::umask(0o077);
     }
     let opt = Opt {
         upgrade,

@@ -2,15 +2,8 @@
 //! (e.g. recovering a lost administrator password). Works while the server runs: SQLite
 //! serialises the writers, and the server sees the changes on its next query.
 //!
-//! Wiring in `main.rs` (the `Nas` variant of `Commands`):
-//! ```ignore
-//! Nas { #[arg(short = 'c', long = "conf")] conf: Option<PathBuf>, #[command(subcommand)] command: nas_cli::NasCommand }
-//! // …
-//! Commands::Nas { conf, command } => match load(conf.as_ref()) {
-//!     Ok((config, _, _)) => nas_cli::run(command, &config),
-//!     Err(message) => { eprintln!("atlas: {message}"); ExitCode::from(2) }
-//! }
-//! ```
+//! `main.rs` loads the configuration (`-c FILE`, a global option accepted after the
+//! subcommand too) and calls `run`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;

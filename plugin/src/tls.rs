@@ -7,7 +7,6 @@
 //! restart.
 
 use std::fmt::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -70,27 +69,13 @@ fn read(path: &Path) -> Result<String, TlsError> {
     })
 }
 
-/// Writes `contents` to `path` atomically; `secret` files are created 0600.
-fn write(path: &Path, contents: &str, secret: bool) -> Result<(), TlsError> {
-    let err = |source| TlsError::Write {
+/// Writes `contents` to `path` atomically and durably, `0600` like every file in the data
+/// directory (keys, and certificates too).
+fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
+    atlas::files::write_private(path, contents.as_bytes()).map_err(|source| TlsError::Write {
         path: path.display().to_string(),
         source,
-    };
-    // A temp name per file (`node.key.tmp`), created afresh: a stale temp file left by a crash
-    // must not lend its permissions to a new key.
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let _ = std::fs::remove_file(&tmp);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    if secret {
-        options.mode(0o600);
-    }
-    let mut file = options.open(&tmp).map_err(err)?;
-    std::io::Write::write_all(&mut file, contents.as_bytes()).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 fn ca_params() -> Result<CertificateParams, TlsError> {
@@ -125,7 +110,7 @@ pub struct InternalCa {
 
 impl InternalCa {
     pub fn load_or_create(dir: &Path) -> Result<InternalCa, TlsError> {
-        std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        atlas::files::private_dir(dir).map_err(|source| TlsError::Write {
             path: dir.display().to_string(),
             source,
         })?;
@@ -145,8 +130,8 @@ impl InternalCa {
         let mut params = ca_params()?;
         set_validity(&mut params, CA_VALIDITY_DAYS as u64);
         let cert = params.self_signed(&key)?;
-        write(&key_path, &key.serialize_pem(), true)?;
-        write(&cert_path, &cert.pem(), false)?;
+        write(&key_path, &key.serialize_pem())?;
+        write(&cert_path, &cert.pem())?;
         tracing::info!(path = %cert_path.display(), "created the internal CA");
         Ok(InternalCa {
             dir: dir.into(),
@@ -220,14 +205,14 @@ pub fn ensure_leaf(
     }
     let (leaf_pem, key, expires_unix) = ca.issue_leaf(sans)?;
     let chain = format!("{leaf_pem}{}", ca.cert_pem()?);
-    write(&ca.dir.join("node.key"), &key.serialize_pem(), true)?;
-    write(&ca.dir.join("node.crt"), &chain, false)?;
+    write(&ca.dir.join("node.key"), &key.serialize_pem())?;
+    write(&ca.dir.join("node.crt"), &chain)?;
     let info = LeafInfo {
         sans: sans.to_vec(),
         expires_unix,
     };
     let json = serde_json::to_string(&info).unwrap_or_default();
-    write(&info_path, &json, false)?;
+    write(&info_path, &json)?;
     tracing::info!(sans = ?sans, "issued this node's certificate from the internal CA");
     Ok(true)
 }
@@ -245,7 +230,7 @@ pub fn adopt_cluster_ca(
         what: "CA private key",
     })?;
     let dir = tls_dir(config);
-    std::fs::create_dir_all(&dir).map_err(|source| TlsError::Write {
+    atlas::files::private_dir(&dir).map_err(|source| TlsError::Write {
         path: dir.display().to_string(),
         source,
     })?;
@@ -253,8 +238,8 @@ pub fn adopt_cluster_ca(
     if current == cert_pem {
         return Ok(());
     }
-    write(&dir.join("ca.key"), key_pem, true)?;
-    write(&dir.join("ca.crt"), cert_pem, false)?;
+    write(&dir.join("ca.key"), key_pem)?;
+    write(&dir.join("ca.crt"), cert_pem)?;
     for stale in ["node.json", "node.crt", "node.key"] {
         let _ = std::fs::remove_file(dir.join(stale));
     }
@@ -447,8 +432,65 @@ pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     base64_decode(&b64)
 }
 
+/// A PEM text that holds exactly one certificate and nothing else (whitespace aside): its
+/// DER bytes and the PEM re-encoded from them. What a pinned fingerprint vouches for is
+/// one certificate; a second block (another CA a man in the middle appended, a key) is
+/// refused rather than trusted along with it.
+pub fn single_certificate(pem: &str) -> Result<(Vec<u8>, String), &'static str> {
+    let begin = "-----BEGIN CERTIFICATE-----";
+    let end = "-----END CERTIFICATE-----";
+    let text = pem.trim();
+    let body = text
+        .strip_prefix(begin)
+        .and_then(|rest| rest.strip_suffix(end))
+        .ok_or("not one PEM certificate")?;
+    if body.contains("-----") {
+        return Err("more than one PEM block");
+    }
+    let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    let der = base64_decode(&b64).ok_or("a certificate that is not base64")?;
+    if der.is_empty() {
+        return Err("an empty certificate");
+    }
+    Ok((der.clone(), der_to_pem(&der)))
+}
+
+/// A certificate's DER bytes as PEM (64 columns).
+pub fn der_to_pem(der: &[u8]) -> String {
+    let b64 = base64_encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(BASE64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8] = BASE64;
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
     let mut buffer = 0u32;
     let mut bits = 0;
@@ -467,6 +509,35 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pinned_ca_file_holds_exactly_the_checked_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = InternalCa::load_or_create(dir.path()).unwrap();
+        let pem = ca.cert_pem().unwrap();
+        let (der, canonical) = single_certificate(&pem).unwrap();
+        assert_eq!(pem_to_der(&canonical).unwrap(), der);
+        assert_eq!(single_certificate(&canonical).unwrap().0, der);
+        // The real CA followed by another one (a man in the middle's): refused.
+        let other = tempfile::tempdir().unwrap();
+        let other = InternalCa::load_or_create(other.path())
+            .unwrap()
+            .cert_pem()
+            .unwrap();
+        assert!(single_certificate(&format!("{pem}{other}")).is_err());
+        assert!(
+            single_certificate(&format!(
+                "{pem}\n-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+            ))
+            .is_err()
+        );
+        assert!(single_certificate(&format!("junk\n{pem}")).is_err());
+        assert!(single_certificate("").is_err());
+        for n in 0..8 {
+            let bytes: Vec<u8> = (0..n).map(|i| i * 37 + 1).collect();
+            assert_eq!(base64_decode(&base64_encode(&bytes)).unwrap(), bytes);
+        }
+    }
 
     #[test]
     fn internal_ca_is_created_once_and_leaf_renewed_when_due() {

@@ -62,17 +62,10 @@ impl ClusterIdentity {
 
     /// Writes the file atomically (temporary file, fsync, rename).
     pub fn save(&self, data_dir: &Path) -> Result<(), String> {
-        use std::io::Write;
-        std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+        crate::files::private_dir(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
         let path = Self::path(data_dir);
-        let tmp = path.with_extension("json.tmp");
         let json = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        let mut file =
-            std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        file.write_all(&json)
-            .and_then(|_| file.sync_all())
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
+        crate::files::write_private(&path, &json).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 

@@ -407,7 +407,7 @@ async fn fetch_and_install(
     group: &GroupId,
     file: std::path::PathBuf,
 ) -> Result<Vec<crate::storage::snapshot::Installed>, String> {
-    std::fs::create_dir_all(&shared.snapshot_dir)
+    crate::files::private_dir(&shared.snapshot_dir)
         .map_err(|e| format!("{}: {e}", shared.snapshot_dir.display()))?;
     let fetched = shared
         .transport

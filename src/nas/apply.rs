@@ -1,7 +1,6 @@
 //! Writing rendered configuration to the system and reloading the services.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -110,35 +109,13 @@ fn sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
     path.with_file_name(name)
 }
 
-/// Writes `content` to `path` atomically: a temp file in the same directory, fsync, rename.
+/// Writes `content` to `path` atomically and durably: a temp file in the same directory
+/// created with `mode`, fsync, rename, fsync of the directory.
 pub fn write_atomically(path: &Path, content: &[u8], mode: u32) -> Result<(), NasError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir)?;
     }
-    let tmp = sibling(path, ".atlas-tmp");
-    let result = (|| -> Result<(), NasError> {
-        let mut file = fs::File::create(&tmp)?;
-        set_mode(&tmp, mode)?;
-        file.write_all(content)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> Result<(), NasError> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn set_mode(_path: &Path, _mode: u32) -> Result<(), NasError> {
+    crate::files::write_atomically(path, content, mode)?;
     Ok(())
 }
 
@@ -235,7 +212,7 @@ fn apply_one(
     if had_previous {
         fs::copy(path, &backup)?;
     }
-    fs::rename(&candidate, path)?;
+    crate::files::rename_durably(&candidate, path)?;
     let Err(reload_error) = run_checked(runner, commands, reload, &reload_args) else {
         return Ok("written");
     };

@@ -65,7 +65,7 @@ pub fn backup_to_file(store: &NasStore, dest: &Path) -> Result<u64, NasError> {
         // A self-contained file: no -wal beside it.
         out.pragma_update(None, "journal_mode", "DELETE")?;
         drop(out);
-        std::fs::rename(&tmp, dest)?;
+        crate::files::rename_durably(&tmp, dest)?;
         Ok(std::fs::metadata(dest)?.len())
     })();
     if result.is_err() {

@@ -81,7 +81,7 @@ pub fn open(location: &DbLocation) -> Result<Connection, NasError> {
         }
         DbLocation::File(path) => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
+                crate::files::create_dirs(dir)?;
             }
             tracing::info!(path = %path.display(), "opening NAS database");
             create_private_file(path)?;
@@ -112,7 +112,9 @@ pub fn configure(conn: &Connection, location: &DbLocation) -> Result<(), NasErro
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(mode = %mode, "SQLite refused WAL journal mode");
         }
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: a committed change and its audit row survive a power loss (NORMAL in WAL
+        // mode may lose the last transactions).
+        conn.pragma_update(None, "synchronous", "FULL")?;
     }
     Ok(())
 }
@@ -339,6 +341,11 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+        // FULL (2): an acknowledged change and its audit row are synced before the answer.
+        let synchronous: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(synchronous, 2);
     }
 
     #[test]

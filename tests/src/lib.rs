@@ -394,3 +394,28 @@ pub fn run_with_input(command: &mut Command, input: &[u8], timeout: Duration) ->
         stderr: stderr.join().expect("stderr reader"),
     }
 }
+
+/// Asserts that `dir` and everything under it is its owner's only: directories `0700`,
+/// files without group or other bits (the socket, `0660` by design, is skipped).
+pub fn assert_private_tree(dir: &Path) {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = std::fs::metadata(dir).expect("metadata");
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o700,
+        "{} is {:o}",
+        dir.display(),
+        meta.permissions().mode() & 0o777
+    );
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path).expect("metadata");
+        if meta.is_dir() {
+            assert_private_tree(&path);
+        } else if !meta.file_type().is_socket() {
+            let mode = meta.permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        }
+    }
+}

@@ -311,6 +311,11 @@ fn peer_mtls_requires_a_cluster_certificate_on_the_transport() {
         cluster.nodes[1].client().get("mtls.k").as_deref(),
         Some("v")
     );
+    // A joined node's data (its identity, the adopted CA and key, the installed snapshot's
+    // leftovers) is private like a founder's.
+    for node in &cluster.nodes {
+        atlas_tests::assert_private_tree(&node.dir().join("data"));
+    }
     let node = &cluster.nodes[0];
     let url = format!("https://{}/atlas/v1/consensus", node.https_addr());
     let bearer = format!("Authorization: Bearer {CREDENTIALS}");

@@ -239,6 +239,44 @@ fn cluster_endpoints_demand_credentials() {
 }
 
 #[test]
+fn guessing_cluster_credentials_is_throttled_per_address() {
+    let node = Node::start_with("credentials: correct-horse-battery");
+    let post = |path: &str, secret: &str| {
+        curl(
+            &node.ca_path(),
+            &url(&node, path),
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &format!("Authorization: Bearer {secret}"),
+                "-d",
+                "{}",
+            ],
+        )
+    };
+    // Ten wrong guesses are answered 401; the next ones 429, on every cluster endpoint, and
+    // even the right secret waits out the block (or guessing would not be slowed at all).
+    let paths = ["/atlas/v1/join", "/atlas/v1/remove", "/atlas/v1/snapshot"];
+    for i in 0..10 {
+        let wrong = post(paths[i % 3], &format!("guess-{i}"));
+        assert_eq!(wrong.status, 401, "guess {i}: {wrong:?}");
+    }
+    let blocked = post("/atlas/v1/join", "guess-10");
+    assert_eq!(blocked.status, 401, "the eleventh is refused, then blocks");
+    for path in paths {
+        let refused = post(path, "correct-horse-battery");
+        assert_eq!(refused.status, 429, "{path}: {refused:?}");
+        assert_eq!(refused.json()["error"], "too_many_requests");
+        assert!(refused.body.contains("retry in"), "{refused:?}");
+    }
+    // The block ends (1 s for the first), and the right secret is served again.
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    let right = post("/atlas/v1/join", "correct-horse-battery");
+    assert!(right.status != 401 && right.status != 429, "{right:?}");
+}
+
+#[test]
 fn unknown_paths_methods_and_large_bodies_get_json_errors() {
     let node = Node::start();
     let ca = node.ca_path();

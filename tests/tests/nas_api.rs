@@ -372,11 +372,12 @@ fn cli_adds_users_the_running_server_accepts() {
     assert!(!text.contains("argon2"), "hash printed: {text}");
     let backup = node.dir().join("cli-backup.db");
     let out = run_with_input(
+        // Exactly as docs/nas.md shows it: `-c` after the subcommand and its argument.
         Command::new(atlas_bin())
-            .args(["nas", "-c"])
-            .arg(node.config_path())
-            .arg("backup")
-            .arg(&backup),
+            .args(["nas", "backup"])
+            .arg(&backup)
+            .arg("-c")
+            .arg(node.config_path()),
         b"",
         std::time::Duration::from_secs(30),
     );

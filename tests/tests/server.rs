@@ -91,6 +91,16 @@ fn socket_file_mode_is_0660() {
 }
 
 #[test]
+fn the_data_directory_and_everything_in_it_are_private() {
+    let node = Node::start();
+    // Writes go through RocksDB, the NAS database was created at start, the TLS files too.
+    node.client().put("perm.k", "v");
+    let data = node.dir().join("data");
+    atlas_tests::assert_private_tree(&data);
+    assert!(data.join("db").is_dir() && data.join("tls").is_dir());
+}
+
+#[test]
 fn a_regular_file_at_the_socket_path_is_left_alone_and_named() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = write_config(dir.path(), "");

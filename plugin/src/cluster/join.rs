@@ -199,7 +199,7 @@ async fn join(
         .await?;
     let bulk = PeerClient::new(options(super::snapshot::SNAPSHOT_TIMEOUT));
     let path = config.data_dir.join(SNAPSHOT_FILE);
-    std::fs::create_dir_all(&config.data_dir)
+    atlas::files::private_dir(&config.data_dir)
         .map_err(|e| JoinFailure::Refused(format!("{}: {e}", config.data_dir.display())))?;
     let bytes = super::snapshot::download(&bulk, &addr, &name, &[], &path)
         .await
@@ -311,9 +311,13 @@ async fn pinned_seed_ca(
             response.status
         )));
     }
-    let pem = String::from_utf8_lossy(&response.body).into_owned();
-    let der = crate::tls::pem_to_der(&pem).ok_or_else(|| {
-        JoinFailure::Refused(format!("the seed {addr} sent a CA that does not parse"))
+    let received = String::from_utf8_lossy(&response.body).into_owned();
+    // Exactly one certificate, and the file written is made from the bytes whose
+    // fingerprint is checked: nothing else the seed (or someone between) sent is trusted.
+    let (der, pem) = crate::tls::single_certificate(&received).map_err(|what| {
+        JoinFailure::Refused(format!(
+            "the seed {addr} sent a CA file with {what}; a pinned CA must be one certificate"
+        ))
     })?;
     let found: String = sha2::Sha256::digest(&der)
         .iter()
@@ -327,8 +331,8 @@ async fn pinned_seed_ca(
     }
     let dir = crate::tls::tls_dir(config);
     let path = dir.join("seed-ca.crt");
-    std::fs::create_dir_all(&dir)
-        .and_then(|_| std::fs::write(&path, &pem))
+    atlas::files::private_dir(&dir)
+        .and_then(|_| atlas::files::write_private(&path, pem.as_bytes()))
         .map_err(|e| JoinFailure::Refused(format!("cannot write {}: {e}", path.display())))?;
     Ok(path.display().to_string())
 }

@@ -121,7 +121,8 @@ pub async fn download(
 ) -> Result<u64, String> {
     let part = into.with_extension("part");
     let mut file = std::io::BufWriter::new(
-        std::fs::File::create(&part).map_err(|e| format!("{}: {e}", part.display()))?,
+        atlas::files::create_with_mode(&part, atlas::files::PRIVATE_FILE)
+            .map_err(|e| format!("{}: {e}", part.display()))?,
     );
     let body = serde_json::json!({ "groups": groups }).to_string();
     let mut bytes = 0u64;
@@ -157,7 +158,8 @@ pub async fn download(
     };
     match checked {
         Ok(_) => {
-            std::fs::rename(&part, into).map_err(|e| format!("{}: {e}", into.display()))?;
+            atlas::files::rename_durably(&part, into)
+                .map_err(|e| format!("{}: {e}", into.display()))?;
             Ok(bytes)
         }
         Err(e) => {
