@@ -243,13 +243,35 @@ fn serve_users(
                 .as_ref()
                 .is_some_and(|u| u.role == Role::Administrator);
             let is_self = caller.user.as_ref().is_some_and(|u| u.id == id);
-            let parsed = users::read_changes(&request.body).and_then(|(mut changes, password)| {
+            let parsed = users::read_changes(&request.body).and_then(|asked| {
+                let users::ChangeRequest {
+                    mut changes,
+                    password,
+                    current_password,
+                } = asked;
                 if !(is_admin || (is_self && changes.is_self_service())) {
                     return Err(NasError::Forbidden(
                         "only an administrator may change other users, roles or activation".into(),
                     ));
                 }
                 if let Some(p) = password {
+                    // One's own password needs the current one (administrators too): a
+                    // stolen session must not be able to lock its owner out.
+                    if is_self {
+                        let Some(current) = current_password else {
+                            return Err(NasError::field(
+                                "current_password",
+                                "required to change your own password",
+                            ));
+                        };
+                        let stored = store.read(|c| users::password_hash_of(c, id))?;
+                        if !users::verify_password(&current, &stored) {
+                            return Err(NasError::field(
+                                "current_password",
+                                "does not match your current password",
+                            ));
+                        }
+                    }
                     changes.password_hash = Some(users::hash_password(&p)?);
                 }
                 Ok(changes)

@@ -265,11 +265,25 @@ fn every_role_against_every_endpoint() {
 fn users_may_change_only_their_own_password() {
     let h = Harness::new();
     let viewer = h.user("vera", "viewer");
+    // One's own password needs the current one: missing or wrong, a 400 naming the field.
+    for body in [
+        r#"{"password": "a-new-password-1"}"#,
+        r#"{"password": "a-new-password-1", "current_password": "not-it"}"#,
+    ] {
+        let (status, answer) = h.call("PUT", "/users/2", Some(&viewer), body);
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer.to_string().contains("current_password"), "{answer}");
+    }
+    assert_eq!(
+        h.call("GET", "/auth/me", Some(&viewer), "").0,
+        200,
+        "nothing changed"
+    );
     let (status, _) = h.call(
         "PUT",
         "/users/2",
         Some(&viewer),
-        r#"{"password": "a-new-password-1"}"#,
+        r#"{"password": "a-new-password-1", "current_password": "vera-password"}"#,
     );
     assert_eq!(status, 200);
     assert_eq!(

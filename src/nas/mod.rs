@@ -127,7 +127,7 @@ impl NasStore {
             || std::env::var(APPLY_MODE_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("live"));
         let runner: Arc<dyn CommandRunner> = if live {
             tracing::warn!("NAS apply runs commands for real ({APPLY_MODE_ENV}=live)");
-            Arc::new(SystemRunner)
+            Arc::new(SystemRunner::default())
         } else {
             tracing::info!(
                 "NAS apply and snapshots run in dry-run mode (set {APPLY_MODE_ENV}=live to change)"

@@ -56,21 +56,85 @@ pub fn command_line(program: &str, args: &[String]) -> String {
     line
 }
 
-/// Runs commands for real.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemRunner;
+/// Runs commands for real, each within a time limit: a hung `exportfs` or `targetctl` is
+/// killed and the apply fails with a clear error (and releases the apply lock) instead of
+/// hanging. Output is kept up to `MAX_OUTPUT_BYTES` per stream.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemRunner {
+    pub timeout: std::time::Duration,
+}
+
+/// How long a system command may run by default.
+pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Output kept per stream of a command.
+pub const MAX_OUTPUT_BYTES: u64 = 1 << 20;
+
+impl Default for SystemRunner {
+    fn default() -> SystemRunner {
+        SystemRunner {
+            timeout: COMMAND_TIMEOUT,
+        }
+    }
+}
 
 impl CommandRunner for SystemRunner {
     fn run(&self, program: &str, args: &[String]) -> Result<CommandOutput, String> {
+        use std::io::Read;
+        use std::process::Stdio;
         tracing::info!(command = %command_line(program, args), "running");
-        let output = Command::new(program)
+        let mut child = Command::new(program)
             .args(args)
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| format!("cannot run {program}: {e}"))?;
+        let drain = |stream: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut text = Vec::new();
+                if let Some(stream) = stream {
+                    let mut limited = stream.take(MAX_OUTPUT_BYTES);
+                    let _ = limited.read_to_end(&mut text);
+                    // Whatever exceeds the limit is read and dropped, so the child never
+                    // blocks on a full pipe.
+                    let _ = std::io::copy(&mut limited.into_inner(), &mut std::io::sink());
+                }
+                String::from_utf8_lossy(&text).into_owned()
+            })
+        };
+        let stdout = drain(
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        );
+        let stderr = drain(
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        );
+        let deadline = std::time::Instant::now() + self.timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if std::time::Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    tracing::warn!(command = %command_line(program, args), "command timed out; killed");
+                    return Err(format!(
+                        "{program} did not finish within {} s and was killed",
+                        self.timeout.as_secs_f64()
+                    ));
+                }
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                Err(e) => return Err(format!("waiting for {program}: {e}")),
+            }
+        };
         Ok(CommandOutput {
-            success: output.status.success(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            success: status.success(),
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
         })
     }
 }
@@ -165,8 +229,28 @@ mod tests {
 
     #[test]
     fn system_runner_reports_missing_programs() {
-        assert!(SystemRunner.run("/nonexistent/atlas-test", &[]).is_err());
-        assert!(SystemRunner.run("true", &[]).unwrap().success);
-        assert!(!SystemRunner.run("false", &[]).unwrap().success);
+        let runner = SystemRunner::default();
+        assert!(runner.run("/nonexistent/atlas-test", &[]).is_err());
+        assert!(runner.run("true", &[]).unwrap().success);
+        assert!(!runner.run("false", &[]).unwrap().success);
+        let echo = runner.run("echo", &["hi".to_string()]).unwrap();
+        assert_eq!(echo.stdout, "hi\n");
+    }
+
+    #[test]
+    fn a_hung_command_is_killed_at_its_time_limit() {
+        let runner = SystemRunner {
+            timeout: std::time::Duration::from_millis(300),
+        };
+        let started = std::time::Instant::now();
+        let err = runner.run("sleep", &["30".to_string()]).unwrap_err();
+        assert!(err.contains("did not finish within 0.3 s"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Output beyond the limit is dropped, and the command still finishes.
+        let big = runner
+            .run("head", &["-c".into(), "3000000".into(), "/dev/zero".into()])
+            .unwrap();
+        assert!(big.success);
+        assert_eq!(big.stdout.len() as u64, MAX_OUTPUT_BYTES);
     }
 }

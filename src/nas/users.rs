@@ -168,7 +168,14 @@ impl UserChanges {
     }
 }
 
-const USER_FIELDS: &[&str] = &["username", "password", "role", "email", "active"];
+const USER_FIELDS: &[&str] = &[
+    "username",
+    "password",
+    "current_password",
+    "role",
+    "email",
+    "active",
+];
 const USER_READ_ONLY: &[&str] = &["id", "created_at", "updated_at", "last_login_at"];
 
 fn read_role(input: &mut Input) -> Option<Role> {
@@ -222,7 +229,15 @@ pub fn read_new(body: &[u8]) -> Result<(NewUser, String), NasError> {
 
 /// Reads an update body (every field optional). Returns the changes and the new plain
 /// password, if any.
-pub fn read_changes(body: &[u8]) -> Result<(UserChanges, Option<String>), NasError> {
+/// What a `PUT /users/{id}` asks: the changes, the new password (to hash) and the current
+/// one (required when users change their own password).
+pub struct ChangeRequest {
+    pub changes: UserChanges,
+    pub password: Option<String>,
+    pub current_password: Option<String>,
+}
+
+pub fn read_changes(body: &[u8]) -> Result<ChangeRequest, NasError> {
     let mut input = Input::parse(body)?;
     input.reject_unknown(USER_FIELDS, USER_READ_ONLY);
     let username = input.optional_string("username");
@@ -233,6 +248,7 @@ pub fn read_changes(body: &[u8]) -> Result<(UserChanges, Option<String>), NasErr
     if let Some(p) = &password {
         input.check("password", validate::password(p));
     }
+    let current_password = input.optional_string("current_password");
     let role = read_role(&mut input);
     let email_present = input.has("email") || body_sets_null(&input, "email");
     let email = read_email(&mut input);
@@ -242,8 +258,8 @@ pub fn read_changes(body: &[u8]) -> Result<(UserChanges, Option<String>), NasErr
         None
     };
     input.finish()?;
-    Ok((
-        UserChanges {
+    Ok(ChangeRequest {
+        changes: UserChanges {
             username,
             password_hash: None,
             role,
@@ -251,7 +267,19 @@ pub fn read_changes(body: &[u8]) -> Result<(UserChanges, Option<String>), NasErr
             active,
         },
         password,
-    ))
+        current_password,
+    })
+}
+
+/// The stored password hash of user `id`.
+pub fn password_hash_of(conn: &Connection, id: i64) -> Result<String, NasError> {
+    conn.query_row(
+        "SELECT password_hash FROM users WHERE id = ?1",
+        [id],
+        |row| row.get(0),
+    )
+    .optional()?
+    .ok_or_else(|| NasError::NotFound(format!("user {id}")))
 }
 
 fn body_sets_null(input: &Input, key: &str) -> bool {
