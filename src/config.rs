@@ -16,6 +16,9 @@ pub const DEFAULT_YAML: &str = include_str!("../conf/default.yaml");
 pub const DEFAULT_MAX_LINE_BYTES: u64 = 128 * 1024 * 1024;
 pub const DEFAULT_MAX_BLOB_BYTES: u64 = 128 * 1024 * 1024;
 pub const DEFAULT_MAX_TAGGED_IN_FLIGHT: usize = 128;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// One hour: a REPL left open over lunch survives, a leaked connection does not stay.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 3_600_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -201,6 +204,12 @@ pub struct Limits {
     pub max_blob_bytes: u64,
     /// Tagged (`[ID:…]`) requests running at once on one connection.
     pub max_tagged_in_flight: usize,
+    /// Socket connections open at once; one more is answered `ERROR FATAL too many
+    /// connections` and closed.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long, with nothing of its own running, is
+    /// closed (`ERROR FATAL idle timeout`); 0 never closes one.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -209,6 +218,8 @@ impl Default for Limits {
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
             max_tagged_in_flight: DEFAULT_MAX_TAGGED_IN_FLIGHT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
         }
     }
 }
@@ -374,6 +385,9 @@ impl AtlasConfig {
         }
         if self.limits.max_line_bytes < 64 {
             return Err("atlas.limits.max_line_bytes: must be at least 64".into());
+        }
+        if self.limits.max_connections == 0 {
+            return Err("atlas.limits.max_connections: must be at least 1".into());
         }
         if self.limits.max_tagged_in_flight == 0 {
             return Err("atlas.limits.max_tagged_in_flight: must be at least 1".into());

@@ -136,9 +136,16 @@ pub async fn serve<S>(
     let fatal = |message: &str| encode(&Reply::Error(Level::Fatal, message.to_string()), None);
 
     let _ = tx.send(format!("{WELCOME}\r\n").into_bytes()).await;
+    // A client that never completes the handshake is dropped like an idle one.
+    let handshake_wait = std::time::Duration::from_millis(if limits.idle_timeout_ms > 0 {
+        limits.idle_timeout_ms
+    } else {
+        u64::MAX / 2
+    });
     let handshake = tokio::select! {
         read = read_line_limited(&mut reader, MAX_HANDSHAKE_BYTES) => read,
         _ = shutdown.changed() => Ok(LineRead::Eof),
+        _ = tokio::time::sleep(handshake_wait) => Ok(LineRead::Eof),
     };
     match handshake {
         Ok(LineRead::Line(line)) => match check_handshake(&line) {
@@ -167,6 +174,19 @@ pub async fn serve<S>(
     drop(tx);
     let _ = writer.await;
     observer.connection_closed();
+}
+
+/// Resolves once `idle` has passed with every tagged slot free (never without a timeout).
+async fn idle_for(idle: Option<std::time::Duration>, in_flight: &Semaphore, slots: usize) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(idle).await;
+        if in_flight.available_permits() >= slots {
+            return;
+        }
+    }
 }
 
 /// Runs one command and reports it to the observer.
@@ -204,11 +224,20 @@ impl Session {
         shutdown: &mut watch::Receiver<bool>,
     ) {
         let in_flight = Arc::new(Semaphore::new(self.limits.max_tagged_in_flight));
+        let idle = (self.limits.idle_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.limits.idle_timeout_ms));
         loop {
             let read = tokio::select! {
                 read = read_line_limited(reader, self.limits.max_line_bytes) => read,
                 _ = shutdown.changed() => {
                     self.send(&Reply::Error(Level::Fatal, "server shutting down".into()), None).await;
+                    return;
+                }
+                // Idle: nothing received for the whole timeout and nothing of this
+                // connection's still running (a tagged request waiting counts as busy).
+                _ = idle_for(idle, &in_flight, self.limits.max_tagged_in_flight) => {
+                    self.observer.rejected("idle_timeout");
+                    self.send(&Reply::Error(Level::Fatal, "idle timeout".into()), None).await;
                     return;
                 }
             };

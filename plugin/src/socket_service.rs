@@ -2,6 +2,7 @@
 //! `atlas::session::serve`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use atlas::config::Limits;
@@ -15,11 +16,26 @@ use crate::EngineCell;
 pub struct SocketApp {
     engine: EngineCell,
     limits: Limits,
+    /// Connections being served (bounded by `limits.max_connections`).
+    open: AtomicUsize,
 }
 
 impl SocketApp {
     pub fn new(engine: EngineCell, limits: Limits) -> Self {
-        SocketApp { engine, limits }
+        SocketApp {
+            engine,
+            limits,
+            open: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Counts a connection while it is served.
+struct Open<'a>(&'a AtomicUsize);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -37,6 +53,19 @@ impl ServerApp for SocketApp {
             let _ = stream.flush().await;
             return None;
         };
+        let open = Open(&self.open);
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.limits.max_connections {
+            drop(open);
+            crate::metrics::metrics()
+                .errors
+                .with_label_values(&["too_many_connections"])
+                .inc();
+            let _ = stream
+                .write_all(b"ERROR FATAL too many connections\r\n")
+                .await;
+            let _ = stream.flush().await;
+            return None;
+        }
         let observer = Arc::new(crate::metrics::SocketObserver);
         atlas::session::serve(
             stream,
@@ -46,6 +75,7 @@ impl ServerApp for SocketApp {
             observer,
         )
         .await;
+        drop(open);
         None
     }
 }

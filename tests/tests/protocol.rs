@@ -18,6 +18,38 @@ fn handshake_welcome_then_ready() {
 }
 
 #[test]
+fn connections_beyond_the_cap_are_refused_and_idle_ones_closed() {
+    let node = Node::start_with("limits: {max_connections: 2, idle_timeout_ms: 1500}");
+    let mut first = Client::connect_ready(&node.socket_path());
+    let mut second = Client::connect_ready(&node.socket_path());
+    let mut third = Client::connect(&node.socket_path());
+    assert_eq!(third.read_line(), "ERROR FATAL too many connections");
+    third.expect_closed();
+    // Served ones keep working; one that leaves makes room.
+    first.assert_usable();
+    drop(second);
+    thread::sleep(Duration::from_millis(200));
+    second = Client::connect_ready(&node.socket_path());
+    second.assert_usable();
+    // Silence for longer than the idle timeout ends a connection, handshake or not.
+    let mut silent = {
+        drop(second);
+        thread::sleep(Duration::from_millis(200));
+        let mut c = Client::connect(&node.socket_path());
+        assert_eq!(c.read_line(), WELCOME);
+        c
+    };
+    for _ in 0..3 {
+        thread::sleep(Duration::from_millis(500));
+        first.assert_usable();
+    }
+    silent.expect_closed();
+    thread::sleep(Duration::from_millis(1_700));
+    assert_eq!(first.read_line(), "ERROR FATAL idle timeout");
+    first.expect_closed();
+}
+
+#[test]
 fn handshake_of_wrong_shape_is_fatal() {
     let node = Node::start();
     for hello in ["HELLO 1.0", "HI there you", "KEY GET a.b", "HELLO 1.0 a b"] {
