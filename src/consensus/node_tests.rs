@@ -120,7 +120,7 @@ fn phase1_reproposes_the_highest_ballot_per_slot_and_fills_holes() {
     );
     let ballot = prepare_ballot(&drain(&mut node, 0));
     assert_eq!(ballot, Ballot::new(2, 1));
-    let accepted = vec![
+    let accepted = [
         AcceptedEntry {
             slot: 1,
             ballot: Ballot::new(1, 3),
