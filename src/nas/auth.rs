@@ -19,7 +19,7 @@ use super::error::NasError;
 use super::users::{self, User};
 use super::{NasStore, audit, format_ts, parse_ts};
 
-/// Failed logins allowed per user name within [`FAILURE_WINDOW_MINUTES`].
+/// Failed logins allowed per user name and client address within [`FAILURE_WINDOW_MINUTES`].
 pub const MAX_FAILURES_PER_USER: usize = 5;
 /// Failed logins allowed per client address within the window.
 pub const MAX_FAILURES_PER_ADDR: usize = 20;
@@ -136,7 +136,9 @@ pub fn revoke_all_for_user(conn: &Connection, user_id: i64, now: &str) -> Result
     Ok(())
 }
 
-/// Recent login failures per user name and per client address.
+/// Recent login failures per (user name, client address) and per client address. Failures
+/// are never counted per user alone: a guesser elsewhere cannot lock the real administrator
+/// out, only their own address.
 #[derive(Debug, Default)]
 pub struct LoginLimiter {
     by_user: HashMap<String, VecDeque<DateTime<Utc>>>,
@@ -153,6 +155,15 @@ fn prune(map: &mut HashMap<String, VecDeque<DateTime<Utc>>>, now: DateTime<Utc>)
     });
 }
 
+/// The key of a user name tried from an address (no address: a key of its own).
+fn user_key(user: &str, addr: Option<&str>) -> String {
+    format!(
+        "{}\u{0}{}",
+        user.to_lowercase(),
+        addr.map(address_key).unwrap_or_default()
+    )
+}
+
 fn over(map: &HashMap<String, VecDeque<DateTime<Utc>>>, key: &str, max: usize) -> bool {
     map.get(key).is_some_and(|t| t.len() >= max)
 }
@@ -167,9 +178,9 @@ impl LoginLimiter {
     ) -> Result<(), String> {
         prune(&mut self.by_user, now);
         prune(&mut self.by_addr, now);
-        if over(&self.by_user, &user.to_lowercase(), MAX_FAILURES_PER_USER) {
+        if over(&self.by_user, &user_key(user, addr), MAX_FAILURES_PER_USER) {
             return Err(format!(
-                "too many failed logins for this user; try again in {FAILURE_WINDOW_MINUTES} minutes"
+                "too many failed logins for this user from this address; try again in {FAILURE_WINDOW_MINUTES} minutes"
             ));
         }
         if let Some(addr) = addr
@@ -184,7 +195,7 @@ impl LoginLimiter {
 
     pub fn record_failure(&mut self, user: &str, addr: Option<&str>, now: DateTime<Utc>) {
         for (map, key) in [
-            (&mut self.by_user, Some(user.to_lowercase())),
+            (&mut self.by_user, Some(user_key(user, addr))),
             (&mut self.by_addr, addr.map(address_key)),
         ] {
             let Some(key) = key else { continue };
@@ -208,7 +219,7 @@ impl LoginLimiter {
 
     /// Clears the user's failures and takes back the attempt counted against the address.
     pub fn record_success(&mut self, user: &str, addr: Option<&str>) {
-        self.by_user.remove(&user.to_lowercase());
+        self.by_user.remove(&user_key(user, addr));
         if let Some(times) = addr.and_then(|a| self.by_addr.get_mut(&address_key(a))) {
             times.pop_back();
         }
@@ -395,9 +406,11 @@ mod tests {
             let err = login(&store, "admin", "wrong-password!", Some("10.0.0.9:1")).unwrap_err();
             assert!(matches!(err, NasError::Unauthorized(_)));
         }
-        // Even the right password is refused while limited.
+        // Even the right password is refused while limited, from that address.
         let err = login(&store, "admin", "initial-admin-pw", Some("10.0.0.9:2")).unwrap_err();
         assert!(matches!(err, NasError::RateLimited(_)), "{err}");
+        // The real administrator elsewhere is not locked out by the guesser.
+        assert!(login(&store, "admin", "initial-admin-pw", Some("10.0.0.7:1")).is_ok());
         // The window passes.
         store.set_clock(Some(
             Utc::now() + Duration::minutes(FAILURE_WINDOW_MINUTES + 1),
