@@ -67,6 +67,9 @@ pub struct AtlasConfig {
     pub peer_mtls: bool,
     pub durability: Durability,
     pub metrics_listen: Option<String>,
+    /// When set, `/metrics` on the HTTPS listener needs `Authorization: Bearer <token>`
+    /// (`metrics_listen`, meant for a private address, does not).
+    pub metrics_token: Option<String>,
     pub routes: Vec<RouteConfig>,
     pub nas: NasConfig,
     pub limits: Limits,
@@ -92,6 +95,7 @@ impl Default for AtlasConfig {
             peer_mtls: false,
             durability: Durability::Strict,
             metrics_listen: None,
+            metrics_token: None,
             routes: Vec::new(),
             nas: NasConfig::default(),
             limits: Limits::default(),
@@ -185,6 +189,15 @@ pub struct NasConfig {
     pub exports_path: Option<PathBuf>,
     /// Where apply writes LIO's saveconfig.json.
     pub lio_config_path: Option<PathBuf>,
+    /// Directories shares, exports and fileio LUNs may live under (default `/tank`, `/mnt`,
+    /// `/srv`, `/export`): an operator is not root.
+    pub allowed_paths: Option<Vec<String>>,
+    /// Where block LUNs may point (default `/dev/zvol/`; a file backstore follows
+    /// `allowed_paths`).
+    pub allowed_devices: Option<Vec<String>>,
+    /// `false` turns the NAS API off: its paths answer 404 (an edge proxy then exposes no
+    /// administration surface). Default true.
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -333,6 +346,27 @@ impl AtlasConfig {
                 .any(|c| c.is_whitespace() || c.is_control())
         {
             return Err("atlas.region: must be a non-empty word".into());
+        }
+        if self
+            .metrics_token
+            .as_deref()
+            .is_some_and(|t| t.chars().count() < MIN_CREDENTIAL_CHARS)
+        {
+            return Err(format!(
+                "atlas.metrics_token: must be at least {MIN_CREDENTIAL_CHARS} characters"
+            ));
+        }
+        for (key, list) in [
+            ("atlas.nas.allowed_paths", &self.nas.allowed_paths),
+            ("atlas.nas.allowed_devices", &self.nas.allowed_devices),
+        ] {
+            for entry in list.iter().flatten() {
+                if !entry.starts_with('/') || entry.split('/').any(|p| p == "..") {
+                    return Err(format!(
+                        "{key}: `{entry}` must be an absolute path without `..`"
+                    ));
+                }
+            }
         }
         if let Some(c) = &self.connect
             && !c.starts_with("https://")

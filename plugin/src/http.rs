@@ -169,6 +169,10 @@ pub struct HttpApi {
     transport_limit: usize,
     /// Wrong cluster credentials per source address (429 past a few).
     throttle: crate::throttle::AuthThrottle,
+    /// `/metrics` needs this bearer token when set.
+    metrics_token: Option<String>,
+    /// `nas.enabled: false`: the NAS API's paths answer 404.
+    nas_enabled: bool,
 }
 
 impl HttpApi {
@@ -190,6 +194,8 @@ impl HttpApi {
             faults,
             joins: tokio::sync::Mutex::new(()),
             throttle: crate::throttle::AuthThrottle::default(),
+            metrics_token: config.metrics_token.clone(),
+            nas_enabled: config.nas.enabled.unwrap_or(true),
             transport_limit: transport_body_limit(config),
         })
     }
@@ -233,6 +239,31 @@ impl HttpApi {
                 Some(HttpReply::error(404, "not_found", "no such endpoint"))
             }
             Route::Faults => self.authenticate(session, route),
+            Route::Metrics
+                if self
+                    .metrics_token
+                    .as_deref()
+                    .is_some_and(|token| !credentials_match(bearer(session), token)) =>
+            {
+                metrics()
+                    .auth_failures
+                    .with_label_values(&[route.label()])
+                    .inc();
+                let mut reply = HttpReply::error(
+                    401,
+                    "unauthorized",
+                    "the metrics token is required (Authorization: Bearer …; atlas.metrics_token)",
+                );
+                reply
+                    .extra_headers
+                    .push(("www-authenticate", "Bearer".to_string()));
+                Some(reply)
+            }
+            Route::Nas if !self.nas_enabled => Some(HttpReply::error(
+                404,
+                "not_found",
+                "the NAS API is disabled on this node (nas.enabled: false)",
+            )),
             Route::Nas if path == RESTORE_PATH => self.restore_refused(session).await,
             _ => None,
         };

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 /// A real node (the black-box harness) with cluster credentials.
 fn start_server() -> Node {
-    Node::start_with("credentials: peer-secret")
+    Node::start_with("credentials: peer-cluster-secret")
 }
 
 fn client(server: &Node, credentials: &str) -> PeerClient {
@@ -25,7 +25,7 @@ fn client(server: &Node, credentials: &str) -> PeerClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posts_reuse_one_h2_connection_and_carry_credentials() {
     let server = start_server();
-    let good = std::sync::Arc::new(client(&server, "peer-secret"));
+    let good = std::sync::Arc::new(client(&server, "peer-cluster-secret"));
     // With valid credentials the endpoint is past authentication: these bodies are not
     // consensus messages, so each gets a 400 naming the problem (and the connection stays).
     let first = good
@@ -110,7 +110,7 @@ async fn a_peer_not_signed_by_the_cluster_ca_is_refused() {
     // Trust the other server's CA only: the first server's certificate must not verify.
     let mismatched = PeerClient::new(PeerClientOptions {
         ca_file: other.ca_path().display().to_string(),
-        credentials: "peer-secret".into(),
+        credentials: "peer-cluster-secret".into(),
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(10),
         client_cert_key: None,

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::api::{ApiRequest, ApiResponse, Caller, NasApi, Route, resource_type};
 use super::error::NasError;
+use super::policy::PathPolicy;
 use super::users::{self, Role};
 use super::{format_ts, iscsi, iscsi_luns, nfs, smb, snapshot_policies};
 
@@ -19,6 +20,22 @@ struct Entity<T> {
     update: fn(&Connection, &T, &str) -> Result<T, NasError>,
     delete: fn(&Connection, i64) -> Result<T, NasError>,
     id: fn(&T) -> i64,
+    /// Where the entity points, judged against `nas.allowed_paths` / `allowed_devices`.
+    allowed: fn(&T, &PathPolicy) -> Result<(), NasError>,
+}
+
+fn anywhere<T>(_: &T, _: &PathPolicy) -> Result<(), NasError> {
+    Ok(())
+}
+
+fn lun_allowed(lun: &iscsi_luns::IscsiLun, policy: &PathPolicy) -> Result<(), NasError> {
+    if let Some(device) = &lun.device {
+        policy.check_device("device", device)?;
+    }
+    if let Some(path) = &lun.path {
+        policy.check_path("path", path)?;
+    }
+    Ok(())
 }
 
 const SMB: Entity<smb::SmbShare> = Entity {
@@ -30,6 +47,7 @@ const SMB: Entity<smb::SmbShare> = Entity {
     update: smb::update,
     delete: smb::delete,
     id: |s| s.id,
+    allowed: |s, policy| policy.check_path("path", &s.path),
 };
 
 const NFS: Entity<nfs::NfsExport> = Entity {
@@ -41,6 +59,7 @@ const NFS: Entity<nfs::NfsExport> = Entity {
     update: nfs::update,
     delete: nfs::delete,
     id: |e| e.id,
+    allowed: |e, policy| policy.check_path("path", &e.path),
 };
 
 const TARGETS: Entity<iscsi::IscsiTarget> = Entity {
@@ -52,6 +71,7 @@ const TARGETS: Entity<iscsi::IscsiTarget> = Entity {
     update: iscsi::update,
     delete: iscsi::delete,
     id: |t| t.id,
+    allowed: anywhere,
 };
 
 const POLICIES: Entity<snapshot_policies::SnapshotPolicy> = Entity {
@@ -63,6 +83,7 @@ const POLICIES: Entity<snapshot_policies::SnapshotPolicy> = Entity {
     update: snapshot_policies::update,
     delete: snapshot_policies::delete,
     id: |p| p.id,
+    allowed: anywhere,
 };
 
 pub(crate) fn serve(
@@ -106,6 +127,7 @@ fn collection<T: Serialize>(
     }
     let created = api.mutate(caller, "create", resource_type(route), request, |c, now| {
         let value = (entity.read_new)(&request.body)?;
+        (entity.allowed)(&value, &api.store().options().paths)?;
         let created = (entity.create)(c, &value, &format_ts(*now))?;
         Ok((Some((entity.id)(&created).to_string()), created))
     })?;
@@ -138,6 +160,7 @@ fn item<T: Serialize>(
             let updated = api.mutate(caller, "update", kind, request, |c, now| {
                 let current = (entity.get)(c, id)?;
                 let changed = (entity.read_update)(&request.body, &current)?;
+                (entity.allowed)(&changed, &api.store().options().paths)?;
                 Ok((
                     Some(id.to_string()),
                     (entity.update)(c, &changed, &format_ts(*now))?,
@@ -165,6 +188,7 @@ fn luns(
     let created = api.mutate(caller, "create", "iscsi_lun", request, |c, now| {
         iscsi::get(c, target)?;
         let lun = iscsi_luns::read_new(&request.body, target)?;
+        lun_allowed(&lun, &api.store().options().paths)?;
         let created = iscsi_luns::create(c, &lun, &format_ts(*now))?;
         Ok((Some(format!("{target}/{}", created.lun)), created))
     })?;
@@ -196,6 +220,7 @@ fn one_lun(
             let updated = api.mutate(caller, "update", "iscsi_lun", request, |c, now| {
                 let current = iscsi_luns::get(c, target, lun)?;
                 let changed = iscsi_luns::read_update(&request.body, &current)?;
+                lun_allowed(&changed, &api.store().options().paths)?;
                 Ok((
                     resource_id,
                     iscsi_luns::update(c, &changed, &format_ts(*now))?,

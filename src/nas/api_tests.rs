@@ -92,7 +92,7 @@ fn login(api: &NasApi, username: &str, password: &str) -> String {
 pub(super) const SHARE: &str = r#"{"name": "data", "path": "/srv/data"}"#;
 pub(super) const EXPORT: &str = r#"{"path": "/srv/data", "clients": ["10.0.0.0/24"]}"#;
 pub(super) const TARGET: &str = r#"{"iqn": "iqn.2024-01.com.example:t1", "auth": "chap", "chap_user": "u", "chap_secret": "secret-chap-1"}"#;
-pub(super) const LUN: &str = r#"{"lun": 0, "backstore": "block", "device": "/dev/sdb"}"#;
+pub(super) const LUN: &str = r#"{"lun": 0, "backstore": "block", "device": "/dev/zvol/tank/lun0"}"#;
 pub(super) const POLICY: &str = r#"{"dataset": "tank/data", "frequency": "daily", "retention": 7}"#;
 
 #[test]
@@ -188,7 +188,7 @@ fn every_role_against_every_endpoint() {
         (
             "POST",
             "/iscsi/targets/1/luns",
-            r#"{"lun": 9, "backstore": "block", "device": "/dev/sdc"}"#,
+            r#"{"lun": 9, "backstore": "block", "device": "/dev/zvol/tank/lun9"}"#,
             2,
         ),
         (
@@ -328,7 +328,11 @@ fn validation_conflicts_and_http_errors() {
         assert!(err["fields"][f].is_string(), "{f}: {err}");
     }
     assert_eq!(h.admin("POST", "/shares/smb", SHARE).0, 201);
-    let (status, err) = h.admin("POST", "/shares/smb", r#"{"name": "DATA", "path": "/x"}"#);
+    let (status, err) = h.admin(
+        "POST",
+        "/shares/smb",
+        r#"{"name": "DATA", "path": "/srv/x"}"#,
+    );
     assert_eq!(status, 409);
     assert_eq!(err["error"], "conflict");
     assert!(err["fields"]["name"].is_string());
@@ -596,4 +600,89 @@ fn health_and_openapi_are_public() {
             "{path} missing from the OpenAPI document"
         );
     }
+}
+
+#[test]
+fn operators_cannot_point_shares_exports_or_luns_outside_the_allowed_places() {
+    let h = Harness::new();
+    let operator = h.user("olga", "operator");
+    let refused = |method: &str, path: &str, body: &str, field: &str| {
+        let (status, err) = h.call(method, path, Some(&operator), body);
+        assert_eq!(status, 400, "{body}: {err}");
+        assert!(err["fields"][field].is_string(), "{body}: {err}");
+    };
+    for root in ["/", "/etc", "/etc/samba", "/root", "/srvx"] {
+        refused(
+            "POST",
+            "/shares/smb",
+            &format!(r#"{{"name": "s", "path": "{root}"}}"#),
+            "path",
+        );
+        refused(
+            "POST",
+            "/exports/nfs",
+            &format!(r#"{{"path": "{root}", "clients": ["10.0.0.1"]}}"#),
+            "path",
+        );
+    }
+    refused(
+        "POST",
+        "/shares/smb",
+        r#"{"name": "s", "path": "/srv/../etc"}"#,
+        "path",
+    );
+    assert_eq!(
+        h.call("POST", "/iscsi/targets", Some(&operator), TARGET).0,
+        201
+    );
+    refused(
+        "POST",
+        "/iscsi/targets/1/luns",
+        r#"{"lun": 1, "backstore": "block", "device": "/dev/sda"}"#,
+        "device",
+    );
+    refused(
+        "POST",
+        "/iscsi/targets/1/luns",
+        r#"{"lun": 1, "backstore": "fileio", "path": "/etc/shadow", "size_bytes": 1}"#,
+        "path",
+    );
+    // no_root_squash to everyone needs explicit consent.
+    refused(
+        "POST",
+        "/exports/nfs",
+        r#"{"path": "/srv/open", "clients": ["*"], "squash": "no_root_squash"}"#,
+        "squash",
+    );
+    let (status, created) = h.call(
+        "POST",
+        "/exports/nfs",
+        Some(&operator),
+        r#"{"path": "/srv/open", "clients": ["*"], "squash": "no_root_squash", "allow_insecure": true}"#,
+    );
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["allow_insecure"], true);
+    // Moving an existing share outside is refused too; inside is fine.
+    assert_eq!(h.call("POST", "/shares/smb", Some(&operator), SHARE).0, 201);
+    refused("PUT", "/shares/smb/1", r#"{"path": "/etc"}"#, "path");
+    assert_eq!(
+        h.call(
+            "PUT",
+            "/shares/smb/1",
+            Some(&operator),
+            r#"{"path": "/tank/x"}"#
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        h.call(
+            "POST",
+            "/iscsi/targets/1/luns",
+            Some(&operator),
+            r#"{"lun": 2, "backstore": "block", "device": "/dev/zvol/tank/vm"}"#
+        )
+        .0,
+        201
+    );
 }

@@ -121,7 +121,11 @@ pub fn configure(conn: &Connection, location: &DbLocation) -> Result<(), NasErro
 
 /// Migrations in order; migration `i` (0-based) brings the schema to version `i + 1`.
 /// Append only: never edit a released migration.
-const MIGRATIONS: &[&str] = &[MIGRATION_1];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
+
+/// Version 2: an NFS export's explicit consent to `no_root_squash` for every client.
+const MIGRATION_2: &str =
+    "ALTER TABLE nfs_exports ADD COLUMN allow_insecure INTEGER NOT NULL DEFAULT 0;";
 
 /// The schema version this program writes and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -22,6 +22,7 @@ pub mod iscsi;
 pub mod iscsi_luns;
 pub mod nfs;
 mod openapi;
+pub mod policy;
 pub mod render;
 pub mod runner;
 pub mod smb;
@@ -67,6 +68,8 @@ pub struct NasOptions {
     /// Create the first administrator when there are no users (the server does; the
     /// `atlas nas` CLI does not, since it can add users itself).
     pub bootstrap_admin: bool,
+    /// Where shares, exports and LUNs may point.
+    pub paths: policy::PathPolicy,
 }
 
 impl Default for NasOptions {
@@ -78,6 +81,7 @@ impl Default for NasOptions {
             max_body_bytes: 1024 * 1024,
             max_restore_bytes: 256 * 1024 * 1024,
             bootstrap_admin: true,
+            paths: policy::PathPolicy::default(),
         }
     }
 }
@@ -121,6 +125,7 @@ impl NasStore {
                     .clone()
                     .unwrap_or(defaults.lio_saveconfig),
             },
+            paths: policy::PathPolicy::from_config(nas),
             ..base
         };
         let live = nas.apply == crate::config::NasApplyMode::Live

@@ -21,6 +21,8 @@ pub struct NfsExport {
     pub anonuid: Option<u32>,
     pub anongid: Option<u32>,
     pub enabled: bool,
+    /// Explicit consent to an insecure export (`no_root_squash` to every client `*`).
+    pub allow_insecure: bool,
 }
 
 const FIELDS: &[&str] = &[
@@ -33,6 +35,7 @@ const FIELDS: &[&str] = &[
     "anonuid",
     "anongid",
     "enabled",
+    "allow_insecure",
 ];
 const READ_ONLY: &[&str] = &["id"];
 
@@ -89,7 +92,17 @@ fn read(mut input: Input) -> Result<NfsExport, NasError> {
         anonuid: id_range(input.optional_int("anonuid", 0, u32::MAX as i64)),
         anongid: id_range(input.optional_int("anongid", 0, u32::MAX as i64)),
         enabled: input.bool_or("enabled", true),
+        allow_insecure: input.bool_or("allow_insecure", false),
     };
+    if export.squash == "no_root_squash"
+        && export.clients.iter().any(|c| c == "*")
+        && !export.allow_insecure
+    {
+        input.check(
+            "squash",
+            Err("no_root_squash to every client (`*`) needs \"allow_insecure\": true".into()),
+        );
+    }
     input.finish()?;
     Ok(export)
 }
@@ -105,8 +118,8 @@ pub fn read_update(body: &[u8], current: &NfsExport) -> Result<NfsExport, NasErr
     Ok(export)
 }
 
-const COLUMNS: &str =
-    "id, path, comment, clients, read_only, sync, squash, anonuid, anongid, enabled";
+const COLUMNS: &str = "id, path, comment, clients, read_only, sync, squash, anonuid, anongid, \
+                       enabled, allow_insecure";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<NfsExport> {
     Ok(NfsExport {
@@ -120,6 +133,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<NfsExport> {
         anonuid: row.get(7)?,
         anongid: row.get(8)?,
         enabled: row.get(9)?,
+        allow_insecure: row.get(10)?,
     })
 }
 
@@ -174,8 +188,8 @@ pub fn create(conn: &Connection, export: &NfsExport, now: &str) -> Result<NfsExp
     check_overlap(conn, export)?;
     conn.execute(
         "INSERT INTO nfs_exports (path, comment, clients, read_only, sync, squash, anonuid, anongid,
-             enabled, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+             enabled, allow_insecure, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?11, ?10, ?10)",
         params![
             export.path,
             export.comment,
@@ -186,7 +200,8 @@ pub fn create(conn: &Connection, export: &NfsExport, now: &str) -> Result<NfsExp
             export.anonuid,
             export.anongid,
             export.enabled,
-            now
+            now,
+            export.allow_insecure
         ],
     )?;
     get(conn, conn.last_insert_rowid())
@@ -197,7 +212,8 @@ pub fn update(conn: &Connection, export: &NfsExport, now: &str) -> Result<NfsExp
     check_overlap(conn, export)?;
     conn.execute(
         "UPDATE nfs_exports SET path = ?1, comment = ?2, clients = ?3, read_only = ?4, sync = ?5,
-             squash = ?6, anonuid = ?7, anongid = ?8, enabled = ?9, updated_at = ?10
+             squash = ?6, anonuid = ?7, anongid = ?8, enabled = ?9, updated_at = ?10,
+             allow_insecure = ?12
          WHERE id = ?11",
         params![
             export.path,
@@ -210,7 +226,8 @@ pub fn update(conn: &Connection, export: &NfsExport, now: &str) -> Result<NfsExp
             export.anongid,
             export.enabled,
             now,
-            export.id
+            export.id,
+            export.allow_insecure
         ],
     )?;
     get(conn, export.id)

@@ -473,3 +473,46 @@ fn atlas_embedded_in_a_users_own_proxy() {
     c.put("embedded.k", "v");
     assert_eq!(c.request("KEY GET embedded.k"), ["VALUE:v", "OK"]);
 }
+
+#[test]
+fn metrics_can_need_a_token_and_the_nas_api_can_be_off() {
+    let node = Node::start_with("metrics_token: metrics-token-1234567\nnas: {enabled: false}");
+    let without = curl(&node.ca_path(), &url(&node, "/metrics"), &[]);
+    assert_eq!(without.status, 401, "{without:?}");
+    assert!(without.body.contains("metrics_token"), "{without:?}");
+    let wrong = curl(
+        &node.ca_path(),
+        &url(&node, "/metrics"),
+        &["-H", "Authorization: Bearer not-the-token-at-all"],
+    );
+    assert_eq!(wrong.status, 401);
+    let with = curl(
+        &node.ca_path(),
+        &url(&node, "/metrics"),
+        &["-H", "Authorization: Bearer metrics-token-1234567"],
+    );
+    assert_eq!(with.status, 200, "{with:?}");
+    assert!(
+        with.body
+            .contains("atlas_auth_failures_total{endpoint=\"metrics\"} 2"),
+        "{}",
+        with.body
+    );
+    let nas = curl(
+        &node.ca_path(),
+        &url(&node, "/api/v1/auth/login"),
+        &[
+            "-X",
+            "POST",
+            "-d",
+            r#"{"username": "admin", "password": "x"}"#,
+        ],
+    );
+    assert_eq!(nas.status, 404, "{nas:?}");
+    assert!(nas.body.contains("nas.enabled"), "{nas:?}");
+    // The health endpoint stays open.
+    assert_eq!(
+        curl(&node.ca_path(), &url(&node, "/atlas/v1/health"), &[]).status,
+        200
+    );
+}

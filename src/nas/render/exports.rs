@@ -76,6 +76,7 @@ mod tests {
             anonuid: None,
             anongid: None,
             enabled: true,
+            allow_insecure: false,
         }
     }
 
