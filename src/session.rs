@@ -176,6 +176,40 @@ pub async fn serve<S>(
     observer.connection_closed();
 }
 
+/// Bytes of blob payloads one connection may hold at once (two of the largest allowed).
+fn blob_budget(limits: &Limits) -> usize {
+    let largest = usize::try_from(limits.max_blob_bytes).unwrap_or(usize::MAX / 4);
+    largest.max(1).saturating_mul(2).min(Semaphore::MAX_PERMITS)
+}
+
+/// The permits a payload of `len` bytes takes (whole, so a payload never waits for
+/// itself).
+fn blob_permits(len: u64, budget: usize) -> u32 {
+    let len = usize::try_from(len).unwrap_or(usize::MAX).min(budget);
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+/// How much a payload buffer grows at a time: memory follows the bytes that arrived, not
+/// the length a client announced.
+const PAYLOAD_GROWTH: usize = 8 << 20;
+
+/// Reads exactly `len` payload bytes; `None` when the connection ends first.
+async fn read_payload<R: AsyncBufRead + Unpin>(reader: &mut R, len: u64) -> Option<Vec<u8>> {
+    let total = usize::try_from(len).ok()?;
+    let mut payload: Vec<u8> = Vec::with_capacity(total.min(PAYLOAD_GROWTH));
+    let mut limited = AsyncReadExt::take(reader, len);
+    while payload.len() < total {
+        if payload.len() == payload.capacity() {
+            payload.reserve_exact((total - payload.len()).min(PAYLOAD_GROWTH));
+        }
+        match limited.read_buf(&mut payload).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+    Some(payload)
+}
+
 /// Resolves once `idle` has passed with every tagged slot free (never without a timeout).
 async fn idle_for(idle: Option<std::time::Duration>, in_flight: &Semaphore, slots: usize) {
     let Some(idle) = idle else {
@@ -224,6 +258,11 @@ impl Session {
         shutdown: &mut watch::Receiver<bool>,
     ) {
         let in_flight = Arc::new(Semaphore::new(self.limits.max_tagged_in_flight));
+        // Blob payloads held by this connection (being read, or waiting for their tagged
+        // request to finish): at most two of the largest at once, whatever the number of
+        // tagged requests in flight. At the limit the connection stops reading.
+        let blob_budget = blob_budget(&self.limits);
+        let blob_bytes = Arc::new(Semaphore::new(blob_budget));
         let idle = (self.limits.idle_timeout_ms > 0)
             .then(|| std::time::Duration::from_millis(self.limits.idle_timeout_ms));
         loop {
@@ -297,16 +336,27 @@ impl Session {
                             .await;
                         continue;
                     }
-                    let mut payload = vec![0u8; len as usize];
-                    if reader.read_exact(&mut payload).await.is_err() {
+                    let Ok(held) = blob_bytes
+                        .clone()
+                        .acquire_many_owned(blob_permits(len, blob_budget))
+                        .await
+                    else {
                         return;
-                    }
+                    };
+                    let Some(payload) = read_payload(reader, len).await else {
+                        return;
+                    };
                     self.observer.bytes_received(len);
-                    blob = Some(payload);
+                    blob = Some((payload, held));
                 }
                 _ => {}
             }
             let command = request.command;
+            // The payload's budget is held until its request has finished.
+            let (blob, held) = match blob {
+                Some((payload, held)) => (Some(payload), Some(held)),
+                None => (None, None),
+            };
             match tag {
                 None => {
                     let reply = run_observed(
@@ -317,6 +367,7 @@ impl Session {
                         blob,
                     )
                     .await;
+                    drop(held);
                     if !self.send(&reply, None).await {
                         return;
                     }
@@ -334,6 +385,7 @@ impl Session {
                     tokio::spawn(async move {
                         let reply =
                             run_observed(&engine, &observer, principal, command, blob).await;
+                        drop(held);
                         let _ = tx.send(encode(&reply, Some(&tag))).await;
                         drop(permit);
                     });

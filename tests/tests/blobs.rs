@@ -163,3 +163,41 @@ fn refused_blob_set_with_valid_length_consumes_the_payload() {
     c.assert_usable();
     assert_eq!(c.get("inject.k"), None, "payload was run as a command");
 }
+
+/// Virtual memory of process `pid`, in MiB: a zeroed buffer counts here as soon as it is
+/// allocated, even before its pages are touched.
+fn vm_size_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+#[test]
+fn announced_blob_lengths_are_not_allocated_before_the_bytes_arrive() {
+    let node = Node::start();
+    let before = vm_size_mib(node.pid());
+    // Many connections each announce a 100 MiB blob and send one byte: memory follows the
+    // bytes, not the announcements (allocating up front would reserve ~1.6 GiB).
+    let mut clients: Vec<_> = (0..16)
+        .map(|i| {
+            let mut c = node.client();
+            c.send(format!("[ID:t{i}] KEY BLOB SET big.k{i} {}\r\nx", 100 * MIB).as_bytes());
+            c
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let during = vm_size_mib(node.pid());
+    assert!(
+        during < before + 600.0,
+        "virtual memory grew from {before:.0} to {during:.0} MiB for 16 bytes of payload"
+    );
+    // The connections still work once the payload is complete.
+    let c = &mut clients[0];
+    c.send(&vec![b'y'; 100 * MIB - 1]);
+    c.set_read_timeout(std::time::Duration::from_secs(60));
+    assert_eq!(c.read_line(), "[ID:t0] OK");
+    assert_eq!(c.blob_get("big.k0").map(|b| b.len()), Some(100 * MIB));
+}

@@ -17,27 +17,49 @@ fn handshake_welcome_then_ready() {
     c.assert_usable();
 }
 
+/// A connection once the server has room: a slot frees when the server has seen an earlier
+/// connection (the start-up probe's, one just dropped) close, which takes a moment.
+fn connect_when_room(node: &Node) -> Client {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = Client::connect(&node.socket_path());
+        let first = c.read_line();
+        if first == WELCOME {
+            c.send_line("HELLO 1.0 test");
+            assert_eq!(c.read_line(), "READY");
+            return c;
+        }
+        assert_eq!(first, "ERROR FATAL too many connections");
+        assert!(std::time::Instant::now() < deadline, "no room within 5 s");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn connections_beyond_the_cap_are_refused_and_idle_ones_closed() {
     let node = Node::start_with("limits: {max_connections: 2, idle_timeout_ms: 1500}");
-    let mut first = Client::connect_ready(&node.socket_path());
-    let mut second = Client::connect_ready(&node.socket_path());
+    let mut first = connect_when_room(&node);
+    let second = connect_when_room(&node);
     let mut third = Client::connect(&node.socket_path());
     assert_eq!(third.read_line(), "ERROR FATAL too many connections");
     third.expect_closed();
     // Served ones keep working; one that leaves makes room.
     first.assert_usable();
     drop(second);
-    thread::sleep(Duration::from_millis(200));
-    second = Client::connect_ready(&node.socket_path());
+    let mut second = connect_when_room(&node);
     second.assert_usable();
+    drop(second);
     // Silence for longer than the idle timeout ends a connection, handshake or not.
     let mut silent = {
-        drop(second);
-        thread::sleep(Duration::from_millis(200));
-        let mut c = Client::connect(&node.socket_path());
-        assert_eq!(c.read_line(), WELCOME);
-        c
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut c = Client::connect(&node.socket_path());
+            if c.read_line() == WELCOME {
+                break c;
+            }
+            assert!(std::time::Instant::now() < deadline, "no room within 5 s");
+            thread::sleep(Duration::from_millis(50));
+        }
     };
     for _ in 0..3 {
         thread::sleep(Duration::from_millis(500));
