@@ -68,13 +68,14 @@ bench-compare: build
 	bash scripts/install-deps.sh $(BENCH_PEERS)
 	$(TARGET_DIR)/release/atlas-compare --atlas $(ATLAS) --seconds $(BENCH_SECONDS) $(if $(ONLY),--only $(ONLY))
 
-# Coverage-guided fuzzing of the parser and the config loader (libFuzzer via cargo-fuzz;
+# Coverage-guided fuzzing of the parser, the config loader and the consensus envelope (libFuzzer via cargo-fuzz;
 # RUSTC_BOOTSTRAP lets the stable toolchain accept the sanitizer flags). FUZZ_SECONDS per target.
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run parse_request -- -max_total_time=$(FUZZ_SECONDS)
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run config -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run envelope -- -max_total_time=$(FUZZ_SECONDS)
 
 clean:
 	cargo clean

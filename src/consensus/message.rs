@@ -578,4 +578,4 @@ fn read_message(r: &mut Reader<'_>) -> Result<Message, CodecError> {
 
 #[cfg(test)]
 #[path = "message_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -2,7 +2,7 @@ use super::*;
 use crate::consensus::command::CommandOp;
 use proptest::prelude::*;
 
-fn samples() -> Vec<Message> {
+pub(crate) fn samples() -> Vec<Message> {
     let g = "users".to_string();
     let b = Ballot::new(3, 7);
     let id = CommandId { origin: 7, seq: 9 };

@@ -501,3 +501,55 @@ fn a_new_owner_with_nothing_to_recover_seals_before_the_first_write() {
         "{accepts:?}"
     );
 }
+
+/// Hostile or corrupted peer input: every sample message, with random bytes of its encoding
+/// changed, that still decodes is stepped into a node (as from any node id, member or not),
+/// with ticks between. The handler must never panic, and what it answers stays small.
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn mutated_messages_never_panic_the_handler(
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+            from in 0u64..6,
+            now in 0u64..100_000,
+        ) {
+            let mut node = Node::new(1, "z".into(), three_nodes(), settings(), 1, 1, 0);
+            let samples = crate::consensus::message::tests::samples();
+            for sample in &samples {
+                let mut bytes = sample.encode();
+                for (at, value) in &edits {
+                    // Past the version header, so most mutations still decode.
+                    if bytes.len() > 2 {
+                        let i = 2 + at % (bytes.len() - 2);
+                        bytes[i] = *value;
+                    }
+                }
+                let Ok(message) = Message::decode(&bytes) else { continue };
+                node.step(now, from, message);
+                node.tick(now + 10);
+                let ready = drain(&mut node, now + 10);
+                prop_assert!(
+                    ready.messages.len() + ready.after_persist.len() < 10_000,
+                    "one message made {} answers",
+                    ready.messages.len() + ready.after_persist.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_sample_is_handled_from_every_sender() {
+        for from in 0..6 {
+            let mut node = Node::new(1, "z".into(), three_nodes(), settings(), 1, 1, 0);
+            for message in crate::consensus::message::tests::samples() {
+                node.step(1_000, from, message);
+                node.tick(1_010);
+                drain(&mut node, 1_010);
+            }
+        }
+    }
+}
