@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use chrono::{DateTime, Duration, Utc};
@@ -239,42 +239,6 @@ fn address_key(addr: &str) -> String {
     }
 }
 
-/// A counting semaphore for blocking threads (argon2 runs on tokio's blocking pool).
-struct Permits {
-    free: Mutex<usize>,
-    released: Condvar,
-}
-
-struct Permit<'a>(&'a Permits);
-
-impl Permits {
-    const fn new(n: usize) -> Permits {
-        Permits {
-            free: Mutex::new(n),
-            released: Condvar::new(),
-        }
-    }
-
-    fn acquire(&self) -> Permit<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        while *free == 0 {
-            free = self.released.wait(free).unwrap_or_else(|e| e.into_inner());
-        }
-        *free -= 1;
-        Permit(self)
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.0.released.notify_one();
-    }
-}
-
-/// Password verifications allowed at once.
-static VERIFY_PERMITS: Permits = Permits::new(2);
-
 /// What a successful login returns.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoginResult {
@@ -310,15 +274,12 @@ pub fn login(
     // cannot all pass the limit check before any of them is counted.
     store.limiter().record_failure(username, client_addr, now);
     let found = store.read(|c| users::find_with_hash(c, username))?;
-    let verified = {
-        // argon2 takes ~20 MiB and tens of ms per verification: bound how many run at once.
-        let _permit = VERIFY_PERMITS.acquire();
-        match &found {
-            Some((user, hash)) => users::verify_password(password, hash) && user.active,
-            None => {
-                users::verify_against_dummy(password);
-                false
-            }
+    // argon2 takes ~20 MiB and tens of ms: `users` bounds how many hashes run at once.
+    let verified = match &found {
+        Some((user, hash)) => users::verify_password(password, hash) && user.active,
+        None => {
+            users::verify_against_dummy(password);
+            false
         }
     };
     let Some((user, _)) = found.filter(|_| verified) else {
