@@ -20,7 +20,8 @@ use rusqlite::backup::{Backup, StepResult};
 use serde::Serialize;
 
 use super::error::NasError;
-use super::{NasStore, audit, db, format_ts};
+use super::policy::PathPolicy;
+use super::{NasStore, audit, db, format_ts, iscsi_luns, nfs, smb};
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
@@ -179,6 +180,56 @@ fn stage_checked(src: &Path) -> Result<(Connection, i64), NasError> {
     Ok((staging, version))
 }
 
+/// Rows in a backup obey the rules of rows made through the API: a restore cannot bring in
+/// a share of `/`, an export of `/etc` or a LUN over `/dev/sda` past `nas.allowed_paths`
+/// and `nas.allowed_devices`, nor `no_root_squash` to `*` without `allow_insecure`.
+fn check_policy(conn: &Connection, policy: &PathPolicy) -> Result<(), NasError> {
+    // A field error names the row: `smb_shares[3].path`.
+    let of_row = |row: String| {
+        move |e: NasError| match e {
+            NasError::Invalid(fields) => NasError::Invalid(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (format!("{row}.{k}"), format!("in the backup: {v}")))
+                    .collect(),
+            ),
+            other => other,
+        }
+    };
+    for share in smb::list(conn)? {
+        policy
+            .check_path("path", &share.path)
+            .map_err(of_row(format!("smb_shares[{}]", share.id)))?;
+    }
+    for export in nfs::list(conn)? {
+        let row = format!("nfs_exports[{}]", export.id);
+        policy
+            .check_path("path", &export.path)
+            .map_err(of_row(row.clone()))?;
+        if export.squash == "no_root_squash"
+            && export.clients.iter().any(|c| c == "*")
+            && !export.allow_insecure
+        {
+            return Err(NasError::field(
+                &format!("{row}.squash"),
+                "in the backup: no_root_squash to every client (`*`) needs allow_insecure",
+            ));
+        }
+    }
+    for lun in iscsi_luns::list(conn, None)? {
+        let row = format!("iscsi_luns[{}]", lun.id);
+        if let Some(device) = &lun.device {
+            policy
+                .check_device("device", device)
+                .map_err(of_row(row.clone()))?;
+        }
+        if let Some(path) = &lun.path {
+            policy.check_path("path", path).map_err(of_row(row))?;
+        }
+    }
+    Ok(())
+}
+
 /// Replaces the live database with the backup at `src`. Audited as `restore` by `actor`.
 pub fn restore_from_file(
     store: &NasStore,
@@ -187,6 +238,7 @@ pub fn restore_from_file(
     client_addr: Option<&str>,
 ) -> Result<RestoreReport, NasError> {
     let (mut staging, backup_version) = stage(src)?;
+    check_policy(&staging, &store.options().paths)?;
     let _serialised = store.apply_guard();
     let mut live = store.connection();
     let ts = format_ts(store.now());
@@ -254,7 +306,7 @@ pub fn restore_from_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nas::{DbLocation, NasOptions, smb};
+    use crate::nas::{DbLocation, NasOptions};
     use std::sync::Arc;
 
     fn file_store(path: &Path) -> NasStore {
@@ -335,6 +387,39 @@ mod tests {
         // Another connection to the same file (another process, e.g. the CLI) sees it too.
         let other = file_store(&dir.path().join("live.db"));
         assert_eq!(share_names(&other), vec!["before"]);
+    }
+
+    #[test]
+    fn a_backup_cannot_bring_in_what_the_policy_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = file_store(&dir.path().join("live.db"));
+        let share = smb::read_new(br#"{"name": "data", "path": "/srv/data"}"#).unwrap();
+        store.write(|c| smb::create(c, &share, "t")).unwrap();
+        let backup = dir.path().join("nas.db");
+        backup_to_file(&store, &backup).unwrap();
+        // Another node allows only /tank: the backup's share of /srv/data is refused, and
+        // nothing changes.
+        let strict = NasStore::open_with(
+            DbLocation::File(dir.path().join("strict.db")),
+            NasOptions {
+                initial_admin_password: Some("initial-admin-pw".into()),
+                paths: PathPolicy {
+                    paths: vec!["/tank".into()],
+                    devices: vec!["/dev/zvol/".into()],
+                },
+                ..Default::default()
+            },
+            Arc::new(crate::nas::DryRunRunner::default()),
+        )
+        .unwrap();
+        let err = restore_from_file(&strict, &backup, "admin", None).unwrap_err();
+        let NasError::Invalid(fields) = &err else {
+            panic!("{err}")
+        };
+        assert!(fields.contains_key("smb_shares[1].path"), "{fields:?}");
+        assert!(share_names(&strict).is_empty());
+        // The node that made it restores it.
+        assert!(restore_from_file(&store, &backup, "admin", None).is_ok());
     }
 
     #[test]
