@@ -198,6 +198,9 @@ pub struct NasConfig {
     /// `false` turns the NAS API off: its paths answer 404 (an edge proxy then exposes no
     /// administration surface). Default true.
     pub enabled: Option<bool>,
+    /// Serve the NAS API on its own HTTPS listener (`IP:port`, same certificate) instead of
+    /// `listen`; the main listener then answers its paths 404.
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -346,6 +349,11 @@ impl AtlasConfig {
                 .any(|c| c.is_whitespace() || c.is_control())
         {
             return Err("atlas.region: must be a non-empty word".into());
+        }
+        if let Some(l) = &self.nas.listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(format!("atlas.nas.listen: `{l}` is not a socket address"));
         }
         if self
             .metrics_token

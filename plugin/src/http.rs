@@ -171,8 +171,21 @@ pub struct HttpApi {
     throttle: crate::throttle::AuthThrottle,
     /// `/metrics` needs this bearer token when set.
     metrics_token: Option<String>,
-    /// `nas.enabled: false`: the NAS API's paths answer 404.
-    nas_enabled: bool,
+    /// Where this listener stands on the NAS API.
+    nas_here: NasHere,
+}
+
+/// Which of Atlas's paths a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NasHere {
+    /// The main listener with the NAS API on it (the default).
+    Served,
+    /// `nas.enabled: false`.
+    Disabled,
+    /// The main listener when `nas.listen` is set: the API is elsewhere.
+    Elsewhere,
+    /// The `nas.listen` listener: the NAS API only.
+    Only,
 }
 
 impl HttpApi {
@@ -181,6 +194,26 @@ impl HttpApi {
         nas: NasCell,
         config: &atlas::AtlasConfig,
         faults: Arc<crate::cluster::Faults>,
+    ) -> Arc<HttpApi> {
+        HttpApi::with_nas(engine, nas, config, faults, None)
+    }
+
+    /// The API of the `nas.listen` listener: the NAS API's paths only.
+    pub fn nas_listener(
+        engine: EngineCell,
+        nas: NasCell,
+        config: &atlas::AtlasConfig,
+        faults: Arc<crate::cluster::Faults>,
+    ) -> Arc<HttpApi> {
+        HttpApi::with_nas(engine, nas, config, faults, Some(NasHere::Only))
+    }
+
+    fn with_nas(
+        engine: EngineCell,
+        nas: NasCell,
+        config: &atlas::AtlasConfig,
+        faults: Arc<crate::cluster::Faults>,
+        role: Option<NasHere>,
     ) -> Arc<HttpApi> {
         Arc::new(HttpApi {
             engine,
@@ -195,7 +228,15 @@ impl HttpApi {
             joins: tokio::sync::Mutex::new(()),
             throttle: crate::throttle::AuthThrottle::default(),
             metrics_token: config.metrics_token.clone(),
-            nas_enabled: config.nas.enabled.unwrap_or(true),
+            nas_here: if let Some(role) = role {
+                role
+            } else if !config.nas.enabled.unwrap_or(true) {
+                NasHere::Disabled
+            } else if config.nas.listen.is_some() {
+                NasHere::Elsewhere
+            } else {
+                NasHere::Served
+            },
             transport_limit: transport_body_limit(config),
         })
     }
@@ -221,6 +262,11 @@ impl HttpApi {
         // Credentials are checked before a body is read, so an unauthenticated client cannot
         // make the server buffer anything.
         let refused = match route {
+            _ if self.nas_here == NasHere::Only && route != Route::Nas => Some(HttpReply::error(
+                404,
+                "not_found",
+                "this listener serves the NAS API only (nas.listen)",
+            )),
             Route::Transport if self.peer_mtls && !has_client_certificate(session) => {
                 metrics()
                     .auth_failures
@@ -259,11 +305,17 @@ impl HttpApi {
                     .push(("www-authenticate", "Bearer".to_string()));
                 Some(reply)
             }
-            Route::Nas if !self.nas_enabled => Some(HttpReply::error(
+            Route::Nas if self.nas_here == NasHere::Disabled => Some(HttpReply::error(
                 404,
                 "not_found",
                 "the NAS API is disabled on this node (nas.enabled: false)",
             )),
+            Route::Nas if self.nas_here == NasHere::Elsewhere => Some(HttpReply::error(
+                404,
+                "not_found",
+                "the NAS API is served on its own listener (nas.listen)",
+            )),
+
             Route::Nas if path == RESTORE_PATH => self.restore_refused(session).await,
             _ => None,
         };

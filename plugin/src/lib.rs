@@ -54,6 +54,7 @@ pub struct Atlas {
     engine: EngineCell,
     nas: NasCell,
     http: Arc<http::HttpApi>,
+    faults: Arc<cluster::Faults>,
 }
 
 impl Atlas {
@@ -105,6 +106,32 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
     settings.enable_h2();
     https.add_tls_with_settings(&config.listen, None, settings);
     server.add_service(https);
+    // `nas.listen`: the NAS API on a listener of its own (same certificate, no routes).
+    if let Some(addr) = config
+        .nas
+        .listen
+        .as_ref()
+        .filter(|_| config.nas.enabled.unwrap_or(true))
+    {
+        let api = http::HttpApi::nas_listener(
+            atlas.engine.clone(),
+            atlas.nas.clone(),
+            config,
+            atlas.faults.clone(),
+        );
+        let proxy = edge::EdgeProxy::new(api, Vec::new());
+        let mut nas_https = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            proxy,
+            "atlas nas https",
+        );
+        let mut settings = TlsSettings::intermediate("", "")
+            .map_err(|e| InstallError::Tls(tls::TlsError::Key(e.to_string())))?;
+        settings.set_cert_resolver(tls.resolver.clone());
+        settings.enable_h2();
+        nas_https.add_tls_with_settings(addr, None, settings);
+        server.add_service(nas_https);
+    }
     server.add_service(background_service(
         "atlas tls renewal",
         engine_service::TlsRenewal::new(tls),
@@ -172,6 +199,11 @@ fn install_common(
         server.add_service(prometheus);
     }
 
-    let http = http::HttpApi::new(engine.clone(), nas.clone(), config, faults);
-    Ok(Atlas { engine, nas, http })
+    let http = http::HttpApi::new(engine.clone(), nas.clone(), config, faults.clone());
+    Ok(Atlas {
+        engine,
+        nas,
+        http,
+        faults,
+    })
 }

@@ -76,7 +76,10 @@ pub fn write_config(dir: &Path, extra_atlas_yaml: &str) -> PathBuf {
         dir.join("atlas.sock").display()
     );
     // Every node gets its own HTTPS port, so nodes of parallel tests never collide.
-    if !extra_atlas_yaml.contains("listen:") {
+    if !extra_atlas_yaml
+        .lines()
+        .any(|l| l.trim_start().starts_with("listen:"))
+    {
         yaml.push_str(&format!("  listen: 127.0.0.1:{}\n", free_port()));
     }
     for line in extra_atlas_yaml.lines() {

@@ -516,3 +516,42 @@ fn metrics_can_need_a_token_and_the_nas_api_can_be_off() {
         200
     );
 }
+
+#[test]
+fn the_nas_api_can_have_a_listener_of_its_own() {
+    let port = atlas_tests::free_port();
+    let node = Node::start_with(&format!("nas: {{listen: 127.0.0.1:{port}}}"));
+    let login = r#"{"username": "admin", "password": "not-the-password"}"#;
+    // The main listener no longer serves it.
+    let main = curl(
+        &node.ca_path(),
+        &url(&node, "/api/v1/auth/login"),
+        &["-X", "POST", "-d", login],
+    );
+    assert_eq!(main.status, 404, "{main:?}");
+    assert!(main.body.contains("nas.listen"), "{main:?}");
+    // The NAS listener does (a wrong password: 401 from the API itself), with the same CA.
+    let nas_url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !atlas_tests::https::curl_raw(&node.ca_path(), &nas_url("/api/v1/health"), &[])
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the NAS listener never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let on_nas = curl(
+        &node.ca_path(),
+        &nas_url("/api/v1/auth/login"),
+        &["-X", "POST", "-d", login],
+    );
+    assert_eq!(on_nas.status, 401, "{on_nas:?}");
+    // and nothing else: no cluster endpoints, no health, no metrics there.
+    for path in ["/atlas/v1/health", "/atlas/v1/join", "/metrics"] {
+        let other = curl(&node.ca_path(), &nas_url(path), &[]);
+        assert_eq!(other.status, 404, "{path}: {other:?}");
+    }
+}
