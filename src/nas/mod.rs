@@ -22,6 +22,7 @@ pub mod iscsi;
 pub mod iscsi_luns;
 pub mod nfs;
 mod openapi;
+pub mod passwords;
 pub mod policy;
 pub mod render;
 pub mod runner;

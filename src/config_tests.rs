@@ -1,0 +1,124 @@
+//! Tests of the configuration loader.
+use super::*;
+
+#[test]
+fn every_shipped_example_config_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            AtlasConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "examples in {}", dir.display());
+}
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = AtlasConfig::from_yaml(DEFAULT_YAML, "default").unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("./data"));
+    assert_eq!(c.socket_path(), PathBuf::from("./data/atlas.sock"));
+    assert_eq!(c.tls, TlsConfig::Internal);
+    assert_eq!(c.durability, Durability::Strict);
+}
+
+#[test]
+fn unknown_key_names_key_and_file() {
+    let err =
+        AtlasConfig::from_yaml("atlas:\n  limits:\n    bogus: 1\n", "/etc/a.yaml").unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("bogus"), "{msg}");
+    assert!(msg.contains("/etc/a.yaml"), "{msg}");
+    assert!(msg.contains("limits"), "{msg}");
+}
+
+#[test]
+fn pingora_keys_are_left_alone() {
+    let c = AtlasConfig::from_yaml("version: 1\nthreads: 2\natlas:\n  region: eu\n", "f").unwrap();
+    assert_eq!(c.region, "eu");
+}
+
+#[test]
+fn tls_forms() {
+    let c = AtlasConfig::from_yaml("atlas:\n  tls: {cert: a.pem, key: b.pem}\n", "f").unwrap();
+    assert_eq!(
+        c.tls,
+        TlsConfig::Files {
+            cert: "a.pem".into(),
+            key: "b.pem".into()
+        }
+    );
+    assert!(AtlasConfig::from_yaml("atlas:\n  tls: external\n", "f").is_err());
+    assert!(AtlasConfig::from_yaml("atlas:\n  tls: {cert: a}\n", "f").is_err());
+}
+
+#[test]
+fn cluster_credentials_are_long_enough() {
+    let yaml = |c: &str| format!("atlas:\n  credentials: {c}\n");
+    let short = AtlasConfig::from_yaml(&yaml("fifteen-chars-x"), "f").unwrap_err();
+    assert!(
+        short
+            .to_string()
+            .contains("atlas.credentials: must be at least 16"),
+        "{short}"
+    );
+    AtlasConfig::from_yaml(&yaml("sixteen-chars-xx"), "f").unwrap();
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    for (yaml, key) in [
+        ("atlas:\n  listen: nowhere\n", "atlas.listen"),
+        ("atlas:\n  durability: sometimes\n", "durability"),
+        ("atlas:\n  fn: -1\n", "fn"),
+        ("atlas:\n  connect: http://x:1\n", "atlas.connect"),
+        ("atlas:\n  nas: {listen: nowhere}\n", "atlas.nas.listen"),
+        ("atlas:\n  metrics_token: short\n", "atlas.metrics_token"),
+        (
+            "atlas:\n  nas: {allowed_paths: [srv]}\n",
+            "atlas.nas.allowed_paths",
+        ),
+        (
+            "atlas:\n  nas: {allowed_paths: [/srv/../etc]}\n",
+            "atlas.nas.allowed_paths",
+        ),
+        (
+            "atlas:\n  nas: {allowed_devices: [dev]}\n",
+            "atlas.nas.allowed_devices",
+        ),
+        (
+            "atlas:\n  limits: {max_connections: 0}\n",
+            "atlas.limits.max_connections",
+        ),
+        (
+            "atlas:\n  routes:\n    - upstreams: []\n",
+            "atlas.routes[0].upstreams",
+        ),
+        (
+            "atlas:\n  routes:\n    - upstreams: [\"127.0.0.1:1\"]\n      health_check: {kind: http}\n",
+            "atlas.routes[0].health_check.kind",
+        ),
+    ] {
+        let msg = AtlasConfig::from_yaml(yaml, "f").unwrap_err().to_string();
+        assert!(msg.contains(key), "{yaml}: {msg}");
+    }
+}
+
+#[test]
+fn relative_paths_resolve_against_the_start_directory() {
+    let mut c = AtlasConfig::from_yaml("atlas:\n  nas: {db_path: ':memory:'}\n", "f").unwrap();
+    c.resolve_paths(Path::new("/srv/atlas"));
+    assert_eq!(c.data_dir, PathBuf::from("/srv/atlas/data"));
+    assert_eq!(c.socket_path(), PathBuf::from("/srv/atlas/data/atlas.sock"));
+    assert_eq!(c.nas.db_path, Some(PathBuf::from(":memory:")));
+}
+
+#[test]
+fn relaxed_durability_and_fn_fz() {
+    let c =
+        AtlasConfig::from_yaml("atlas:\n  durability: relaxed\n  fn: 0\n  fz: 1\n", "f").unwrap();
+    assert_eq!(c.durability, Durability::Relaxed);
+    assert_eq!((c.fn_, c.fz), (0, 1));
+}
