@@ -47,6 +47,9 @@ pub enum InstallError {
     Route(#[from] edge::RouteError),
     #[error("cluster: {0}")]
     Cluster(String),
+    /// A key that cannot apply to this way of running Atlas (named in the message).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Atlas inside a Pingora server: the request hook and a clean close.
@@ -142,6 +145,14 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
 /// Adds Atlas's services except the HTTPS listener: the host proxy serves Atlas's paths by
 /// calling [`Atlas::try_serve`].
 pub fn install_embedded(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, InstallError> {
+    if config.nas.listen.is_some() {
+        // No listener of Atlas's own is started: the NAS API would be served nowhere.
+        return Err(InstallError::Config(
+            "atlas.nas.listen: not available when embedded (the NAS API is served through \
+             your proxy with Atlas's other paths)"
+                .into(),
+        ));
+    }
     let identity = cluster::prepare_identity(config).map_err(InstallError::Cluster)?;
     install_common(server, config, identity)
 }

@@ -29,6 +29,21 @@ struct Entry {
     blocked_until: Option<Instant>,
 }
 
+/// What is counted: an IPv4 address, or an IPv6 address's /64 (one host usually holds a
+/// whole /64, and would otherwise get fresh free guesses on every address of it).
+fn key(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 #[derive(Default)]
 pub struct AuthThrottle {
     entries: Mutex<HashMap<IpAddr, Entry>>,
@@ -37,6 +52,7 @@ pub struct AuthThrottle {
 impl AuthThrottle {
     /// `Err(retry_after)` while `addr` is blocked.
     pub fn check(&self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
+        let addr = key(addr);
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         match entries.get(&addr).and_then(|e| e.blocked_until) {
             Some(until) if until > now => Err(until - now),
@@ -46,19 +62,28 @@ impl AuthThrottle {
 
     /// Records a wrong credential from `addr`; returns the block it now has, if any.
     pub fn failed(&self, addr: IpAddr, now: Instant) -> Option<Duration> {
+        let addr = key(addr);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= MAX_ADDRESSES && !entries.contains_key(&addr) {
             entries.retain(|_, e| {
                 let quiet_since = e.blocked_until.unwrap_or(e.window_start);
                 now < quiet_since || now - quiet_since < WINDOW
             });
-            if entries.len() >= MAX_ADDRESSES
-                && let Some(oldest) = entries
+            // Still full: drop the oldest entry that blocks nothing; never a blocked one
+            // (a flood of new addresses must not unblock a guesser).
+            if entries.len() >= MAX_ADDRESSES {
+                let oldest = entries
                     .iter()
+                    .filter(|(_, e)| e.blocked_until.is_none_or(|u| u <= now))
                     .min_by_key(|(_, e)| e.window_start)
-                    .map(|(a, _)| *a)
-            {
-                entries.remove(&oldest);
+                    .map(|(a, _)| *a);
+                match oldest {
+                    Some(oldest) => {
+                        entries.remove(&oldest);
+                    }
+                    // Every tracked address is blocked: block the new one too.
+                    None => return Some(MAX_BLOCK),
+                }
             }
         }
         let entry = entries.entry(addr).or_insert(Entry {
@@ -124,6 +149,35 @@ mod tests {
         let later = t + MAX_BLOCK + WINDOW;
         assert_eq!(throttle.failed(peer, later), None);
         assert_eq!(throttle.failed(guesser, later + WINDOW), None);
+    }
+
+    #[test]
+    fn an_ipv6_host_cannot_rotate_addresses_within_its_64() {
+        let throttle = AuthThrottle::default();
+        let now = Instant::now();
+        for i in 0..=FREE_FAILURES as u16 {
+            let addr: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap();
+            throttle.failed(addr, now);
+        }
+        let another: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert!(throttle.check(another, now).is_err(), "same /64");
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(throttle.check(elsewhere, now).is_ok());
+    }
+
+    #[test]
+    fn a_flood_of_new_addresses_does_not_unblock_a_guesser() {
+        let throttle = AuthThrottle::default();
+        let now = Instant::now();
+        let guesser: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..=FREE_FAILURES {
+            throttle.failed(guesser, now);
+        }
+        assert!(throttle.check(guesser, now).is_err());
+        for i in 0..(MAX_ADDRESSES as u32 + 100) {
+            throttle.failed(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), now);
+        }
+        assert!(throttle.check(guesser, now).is_err(), "still blocked");
     }
 
     #[test]

@@ -595,10 +595,8 @@ impl Group {
         if self.is_leading() || self.is_preparing() {
             return;
         }
-        if let Some(owner) = hint {
-            if ballot >= self.seen {
-                self.seen = ballot;
-            }
+        // A stale answer (below what this node has seen) changes nothing.
+        if let Some(owner) = hint.filter(|_| ballot >= self.seen) {
             self.owner_hint = Some(owner);
             self.last_heard = ctx.now;
         }

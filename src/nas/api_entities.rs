@@ -289,13 +289,24 @@ fn serve_users(
                                 "required to change your own password",
                             ));
                         };
+                        // Guesses at it count like failed logins (same limits, same
+                        // 429), so a stolen session cannot try passwords without end.
+                        let name = caller.user.as_ref().map_or("", |u| u.username.as_str());
+                        let addr = request.client_addr.as_deref();
+                        let now = store.now();
+                        store
+                            .limiter()
+                            .check(name, addr, now)
+                            .map_err(NasError::RateLimited)?;
                         let stored = store.read(|c| users::password_hash_of(c, id))?;
                         if !users::verify_password(&current, &stored) {
+                            store.limiter().record_failure(name, addr, now);
                             return Err(NasError::field(
                                 "current_password",
                                 "does not match your current password",
                             ));
                         }
+                        store.limiter().record_success(name, addr);
                     }
                     changes.password_hash = Some(users::hash_password(&p)?);
                 }

@@ -279,6 +279,28 @@ fn users_may_change_only_their_own_password() {
         200,
         "nothing changed"
     );
+    // Guesses at the current password are limited like logins.
+    for _ in 1..crate::nas::auth::MAX_FAILURES_PER_USER {
+        let (status, _) = h.call(
+            "PUT",
+            "/users/2",
+            Some(&viewer),
+            r#"{"password": "a-new-password-1", "current_password": "guess"}"#,
+        );
+        assert_eq!(status, 400);
+    }
+    let (status, answer) = h.call(
+        "PUT",
+        "/users/2",
+        Some(&viewer),
+        r#"{"password": "a-new-password-1", "current_password": "vera-password"}"#,
+    );
+    assert_eq!(status, 429, "{answer}");
+    h.api.store().set_clock(Some(
+        chrono::Utc::now()
+            + chrono::Duration::minutes(crate::nas::auth::FAILURE_WINDOW_MINUTES + 1),
+    ));
+    let viewer = login(&h.api, "vera", "vera-password");
     let (status, _) = h.call(
         "PUT",
         "/users/2",
