@@ -19,6 +19,10 @@ pub const DEFAULT_MAX_TAGGED_IN_FLIGHT: usize = 128;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// One hour: a REPL left open over lunch survives, a leaked connection does not stay.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 3_600_000;
+/// Staged lines (`TXN IF/PUT/DEL`) one transaction may hold.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+/// Keys one `SCAN` page answers when the client names no `LIMIT` (and at most).
+pub const DEFAULT_MAX_SCAN_KEYS: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -226,6 +230,10 @@ pub struct Limits {
     /// A connection that sends nothing for this long, with nothing of its own running, is
     /// closed (`ERROR FATAL idle timeout`); 0 never closes one.
     pub idle_timeout_ms: u64,
+    /// Staged lines one transaction may hold (its bytes are bounded by `max_blob_bytes`).
+    pub max_txn_ops: usize,
+    /// Keys of one `SCAN` page: the default and the most a `LIMIT` may ask for.
+    pub max_scan_keys: usize,
 }
 
 impl Default for Limits {
@@ -236,6 +244,8 @@ impl Default for Limits {
             max_tagged_in_flight: DEFAULT_MAX_TAGGED_IN_FLIGHT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
+            max_scan_keys: DEFAULT_MAX_SCAN_KEYS,
         }
     }
 }
@@ -433,6 +443,12 @@ impl AtlasConfig {
         }
         if self.limits.max_tagged_in_flight == 0 {
             return Err("atlas.limits.max_tagged_in_flight: must be at least 1".into());
+        }
+        if self.limits.max_txn_ops == 0 {
+            return Err("atlas.limits.max_txn_ops: must be at least 1".into());
+        }
+        if self.limits.max_scan_keys == 0 {
+            return Err("atlas.limits.max_scan_keys: must be at least 1".into());
         }
         for (i, route) in self.routes.iter().enumerate() {
             if route.upstreams.is_empty() {

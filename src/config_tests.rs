@@ -93,6 +93,14 @@ fn bad_values_name_their_key() {
             "atlas.limits.max_connections",
         ),
         (
+            "atlas:\n  limits: {max_txn_ops: 0}\n",
+            "atlas.limits.max_txn_ops",
+        ),
+        (
+            "atlas:\n  limits: {max_scan_keys: 0}\n",
+            "atlas.limits.max_scan_keys",
+        ),
+        (
             "atlas:\n  routes:\n    - upstreams: []\n",
             "atlas.routes[0].upstreams",
         ),

@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use crate::command::Engine;
 use crate::config::Limits;
 use crate::protocol::parse::check_handshake;
-use crate::protocol::{Command, Level, Reply, WELCOME, parse_request};
+use crate::protocol::{Command, Level, Reply, TxnStep, WELCOME, parse_request};
 
 /// Hooks for metrics; the core knows no metrics library, the edge implements this.
 pub trait Observer: Send + Sync {
@@ -155,6 +155,7 @@ pub async fn serve<S>(
                     engine,
                     limits,
                     principal: None,
+                    txn: None,
                     tx: tx.clone(),
                     observer: observer.clone(),
                 };
@@ -243,11 +244,79 @@ struct Session {
     engine: Arc<Engine>,
     limits: Limits,
     principal: Option<String>,
+    /// The transaction being staged (`TXN BEGIN` .. `TXN COMMIT`/`TXN ABORT`).
+    txn: Option<Staged>,
     tx: mpsc::Sender<Vec<u8>>,
     observer: Arc<dyn Observer>,
 }
 
+/// Staged transaction lines and the bytes they hold.
+#[derive(Default)]
+struct Staged {
+    steps: Vec<TxnStep>,
+    bytes: usize,
+}
+
 impl Session {
+    /// Answers a transaction line that only changes what is staged; `TXN COMMIT` becomes
+    /// the command to run (`Ok`), with the staged steps.
+    fn stage(&mut self, command: Command) -> Result<Command, Reply> {
+        const NONE: &str = "no transaction: send TXN BEGIN first";
+        match command {
+            Command::TxnBegin if self.txn.is_some() => Err(Reply::warn(
+                "a transaction is already open: TXN COMMIT or TXN ABORT it first",
+            )),
+            Command::TxnBegin => {
+                self.txn = Some(Staged::default());
+                Err(Reply::Ok)
+            }
+            Command::TxnAbort => match self.txn.take() {
+                Some(_) => Err(Reply::Ok),
+                None => Err(Reply::warn(NONE)),
+            },
+            Command::TxnStep(step) => {
+                let max_ops = self.limits.max_txn_ops;
+                let max_bytes = usize::try_from(self.limits.max_blob_bytes).unwrap_or(usize::MAX);
+                let Some(staged) = self.txn.as_mut() else {
+                    return Err(Reply::warn(NONE));
+                };
+                if let Some(first) = staged.steps.first()
+                    && first.key().table() != step.key().table()
+                {
+                    return Err(Reply::warn(format!(
+                        "a transaction stays within one table: {} is not in {} (one owner orders one table's writes)",
+                        step.key(),
+                        first.key().table()
+                    )));
+                }
+                if staged.steps.len() >= max_ops {
+                    return Err(Reply::warn(format!(
+                        "transaction too large: at most {max_ops} steps (limits.max_txn_ops)"
+                    )));
+                }
+                if staged.bytes.saturating_add(step.size()) > max_bytes {
+                    return Err(Reply::warn(format!(
+                        "transaction too large: at most {max_bytes} bytes (limits.max_blob_bytes)"
+                    )));
+                }
+                staged.bytes += step.size();
+                staged.steps.push(step);
+                Err(Reply::Ok)
+            }
+            Command::TxnCommit(_) => match self.txn.take() {
+                None => Err(Reply::warn(NONE)),
+                Some(staged) if staged.steps.is_empty() => Err(Reply::Ok),
+                Some(staged) => Ok(Command::TxnCommit(staged.steps)),
+            },
+            Command::Scan(mut scan) => {
+                let max = self.limits.max_scan_keys;
+                scan.limit = Some(scan.limit.unwrap_or(max).min(max));
+                Ok(Command::Scan(scan))
+            }
+            command => Ok(command),
+        }
+    }
+
     async fn send(&self, reply: &Reply, tag: Option<&str>) -> bool {
         self.tx.send(encode(reply, tag)).await.is_ok()
     }
@@ -351,7 +420,15 @@ impl Session {
                 }
                 _ => {}
             }
-            let command = request.command;
+            let command = match self.stage(request.command) {
+                Ok(command) => command,
+                Err(reply) => {
+                    if !self.send(&reply, tag.as_deref()).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
             // The payload's budget is held until its request has finished.
             let (blob, held) = match blob {
                 Some((payload, held)) => (Some(payload), Some(held)),
@@ -398,3 +475,7 @@ impl Session {
 #[cfg(test)]
 #[path = "session_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "session_features_tests.rs"]
+mod features_tests;

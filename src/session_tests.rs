@@ -4,13 +4,13 @@ use crate::config::Durability;
 use crate::storage::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-struct Harness {
-    client: DuplexStream,
+pub(super) struct Harness {
+    pub(super) client: DuplexStream,
     _dir: tempfile::TempDir,
     _shutdown: watch::Sender<bool>,
 }
 
-async fn start(limits: Limits) -> Harness {
+pub(super) async fn start(limits: Limits) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), Durability::Relaxed).unwrap());
     let node = NodeIdentity {
@@ -32,7 +32,7 @@ async fn start(limits: Limits) -> Harness {
     }
 }
 
-async fn exchange(h: &mut Harness, input: &[u8], expect: &[u8]) {
+pub(super) async fn exchange(h: &mut Harness, input: &[u8], expect: &[u8]) {
     h.client.write_all(input).await.unwrap();
     let mut got = vec![0u8; expect.len()];
     tokio::time::timeout(

@@ -14,6 +14,7 @@ fn put(store: &Store, key: &Key, value: &[u8]) {
                 Change::PutInline {
                     value: value.to_vec(),
                     worm_until_ms: None,
+                    expires_ms: None,
                 },
                 (),
             ))

@@ -157,10 +157,10 @@ impl Machine for StoreMachine {
             .collect();
         let keys: Vec<Key> = entries
             .iter()
-            .filter_map(|e| match e {
-                Entry::Proposal { write, .. } => Some(write.key.clone()),
-                Entry::NodeRecord(record) => Some(record.key()),
-                Entry::Nothing => None,
+            .flat_map(|e| match e {
+                Entry::Proposal { write, .. } => write.keys().into_iter().cloned().collect(),
+                Entry::NodeRecord(record) => vec![record.key()],
+                Entry::Nothing => Vec::new(),
             })
             .collect();
         let mut batch = self.store.batch(keys.iter());
@@ -183,6 +183,7 @@ impl Machine for StoreMachine {
                     let change = Change::PutInline {
                         value: record.encode().into_bytes(),
                         worm_until_ms: None,
+                        expires_ms: None,
                     };
                     batch.change(&record.key(), kv::now_ms(), change)?;
                     self.directory_changed = true;

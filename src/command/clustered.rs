@@ -31,13 +31,14 @@ impl Engine {
             Command::NodePing(id) => self.cluster_ping(cluster, &id).await,
             Command::QuorumInfo(table) => Ok(quorum_info(cluster, &table)),
             Command::TableInfo(table) => Ok(table_info(cluster, &table)),
-            Command::Assume(_) | Command::WhoAmI => Ok(Reply::Ok),
+            command if command.is_session() => Ok(Reply::Ok),
             command if command.is_read() => {
                 let tables = match &command {
-                    Command::Get(key) | Command::BlobGet(key) => vec![key.table().to_string()],
-                    Command::Scan(prefix) | Command::Count(prefix) => {
-                        self.prefix_tables(cluster, prefix).await?
+                    Command::Get(key) | Command::BlobGet(key) | Command::Version(key) => {
+                        vec![key.table().to_string()]
                     }
+                    Command::Scan(scan) => self.prefix_tables(cluster, &scan.prefix).await?,
+                    Command::Count(prefix) => self.prefix_tables(cluster, prefix).await?,
                     _ => Vec::new(),
                 };
                 let barrier = cluster.barrier(tables).await;

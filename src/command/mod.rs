@@ -126,7 +126,7 @@ impl Engine {
     /// Applies a write on this (standalone) node: the rules, then one batch written with
     /// the configured durability.
     pub fn apply_write(&self, write: &Write) -> Result<Reply, CommandError> {
-        let mut batch = self.store.batch([&write.key]);
+        let mut batch = self.store.batch(write.keys());
         let verdict = crate::kv::apply(&mut batch, write)?;
         batch.write(self.store.is_strict())?;
         Ok(verdict?)
@@ -185,8 +185,9 @@ impl Engine {
             Command::NodePing(id) => self.node_ping(&id).await,
             Command::QuorumInfo(table) => Ok(self.quorum_info(&table)),
             Command::TableInfo(table) => self.blocking(move |e| e.table_info(&table)).await,
-            // Session commands are handled by the connection, which owns the principal.
-            Command::Assume(_) | Command::WhoAmI => Ok(Reply::Ok),
+            // Session commands are handled by the connection, which owns the principal and
+            // the staged transaction.
+            command if command.is_session() => Ok(Reply::Ok),
             command if command.is_read() => {
                 self.blocking(move |e| e.read_now(principal.as_deref(), &command))
                     .await

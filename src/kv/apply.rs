@@ -1,9 +1,9 @@
 //! The write rules, applied into a storage batch: system tables are read-only, then ACLs,
-//! then WORM locks.
+//! then WORM locks, then version conditions (CAS, conditional deletes, transactions).
 
 use super::write::{Write, WriteOp};
 use super::{Refusal, shown_principal};
-use crate::protocol::Reply;
+use crate::protocol::{Key, Reply, TxnStep};
 use crate::storage::{Batch, Change, Current, StorageError};
 
 /// What a write ends as: its answer, or why the rules refused it.
@@ -15,6 +15,9 @@ pub fn apply(batch: &mut Batch<'_>, write: &Write) -> Result<Verdict, StorageErr
     let key = &write.key;
     if key.is_system() {
         return Ok(Err(Refusal::SystemTable(key.table().to_string())));
+    }
+    if let WriteOp::Txn(steps) = &write.op {
+        return apply_txn(batch, write, steps);
     }
     let now = write.at_ms;
     let current = batch.read(key, now)?;
@@ -33,11 +36,15 @@ fn decide(current: &Current, write: &Write) -> Result<(Change, Reply), Refusal> 
         WriteOp::Put {
             value,
             worm_until_ms,
+            expires_ms,
+            if_version,
         } => {
             check_write(current, principal, now)?;
+            check_version(current, &write.key, *if_version)?;
             let change = Change::PutInline {
                 value: value.clone(),
                 worm_until_ms: *worm_until_ms,
+                expires_ms: *expires_ms,
             };
             Ok((change, Reply::Ok))
         }
@@ -49,8 +56,9 @@ fn decide(current: &Current, write: &Write) -> Result<(Change, Reply), Refusal> 
             };
             Ok((change, Reply::Ok))
         }
-        WriteOp::Delete => {
+        WriteOp::Delete { if_version } => {
             check_write(current, principal, now)?;
+            check_version(current, &write.key, *if_version)?;
             let change = if current.record.is_some() {
                 Change::Delete
             } else {
@@ -82,7 +90,90 @@ fn decide(current: &Current, write: &Write) -> Result<(Change, Reply), Refusal> 
             };
             Ok((Change::SetAcl(acl), Reply::line(line)))
         }
+        // Applied by `apply_txn`.
+        WriteOp::Txn(_) => Ok((Change::Keep, Reply::Ok)),
     }
+}
+
+/// The version a key is at: its live record's, 0 while absent.
+pub fn version_of(current: &Current) -> u64 {
+    current.record.as_ref().map_or(0, |r| r.version)
+}
+
+/// `KEY CAS` / `KEY DEL … IF VERSION`: the key must be at `expected` (0: absent).
+fn check_version(current: &Current, key: &Key, expected: Option<u64>) -> Result<(), Refusal> {
+    match expected {
+        Some(expected) if version_of(current) != expected => Err(Refusal::VersionMismatch {
+            key: key.to_string(),
+            version: version_of(current),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A transaction: every rule and condition is judged on the state before it (its own
+/// changes neither lock keys nor change ACLs, so that is exact), and only when all hold are
+/// the changes added, in order. A refused transaction changes nothing.
+fn apply_txn(
+    batch: &mut Batch<'_>,
+    write: &Write,
+    steps: &[TxnStep],
+) -> Result<Verdict, StorageError> {
+    let principal = write.principal.as_deref();
+    let now = write.at_ms;
+    let table = write.key.table();
+    for step in steps {
+        let key = step.key();
+        if key.table() != table {
+            return Ok(Err(Refusal::SpansTables {
+                first: table.to_string(),
+                other: key.table().to_string(),
+            }));
+        }
+        if key.is_system() {
+            return Ok(Err(Refusal::SystemTable(key.table().to_string())));
+        }
+        let current = batch.read(key, now)?;
+        let judged = match step {
+            TxnStep::IfVersion { version, .. } => {
+                if !current.acl.may_read(principal) {
+                    Err(Refusal::PermissionDenied {
+                        principal: shown_principal(principal),
+                        what: "read",
+                    })
+                } else if version_of(&current) != *version {
+                    Err(Refusal::ConditionFailed {
+                        key: key.to_string(),
+                        version: version_of(&current),
+                    })
+                } else {
+                    Ok(())
+                }
+            }
+            TxnStep::Put { .. } | TxnStep::Del(_) => check_write(&current, principal, now),
+        };
+        if let Err(refusal) = judged {
+            return Ok(Err(refusal));
+        }
+    }
+    for step in steps {
+        let change = match step {
+            TxnStep::IfVersion { .. } => continue,
+            TxnStep::Put { value, .. } => Change::PutInline {
+                value: value.clone(),
+                worm_until_ms: None,
+                expires_ms: None,
+            },
+            TxnStep::Del(key) => {
+                if batch.read(key, now)?.record.is_none() {
+                    continue;
+                }
+                Change::Delete
+            }
+        };
+        batch.change(step.key(), now, change)?;
+    }
+    Ok(Ok(Reply::Ok))
 }
 
 /// Write rules shared by PUT, BLOB SET and DEL: permission, then the WORM lock.

@@ -12,7 +12,7 @@ mod apply;
 mod read;
 pub mod write;
 
-pub use apply::apply;
+pub use apply::{apply, version_of};
 pub use read::read;
 pub use write::{Write, WriteDecodeError, WriteOp};
 
@@ -32,6 +32,14 @@ pub enum Refusal {
     SystemTable(String),
     #[error("{0} holds a blob; use KEY BLOB GET {0}")]
     HoldsBlob(String),
+    #[error("version mismatch: {key} is at version {version}")]
+    VersionMismatch { key: String, version: u64 },
+    #[error("condition failed: {key} is at version {version}")]
+    ConditionFailed { key: String, version: u64 },
+    #[error(
+        "a transaction stays within one table: {other} is not in {first} (one owner orders one table's writes)"
+    )]
+    SpansTables { first: String, other: String },
 }
 
 impl Refusal {
@@ -42,6 +50,9 @@ impl Refusal {
             Refusal::Locked { .. } => "worm_locked",
             Refusal::SystemTable(_) => "system_table",
             Refusal::HoldsBlob(_) => "holds_blob",
+            Refusal::VersionMismatch { .. } => "version_mismatch",
+            Refusal::ConditionFailed { .. } => "condition_failed",
+            Refusal::SpansTables { .. } => "spans_tables",
         }
     }
 }

@@ -1,8 +1,9 @@
-//! Reads: KEY GET, KEY BLOB GET, SCAN and COUNT, from local storage. Existence is not
-//! leaked to principals who may not read a key.
+//! Reads: KEY GET, KEY VERSION, KEY BLOB GET, SCAN and COUNT, from local storage.
+//! Existence is not leaked to principals who may not read a key.
 
 use super::Refusal;
-use crate::protocol::{Command, Key, Reply};
+use crate::config::DEFAULT_MAX_SCAN_KEYS;
+use crate::protocol::{Command, Key, Reply, Scan};
 use crate::storage::{Body, StorageError, Store};
 
 /// Answers a read command from `store` (judged at `now_ms`); `None` for a command that is
@@ -16,11 +17,22 @@ pub fn read(
     Ok(Some(match command {
         Command::Get(key) => get(store, key, principal, now_ms)?,
         Command::BlobGet(key) => Ok(blob_get(store, key, principal, now_ms)?),
-        Command::Scan(prefix) => Ok(Reply::Keys(readable_keys(
-            store, prefix, principal, now_ms,
-        )?)),
+        Command::Version(key) => {
+            let current = store.read(key, now_ms)?;
+            let version = if current.acl.may_read(principal) {
+                super::version_of(&current)
+            } else {
+                0
+            };
+            Ok(Reply::line(format!("VERSION:{version}")))
+        }
+        Command::Scan(scan) => Ok(scan_page(store, scan, principal, now_ms)?),
         Command::Count(prefix) => {
-            let n = readable_keys(store, prefix, principal, now_ms)?.len();
+            let mut n = 0u64;
+            store.visit(prefix, None, now_ms, |_, _, acl| {
+                n += u64::from(acl.may_read(principal));
+                true
+            })?;
             Ok(Reply::line(format!("COUNT:{n}")))
         }
         _ => return Ok(None),
@@ -62,16 +74,56 @@ fn blob_get(
     })
 }
 
-fn readable_keys(
+/// One page of a scan: at most `limit` readable keys after `after`; `more` names the last
+/// one when another readable key follows.
+fn scan_page(
     store: &Store,
-    prefix: &str,
+    scan: &Scan,
     principal: Option<&str>,
     now_ms: i64,
-) -> Result<Vec<String>, StorageError> {
-    Ok(store
-        .scan(prefix, now_ms)?
-        .into_iter()
-        .filter(|(_, _, acl)| acl.may_read(principal))
-        .map(|(key, _, _)| key)
-        .collect())
+) -> Result<Reply, StorageError> {
+    let limit = scan.limit.unwrap_or(DEFAULT_MAX_SCAN_KEYS);
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut last = String::new();
+    let mut cut = false;
+    let mut failed = None;
+    store.visit(
+        &scan.prefix,
+        scan.after.as_deref(),
+        now_ms,
+        |key, record, acl| {
+            if !acl.may_read(principal) {
+                return true;
+            }
+            if lines.len() == limit {
+                cut = true;
+                return false;
+            }
+            let mut line = key.to_vec();
+            if scan.values {
+                match &record.body {
+                    Body::Inline(value) => {
+                        line.extend_from_slice(b" VALUE:");
+                        line.extend_from_slice(value);
+                    }
+                    Body::Blob { len, .. } => {
+                        line.extend_from_slice(format!(" BLOB {len}").as_bytes());
+                    }
+                }
+            }
+            match std::str::from_utf8(key) {
+                Ok(text) => last = text.to_string(),
+                Err(_) => failed = Some(StorageError::Corrupt("key not UTF-8".into())),
+            }
+            lines.push(line);
+            failed.is_none()
+        },
+    )?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(Reply::Page {
+        lines,
+        more: cut.then_some(last),
+    })
 }

@@ -5,7 +5,7 @@
 //! then applied by `kv::apply` — on a single node directly, in a cluster to every replica
 //! from the consensus log.
 
-use crate::protocol::{Command, Key, Perm, Worm};
+use crate::protocol::{Command, Deadline, Key, Perm, TxnStep};
 
 /// Version byte of the encoding; a replica refuses a newer one instead of guessing.
 const WRITE_VERSION: u8 = 1;
@@ -25,11 +25,21 @@ pub enum WriteOp {
     Put {
         value: Vec<u8>,
         worm_until_ms: Option<i64>,
+        /// Gone after this instant (`TTL`/`EXPIRES` without `WORM`).
+        expires_ms: Option<i64>,
+        /// Only if the key is at this version (0: absent): `KEY CAS`.
+        if_version: Option<u64>,
     },
     BlobSet {
         bytes: Vec<u8>,
     },
-    Delete,
+    Delete {
+        /// Only if the key is at this version: `KEY DEL … IF VERSION`.
+        if_version: Option<u64>,
+    },
+    /// Steps of one table, all applied or none: conditions first, then the changes in
+    /// order. `Write::key` is the first step's key (it routes the write to its table).
+    Txn(Vec<TxnStep>),
     Grant {
         subject: String,
         perm: Perm,
@@ -56,31 +66,49 @@ impl Write {
         blob: Option<Vec<u8>>,
         now_ms: i64,
     ) -> Option<Write> {
+        let instant = |deadline: Deadline| match deadline {
+            Deadline::Ttl(ttl) => {
+                now_ms.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+            }
+            Deadline::ExpiresAt(at) => at,
+        };
         let (key, op) = match command {
             Command::Put {
-                key, worm, value, ..
-            } => {
-                let worm_until_ms = worm.map(|w| match w {
-                    Worm::Ttl(ttl) => {
-                        now_ms.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
-                    }
-                    Worm::ExpiresAt(at) => at,
-                });
-                (
-                    key,
-                    WriteOp::Put {
-                        value,
-                        worm_until_ms,
-                    },
-                )
-            }
+                key,
+                worm,
+                expires,
+                value,
+                ..
+            } => (
+                key,
+                WriteOp::Put {
+                    value,
+                    worm_until_ms: worm.map(instant),
+                    expires_ms: expires.map(instant),
+                    if_version: None,
+                },
+            ),
+            Command::Cas {
+                key,
+                version,
+                value,
+            } => (
+                key,
+                WriteOp::Put {
+                    value,
+                    worm_until_ms: None,
+                    expires_ms: None,
+                    if_version: Some(version),
+                },
+            ),
+            Command::TxnCommit(steps) => (steps.first()?.key().clone(), WriteOp::Txn(steps)),
             Command::BlobSet { key, .. } => (
                 key,
                 WriteOp::BlobSet {
                     bytes: blob.unwrap_or_default(),
                 },
             ),
-            Command::Del(key) => (key, WriteOp::Delete),
+            Command::Del { key, if_version } => (key, WriteOp::Delete { if_version }),
             Command::Grant {
                 key,
                 principal: subject,
@@ -101,13 +129,22 @@ impl Write {
         })
     }
 
+    /// Every key the write may change or read (a batch applying it locks them).
+    pub fn keys(&self) -> Vec<&Key> {
+        match &self.op {
+            WriteOp::Txn(steps) => steps.iter().map(TxnStep::key).collect(),
+            _ => vec![&self.key],
+        }
+    }
+
     /// Bytes the write holds (what keeping it in flight costs).
     pub fn size(&self) -> usize {
         let payload = match &self.op {
             WriteOp::Put { value, .. } => value.len(),
             WriteOp::BlobSet { bytes } => bytes.len(),
             WriteOp::Grant { subject, .. } | WriteOp::Revoke { subject, .. } => subject.len(),
-            WriteOp::Delete => 0,
+            WriteOp::Delete { .. } => 0,
+            WriteOp::Txn(steps) => steps.iter().map(TxnStep::size).sum(),
         };
         64 + self.key.as_bytes().len() + self.principal.as_ref().map_or(0, String::len) + payload
     }
@@ -124,25 +161,62 @@ impl Write {
         }
         out.extend_from_slice(&self.at_ms.to_be_bytes());
         match &self.op {
+            // Code 1 is the put without expiry or condition every release understands.
             WriteOp::Put {
                 value,
                 worm_until_ms,
+                expires_ms: None,
+                if_version: None,
             } => {
                 out.push(1);
-                match worm_until_ms {
-                    None => out.push(0),
-                    Some(until) => {
-                        out.push(1);
-                        out.extend_from_slice(&until.to_be_bytes());
-                    }
-                }
+                put_i64(&mut out, *worm_until_ms);
+                put_bytes(&mut out, value);
+            }
+            WriteOp::Put {
+                value,
+                worm_until_ms,
+                expires_ms,
+                if_version,
+            } => {
+                out.push(6);
+                put_i64(&mut out, *worm_until_ms);
+                put_i64(&mut out, *expires_ms);
+                put_i64(&mut out, if_version.map(|v| v as i64));
                 put_bytes(&mut out, value);
             }
             WriteOp::BlobSet { bytes } => {
                 out.push(2);
                 put_bytes(&mut out, bytes);
             }
-            WriteOp::Delete => out.push(3),
+            WriteOp::Delete { if_version: None } => out.push(3),
+            WriteOp::Delete {
+                if_version: Some(version),
+            } => {
+                out.push(7);
+                out.extend_from_slice(&version.to_be_bytes());
+            }
+            WriteOp::Txn(steps) => {
+                out.push(8);
+                out.extend_from_slice(&(steps.len() as u64).to_be_bytes());
+                for step in steps {
+                    match step {
+                        TxnStep::IfVersion { key, version } => {
+                            out.push(1);
+                            put_bytes(&mut out, key.as_bytes());
+                            out.extend_from_slice(&version.to_be_bytes());
+                        }
+                        TxnStep::Put { key, value } => {
+                            out.push(2);
+                            put_bytes(&mut out, key.as_bytes());
+                            put_bytes(&mut out, value);
+                        }
+                        TxnStep::Del(key) => {
+                            out.push(3);
+                            put_bytes(&mut out, key.as_bytes());
+                        }
+                    }
+                }
+            }
             WriteOp::Grant { subject, perm } | WriteOp::Revoke { subject, perm } => {
                 out.push(if matches!(self.op, WriteOp::Grant { .. }) {
                     4
@@ -170,21 +244,52 @@ impl Write {
         };
         let at_ms = r.i64()?;
         let op = match r.u8()? {
-            1 => {
-                let worm_until_ms = match r.u8()? {
-                    0 => None,
-                    1 => Some(r.i64()?),
-                    _ => return Err(WriteDecodeError::Malformed("worm flag")),
-                };
-                WriteOp::Put {
-                    value: r.bytes()?.to_vec(),
-                    worm_until_ms,
-                }
-            }
+            1 => WriteOp::Put {
+                worm_until_ms: r.optional_i64()?,
+                value: r.bytes()?.to_vec(),
+                expires_ms: None,
+                if_version: None,
+            },
+            6 => WriteOp::Put {
+                worm_until_ms: r.optional_i64()?,
+                expires_ms: r.optional_i64()?,
+                if_version: r.optional_i64()?.map(|v| v as u64),
+                value: r.bytes()?.to_vec(),
+            },
             2 => WriteOp::BlobSet {
                 bytes: r.bytes()?.to_vec(),
             },
-            3 => WriteOp::Delete,
+            3 => WriteOp::Delete { if_version: None },
+            7 => WriteOp::Delete {
+                if_version: Some(r.i64()? as u64),
+            },
+            8 => {
+                let count = r.i64()? as u64;
+                // Each step takes at least 9 bytes: a count beyond the input is malformed,
+                // and steps are pushed as they decode (nothing is sized by the count).
+                if count == 0 || count > r.0.len() as u64 / 9 {
+                    return Err(WriteDecodeError::Malformed("transaction step count"));
+                }
+                let mut steps = Vec::new();
+                for _ in 0..count {
+                    let code = r.u8()?;
+                    let key =
+                        Key::parse(r.bytes()?).map_err(|_| WriteDecodeError::Malformed("key"))?;
+                    steps.push(match code {
+                        1 => TxnStep::IfVersion {
+                            key,
+                            version: r.i64()? as u64,
+                        },
+                        2 => TxnStep::Put {
+                            key,
+                            value: r.bytes()?.to_vec(),
+                        },
+                        3 => TxnStep::Del(key),
+                        _ => return Err(WriteDecodeError::Malformed("transaction step")),
+                    });
+                }
+                WriteOp::Txn(steps)
+            }
             code @ (4 | 5) => {
                 let subject = r.string()?;
                 let perm = perm_from_code(r.u8()?)?;
@@ -225,6 +330,16 @@ fn perm_from_code(code: u8) -> Result<Perm, WriteDecodeError> {
     }
 }
 
+fn put_i64(out: &mut Vec<u8>, value: Option<i64>) {
+    match value {
+        None => out.push(0),
+        Some(v) => {
+            out.push(1);
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+}
+
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
     out.extend_from_slice(bytes);
@@ -254,6 +369,14 @@ impl<'a> Reader<'a> {
         Ok(i64::from_be_bytes(bytes))
     }
 
+    fn optional_i64(&mut self) -> Result<Option<i64>, WriteDecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.i64()?)),
+            _ => Err(WriteDecodeError::Malformed("optional flag")),
+        }
+    }
+
     fn bytes(&mut self) -> Result<&'a [u8], WriteDecodeError> {
         let len: [u8; 8] = self
             .take(8)?
@@ -278,19 +401,38 @@ mod tests {
         prop_oneof![Just(Perm::Read), Just(Perm::Write), Just(Perm::Owner)]
     }
 
+    fn step() -> impl Strategy<Value = TxnStep> {
+        let key = "[a-z]{1,4}\\.[a-z0-9]{1,6}".prop_map(|k| Key::parse(k.as_bytes()).unwrap());
+        prop_oneof![
+            (key.clone(), any::<u64>())
+                .prop_map(|(key, version)| TxnStep::IfVersion { key, version }),
+            (key.clone(), proptest::collection::vec(any::<u8>(), 0..16))
+                .prop_map(|(key, value)| TxnStep::Put { key, value }),
+            key.prop_map(TxnStep::Del),
+        ]
+    }
+
     fn op() -> impl Strategy<Value = WriteOp> {
         prop_oneof![
             (
                 proptest::collection::vec(any::<u8>(), 0..64),
-                proptest::option::of(any::<i64>())
+                proptest::option::of(any::<i64>()),
+                proptest::option::of(any::<i64>()),
+                proptest::option::of(any::<u64>()),
             )
-                .prop_map(|(value, worm_until_ms)| WriteOp::Put {
-                    value,
-                    worm_until_ms
+                .prop_map(|(value, worm_until_ms, expires_ms, if_version)| {
+                    WriteOp::Put {
+                        value,
+                        worm_until_ms,
+                        expires_ms,
+                        if_version,
+                    }
                 }),
             proptest::collection::vec(any::<u8>(), 0..64)
                 .prop_map(|bytes| WriteOp::BlobSet { bytes }),
-            Just(WriteOp::Delete),
+            proptest::option::of(any::<u64>())
+                .prop_map(|if_version| WriteOp::Delete { if_version }),
+            proptest::collection::vec(step(), 1..6).prop_map(WriteOp::Txn),
             ("[a-z ]{0,12}", perm()).prop_map(|(subject, perm)| WriteOp::Grant { subject, perm }),
             ("[a-z ]{0,12}", perm()).prop_map(|(subject, perm)| WriteOp::Revoke { subject, perm }),
         ]
@@ -316,7 +458,7 @@ mod tests {
             key: Key::parse(b"t.k").unwrap(),
             principal: None,
             at_ms: 0,
-            op: WriteOp::Delete,
+            op: WriteOp::Delete { if_version: None },
         };
         let mut bytes = write.encode();
         bytes[0] = 2;
@@ -333,9 +475,23 @@ mod tests {
             write.op,
             WriteOp::Put {
                 value: b"v".to_vec(),
-                worm_until_ms: Some(3_000)
+                worm_until_ms: Some(3_000),
+                expires_ms: None,
+                if_version: None,
             }
         );
+        let command = crate::protocol::parse_request(b"KEY PUT t.k TTL 5s v")
+            .unwrap()
+            .command;
+        let write = Write::from_command(command, None, None, 1_000).unwrap();
+        assert!(matches!(
+            write.op,
+            WriteOp::Put {
+                worm_until_ms: None,
+                expires_ms: Some(6_000),
+                ..
+            }
+        ));
         let read = crate::protocol::parse_request(b"KEY GET t.k")
             .unwrap()
             .command;

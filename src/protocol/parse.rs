@@ -33,12 +33,57 @@ impl Perm {
     }
 }
 
-/// A write-once clause: locked until it expires, gone after.
+/// When a value ends: a duration from the instant the write is judged, or an instant. A
+/// `WORM` clause locks the value until then; a plain `TTL`/`EXPIRES` only removes it then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Worm {
+pub enum Deadline {
     Ttl(Duration),
     /// Unix milliseconds.
     ExpiresAt(i64),
+}
+
+/// `SCAN <prefix> [AFTER <key>] [LIMIT <n>] [VALUES]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    pub prefix: String,
+    /// Only keys after this one (the last key of the previous page).
+    pub after: Option<String>,
+    /// At most this many keys (the server's `limits.max_scan_keys` caps it).
+    pub limit: Option<usize>,
+    /// Each key's value inline.
+    pub values: bool,
+}
+
+/// One staged line of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnStep {
+    /// `TXN IF <key> VERSION <n>` (`ABSENT` is version 0).
+    IfVersion {
+        key: Key,
+        version: u64,
+    },
+    Put {
+        key: Key,
+        value: Vec<u8>,
+    },
+    Del(Key),
+}
+
+impl TxnStep {
+    pub fn key(&self) -> &Key {
+        match self {
+            TxnStep::IfVersion { key, .. } | TxnStep::Put { key, .. } | TxnStep::Del(key) => key,
+        }
+    }
+
+    /// Bytes the step holds.
+    pub fn size(&self) -> usize {
+        let value = match self {
+            TxnStep::Put { value, .. } => value.len(),
+            _ => 0,
+        };
+        16 + self.key().as_bytes().len() + value
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,18 +93,39 @@ pub enum Command {
         key: Key,
         /// Recorded for audit only.
         principal: Option<String>,
-        worm: Option<Worm>,
+        /// Write-once until the deadline, gone after it.
+        worm: Option<Deadline>,
+        /// Gone after the deadline, writable before it.
+        expires: Option<Deadline>,
         value: Vec<u8>,
     },
-    Del(Key),
+    /// `KEY CAS <key> <version> <value>`: a PUT only if the key is at `version` (0: absent).
+    Cas {
+        key: Key,
+        version: u64,
+        value: Vec<u8>,
+    },
+    /// `KEY DEL <key> [IF VERSION <n>]`.
+    Del {
+        key: Key,
+        if_version: Option<u64>,
+    },
+    /// `KEY VERSION <key>`.
+    Version(Key),
     /// The payload of `len` bytes follows the line.
     BlobSet {
         key: Key,
         len: u64,
     },
     BlobGet(Key),
-    Scan(String),
+    Scan(Scan),
     Count(String),
+    TxnBegin,
+    /// A staged line; the connection keeps it until `TXN COMMIT`.
+    TxnStep(TxnStep),
+    /// `TXN COMMIT`: the parser gives no steps, the connection fills in the staged ones.
+    TxnCommit(Vec<TxnStep>),
+    TxnAbort,
     Assume(String),
     WhoAmI,
     Grant {
@@ -84,7 +150,23 @@ impl Command {
     pub fn is_read(&self) -> bool {
         matches!(
             self,
-            Command::Get(_) | Command::BlobGet(_) | Command::Scan(_) | Command::Count(_)
+            Command::Get(_)
+                | Command::BlobGet(_)
+                | Command::Scan(_)
+                | Command::Count(_)
+                | Command::Version(_)
+        )
+    }
+
+    /// Answered by the connection itself (its principal, its staged transaction).
+    pub fn is_session(&self) -> bool {
+        matches!(
+            self,
+            Command::Assume(_)
+                | Command::WhoAmI
+                | Command::TxnBegin
+                | Command::TxnStep(_)
+                | Command::TxnAbort
         )
     }
 
@@ -93,8 +175,10 @@ impl Command {
         matches!(
             self,
             Command::Put { .. }
+                | Command::Cas { .. }
                 | Command::BlobSet { .. }
-                | Command::Del(_)
+                | Command::Del { .. }
+                | Command::TxnCommit(_)
                 | Command::Grant { .. }
                 | Command::Revoke { .. }
         )
@@ -105,7 +189,15 @@ impl Command {
         match self {
             Command::Get(_) => "KEY GET",
             Command::Put { .. } => "KEY PUT",
-            Command::Del(_) => "KEY DEL",
+            Command::Cas { .. } => "KEY CAS",
+            Command::Del { .. } => "KEY DEL",
+            Command::Version(_) => "KEY VERSION",
+            Command::TxnBegin => "TXN BEGIN",
+            Command::TxnStep(TxnStep::IfVersion { .. }) => "TXN IF",
+            Command::TxnStep(TxnStep::Put { .. }) => "TXN PUT",
+            Command::TxnStep(TxnStep::Del(_)) => "TXN DEL",
+            Command::TxnCommit(_) => "TXN COMMIT",
+            Command::TxnAbort => "TXN ABORT",
             Command::BlobSet { .. } => "KEY BLOB SET",
             Command::BlobGet(_) => "KEY BLOB GET",
             Command::Scan(_) => "SCAN",
@@ -152,9 +244,13 @@ impl ParseErrorKind {
     }
 }
 
-const USAGE_KEY: &str = "usage: KEY GET|PUT|SET|DEL <key> ... or KEY BLOB SET|GET <key> ...";
-const USAGE_PUT: &str =
-    "usage: KEY PUT <key> [PRINCIPAL <name>] [WORM TTL <duration>|WORM EXPIRES <rfc3339>] <value>";
+const USAGE_KEY: &str =
+    "usage: KEY GET|PUT|SET|CAS|DEL|VERSION <key> ... or KEY BLOB SET|GET <key> ...";
+const USAGE_PUT: &str = "usage: KEY PUT <key> [PRINCIPAL <name>] [[WORM] TTL <duration>|[WORM] EXPIRES <rfc3339>] <value>";
+const USAGE_CAS: &str = "usage: KEY CAS <key> <version> <value>";
+const USAGE_DEL: &str = "usage: KEY DEL <key> [IF VERSION <n>]";
+const USAGE_SCAN: &str = "usage: SCAN <prefix> [AFTER <key>] [LIMIT <n>] [VALUES]";
+const USAGE_TXN: &str = "usage: TXN BEGIN | TXN IF <key> VERSION <n> | TXN IF <key> ABSENT | TXN PUT <key> <value> | TXN DEL <key> | TXN COMMIT | TXN ABORT";
 const USAGE_PRINCIPAL: &str = "usage: PRINCIPAL ASSUME <name> | PRINCIPAL WHOAMI";
 const USAGE_ASSUME: &str = "usage: PRINCIPAL ASSUME <name>";
 const USAGE_NODE: &str = "usage: NODE LIST | NODE INFO <id> | NODE PING <id>";
@@ -271,22 +367,13 @@ fn parse_command(body: &[u8]) -> CmdResult {
     };
     if word_is(word, "KEY") {
         parse_key_command(&mut tokens)
-    } else if word_is(word, "SCAN") || word_is(word, "COUNT") {
-        let is_scan = word_is(word, "SCAN");
-        let form = if is_scan {
-            "usage: SCAN <prefix>"
-        } else {
-            "usage: COUNT <prefix>"
-        };
-        let prefix = single_arg(&mut tokens).ok_or_else(|| usage(form))?;
-        let prefix = std::str::from_utf8(prefix)
-            .map_err(|_| invalid("invalid prefix: not UTF-8".into()))?
-            .to_ascii_uppercase();
-        Ok(if is_scan {
-            Command::Scan(prefix)
-        } else {
-            Command::Count(prefix)
-        })
+    } else if word_is(word, "SCAN") {
+        parse_scan(&mut tokens)
+    } else if word_is(word, "COUNT") {
+        let prefix = single_arg(&mut tokens).ok_or_else(|| usage("usage: COUNT <prefix>"))?;
+        Ok(Command::Count(parse_prefix(prefix)?))
+    } else if word_is(word, "TXN") {
+        parse_txn(&mut tokens)
     } else if word_is(word, "PRINCIPAL") {
         parse_principal(&mut tokens)
     } else if word_is(word, "ACL") {
@@ -342,19 +429,131 @@ fn parse_key(raw: &[u8]) -> Result<Key, (ParseErrorKind, String)> {
     Key::parse(raw).map_err(invalid)
 }
 
+fn parse_prefix(raw: &[u8]) -> Result<String, (ParseErrorKind, String)> {
+    Ok(std::str::from_utf8(raw)
+        .map_err(|_| invalid("invalid prefix: not UTF-8".into()))?
+        .to_ascii_uppercase())
+}
+
+/// `<prefix>` then `AFTER <key>`, `LIMIT <n>` and `VALUES`, each at most once, in any order.
+fn parse_scan(tokens: &mut Tokens<'_>) -> CmdResult {
+    let prefix = parse_prefix(tokens.next().ok_or_else(|| usage(USAGE_SCAN))?)?;
+    let mut scan = Scan {
+        prefix,
+        after: None,
+        limit: None,
+        values: false,
+    };
+    while let Some(word) = tokens.next() {
+        if word_is(word, "AFTER") && scan.after.is_none() {
+            let key = tokens.next().ok_or_else(|| usage(USAGE_SCAN))?;
+            scan.after = Some(parse_prefix(key)?);
+        } else if word_is(word, "LIMIT") && scan.limit.is_none() {
+            let n = tokens.next().ok_or_else(|| usage(USAGE_SCAN))?;
+            let n = parse_decimal(n)
+                .filter(|&n| n > 0)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| invalid("invalid limit: expected a whole number from 1".into()))?;
+            scan.limit = Some(n);
+        } else if word_is(word, "VALUES") && !scan.values {
+            scan.values = true;
+        } else {
+            return Err(usage(USAGE_SCAN));
+        }
+    }
+    Ok(Command::Scan(scan))
+}
+
+fn parse_version(raw: &[u8]) -> Result<u64, (ParseErrorKind, String)> {
+    parse_decimal(raw).ok_or_else(|| invalid("invalid version: expected a whole number".into()))
+}
+
+fn parse_txn(tokens: &mut Tokens<'_>) -> CmdResult {
+    let sub = tokens.next().ok_or_else(|| usage(USAGE_TXN))?;
+    let step = if word_is(sub, "IF") {
+        let key = parse_key(tokens.next().ok_or_else(|| usage(USAGE_TXN))?)?;
+        let what = tokens.next().ok_or_else(|| usage(USAGE_TXN))?;
+        let version = if word_is(what, "ABSENT") && tokens.is_done() {
+            0
+        } else if word_is(what, "VERSION") {
+            parse_version(single_arg(tokens).ok_or_else(|| usage(USAGE_TXN))?)?
+        } else {
+            return Err(usage(USAGE_TXN));
+        };
+        TxnStep::IfVersion { key, version }
+    } else if word_is(sub, "PUT") {
+        let key = parse_key(tokens.next().ok_or_else(|| usage(USAGE_TXN))?)?;
+        let value = tokens.raw_rest();
+        if value.is_empty() {
+            return Err(usage("usage: TXN PUT <key> <value>"));
+        }
+        TxnStep::Put {
+            key,
+            value: value.to_vec(),
+        }
+    } else if word_is(sub, "DEL") {
+        TxnStep::Del(parse_key(
+            single_arg(tokens).ok_or_else(|| usage("usage: TXN DEL <key>"))?,
+        )?)
+    } else if !tokens.is_done() {
+        return Err(usage(USAGE_TXN));
+    } else if word_is(sub, "BEGIN") {
+        return Ok(Command::TxnBegin);
+    } else if word_is(sub, "COMMIT") {
+        return Ok(Command::TxnCommit(Vec::new()));
+    } else if word_is(sub, "ABORT") {
+        return Ok(Command::TxnAbort);
+    } else {
+        return Err(usage(USAGE_TXN));
+    };
+    Ok(Command::TxnStep(step))
+}
+
 fn parse_key_command(tokens: &mut Tokens<'_>) -> CmdResult {
     let sub = tokens.next().ok_or_else(|| usage(USAGE_KEY))?;
-    if word_is(sub, "GET") || word_is(sub, "DEL") {
-        let form = if word_is(sub, "GET") {
+    if word_is(sub, "GET") || word_is(sub, "VERSION") {
+        let get = word_is(sub, "GET");
+        let form = if get {
             "usage: KEY GET <key>"
         } else {
-            "usage: KEY DEL <key>"
+            "usage: KEY VERSION <key>"
         };
         let key = parse_key(single_arg(tokens).ok_or_else(|| usage(form))?)?;
-        Ok(if word_is(sub, "GET") {
+        Ok(if get {
             Command::Get(key)
         } else {
-            Command::Del(key)
+            Command::Version(key)
+        })
+    } else if word_is(sub, "DEL") {
+        let key = parse_key(tokens.next().ok_or_else(|| usage(USAGE_DEL))?)?;
+        if tokens.is_done() {
+            return Ok(Command::Del {
+                key,
+                if_version: None,
+            });
+        }
+        match (tokens.next(), tokens.next(), tokens.next()) {
+            (Some(w_if), Some(w_version), Some(n))
+                if word_is(w_if, "IF") && word_is(w_version, "VERSION") && tokens.is_done() =>
+            {
+                Ok(Command::Del {
+                    key,
+                    if_version: Some(parse_version(n)?),
+                })
+            }
+            _ => Err(usage(USAGE_DEL)),
+        }
+    } else if word_is(sub, "CAS") {
+        let key = parse_key(tokens.next().ok_or_else(|| usage(USAGE_CAS))?)?;
+        let version = parse_version(tokens.next().ok_or_else(|| usage(USAGE_CAS))?)?;
+        let value = tokens.raw_rest();
+        if value.is_empty() {
+            return Err(usage(USAGE_CAS));
+        }
+        Ok(Command::Cas {
+            key,
+            version,
+            value: value.to_vec(),
         })
     } else if word_is(sub, "PUT") || word_is(sub, "SET") {
         let key = parse_key(tokens.next().ok_or_else(|| usage(USAGE_PUT))?)?;
@@ -366,11 +565,12 @@ fn parse_key_command(tokens: &mut Tokens<'_>) -> CmdResult {
     }
 }
 
-/// `[PRINCIPAL <name>] [WORM TTL <dur>|WORM EXPIRES <ts>] <value>`. A clause that is not
-/// complete (including one with no value after it) is part of the value.
+/// `[PRINCIPAL <name>] [[WORM] TTL <dur>|[WORM] EXPIRES <ts>] <value>`. A clause that is
+/// not complete (including one with no value after it) is part of the value.
 fn parse_put_tail(key: Key, rest: &[u8]) -> CmdResult {
     let mut principal = None;
     let mut worm = None;
+    let mut expires = None;
     let mut value = rest;
     if value.first().is_some_and(u8::is_ascii_whitespace) {
         // A value that starts with spaces is taken as it is: clauses must follow the key
@@ -379,6 +579,7 @@ fn parse_put_tail(key: Key, rest: &[u8]) -> CmdResult {
             key,
             principal,
             worm,
+            expires,
             value: value.to_vec(),
         });
     }
@@ -391,20 +592,28 @@ fn parse_put_tail(key: Key, rest: &[u8]) -> CmdResult {
         value = tokens.raw_rest();
     }
     let mut tokens = Tokens::new(value);
-    if let (Some(word), Some(kind), Some(arg)) = (tokens.next(), tokens.next(), tokens.next())
-        && word_is(word, "WORM")
+    let mut first = tokens.next();
+    let locked = first.is_some_and(|w| word_is(w, "WORM"));
+    if locked {
+        first = tokens.next();
+    }
+    if let (Some(kind), Some(arg)) = (first, tokens.next())
         && !tokens.raw_rest().is_empty()
     {
         let arg = std::str::from_utf8(arg).unwrap_or("");
         let clause = if word_is(kind, "TTL") {
-            parse_go_duration(arg).map(Worm::Ttl)
+            parse_go_duration(arg).map(Deadline::Ttl)
         } else if word_is(kind, "EXPIRES") {
-            parse_rfc3339_ms(arg).map(Worm::ExpiresAt)
+            parse_rfc3339_ms(arg).map(Deadline::ExpiresAt)
         } else {
             None
         };
         if clause.is_some() {
-            worm = clause;
+            if locked {
+                worm = clause;
+            } else {
+                expires = clause;
+            }
             value = tokens.raw_rest();
         }
     }
@@ -415,6 +624,7 @@ fn parse_put_tail(key: Key, rest: &[u8]) -> CmdResult {
         key,
         principal,
         worm,
+        expires,
         value: value.to_vec(),
     })
 }

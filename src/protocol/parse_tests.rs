@@ -16,13 +16,20 @@ fn key(k: &str) -> Key {
 #[test]
 fn key_commands() {
     assert_eq!(cmd("key get users.alice"), Command::Get(key("USERS.ALICE")));
-    assert_eq!(cmd("KEY DEL a.b"), Command::Del(key("a.b")));
+    assert_eq!(
+        cmd("KEY DEL a.b"),
+        Command::Del {
+            key: key("a.b"),
+            if_version: None
+        }
+    );
     assert_eq!(
         cmd("KEY PUT a.b   two  spaces"),
         Command::Put {
             key: key("a.b"),
             principal: None,
             worm: None,
+            expires: None,
             value: b"  two  spaces".to_vec()
         }
     );
@@ -32,6 +39,7 @@ fn key_commands() {
             key: key("a.b"),
             principal: None,
             worm: None,
+            expires: None,
             value: b"v".to_vec()
         }
     );
@@ -57,14 +65,14 @@ fn put_clauses() {
         panic!()
     };
     assert_eq!(principal.as_deref(), Some("bob"));
-    assert_eq!(worm, Some(Worm::Ttl(Duration::from_secs(5400))));
+    assert_eq!(worm, Some(Deadline::Ttl(Duration::from_secs(5400))));
     assert_eq!(value, b"hello world");
 
     let Command::Put { worm, value, .. } = cmd("KEY PUT a.b worm expires 2030-01-01T00:00:00Z v")
     else {
         panic!()
     };
-    assert_eq!(worm, Some(Worm::ExpiresAt(1_893_456_000_000)));
+    assert_eq!(worm, Some(Deadline::ExpiresAt(1_893_456_000_000)));
     assert_eq!(value, b"v");
 
     // Incomplete clauses are values.
@@ -76,10 +84,13 @@ fn put_clauses() {
         ),
         ("KEY PUT a.b WORM TTL 1h", "WORM TTL 1h"),
         ("KEY PUT a.b PRINCIPAL bob", "PRINCIPAL bob"),
+        ("KEY PUT a.b TTL 1h", "TTL 1h"),
+        ("KEY PUT a.b TTL forever x", "TTL forever x"),
         ("KEY PUT a.b  PRINCIPAL bob x", " PRINCIPAL bob x"),
     ] {
         let Command::Put {
             worm,
+            expires,
             principal,
             value: v,
             ..
@@ -88,8 +99,169 @@ fn put_clauses() {
             panic!()
         };
         assert_eq!(
-            (worm, principal, v),
-            (None, None, value.as_bytes().to_vec()),
+            (worm, expires, principal, v),
+            (None, None, None, value.as_bytes().to_vec()),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn expiring_puts_are_not_write_once() {
+    let Command::Put {
+        worm,
+        expires,
+        value,
+        principal,
+        ..
+    } = cmd("KEY PUT a.b PRINCIPAL p TTL 30s hello")
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (worm, expires, principal.as_deref()),
+        (
+            None,
+            Some(Deadline::Ttl(Duration::from_secs(30))),
+            Some("p")
+        )
+    );
+    assert_eq!(value, b"hello");
+    let Command::Put { worm, expires, .. } = cmd("KEY PUT a.b EXPIRES 2030-01-01T00:00:00Z v")
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (worm, expires),
+        (None, Some(Deadline::ExpiresAt(1_893_456_000_000)))
+    );
+}
+
+#[test]
+fn versions_cas_and_conditional_deletes() {
+    assert_eq!(cmd("key version a.b"), Command::Version(key("A.B")));
+    assert_eq!(
+        cmd("KEY CAS a.b 0 first value"),
+        Command::Cas {
+            key: key("a.b"),
+            version: 0,
+            value: b"first value".to_vec()
+        }
+    );
+    assert_eq!(
+        cmd("KEY DEL a.b IF VERSION 7"),
+        Command::Del {
+            key: key("a.b"),
+            if_version: Some(7)
+        }
+    );
+    assert_eq!(
+        err("KEY CAS a.b x v"),
+        "invalid version: expected a whole number"
+    );
+    assert_eq!(
+        err("KEY CAS a.b -1 v"),
+        "invalid version: expected a whole number"
+    );
+    for line in [
+        "KEY CAS a.b 1",
+        "KEY CAS a.b",
+        "KEY DEL a.b IF",
+        "KEY DEL a.b IF VERSION",
+        "KEY DEL a.b IF VERSION 1 2",
+        "KEY DEL a.b WHEN VERSION 1",
+        "KEY VERSION",
+        "KEY VERSION a.b c",
+    ] {
+        assert_eq!(
+            parse_request(line.as_bytes()).unwrap_err().kind,
+            ParseErrorKind::Usage,
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn scans_take_after_limit_and_values_in_any_order() {
+    assert_eq!(
+        cmd("SCAN users."),
+        Command::Scan(Scan {
+            prefix: "USERS.".into(),
+            after: None,
+            limit: None,
+            values: false
+        })
+    );
+    assert_eq!(
+        cmd("scan u values limit 10 after u.b"),
+        Command::Scan(Scan {
+            prefix: "U".into(),
+            after: Some("U.B".into()),
+            limit: Some(10),
+            values: true
+        })
+    );
+    assert_eq!(
+        err("SCAN u LIMIT 0"),
+        "invalid limit: expected a whole number from 1"
+    );
+    for line in [
+        "SCAN u LIMIT",
+        "SCAN u AFTER",
+        "SCAN u VALUES VALUES",
+        "SCAN u BOGUS",
+    ] {
+        assert_eq!(
+            parse_request(line.as_bytes()).unwrap_err().kind,
+            ParseErrorKind::Usage,
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn transaction_lines() {
+    assert_eq!(cmd("TXN BEGIN"), Command::TxnBegin);
+    assert_eq!(cmd("txn commit"), Command::TxnCommit(Vec::new()));
+    assert_eq!(cmd("TXN ABORT"), Command::TxnAbort);
+    assert_eq!(
+        cmd("TXN IF a.b VERSION 3"),
+        Command::TxnStep(TxnStep::IfVersion {
+            key: key("a.b"),
+            version: 3
+        })
+    );
+    assert_eq!(
+        cmd("TXN IF a.b ABSENT"),
+        Command::TxnStep(TxnStep::IfVersion {
+            key: key("a.b"),
+            version: 0
+        })
+    );
+    assert_eq!(
+        cmd("TXN PUT a.b two words"),
+        Command::TxnStep(TxnStep::Put {
+            key: key("a.b"),
+            value: b"two words".to_vec()
+        })
+    );
+    assert_eq!(
+        cmd("TXN DEL a.b"),
+        Command::TxnStep(TxnStep::Del(key("a.b")))
+    );
+    for line in [
+        "TXN",
+        "TXN BEGIN now",
+        "TXN IF a.b",
+        "TXN IF a.b ABSENT x",
+        "TXN IF a.b PRESENT",
+        "TXN PUT a.b",
+        "TXN DEL a.b c",
+        "TXN FROB",
+    ] {
+        assert_eq!(
+            parse_request(line.as_bytes()).unwrap_err().kind,
+            ParseErrorKind::Usage,
             "{line}"
         );
     }

@@ -26,8 +26,13 @@ pub enum Reply {
     Ok,
     /// Data frames (one line each), then `OK`.
     Lines(Vec<Vec<u8>>),
-    /// `KEYS:<n>`, n unprefixed key lines, `OK`; `EMPTY` `OK` when there are none.
-    Keys(Vec<String>),
+    /// A `SCAN` page: `KEYS:<n>`, n unprefixed lines (keys, or keys with values), then
+    /// `MORE AFTER <key>` when the page was cut at its limit, then `OK`; `EMPTY` `OK` when
+    /// nothing matched.
+    Page {
+        lines: Vec<Vec<u8>>,
+        more: Option<String>,
+    },
     /// `BLOB <n>`, n raw bytes, `OK`.
     Blob(Vec<u8>),
     Error(Level, String),
@@ -65,15 +70,18 @@ impl Reply {
                 }
                 frame(out, b"OK");
             }
-            Reply::Keys(keys) if keys.is_empty() => {
+            Reply::Page { lines, more } if lines.is_empty() && more.is_none() => {
                 frame(out, b"EMPTY");
                 frame(out, b"OK");
             }
-            Reply::Keys(keys) => {
-                frame(out, format!("KEYS:{}", keys.len()).as_bytes());
-                for key in keys {
-                    out.extend_from_slice(key.as_bytes());
+            Reply::Page { lines, more } => {
+                frame(out, format!("KEYS:{}", lines.len()).as_bytes());
+                for line in lines {
+                    out.extend_from_slice(line);
                     out.extend_from_slice(b"\r\n");
+                }
+                if let Some(last) = more {
+                    frame(out, format!("MORE AFTER {last}").as_bytes());
                 }
                 frame(out, b"OK");
             }
@@ -115,10 +123,34 @@ mod tests {
             wire(&Reply::line("VALUE:x"), Some("7")),
             b"[ID:7] VALUE:x\r\n[ID:7] OK\r\n"
         );
-        assert_eq!(wire(&Reply::Keys(vec![]), None), b"EMPTY\r\nOK\r\n");
+        let keys = |keys: &[&str]| Reply::Page {
+            lines: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            more: None,
+        };
+        assert_eq!(wire(&keys(&[]), None), b"EMPTY\r\nOK\r\n");
         assert_eq!(
-            wire(&Reply::Keys(vec!["A.B".into(), "A.C".into()]), Some("t")),
+            wire(&keys(&["A.B", "A.C"]), Some("t")),
             b"[ID:t] KEYS:2\r\nA.B\r\nA.C\r\n[ID:t] OK\r\n"
+        );
+        assert_eq!(
+            wire(
+                &Reply::Page {
+                    lines: vec![b"A.B VALUE:x y".to_vec()],
+                    more: Some("A.B".into())
+                },
+                Some("t")
+            ),
+            b"[ID:t] KEYS:1\r\nA.B VALUE:x y\r\n[ID:t] MORE AFTER A.B\r\n[ID:t] OK\r\n"
+        );
+        assert_eq!(
+            wire(
+                &Reply::Page {
+                    lines: vec![],
+                    more: None
+                },
+                None
+            ),
+            b"EMPTY\r\nOK\r\n"
         );
         assert_eq!(
             wire(&Reply::Blob(b"a\r\nb".to_vec()), None),

@@ -77,6 +77,13 @@ impl Batch<'_> {
         );
         let expired = stored.is_some() && !live;
         let mut record = stored.clone();
+        // The version the key reaches if this change writes it: one more than the live
+        // record's, 1 for a key that was absent (or expired).
+        let next_version = stored
+            .as_ref()
+            .filter(|_| live)
+            .map_or(0, |r| r.version)
+            .saturating_add(1);
         let before = self.batch.len();
         if replaces_record || expired {
             if let Some(Record {
@@ -96,10 +103,13 @@ impl Batch<'_> {
             Change::PutInline {
                 value,
                 worm_until_ms,
+                expires_ms,
             } => {
                 let new = Record {
                     body: Body::Inline(value),
                     worm_until_ms,
+                    expires_ms,
+                    version: next_version,
                 };
                 self.batch.put_cf(cf(CF_VALUES), k, new.encode());
                 record = Some(new);
@@ -126,6 +136,8 @@ impl Batch<'_> {
                         len: bytes.len() as u64,
                     },
                     worm_until_ms,
+                    expires_ms: None,
+                    version: next_version,
                 };
                 self.batch.put_cf(cf(CF_VALUES), k, new.encode());
                 record = Some(new);

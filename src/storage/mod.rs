@@ -86,6 +86,8 @@ pub enum Change {
     PutInline {
         value: Vec<u8>,
         worm_until_ms: Option<i64>,
+        /// Gone after this instant, writable before it.
+        expires_ms: Option<i64>,
     },
     PutBlob {
         bytes: Vec<u8>,
@@ -287,11 +289,35 @@ impl Store {
         now_ms: i64,
     ) -> Result<Vec<(String, Record, Acl)>, StorageError> {
         let mut out = Vec::new();
-        let mode = IteratorMode::From(prefix.as_bytes(), Direction::Forward);
+        self.visit(prefix, None, now_ms, |key, record, acl| {
+            out.push((String::from_utf8_lossy(key).into_owned(), record, acl));
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `visit` with each live record whose key starts with `prefix` (and sorts after
+    /// `after`, when given), in key order, until it returns false. One RocksDB iterator, so
+    /// what it sees is one point in time.
+    pub fn visit(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        now_ms: i64,
+        mut visit: impl FnMut(&[u8], Record, Acl) -> bool,
+    ) -> Result<(), StorageError> {
+        let start = match after {
+            Some(after) if after.as_bytes() >= prefix.as_bytes() => after.as_bytes(),
+            _ => prefix.as_bytes(),
+        };
+        let mode = IteratorMode::From(start, Direction::Forward);
         for item in self.db.iterator_cf(self.cf(CF_VALUES), mode) {
             let (key, bytes) = item?;
             if !key.starts_with(prefix.as_bytes()) {
                 break;
+            }
+            if after.is_some_and(|a| &*key <= a.as_bytes()) {
+                continue;
             }
             let record =
                 Record::decode(&bytes).ok_or_else(|| StorageError::Corrupt("record".into()))?;
@@ -299,9 +325,11 @@ impl Store {
                 continue;
             }
             let acl = self.read_acl(&key)?;
-            out.push((String::from_utf8_lossy(&key).into_owned(), record, acl));
+            if !visit(&key, record, acl) {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Number of writes applied to `table` so far (its last log position on a single node).
@@ -367,6 +395,7 @@ impl Store {
                 Change::PutInline {
                     value,
                     worm_until_ms: None,
+                    expires_ms: None,
                 },
                 (),
             ))

@@ -1,11 +1,15 @@
 //! Encoding of what the `values` column family holds for a key.
 //!
-//! Layout (version 1): `[1][flags][worm_until: i64 BE, present when flags & WORM]` then either
-//! the inline bytes, or `[blob_id: u64 BE][len: u64 BE]` when flags & BLOB.
+//! Layout (version 2): `[2][flags][version: u64 BE][worm_until: i64 BE, when flags & WORM]
+//! [expires: i64 BE, when flags & EXPIRES]` then either the inline bytes, or
+//! `[blob_id: u64 BE][len: u64 BE]` when flags & BLOB. Version 1 (written before keys had
+//! versions) has no version and no EXPIRES flag; it reads as version 1.
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+const VERSION_1: u8 = 1;
 const FLAG_BLOB: u8 = 1;
 const FLAG_WORM: u8 = 2;
+const FLAG_EXPIRES: u8 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
@@ -22,11 +26,16 @@ pub struct Record {
     pub body: Body,
     /// Write-once until this instant (Unix ms), gone after it.
     pub worm_until_ms: Option<i64>,
+    /// Gone after this instant (Unix ms), writable before it (`KEY PUT … TTL`).
+    pub expires_ms: Option<i64>,
+    /// Writes of the key since it was created: 1 for the first.
+    pub version: u64,
 }
 
 impl Record {
     pub fn is_expired(&self, now_ms: i64) -> bool {
         self.worm_until_ms.is_some_and(|until| until <= now_ms)
+            || self.expires_ms.is_some_and(|at| at <= now_ms)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -37,9 +46,13 @@ impl Record {
         if self.worm_until_ms.is_some() {
             flags |= FLAG_WORM;
         }
+        if self.expires_ms.is_some() {
+            flags |= FLAG_EXPIRES;
+        }
         let mut out = vec![VERSION, flags];
-        if let Some(until) = self.worm_until_ms {
-            out.extend_from_slice(&until.to_be_bytes());
+        out.extend_from_slice(&self.version.to_be_bytes());
+        for instant in [self.worm_until_ms, self.expires_ms].into_iter().flatten() {
+            out.extend_from_slice(&instant.to_be_bytes());
         }
         match &self.body {
             Body::Inline(bytes) => out.extend_from_slice(bytes),
@@ -52,17 +65,32 @@ impl Record {
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Record> {
-        let (&version, rest) = bytes.split_first()?;
+        let (&format, rest) = bytes.split_first()?;
         let (&flags, mut rest) = rest.split_first()?;
-        if version != VERSION || flags & !(FLAG_BLOB | FLAG_WORM) != 0 {
+        let known = match format {
+            VERSION => FLAG_BLOB | FLAG_WORM | FLAG_EXPIRES,
+            VERSION_1 => FLAG_BLOB | FLAG_WORM,
+            _ => return None,
+        };
+        if flags & !known != 0 {
             return None;
         }
-        let mut worm_until_ms = None;
-        if flags & FLAG_WORM != 0 {
-            let (until, tail) = rest.split_first_chunk::<8>()?;
-            worm_until_ms = Some(i64::from_be_bytes(*until));
+        let mut version = 1;
+        if format == VERSION {
+            let (v, tail) = rest.split_first_chunk::<8>()?;
+            version = u64::from_be_bytes(*v);
             rest = tail;
         }
+        let mut instant = |flag: u8| -> Option<Option<i64>> {
+            if flags & flag == 0 {
+                return Some(None);
+            }
+            let (at, tail) = rest.split_first_chunk::<8>()?;
+            rest = tail;
+            Some(Some(i64::from_be_bytes(*at)))
+        };
+        let worm_until_ms = instant(FLAG_WORM)?;
+        let expires_ms = instant(FLAG_EXPIRES)?;
         let body = if flags & FLAG_BLOB != 0 {
             let (id, tail) = rest.split_first_chunk::<8>()?;
             let (len, tail) = tail.split_first_chunk::<8>()?;
@@ -79,6 +107,8 @@ impl Record {
         Some(Record {
             body,
             worm_until_ms,
+            expires_ms,
+            version,
         })
     }
 }
@@ -91,9 +121,10 @@ mod tests {
     proptest! {
         #[test]
         fn round_trip(inline in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
-                      id in any::<u64>(), len in any::<u64>(), worm in proptest::option::of(any::<i64>())) {
+                      id in any::<u64>(), len in any::<u64>(), worm in proptest::option::of(any::<i64>()),
+                      expires in proptest::option::of(any::<i64>()), version in any::<u64>()) {
             let body = match inline { Some(b) => Body::Inline(b), None => Body::Blob { blob_id: id, len } };
-            let r = Record { body, worm_until_ms: worm };
+            let r = Record { body, worm_until_ms: worm, expires_ms: expires, version };
             prop_assert_eq!(Record::decode(&r.encode()), Some(r));
         }
 
@@ -101,5 +132,19 @@ mod tests {
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
             let _ = Record::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn a_record_written_before_versions_reads_as_version_1() {
+        let mut old = vec![VERSION_1, FLAG_WORM];
+        old.extend_from_slice(&7i64.to_be_bytes());
+        old.extend_from_slice(b"value");
+        let record = Record::decode(&old).expect("format 1 still reads");
+        assert_eq!(record.version, 1);
+        assert_eq!(record.worm_until_ms, Some(7));
+        assert_eq!(record.expires_ms, None);
+        assert_eq!(record.body, Body::Inline(b"value".to_vec()));
+        // Format 1 never had the EXPIRES flag.
+        assert_eq!(Record::decode(&[VERSION_1, FLAG_EXPIRES]), None);
     }
 }

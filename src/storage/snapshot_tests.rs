@@ -58,6 +58,7 @@ fn a_group_snapshot_carries_records_blobs_acls_and_state_but_not_votes() {
         Change::PutInline {
             value: b"hello".to_vec(),
             worm_until_ms: Some(i64::MAX),
+            expires_ms: None,
         },
     );
     put(
@@ -77,6 +78,7 @@ fn a_group_snapshot_carries_records_blobs_acls_and_state_but_not_votes() {
         Change::PutInline {
             value: b"not in the group".to_vec(),
             worm_until_ms: None,
+            expires_ms: None,
         },
     );
     let config = Config::new(Membership::new([(1, "a".to_string())]));
@@ -155,6 +157,7 @@ fn a_group_snapshot_carries_records_blobs_acls_and_state_but_not_votes() {
         Change::PutInline {
             value: b"x".to_vec(),
             worm_until_ms: None,
+            expires_ms: None,
         },
     );
     assert!(

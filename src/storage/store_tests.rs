@@ -89,6 +89,7 @@ fn expired_records_read_as_absent_and_are_purged() {
                 Change::PutInline {
                     value: b"v".to_vec(),
                     worm_until_ms: Some(1000),
+                    expires_ms: None,
                 },
                 (),
             ))
@@ -159,6 +160,7 @@ fn concurrent_updates_of_one_key_are_serialised() {
                                 Change::PutInline {
                                     value: (n + 1).to_string().into_bytes(),
                                     worm_until_ms: None,
+                                    expires_ms: None,
                                 },
                                 (),
                             ))
