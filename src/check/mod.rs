@@ -18,6 +18,13 @@ pub enum Input {
     Get,
     Put(Vec<u8>),
     Delete,
+    /// `KEY VERSION`.
+    Version,
+    /// `KEY CAS <key> <version> <value>`.
+    Cas {
+        version: u64,
+        value: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -26,6 +33,10 @@ pub enum Output {
     Ok,
     /// A read returned this value (`None`: absent).
     Value(Option<Vec<u8>>),
+    /// `KEY VERSION` answered this version.
+    Version(u64),
+    /// A compare-and-set was refused: the key was at this version.
+    Mismatch(u64),
     /// No answer: the operation may or may not have happened.
     Unknown,
 }
@@ -54,11 +65,15 @@ impl fmt::Display for Operation {
             Input::Get => "get".to_string(),
             Input::Put(v) => format!("put {}", show(v)),
             Input::Delete => "delete".to_string(),
+            Input::Version => "version".to_string(),
+            Input::Cas { version, value } => format!("cas {version} {}", show(value)),
         };
         let output = match &self.output {
             Output::Ok => "ok".to_string(),
             Output::Value(Some(v)) => show(v),
             Output::Value(None) => "(absent)".to_string(),
+            Output::Version(v) => format!("version {v}"),
+            Output::Mismatch(v) => format!("mismatch, at {v}"),
             Output::Unknown => "?".to_string(),
         };
         let ret = self.ret.map_or("…".to_string(), |r| r.to_string());
@@ -107,7 +122,7 @@ pub fn check(history: &[Operation]) -> Vec<Anomaly> {
     let mut by_key: BTreeMap<&str, Vec<Operation>> = BTreeMap::new();
     for op in history {
         // A read with no answer constrains nothing.
-        if op.input == Input::Get && op.is_pending() {
+        if matches!(op.input, Input::Get | Input::Version) && op.is_pending() {
             continue;
         }
         by_key.entry(&op.key).or_default().push(op.clone());
@@ -134,7 +149,7 @@ fn minimise(mut ops: Vec<Operation>) -> Vec<Operation> {
     // it): dropping it would turn any anomaly into "read of a value never written".
     let written = |h: &[Operation], v: &Vec<u8>| {
         h.iter()
-            .any(|op| matches!(&op.input, Input::Put(w) if w == v))
+            .any(|op| matches!(&op.input, Input::Put(w) | Input::Cas { value: w, .. } if w == v))
     };
     let orphans = |h: &[Operation]| {
         h.iter()

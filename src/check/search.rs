@@ -14,15 +14,42 @@ pub enum Verdict {
     Undecided,
 }
 
-type State = Option<Vec<u8>>;
+/// A key's value (`None`: absent) and its version: 0 while absent, one more for every
+/// write of it since it was created.
+type State = (Option<Vec<u8>>, u64);
 
-/// The register model: the next state, if `op` may happen in `state`.
+/// The versioned register model: the next state, if `op` may happen in `state`.
 fn step(state: &State, op: &Operation) -> Option<State> {
+    let (value, version) = state;
+    let written = |v: &Vec<u8>| (Some(v.clone()), version + 1);
     match (&op.input, &op.output) {
-        (Input::Get, Output::Value(v)) => (v == state).then(|| state.clone()),
-        (Input::Get, _) => Some(state.clone()),
-        (Input::Put(v), _) => Some(Some(v.clone())),
-        (Input::Delete, _) => Some(None),
+        (Input::Get, Output::Value(v)) => (v == value).then(|| state.clone()),
+        (Input::Version, Output::Version(v)) => (v == version).then(|| state.clone()),
+        (Input::Get | Input::Version, _) => Some(state.clone()),
+        (Input::Put(v), _) => Some(written(v)),
+        (Input::Delete, _) => Some((None, 0)),
+        (
+            Input::Cas {
+                version: at,
+                value: v,
+            },
+            Output::Ok,
+        ) => (at == version).then(|| written(v)),
+        (Input::Cas { version: at, .. }, Output::Mismatch(m)) => {
+            (m == version && at != version).then(|| state.clone())
+        }
+        // Unknown: it took effect if its condition held where it is placed.
+        (
+            Input::Cas {
+                version: at,
+                value: v,
+            },
+            _,
+        ) => Some(if at == version {
+            written(v)
+        } else {
+            state.clone()
+        }),
     }
 }
 
@@ -90,7 +117,7 @@ pub fn linearizable(ops: &[Operation], budget: u64) -> Verdict {
 
     let words = ops.len().div_ceil(64);
     let mut linearized = vec![0u64; words];
-    let mut state: State = None;
+    let mut state: State = (None, 0);
     let mut cache: HashSet<(Vec<u64>, State)> = HashSet::new();
     let mut calls: Vec<(usize, State)> = Vec::new();
     let mut entry = entries[head].next;

@@ -175,3 +175,66 @@ fn witness_is_minimal_and_keeps_the_writes_reads_saw() {
     let witness: Vec<String> = anomalies[0].witness.iter().map(|o| o.to_string()).collect();
     assert_eq!(witness.len(), 3, "{witness:#?}");
 }
+
+fn cas(version: u64, v: &str) -> Input {
+    Input::Cas {
+        version,
+        value: v.as_bytes().to_vec(),
+    }
+}
+
+#[test]
+fn versions_and_compare_and_set_follow_the_versioned_register() {
+    let h = vec![
+        op(1, Input::Version, Output::Version(0), 0, Some(1)),
+        op(1, cas(0, "a"), Output::Ok, 2, Some(3)),
+        op(2, cas(0, "b"), Output::Mismatch(1), 4, Some(5)),
+        op(2, put("c"), Output::Ok, 6, Some(7)),
+        op(1, Input::Version, Output::Version(2), 8, Some(9)),
+        op(1, cas(2, "d"), Output::Ok, 10, Some(11)),
+        op(2, Input::Get, read(Some("d")), 12, Some(13)),
+        op(2, Input::Delete, Output::Ok, 14, Some(15)),
+        op(1, Input::Version, Output::Version(0), 16, Some(17)),
+        op(1, cas(0, "e"), Output::Ok, 18, Some(19)),
+    ];
+    assert!(check(&h).is_empty());
+}
+
+#[test]
+fn two_winning_cas_on_one_version_are_rejected() {
+    // Both clients compare against version 1 and both are told OK: one must have lost.
+    let h = vec![
+        op(1, put("a"), Output::Ok, 0, Some(1)),
+        op(1, cas(1, "b"), Output::Ok, 2, Some(10)),
+        op(2, cas(1, "c"), Output::Ok, 3, Some(11)),
+    ];
+    let anomalies = check(&h);
+    assert_eq!(anomalies.len(), 1, "{anomalies:?}");
+}
+
+#[test]
+fn a_wrong_version_or_a_false_mismatch_is_rejected() {
+    let stale_version = vec![
+        op(1, put("a"), Output::Ok, 0, Some(1)),
+        op(1, put("b"), Output::Ok, 2, Some(3)),
+        op(2, Input::Version, Output::Version(1), 4, Some(5)),
+    ];
+    assert_eq!(check(&stale_version).len(), 1);
+    let false_mismatch = vec![
+        op(1, put("a"), Output::Ok, 0, Some(1)),
+        op(2, cas(1, "b"), Output::Mismatch(1), 2, Some(3)),
+    ];
+    assert_eq!(check(&false_mismatch).len(), 1);
+}
+
+#[test]
+fn an_unknown_cas_may_or_may_not_have_happened() {
+    for seen in ["a", "b"] {
+        let h = vec![
+            op(1, put("a"), Output::Ok, 0, Some(1)),
+            op(1, cas(1, "b"), Output::Unknown, 2, None),
+            op(2, Input::Get, read(Some(seen)), 5, Some(6)),
+        ];
+        assert!(check(&h).is_empty(), "{seen}");
+    }
+}

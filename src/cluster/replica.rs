@@ -204,8 +204,15 @@ impl Machine for StoreMachine {
             return Ok(None);
         };
         let reply = match (completion.outcome, pending) {
+            // Completed only once applied here, so its verdict is known, unless this node
+            // caught up past it by installing a snapshot.
             (Outcome::Written, Pending::Write) => {
-                self.results.remove(&request).unwrap_or(Reply::Ok)
+                self.results.remove(&request).unwrap_or_else(|| {
+                    Reply::warn(
+                        "outcome unknown: the write was committed, but this node caught up past it \
+                     from a snapshot and did not see its verdict; read the key to learn it",
+                    )
+                })
             }
             (Outcome::ReadNow { .. }, Pending::Read { principal, command }) => {
                 match kv::read(&self.store, principal.as_deref(), &command, kv::now_ms())? {

@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use super::acceptor::Acceptor;
 use super::ballot::{Ballot, CommandId, GroupId, NodeId, Slot, Zone};
 use super::command::{ClientOp, Command, CommandOp};
+use super::dedup::Seen;
 use super::group::{Ctx, Group};
 use super::log::{GroupState, Log};
 use super::membership::{Config, Membership, SYSTEM_GROUP};
@@ -47,6 +48,10 @@ struct Outstanding {
     read_index: Option<Slot>,
     /// Handed to this node as owner (so it need not be routed again when it becomes one).
     at_owner_here: bool,
+    /// For a write: the owner reported it applied. It completes once this node has applied
+    /// it too, so the machine here has its verdict (a conditional write's answer depends on
+    /// the state it met) and a read here right after sees it.
+    written: bool,
 }
 
 /// Bits of a command sequence number taken by the per-run counter; the rest is the
@@ -326,6 +331,7 @@ impl Node {
                 deadline: now.saturating_add(self.settings.request_timeout_ms),
                 read_index: None,
                 at_owner_here: false,
+                written: false,
             },
         );
         self.route(id);
@@ -349,7 +355,7 @@ impl Node {
         let due: Vec<CommandId> = self
             .outstanding
             .iter()
-            .filter(|(_, o)| o.read_index.is_none() && now >= o.next_try)
+            .filter(|(_, o)| o.read_index.is_none() && !o.written && now >= o.next_try)
             .map(|(id, _)| *id)
             .collect();
         for id in due {
@@ -465,11 +471,9 @@ impl Node {
     fn on_forward_reply(&mut self, group: &str, id: CommandId, outcome: ForwardOutcome) {
         match outcome {
             ForwardOutcome::Written => {
-                if let Some(o) = self.outstanding.remove(&id) {
-                    self.out.completions.push(Completion {
-                        request: o.request,
-                        outcome: Outcome::Written,
-                    });
+                // Completed by `settle` once applied here.
+                if let Some(o) = self.outstanding.get_mut(&id) {
+                    o.written = true;
                 }
             }
             ForwardOutcome::ReadIndex { slot } => {
@@ -523,6 +527,7 @@ impl Node {
             .iter()
             .filter(|(_, o)| {
                 !o.at_owner_here
+                    && !o.written
                     && o.read_index.is_none()
                     && self.groups.get(&o.group).is_some_and(|g| g.is_leading())
             })
@@ -556,6 +561,26 @@ impl Node {
                 self.out.completions.push(Completion {
                     request: o.request,
                     outcome: Outcome::ReadNow { key },
+                });
+            }
+        }
+        let written: Vec<CommandId> = self
+            .outstanding
+            .iter()
+            .filter(|(id, o)| {
+                o.written
+                    && self
+                        .groups
+                        .get(&o.group)
+                        .is_some_and(|g| g.log.check(id) != Seen::Fresh)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in written {
+            if let Some(o) = self.outstanding.remove(&id) {
+                self.out.completions.push(Completion {
+                    request: o.request,
+                    outcome: Outcome::Written,
                 });
             }
         }

@@ -276,6 +276,7 @@ pub fn run_workload(
 
 fn work(w: Worker, history: History, epoch: Instant, stop: Arc<AtomicBool>) -> usize {
     let mut client: Option<Client> = None;
+    let mut seen = vec![0u64; w.keys.len()];
     let mut n = 0u64;
     let mut done = 0;
     let mut state = w.client_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -295,30 +296,52 @@ fn work(w: Worker, history: History, epoch: Instant, stop: Arc<AtomicBool>) -> u
                 }
             }
         }
-        let key = w.keys[(next() % w.keys.len() as u64) as usize].clone();
-        let write = next() % 2 == 0;
+        let key_index = (next() % w.keys.len() as u64) as usize;
+        let key = w.keys[key_index].clone();
         n += 1;
         let value = format!("c{}n{n}", w.client_id);
-        let line = if write {
-            format!("KEY PUT {key} {value}")
-        } else {
-            format!("KEY GET {key}")
+        // Half writes (a fifth of them compare-and-set on the version this client last
+        // saw), half reads (a fifth of them of the version).
+        let roll = next() % 10;
+        let (line, input) = match roll {
+            0..=3 => (
+                format!("KEY PUT {key} {value}"),
+                Input::Put(value.into_bytes()),
+            ),
+            4 => {
+                let version = seen[key_index];
+                (
+                    format!("KEY CAS {key} {version} {value}"),
+                    Input::Cas {
+                        version,
+                        value: value.into_bytes(),
+                    },
+                )
+            }
+            5 => (format!("KEY VERSION {key}"), Input::Version),
+            _ => (format!("KEY GET {key}"), Input::Get),
         };
         let call = epoch.elapsed().as_micros() as u64;
         let result = client.as_mut().expect("client").try_request(&line);
         let ret = epoch.elapsed().as_micros() as u64;
-        let input = if write {
-            Input::Put(value.into_bytes())
-        } else {
-            Input::Get
-        };
-        let output = match result.as_deref() {
-            Ok([ok]) if write && ok == "OK" => Some(Output::Ok),
-            Ok([v, ok]) if !write && ok == "OK" && v.starts_with("VALUE:") => {
+        let output = match (&input, result.as_deref()) {
+            (Input::Put(_) | Input::Cas { .. }, Ok([ok])) if ok == "OK" => Some(Output::Ok),
+            (Input::Cas { .. }, Ok([e])) if e.starts_with("ERROR WARN version mismatch: ") => {
+                let at = e.rsplit(' ').next().and_then(|v| v.parse().ok());
+                Some(Output::Mismatch(at.expect("version in a mismatch")))
+            }
+            (Input::Get, Ok([v, ok])) if ok == "OK" && v.starts_with("VALUE:") => {
                 Some(Output::Value(Some(v.as_bytes()["VALUE:".len()..].to_vec())))
             }
-            Ok([nf, ok]) if !write && ok == "OK" && nf == "NOT_FOUND" => Some(Output::Value(None)),
-            Ok(lines) => {
+            (Input::Get, Ok([nf, ok])) if ok == "OK" && nf == "NOT_FOUND" => {
+                Some(Output::Value(None))
+            }
+            (Input::Version, Ok([v, ok])) if ok == "OK" && v.starts_with("VERSION:") => {
+                let at: u64 = v["VERSION:".len()..].parse().expect("a version");
+                seen[key_index] = at;
+                Some(Output::Version(at))
+            }
+            (_, Ok(lines)) => {
                 // A timeout (or any error) leaves the outcome unknown; the server keeps the
                 // connection usable.
                 assert!(
@@ -327,11 +350,14 @@ fn work(w: Worker, history: History, epoch: Instant, stop: Arc<AtomicBool>) -> u
                 );
                 None
             }
-            Err(_) => {
+            (_, Err(_)) => {
                 client = None;
                 None
             }
         };
+        if let (Input::Cas { version, .. }, Some(Output::Ok)) = (&input, &output) {
+            seen[key_index] = version + 1;
+        }
         let (output, ret) = match output {
             Some(o) => {
                 done += 1;
@@ -386,6 +412,10 @@ pub fn final_reads(cluster: &TestCluster, keys: &[String], history: &History, ep
 pub fn assert_linearizable(history: &History) {
     let ops = history.operations();
     let anomalies = atlas::check::check(&ops);
+    if let (false, Ok(path)) = (anomalies.is_empty(), std::env::var("ATLAS_HISTORY_DUMP")) {
+        let text: String = ops.iter().map(|op| format!("{op}\n")).collect();
+        let _ = std::fs::write(path, text);
+    }
     assert!(
         anomalies.is_empty(),
         "history of {} operations is not linearizable:\n{}",
@@ -403,7 +433,7 @@ pub fn acknowledged_writes(history: &History) -> usize {
     history
         .operations()
         .iter()
-        .filter(|o| matches!(o.input, Input::Put(_)) && o.output == Output::Ok)
+        .filter(|o| matches!(o.input, Input::Put(_) | Input::Cas { .. }) && o.output == Output::Ok)
         .map(|o| (o.key.clone(), o.call))
         .collect::<BTreeSet<_>>()
         .len()
