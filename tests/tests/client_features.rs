@@ -1,0 +1,167 @@
+//! Versions, compare-and-set, conditional deletes, single-table transactions, expiring keys
+//! and paged scans: on a real single node across a restart, and in a three-node cluster
+//! across nodes and through the failover of the table's owner.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use atlas_tests::Node;
+use atlas_tests::cluster::TestCluster;
+
+#[test]
+fn versions_cas_and_transactions_survive_a_restart() {
+    let mut node = Node::start();
+    let mut c = node.client();
+    assert_eq!(c.request_ok("KEY VERSION cfg.mode"), ["VERSION:0"]);
+    c.request_ok("KEY CAS cfg.mode 0 blue");
+    c.request_err(
+        "KEY CAS cfg.mode 0 green",
+        "ERROR WARN version mismatch: CFG.MODE is at version 1",
+    );
+    c.request_ok("TXN BEGIN");
+    c.request_ok("TXN IF cfg.mode VERSION 1");
+    c.request_ok("TXN IF cfg.size ABSENT");
+    c.request_ok("TXN PUT cfg.mode green");
+    c.request_ok("TXN PUT cfg.size 3");
+    c.request_ok("TXN COMMIT");
+    c.request_ok("KEY PUT cfg.tmp TTL 1h kept");
+    node.kill9();
+    node.restart();
+    let mut c = node.client();
+    assert_eq!(c.request_ok("KEY VERSION cfg.mode"), ["VERSION:2"]);
+    assert_eq!(
+        c.request_ok("SCAN cfg. VALUES"),
+        [
+            "KEYS:3",
+            "CFG.MODE VALUE:green",
+            "CFG.SIZE VALUE:3",
+            "CFG.TMP VALUE:kept"
+        ]
+    );
+    c.request_err(
+        "KEY DEL cfg.mode IF VERSION 1",
+        "ERROR WARN version mismatch: CFG.MODE is at version 2",
+    );
+    c.request_ok("KEY DEL cfg.mode IF VERSION 2");
+    assert_eq!(c.get("cfg.mode"), None);
+    // Bad input: clear errors, the connection stays usable.
+    c.request_err("KEY CAS cfg.mode x v", "ERROR WARN invalid version");
+    c.request_err("TXN COMMIT", "ERROR WARN no transaction");
+    c.request_err("SCAN cfg. LIMIT 0", "ERROR WARN invalid limit");
+    c.assert_usable();
+}
+
+#[test]
+fn scans_page_through_many_keys() {
+    let node = Node::start_with("limits: {max_scan_keys: 50}");
+    let mut c = node.client();
+    for i in 0..120 {
+        c.put(&format!("logs.k{i:03}"), &i.to_string());
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..10 {
+        let line = match &after {
+            None => "SCAN logs.".to_string(),
+            Some(last) => format!("SCAN logs. AFTER {last}"),
+        };
+        let lines = c.request_ok(&line);
+        let n: usize = lines[0]["KEYS:".len()..].parse().expect("KEYS:<n>");
+        assert!(n <= 50, "the server cap holds: {n}");
+        seen.extend(lines[1..=n].iter().cloned());
+        after = lines
+            .get(n + 1)
+            .and_then(|l| l.strip_prefix("MORE AFTER "))
+            .map(str::to_string);
+        if after.is_none() {
+            break;
+        }
+    }
+    let expected: Vec<String> = (0..120).map(|i| format!("LOGS.K{i:03}")).collect();
+    assert_eq!(seen, expected, "every key once, in order");
+    assert_eq!(c.request_ok("COUNT logs."), ["COUNT:120"]);
+}
+
+/// Retries `line` at `node` until it is answered with `OK` (an owner is being replaced).
+fn until_ok(cluster: &TestCluster, node: usize, line: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lines = cluster.nodes[node].client().request(line);
+        if lines.last().map(String::as_str) == Some("OK") || Instant::now() > deadline {
+            return lines;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn versions_transactions_and_expiry_agree_across_nodes_and_failover() {
+    let mut cluster = TestCluster::start(&["a", "b", "c"], "fz: 1\n");
+    let mut a = cluster.nodes[0].client();
+    a.request_ok("KEY CAS acct.a 0 10");
+    assert_eq!(
+        cluster.nodes[1].client().request_ok("KEY VERSION acct.a"),
+        ["VERSION:1"]
+    );
+    cluster.nodes[2].client().request_err(
+        "KEY CAS acct.a 0 x",
+        "ERROR WARN version mismatch: ACCT.A is at version 1",
+    );
+
+    let mut b = cluster.nodes[1].client();
+    for line in [
+        "TXN BEGIN",
+        "TXN IF acct.a VERSION 1",
+        "TXN PUT acct.a 7",
+        "TXN PUT acct.b 3",
+        "TXN COMMIT",
+    ] {
+        b.request_ok(line);
+    }
+    let mut c = cluster.nodes[2].client();
+    for line in ["TXN BEGIN", "TXN IF acct.b ABSENT", "TXN DEL acct.a"] {
+        c.request_ok(line);
+    }
+    c.request_err(
+        "TXN COMMIT",
+        "ERROR WARN condition failed: ACCT.B is at version 1",
+    );
+    for node in &cluster.nodes {
+        assert_eq!(
+            node.client().request_ok("SCAN acct. VALUES"),
+            ["KEYS:2", "ACCT.A VALUE:7", "ACCT.B VALUE:3"],
+            "the same state at every node"
+        );
+    }
+
+    a.request_ok("KEY PUT sess.x TTL 1500ms v");
+    assert_eq!(
+        cluster.nodes[2].client().get("sess.x").as_deref(),
+        Some("v")
+    );
+    thread::sleep(Duration::from_millis(2_000));
+    for node in &cluster.nodes {
+        assert_eq!(node.client().get("sess.x"), None, "expired everywhere");
+    }
+
+    // Versions survive the owner's failover; a compare-and-set at the new owner works.
+    let owner = cluster.owner_of(0, "acct").expect("an owner");
+    cluster.nodes[owner].kill9();
+    let other = (owner + 1) % 3;
+    assert_eq!(
+        until_ok(&cluster, other, "KEY VERSION acct.a"),
+        ["VERSION:2", "OK"]
+    );
+    assert_eq!(until_ok(&cluster, other, "KEY CAS acct.a 2 8"), ["OK"]);
+    let third = (owner + 2) % 3;
+    assert_eq!(
+        cluster.nodes[third]
+            .client()
+            .request_ok("KEY VERSION acct.a"),
+        ["VERSION:3"]
+    );
+    cluster.nodes[owner].restart();
+    let mut back = cluster.nodes[owner].client();
+    assert_eq!(back.request_ok("KEY VERSION acct.a"), ["VERSION:3"]);
+    assert_eq!(back.get("acct.a").as_deref(), Some("8"));
+}
