@@ -1,5 +1,6 @@
 //! The `atlas` command: `serve` runs a node, `repl` talks to one.
 
+mod kv_cli;
 mod nas_cli;
 mod repl;
 
@@ -55,6 +56,18 @@ enum Commands {
     Repl {
         /// Socket path; default: the socket of -c FILE, else ./data/atlas.sock.
         socket: Option<PathBuf>,
+        /// Send this request line and exit (repeatable; stops at the first ERROR, exit 1).
+        #[arg(short = 'e', long = "execute")]
+        execute: Vec<String>,
+    },
+    /// One request for scripts: exit 0 on success, 1 on an ERROR answer (or an absent key
+    /// for `get`), 2 without a connection.
+    Kv {
+        /// Socket path; default: the socket of -c FILE, else ./data/atlas.sock.
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        command: kv_cli::KvCommand,
     },
 }
 
@@ -94,19 +107,34 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Commands::Repl { socket } => {
-            let socket = match (socket, conf) {
-                (Some(socket), _) => socket,
-                (None, conf) => match load(conf.as_ref()) {
-                    Ok((config, _, _)) => config.socket_path(),
-                    Err(message) => {
-                        eprintln!("atlas: {message}");
-                        return ExitCode::from(2);
-                    }
-                },
+        Commands::Repl { socket, execute } => {
+            let socket = match socket_of(socket, conf) {
+                Ok(socket) => socket,
+                Err(code) => return code,
             };
-            repl::run(&socket)
+            if execute.is_empty() {
+                repl::run(&socket)
+            } else {
+                kv_cli::run_lines(&socket, &execute)
+            }
         }
+        Commands::Kv { socket, command } => match socket_of(socket, conf) {
+            Ok(socket) => kv_cli::run(command, &socket),
+            Err(code) => code,
+        },
+    }
+}
+
+/// The socket given, else the one of the configuration (`-c`, or the embedded default).
+fn socket_of(socket: Option<PathBuf>, conf: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    match socket {
+        Some(socket) => Ok(socket),
+        None => load(conf.as_ref())
+            .map(|(config, _, _)| config.socket_path())
+            .map_err(|message| {
+                eprintln!("atlas: {message}");
+                ExitCode::from(2)
+            }),
     }
 }
 

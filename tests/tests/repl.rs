@@ -182,3 +182,75 @@ fn repl_without_a_server_fails() {
     );
     assert_ne!(out.status.code(), Some(0), "{}", explain(&out));
 }
+
+fn atlas(args: &[&str]) -> Output {
+    run_with_input(
+        Command::new(atlas_bin()).args(args),
+        b"",
+        Duration::from_secs(30),
+    )
+}
+
+#[test]
+fn one_shot_kv_commands_answer_with_their_exit_status() {
+    let node = Node::start_with("limits: {max_scan_keys: 2}");
+    let socket = node.socket_path();
+    let socket = socket.to_str().expect("utf-8 path");
+    let kv = |args: &[&str]| {
+        let mut all = vec!["kv", "--socket", socket];
+        all.extend_from_slice(args);
+        atlas(&all)
+    };
+    let out = kv(&["put", "app.name", "two", "words"]);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let out = kv(&["get", "app.name"]);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(stdout_lines(&out), ["two words"]);
+    let out = kv(&["get", "app.none"]);
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    assert!(out.stdout.is_empty());
+    let out = kv(&["version", "app.name"]);
+    assert_eq!(stdout_lines(&out), ["1"], "{}", explain(&out));
+    let out = kv(&["cas", "app.name", "0", "other"]);
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("version mismatch: APP.NAME is at version 1"),
+        "{}",
+        explain(&out)
+    );
+    assert_eq!(kv(&["cas", "app.name", "1", "third"]).status.code(), Some(0));
+    for k in ["app.a", "app.b", "app.c"] {
+        assert_eq!(kv(&["put", k, "x"]).status.code(), Some(0));
+    }
+    // All pages, although a page holds two keys.
+    let out = kv(&["scan", "app."]);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(stdout_lines(&out), ["APP.A", "APP.B", "APP.C", "APP.NAME"]);
+    let out = kv(&["scan", "app.", "--values"]);
+    assert_eq!(
+        stdout_lines(&out),
+        [
+            "APP.A VALUE:x",
+            "APP.B VALUE:x",
+            "APP.C VALUE:x",
+            "APP.NAME VALUE:third"
+        ]
+    );
+    assert_eq!(kv(&["del", "app.a", "--if-version", "9"]).status.code(), Some(1));
+    assert_eq!(kv(&["del", "app.a", "--if-version", "1"]).status.code(), Some(0));
+    assert_eq!(kv(&["get", "app.a"]).status.code(), Some(1));
+    let out = atlas(&["kv", "--socket", "/nonexistent/atlas.sock", "get", "a.b"]);
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+
+    // `atlas repl -e`: every line's answer, exit 1 at the first error.
+    let out = atlas(&["repl", socket, "-e", "KEY PUT r.x 1", "-e", "KEY VERSION r.x"]);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(stdout_lines(&out), ["OK", "VERSION:1", "OK"]);
+    let out = atlas(&["repl", socket, "-e", "KEY CAS r.x 5 v", "-e", "KEY PUT r.x 2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    assert_eq!(
+        stdout_lines(&out),
+        ["ERROR WARN version mismatch: R.X is at version 1"]
+    );
+    assert_eq!(node.client().get("r.x").as_deref(), Some("1"));
+}
