@@ -24,7 +24,10 @@ use crate::storage::{Change, StorageError, Store};
 
 /// A client request waiting for the log.
 enum Pending {
-    Write,
+    Write {
+        /// A condition (CAS, `DEL … IF VERSION`, a transaction) decides its answer.
+        conditional: bool,
+    },
     Read {
         principal: Option<String>,
         command: Command,
@@ -205,14 +208,18 @@ impl Machine for StoreMachine {
         };
         let reply = match (completion.outcome, pending) {
             // Completed only once applied here, so its verdict is known, unless this node
-            // caught up past it by installing a snapshot.
-            (Outcome::Written, Pending::Write) => {
-                self.results.remove(&request).unwrap_or_else(|| {
-                    Reply::warn(
+            // caught up past it by installing a snapshot. Then a write without a condition
+            // is answered OK (it was committed; see docs/consensus.md for the rare refusal
+            // this reports wrongly), and a conditional one as unknown.
+            (Outcome::Written, Pending::Write { conditional }) => {
+                match self.results.remove(&request) {
+                    Some(reply) => reply,
+                    None if !conditional => Reply::Ok,
+                    None => Reply::warn(
                         "outcome unknown: the write was committed, but this node caught up past it \
-                     from a snapshot and did not see its verdict; read the key to learn it",
-                    )
-                })
+                         from a snapshot and did not see its verdict; read the key to learn it",
+                    ),
+                }
             }
             (Outcome::ReadNow { .. }, Pending::Read { principal, command }) => {
                 match kv::read(&self.store, principal.as_deref(), &command, kv::now_ms())? {
@@ -320,7 +327,9 @@ impl Replica {
 
     /// Takes in a client write; its answer comes out of a later `process`.
     pub fn submit_write(&mut self, now: u64, write: &Write) -> RequestId {
-        let request = self.new_request(Pending::Write);
+        let request = self.new_request(Pending::Write {
+            conditional: write.is_conditional(),
+        });
         let op = ClientOp::Put {
             key: write.key.as_str().to_string(),
             value: encode_proposal(self.node.id(), request, write).into(),

@@ -129,6 +129,20 @@ impl Write {
         })
     }
 
+    /// Whether a condition on the state decides the answer (beyond the rules every write
+    /// meets: system tables, ACLs, WORM locks).
+    pub fn is_conditional(&self) -> bool {
+        matches!(
+            self.op,
+            WriteOp::Put {
+                if_version: Some(_),
+                ..
+            } | WriteOp::Delete {
+                if_version: Some(_)
+            } | WriteOp::Txn(_)
+        )
+    }
+
     /// Every key the write may change or read (a batch applying it locks them).
     pub fn keys(&self) -> Vec<&Key> {
         match &self.op {
