@@ -68,3 +68,6 @@ pub fn now_ms() -> i64 {
 pub(crate) fn shown_principal(principal: Option<&str>) -> String {
     principal.unwrap_or("(none)").to_string()
 }
+
+#[cfg(test)]
+mod tests;

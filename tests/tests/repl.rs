@@ -218,7 +218,10 @@ fn one_shot_kv_commands_answer_with_their_exit_status() {
         "{}",
         explain(&out)
     );
-    assert_eq!(kv(&["cas", "app.name", "1", "third"]).status.code(), Some(0));
+    assert_eq!(
+        kv(&["cas", "app.name", "1", "third"]).status.code(),
+        Some(0)
+    );
     for k in ["app.a", "app.b", "app.c"] {
         assert_eq!(kv(&["put", k, "x"]).status.code(), Some(0));
     }
@@ -236,17 +239,37 @@ fn one_shot_kv_commands_answer_with_their_exit_status() {
             "APP.NAME VALUE:third"
         ]
     );
-    assert_eq!(kv(&["del", "app.a", "--if-version", "9"]).status.code(), Some(1));
-    assert_eq!(kv(&["del", "app.a", "--if-version", "1"]).status.code(), Some(0));
+    assert_eq!(
+        kv(&["del", "app.a", "--if-version", "9"]).status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        kv(&["del", "app.a", "--if-version", "1"]).status.code(),
+        Some(0)
+    );
     assert_eq!(kv(&["get", "app.a"]).status.code(), Some(1));
     let out = atlas(&["kv", "--socket", "/nonexistent/atlas.sock", "get", "a.b"]);
     assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
 
     // `atlas repl -e`: every line's answer, exit 1 at the first error.
-    let out = atlas(&["repl", socket, "-e", "KEY PUT r.x 1", "-e", "KEY VERSION r.x"]);
+    let out = atlas(&[
+        "repl",
+        socket,
+        "-e",
+        "KEY PUT r.x 1",
+        "-e",
+        "KEY VERSION r.x",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     assert_eq!(stdout_lines(&out), ["OK", "VERSION:1", "OK"]);
-    let out = atlas(&["repl", socket, "-e", "KEY CAS r.x 5 v", "-e", "KEY PUT r.x 2"]);
+    let out = atlas(&[
+        "repl",
+        socket,
+        "-e",
+        "KEY CAS r.x 5 v",
+        "-e",
+        "KEY PUT r.x 2",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
     assert_eq!(
         stdout_lines(&out),
