@@ -553,3 +553,72 @@ mod hostile_input {
         }
     }
 }
+
+/// A write forwarded to the owner completes at its origin only once the origin has applied
+/// it too: the answer must be the verdict of its own application (a compare-and-set's
+/// depends on the state it met), not the owner's word that it was committed.
+#[test]
+fn a_forwarded_write_completes_once_applied_at_its_origin() {
+    // Not `Immediate` (which takes the group instead of forwarding to a live owner).
+    let settings = Settings {
+        migration: MigrationMode::Static,
+        ..settings()
+    };
+    let mut node = Node::new(1, "z".into(), three_nodes(), settings, 1, 1, 0);
+    let owner = Ballot {
+        counter: 5,
+        node: 2,
+    };
+    let heartbeat = Message::Heartbeat {
+        group: "users".into(),
+        ballot: owner,
+        applied: 0,
+    };
+    node.step(1, 2, heartbeat);
+    drain(&mut node, 1);
+    let op = ClientOp::Put {
+        key: "users.a".into(),
+        value: vec![1].into(),
+    };
+    node.client_request(2, 9, op.clone());
+    let ready = drain(&mut node, 2);
+    let (id, floor) = ready
+        .messages
+        .iter()
+        .find_map(|m| match &m.message {
+            Message::Forward { id, floor, .. } if m.to == 2 => Some((*id, *floor)),
+            _ => None,
+        })
+        .expect("forwarded to the owner");
+    let written = Message::ForwardReply {
+        group: "users".into(),
+        id,
+        outcome: ForwardOutcome::Written,
+    };
+    node.step(3, 2, written);
+    let ready = drain(&mut node, 3);
+    assert!(
+        ready.completions.is_empty(),
+        "not answered before it is applied here: {:?}",
+        ready.completions
+    );
+    let commit = Message::Commit {
+        group: "users".into(),
+        ballot: owner,
+        slots: Vec::new(),
+        entries: vec![SlotEntry {
+            slot: 1,
+            command: op.to_command(id, floor),
+        }],
+    };
+    node.step(4, 2, commit);
+    let ready = drain(&mut node, 4);
+    assert_eq!(ready.apply.iter().map(|a| a.slot).collect::<Vec<_>>(), [1]);
+    assert_eq!(
+        ready.completions,
+        vec![Completion {
+            request: 9,
+            outcome: Outcome::Written
+        }]
+    );
+}
