@@ -23,6 +23,10 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 3_600_000;
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 /// Keys one `SCAN` page answers when the client names no `LIMIT` (and at most).
 pub const DEFAULT_MAX_SCAN_KEYS: usize = 10_000;
+/// Watches one connection may have open.
+pub const DEFAULT_MAX_WATCHES: usize = 64;
+/// Bytes of recent changes kept for `WATCH … FROM`.
+pub const DEFAULT_WATCH_HISTORY_BYTES: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -234,6 +238,10 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// Keys of one `SCAN` page: the default and the most a `LIMIT` may ask for.
     pub max_scan_keys: usize,
+    /// Bytes of recent changes a node keeps for `WATCH … FROM`.
+    pub watch_history_bytes: u64,
+    /// Watches one connection may have open.
+    pub max_watches: usize,
 }
 
 impl Default for Limits {
@@ -246,6 +254,8 @@ impl Default for Limits {
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             max_scan_keys: DEFAULT_MAX_SCAN_KEYS,
+            watch_history_bytes: DEFAULT_WATCH_HISTORY_BYTES,
+            max_watches: DEFAULT_MAX_WATCHES,
         }
     }
 }

@@ -41,6 +41,9 @@ pub fn open(config: &AtlasConfig) -> Result<Arc<Engine>, OpenError> {
     let store = Arc::new(
         Store::open(&config.data_dir.join("db"), config.durability).map_err(storage_error)?,
     );
+    store
+        .feed()
+        .set_max_bytes(usize::try_from(config.limits.watch_history_bytes).unwrap_or(usize::MAX));
     // A cluster member's id comes from its cluster identity (given by the cluster on join).
     let id = match crate::cluster::identity::ClusterIdentity::load(&config.data_dir)
         .map_err(OpenError::Cluster)?

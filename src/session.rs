@@ -156,6 +156,7 @@ pub async fn serve<S>(
                     limits,
                     principal: None,
                     txn: None,
+                    watches: std::collections::HashMap::new(),
                     tx: tx.clone(),
                     observer: observer.clone(),
                 };
@@ -246,6 +247,8 @@ struct Session {
     principal: Option<String>,
     /// The transaction being staged (`TXN BEGIN` .. `TXN COMMIT`/`TXN ABORT`).
     txn: Option<Staged>,
+    /// Open watches by tag; each is a task sending its events.
+    watches: std::collections::HashMap<String, tokio::task::JoinHandle<()>>,
     tx: mpsc::Sender<Vec<u8>>,
     observer: Arc<dyn Observer>,
 }
@@ -257,7 +260,61 @@ struct Staged {
     bytes: usize,
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        for task in self.watches.values() {
+            task.abort();
+        }
+    }
+}
+
 impl Session {
+    /// Starts a watch; `None` when it started (its task sends `WATCHING` and the events),
+    /// else the error to send.
+    async fn watch(
+        &mut self,
+        tag: Option<&str>,
+        prefix: &str,
+        from: Option<u64>,
+        in_flight: &Arc<Semaphore>,
+    ) -> Option<Reply> {
+        let Some(tag) = tag else {
+            return Some(Reply::warn(
+                "WATCH needs a tag for its events: [ID:<tag>] WATCH <prefix>",
+            ));
+        };
+        self.watches.retain(|_, task| !task.is_finished());
+        if self.watches.contains_key(tag) {
+            return Some(Reply::warn(format!(
+                "a watch with tag {tag} is already open"
+            )));
+        }
+        if self.watches.len() >= self.limits.max_watches {
+            return Some(Reply::warn(format!(
+                "too many watches: at most {} per connection (limits.max_watches)",
+                self.limits.max_watches
+            )));
+        }
+        // An open watch keeps the connection busy (it is not idle) and takes a tagged slot.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return Some(Reply::warn("connection closing"));
+        };
+        let subscription = match self.engine.watch(prefix, from).await {
+            Ok(subscription) => subscription,
+            Err(reply) => return Some(reply),
+        };
+        let tx = self.tx.clone();
+        let engine = self.engine.clone();
+        let principal = self.principal.clone();
+        let owned_tag = tag.to_string();
+        let task = tokio::spawn(async move {
+            let _permit = permit;
+            send_watch(subscription, &owned_tag, &engine, principal.as_deref(), &tx).await;
+        });
+        self.watches.insert(tag.to_string(), task);
+        None
+    }
+
     /// Answers a transaction line that only changes what is staged; `TXN COMMIT` becomes
     /// the command to run (`Ok`), with the staged steps.
     fn stage(&mut self, command: Command) -> Result<Command, Reply> {
@@ -399,6 +456,25 @@ impl Session {
                         .await;
                     continue;
                 }
+                Command::Watch { prefix, from } => {
+                    let reply = self.watch(tag.as_deref(), &prefix, from, &in_flight).await;
+                    if let Some(reply) = reply {
+                        self.send(&reply, tag.as_deref()).await;
+                    }
+                    continue;
+                }
+                Command::Unwatch(watched) => {
+                    let reply = match self.watches.remove(&watched) {
+                        Some(task) => {
+                            task.abort();
+                            Reply::Ok
+                        }
+                        None => Reply::warn(format!("no watch {watched} on this connection")),
+                    };
+                    let tag = if reply.is_error() { tag } else { Some(watched) };
+                    self.send(&reply, tag.as_deref()).await;
+                    continue;
+                }
                 Command::BlobSet { len, .. } => {
                     if len > self.limits.max_blob_bytes {
                         self.send(&Reply::warn("invalid length"), tag.as_deref())
@@ -470,6 +546,68 @@ impl Session {
             }
         }
     }
+}
+
+/// A watch's task: `WATCHING <revision>`, then one `EVENT` line per change the principal
+/// may read, until the feed ends it (then its reason as `ERROR WARN`).
+async fn send_watch(
+    mut subscription: crate::storage::feed::Subscription,
+    tag: &str,
+    engine: &Arc<Engine>,
+    principal: Option<&str>,
+    tx: &mpsc::Sender<Vec<u8>>,
+) {
+    use crate::storage::feed::ChangeKind;
+    let started = Reply::line(format!("WATCHING {}", subscription.revision));
+    if tx.send(encode_frames(&started, tag)).await.is_err() {
+        return;
+    }
+    while let Some(item) = subscription.rx.recv().await {
+        let Ok(change) = item else { break };
+        let Ok(key) = crate::protocol::Key::parse(change.key.as_bytes()) else {
+            continue;
+        };
+        // Changes of keys the principal may not read are left out (as in SCAN).
+        let readable = engine
+            .store()
+            .read(&key, crate::kv::now_ms())
+            .map(|current| current.acl.may_read(principal))
+            .unwrap_or(false);
+        if !readable {
+            continue;
+        }
+        let kind = match change.kind {
+            ChangeKind::Put => "PUT",
+            ChangeKind::Del => "DEL",
+        };
+        let line = format!(
+            "[ID:{tag}] EVENT {kind} {} {} {}\r\n",
+            change.key, change.version, change.revision
+        );
+        if tx.send(line.into_bytes()).await.is_err() {
+            return;
+        }
+    }
+    let why = subscription
+        .ended
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(why) = why {
+        let _ = tx
+            .send(encode_frames(&Reply::warn(why.to_string()), tag))
+            .await;
+    }
+}
+
+/// The frames of `reply` with its tag, without the final `OK` of a data reply.
+fn encode_frames(reply: &Reply, tag: &str) -> Vec<u8> {
+    let mut out = encode(reply, Some(tag));
+    let ok = format!("[ID:{tag}] OK\r\n");
+    if matches!(reply, Reply::Lines(_)) && out.ends_with(ok.as_bytes()) {
+        out.truncate(out.len() - ok.len());
+    }
+    out
 }
 
 #[cfg(test)]

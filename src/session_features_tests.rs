@@ -4,6 +4,30 @@
 use super::tests::{Harness, exchange, start};
 use crate::config::Limits;
 
+/// Like `exchange`, for answers whose lines may come in any order (a watch's events
+/// race the answers to the writes that made them).
+async fn exchange_unordered(h: &mut Harness, input: &[u8], expect: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    h.client.write_all(input).await.unwrap();
+    let mut got = vec![0u8; expect.len()];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        h.client.read_exact(&mut got),
+    )
+    .await
+    .expect("reply in time")
+    .unwrap();
+    let lines = |b: &[u8]| {
+        let mut v: Vec<String> = String::from_utf8_lossy(b)
+            .split("\r\n")
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(lines(&got), lines(expect));
+}
+
 async fn ready(limits: Limits) -> Harness {
     let mut h = start(limits).await;
     exchange(
@@ -227,4 +251,91 @@ async fn scans_page_with_a_continuation_line() {
     )
     .await;
     exchange(&mut h, b"SCAN p. AFTER P.E\r\n", b"EMPTY\r\nOK\r\n").await;
+}
+
+#[tokio::test]
+async fn watches_stream_changes_under_their_prefix_until_unwatched() {
+    // Revisions number this node's changes (the node's own record in ATLAS.NODES is 1).
+    let mut h = ready(Limits::default()).await;
+    exchange(&mut h, b"KEY PUT w.old 1\r\n", b"OK\r\n").await;
+    exchange(&mut h, b"[ID:w] WATCH w.a\r\n", b"[ID:w] WATCHING 2\r\n").await;
+    exchange_unordered(
+        &mut h,
+        b"KEY PUT w.a1 x\r\n",
+        b"OK\r\n[ID:w] EVENT PUT W.A1 1 3\r\n",
+    )
+    .await;
+    exchange(&mut h, b"KEY PUT w.b y\r\n", b"OK\r\n").await;
+    exchange_unordered(
+        &mut h,
+        b"KEY PUT w.a1 z\r\n",
+        b"OK\r\n[ID:w] EVENT PUT W.A1 2 5\r\n",
+    )
+    .await;
+    exchange_unordered(
+        &mut h,
+        b"KEY DEL w.a1\r\n",
+        b"OK\r\n[ID:w] EVENT DEL W.A1 3 6\r\n",
+    )
+    .await;
+    // A transaction's changes arrive together, in order.
+    exchange_unordered(
+        &mut h,
+        b"TXN BEGIN\r\nTXN PUT w.a2 1\r\nTXN PUT w.a3 1\r\nTXN COMMIT\r\n",
+        b"OK\r\nOK\r\nOK\r\nOK\r\n[ID:w] EVENT PUT W.A2 1 7\r\n[ID:w] EVENT PUT W.A3 1 8\r\n",
+    )
+    .await;
+    exchange(&mut h, b"UNWATCH w\r\n", b"[ID:w] OK\r\n").await;
+    exchange(
+        &mut h,
+        b"KEY PUT w.a1 again\r\nUNWATCH w\r\n",
+        b"OK\r\nERROR WARN no watch w on this connection\r\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn watch_from_replays_history_and_bad_watches_are_refused() {
+    let mut h = ready(Limits::default()).await;
+    exchange_unordered(
+        &mut h,
+        b"KEY PUT r.a 1\r\nKEY PUT r.b 1\r\nKEY PUT r.a 2\r\n",
+        b"OK\r\nOK\r\nOK\r\n",
+    )
+    .await;
+    exchange(
+        &mut h,
+        b"[ID:1] WATCH r.a FROM 2\r\n",
+        b"[ID:1] WATCHING 4\r\n[ID:1] EVENT PUT R.A 2 4\r\n",
+    )
+    .await;
+    exchange(
+        &mut h,
+        b"WATCH r.\r\n[ID:2] WATCH r\r\n[ID:3] WATCH r. FROM x\r\n[ID:1] WATCH r.\r\n",
+        b"ERROR WARN WATCH needs a tag for its events: [ID:<tag>] WATCH <prefix>\r\n[ID:2] ERROR WARN invalid watch prefix: name one table, as <table>. or <table>.<prefix> (revisions are per table)\r\n[ID:3] ERROR WARN invalid revision: expected a whole number\r\n[ID:1] ERROR WARN a watch with tag 1 is already open\r\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn watches_hide_keys_the_principal_may_not_read() {
+    let mut h = ready(Limits::default()).await;
+    exchange(
+        &mut h,
+        b"PRINCIPAL ASSUME alice\r\nKEY PUT s.secret 1\r\nACL GRANT s.secret alice PERMS OWNER\r\n",
+        b"OK\r\nOK\r\nACL granted to alice for S.SECRET with permissions OWNER\r\nOK\r\n",
+    )
+    .await;
+    exchange(
+        &mut h,
+        b"PRINCIPAL ASSUME bob\r\n[ID:b] WATCH s.\r\n",
+        b"OK\r\n[ID:b] WATCHING 2\r\n",
+    )
+    .await;
+    exchange_unordered(
+        &mut h,
+        b"PRINCIPAL ASSUME alice\r\nKEY PUT s.secret 2\r\nKEY PUT s.open 1\r\n",
+        b"OK\r\nOK\r\nOK\r\n[ID:b] EVENT PUT S.OPEN 1 4\r\n",
+    )
+    .await;
 }

@@ -153,21 +153,23 @@ impl Machine for StoreMachine {
         apply: &[Applied],
         sync: bool,
     ) -> Result<(), StorageError> {
-        let entries: Vec<Entry> = apply
+        let entries: Vec<(u64, Entry)> = apply
             .iter()
             .filter(|a| !a.duplicate)
-            .map(|a| decode_entry(&a.command.op))
+            .map(|a| (a.slot, decode_entry(&a.command.op)))
             .collect();
         let keys: Vec<Key> = entries
             .iter()
-            .flat_map(|e| match e {
+            .flat_map(|(_, e)| match e {
                 Entry::Proposal { write, .. } => write.keys().into_iter().cloned().collect(),
                 Entry::NodeRecord(record) => vec![record.key()],
                 Entry::Nothing => Vec::new(),
             })
             .collect();
         let mut batch = self.store.batch(keys.iter());
-        for entry in entries {
+        for (slot, entry) in entries {
+            // The entry's slot is the revision of its changes in the change feed.
+            batch.set_revision(slot);
             match entry {
                 Entry::Proposal {
                     origin,
@@ -381,6 +383,11 @@ impl Replica {
 
     /// A snapshot of a group was installed into storage: the node catches up from there.
     pub fn snapshot_installed(&mut self, now: u64, installed: Installed) {
+        let tables = group_tables(&self.settings, &installed.group);
+        self.machine
+            .store
+            .feed()
+            .installed(&tables, installed.state.applied);
         self.node
             .snapshot_installed(now, &installed.group, installed.state, installed.config);
     }

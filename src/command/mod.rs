@@ -142,6 +142,31 @@ impl Engine {
         Write::from_command(command, principal, blob, now_ms()).ok_or(CommandError::TaskFailed)
     }
 
+    /// Starts a watch of `prefix` (within one table) for the connection: in a cluster after
+    /// a read barrier on the table, so it starts from a revision at least as new as any
+    /// write acknowledged before it was asked for.
+    pub async fn watch(
+        self: &Arc<Self>,
+        prefix: &str,
+        from: Option<u64>,
+    ) -> Result<crate::storage::feed::Subscription, Reply> {
+        let table = prefix.split('.').next().unwrap_or(prefix).to_string();
+        let current = match self.cluster.get() {
+            Some(cluster) => {
+                let barrier = cluster.barrier(vec![table.clone()]).await;
+                if barrier != Reply::Ok {
+                    return Err(barrier);
+                }
+                cluster.view().groups.get(&table).map_or(0, |g| g.applied)
+            }
+            None => 0,
+        };
+        self.store
+            .feed()
+            .subscribe(&table, prefix, from, current)
+            .map_err(|end| Reply::warn(end.to_string()))
+    }
+
     /// Executes one command for `principal` (`blob` is the payload of `KEY BLOB SET`). The
     /// error stays a value so the session can count it by kind before it becomes an
     /// `ERROR WARN` line.

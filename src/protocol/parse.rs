@@ -126,6 +126,13 @@ pub enum Command {
     /// `TXN COMMIT`: the parser gives no steps, the connection fills in the staged ones.
     TxnCommit(Vec<TxnStep>),
     TxnAbort,
+    /// `[ID:<tag>] WATCH <prefix> [FROM <revision>]`.
+    Watch {
+        prefix: String,
+        from: Option<u64>,
+    },
+    /// `UNWATCH <tag>`.
+    Unwatch(String),
     Assume(String),
     WhoAmI,
     Grant {
@@ -167,6 +174,8 @@ impl Command {
                 | Command::TxnBegin
                 | Command::TxnStep(_)
                 | Command::TxnAbort
+                | Command::Watch { .. }
+                | Command::Unwatch(_)
         )
     }
 
@@ -198,6 +207,8 @@ impl Command {
             Command::TxnStep(TxnStep::Del(_)) => "TXN DEL",
             Command::TxnCommit(_) => "TXN COMMIT",
             Command::TxnAbort => "TXN ABORT",
+            Command::Watch { .. } => "WATCH",
+            Command::Unwatch(_) => "UNWATCH",
             Command::BlobSet { .. } => "KEY BLOB SET",
             Command::BlobGet(_) => "KEY BLOB GET",
             Command::Scan(_) => "SCAN",
@@ -374,6 +385,27 @@ fn parse_command(body: &[u8]) -> CmdResult {
         Ok(Command::Count(parse_prefix(prefix)?))
     } else if word_is(word, "TXN") {
         parse_txn(&mut tokens)
+    } else if word_is(word, "WATCH") {
+        const USAGE_WATCH: &str = "usage: WATCH <table>.<prefix> [FROM <revision>]";
+        let prefix = parse_prefix(tokens.next().ok_or_else(|| usage(USAGE_WATCH))?)?;
+        if !prefix.contains('.') || prefix.starts_with('.') {
+            return Err(invalid(
+                "invalid watch prefix: name one table, as <table>. or <table>.<prefix> (revisions are per table)"
+                    .into(),
+            ));
+        }
+        let from = match (tokens.next(), tokens.next()) {
+            (None, _) => None,
+            (Some(word), Some(n)) if word_is(word, "FROM") && tokens.is_done() => Some(
+                parse_decimal(n)
+                    .ok_or_else(|| invalid("invalid revision: expected a whole number".into()))?,
+            ),
+            _ => return Err(usage(USAGE_WATCH)),
+        };
+        Ok(Command::Watch { prefix, from })
+    } else if word_is(word, "UNWATCH") {
+        let tag = single_arg(&mut tokens).ok_or_else(|| usage("usage: UNWATCH <tag>"))?;
+        Ok(Command::Unwatch(String::from_utf8_lossy(tag).into_owned()))
     } else if word_is(word, "PRINCIPAL") {
         parse_principal(&mut tokens)
     } else if word_is(word, "ACL") {

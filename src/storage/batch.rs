@@ -9,6 +9,7 @@ use std::sync::MutexGuard;
 
 use rocksdb::WriteBatch;
 
+use super::feed::{ChangeKind, Published};
 use super::{
     Acl, Body, CF_ACL, CF_BLOBS, CF_META, CF_VALUES, Change, Current, EMPTY_BLOB_ID, Record,
     StorageError, Store, blob_chunk_key, slot_key,
@@ -22,6 +23,10 @@ pub struct Batch<'a> {
     _locks: Vec<MutexGuard<'a, ()>>,
     /// The stored record (expired or not) and ACL of every key this batch changed.
     overlay: HashMap<Vec<u8>, (Option<Record>, Acl)>,
+    /// The value changes made, for the change feed once written.
+    published: Vec<Published>,
+    /// The log slot of the changes being added (a cluster), or none (a single node).
+    revision: Option<u64>,
 }
 
 impl Store {
@@ -40,11 +45,18 @@ impl Store {
             batch: WriteBatch::default(),
             _locks: locks,
             overlay: HashMap::new(),
+            published: Vec::new(),
+            revision: None,
         }
     }
 }
 
 impl Batch<'_> {
+    /// The log slot of the changes added from now on (their revision in the change feed).
+    pub fn set_revision(&mut self, slot: u64) {
+        self.revision = Some(slot);
+    }
+
     /// The stored record (even if expired) and the ACL, as this batch leaves them so far.
     fn stored(&self, key: &Key) -> Result<(Option<Record>, Acl), StorageError> {
         if let Some(entry) = self.overlay.get(key.as_bytes()) {
@@ -78,12 +90,22 @@ impl Batch<'_> {
         let expired = stored.is_some() && !live;
         let mut record = stored.clone();
         // The version the key reaches if this change writes it: one more than the live
-        // record's, 1 for a key that was absent (or expired).
+        // record's, 1 for a key that was absent (or expired). A delete of a live value is
+        // published with that number too (its place in the key's history).
         let next_version = stored
             .as_ref()
             .filter(|_| live)
             .map_or(0, |r| r.version)
             .saturating_add(1);
+        let published = match &change {
+            Change::PutInline { .. } | Change::PutBlob { .. } => Some(ChangeKind::Put),
+            Change::Delete if live => Some(ChangeKind::Del),
+            _ => None,
+        };
+        if let Some(kind) = published {
+            self.published
+                .push((key.to_string(), kind, next_version, self.revision));
+        }
         let before = self.batch.len();
         if replaces_record || expired {
             if let Some(Record {
@@ -185,6 +207,9 @@ impl Batch<'_> {
             &self.store.unsynced
         };
         self.store.db.write_opt(self.batch, options)?;
+        // Published while the keys are still locked, so the feed has each key's changes in
+        // the order they were written.
+        self.store.feed.publish(self.published);
         Ok(())
     }
 }

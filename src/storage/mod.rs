@@ -10,6 +10,7 @@
 pub mod acl;
 pub mod batch;
 pub mod consensus_store;
+pub mod feed;
 pub mod record;
 pub mod snapshot;
 
@@ -52,6 +53,8 @@ const LOCK_STRIPES: usize = 1024;
 /// The id of every empty blob (real ids start at 1).
 const EMPTY_BLOB_ID: u64 = 0;
 const META_SLOT_PREFIX: &[u8] = b"slot/";
+/// History the change feed keeps until `limits.watch_history_bytes` is applied.
+const DEFAULT_FEED_BYTES: usize = crate::config::DEFAULT_WATCH_HISTORY_BYTES as usize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -107,6 +110,8 @@ pub struct Store {
     unsynced: WriteOptions,
     locks: Vec<Mutex<()>>,
     next_blob_id: AtomicU64,
+    /// Committed changes, for `WATCH`.
+    feed: feed::Feed,
 }
 
 fn add_u64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
@@ -144,7 +149,7 @@ impl Store {
         let db = DB::open_cf_descriptors(&options, dir, descriptors)?;
         let mut synced = WriteOptions::default();
         synced.set_sync(true);
-        let store = Store {
+        let mut store = Store {
             db,
             options,
             strict: durability == Durability::Strict,
@@ -152,10 +157,38 @@ impl Store {
             unsynced: WriteOptions::default(),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             next_blob_id: AtomicU64::new(0),
+            feed: feed::Feed::new(DEFAULT_FEED_BYTES, 0),
         };
+        // A single node numbers its changes above every change made before (each one raised
+        // its table's counter by one).
+        store.feed = feed::Feed::new(DEFAULT_FEED_BYTES, store.changes_so_far()?);
         let next = store.last_blob_id()?.map_or(1, |id| id + 1);
         store.next_blob_id.store(next, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// The change feed `WATCH` reads.
+    pub fn feed(&self) -> &feed::Feed {
+        &self.feed
+    }
+
+    /// The sum of every table's write counter.
+    fn changes_so_far(&self) -> Result<u64, StorageError> {
+        let mut total = 0u64;
+        let mode = IteratorMode::From(META_SLOT_PREFIX, Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_META), mode) {
+            let (key, value) = item?;
+            if !key.starts_with(META_SLOT_PREFIX) {
+                break;
+            }
+            let n = value
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            total = total.saturating_add(n);
+        }
+        Ok(total)
     }
 
     /// Whether single-node writes are synced (`durability: strict`).
