@@ -49,7 +49,8 @@ impl Client {
         Ok(client)
     }
 
-    fn read_line(&mut self) -> std::io::Result<Vec<u8>> {
+    /// The next line, without its line end (for streams such as a watch's events).
+    pub fn read_line(&mut self) -> std::io::Result<Vec<u8>> {
         let mut line = Vec::new();
         if self.reader.read_until(b'\n', &mut line)? == 0 {
             return Err(std::io::Error::new(

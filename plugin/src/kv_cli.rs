@@ -40,6 +40,15 @@ pub enum KvCommand {
         #[arg(long)]
         values: bool,
     },
+    /// Print changes under PREFIX (`PUT|DEL KEY VERSION REVISION`, one per line) as they
+    /// are committed, after `--from REVISION` when given; stop after `--count N` of them.
+    Watch {
+        prefix: String,
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 fn connect(socket: &Path) -> Result<Client, ExitCode> {
@@ -126,6 +135,44 @@ fn run_inner(command: KvCommand, socket: &Path) -> Result<(), ExitCode> {
             }
         }
         KvCommand::Scan { prefix, values } => scan(&mut client, &prefix, values)?,
+        KvCommand::Watch {
+            prefix,
+            from,
+            count,
+        } => watch(&mut client, &prefix, from, count)?,
+    }
+    Ok(())
+}
+
+/// Streams a watch's events; its first line (`WATCHING <revision>`) goes to stderr.
+fn watch(
+    client: &mut Client,
+    prefix: &str,
+    from: Option<u64>,
+    count: Option<u64>,
+) -> Result<(), ExitCode> {
+    let mut line = format!("[ID:kv] WATCH {prefix}");
+    if let Some(from) = from {
+        line.push_str(&format!(" FROM {from}"));
+    }
+    let lost = |e: std::io::Error| {
+        eprintln!("atlas: connection lost: {e}");
+        ExitCode::from(2)
+    };
+    client.send(line.as_bytes(), None).map_err(lost)?;
+    let mut seen = 0u64;
+    while count.is_none_or(|n| seen < n) {
+        let line = client.read_line().map_err(lost)?;
+        let bare = strip_tag(&line);
+        if let Some(event) = bare.strip_prefix(b"EVENT ") {
+            print(event);
+            seen += 1;
+        } else if bare.starts_with(b"WATCHING ") {
+            eprintln!("{}", String::from_utf8_lossy(bare));
+        } else {
+            eprintln!("{}", String::from_utf8_lossy(bare));
+            return Err(ExitCode::from(1));
+        }
     }
     Ok(())
 }

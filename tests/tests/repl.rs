@@ -277,3 +277,51 @@ fn one_shot_kv_commands_answer_with_their_exit_status() {
     );
     assert_eq!(node.client().get("r.x").as_deref(), Some("1"));
 }
+
+#[test]
+fn kv_watch_prints_changes_as_they_commit() {
+    let node = Node::start();
+    let socket = node.socket_path();
+    let mut c = node.client();
+    c.put("feed.a", "1");
+    let start: u64 = c.request_ok("KEY VERSION feed.a")[0]["VERSION:".len()..]
+        .parse()
+        .unwrap();
+    assert_eq!(start, 1);
+    let mut child = std::process::Command::new(atlas_bin())
+        .args([
+            "kv",
+            "--socket",
+            socket.to_str().unwrap(),
+            "watch",
+            "feed.",
+            "--count",
+            "2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("atlas kv watch");
+    // Writes after the watch is registered are seen: write until it has printed two.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut n = 1;
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "atlas kv watch never ended"
+        );
+        n += 1;
+        c.put("feed.a", &n.to_string());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("watch output");
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let lines = stdout_lines(&out);
+    assert_eq!(lines.len(), 2, "{}", explain(&out));
+    for line in &lines {
+        assert!(line.starts_with("PUT FEED.A "), "{line}");
+    }
+    let bad = atlas(&["kv", "--socket", socket.to_str().unwrap(), "watch", "feed"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", explain(&bad));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid watch prefix"));
+}
