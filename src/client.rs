@@ -49,6 +49,13 @@ impl Client {
         Ok(client)
     }
 
+    /// Exactly `n` payload bytes (the bytes after a `BLOB <n>` line).
+    pub fn read_payload(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        let mut payload = vec![0; n];
+        self.reader.read_exact(&mut payload)?;
+        Ok(payload)
+    }
+
     /// The next line, without its line end (for streams such as a watch's events).
     pub fn read_line(&mut self) -> std::io::Result<Vec<u8>> {
         let mut line = Vec::new();

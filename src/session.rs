@@ -463,6 +463,28 @@ impl Session {
                     }
                     continue;
                 }
+                Command::Backup => {
+                    let tx = self.tx.clone();
+                    let frame_tag = tag.clone();
+                    let sink = move |chunk: Vec<u8>| {
+                        let mut frame = Vec::with_capacity(chunk.len() + 40);
+                        if let Some(t) = &frame_tag {
+                            frame.extend_from_slice(format!("[ID:{t}] ").as_bytes());
+                        }
+                        frame.extend_from_slice(format!("BLOB {}\r\n", chunk.len()).as_bytes());
+                        frame.extend_from_slice(&chunk);
+                        tx.blocking_send(frame).is_ok()
+                    };
+                    let reply = self
+                        .engine
+                        .backup(sink)
+                        .await
+                        .unwrap_or_else(|e| Reply::warn(e.to_string()));
+                    if !self.send(&reply, tag.as_deref()).await {
+                        return;
+                    }
+                    continue;
+                }
                 Command::Unwatch(watched) => {
                     let reply = match self.watches.remove(&watched) {
                         Some(task) => {

@@ -40,6 +40,11 @@ pub enum KvCommand {
         #[arg(long)]
         values: bool,
     },
+    /// Save every client key of the node (one point in time) to FILE (created, mode 0600;
+    /// it must not exist).
+    Backup { file: std::path::PathBuf },
+    /// Write every key of a backup FILE into the node (which must not hold them yet).
+    Restore { file: std::path::PathBuf },
     /// Print changes under PREFIX (`PUT|DEL KEY VERSION REVISION`, one per line) as they
     /// are committed, after `--from REVISION` when given; stop after `--count N` of them.
     Watch {
@@ -140,6 +145,8 @@ fn run_inner(command: KvCommand, socket: &Path) -> Result<(), ExitCode> {
             from,
             count,
         } => watch(&mut client, &prefix, from, count)?,
+        KvCommand::Backup { file } => backup(&mut client, &file)?,
+        KvCommand::Restore { file } => restore(&mut client, &file)?,
     }
     Ok(())
 }
@@ -236,4 +243,159 @@ pub fn run_lines(socket: &Path, lines_to_send: &[String]) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Streams `BACKUP` into a new file; a failed backup leaves no file behind.
+fn backup(client: &mut Client, file: &Path) -> Result<(), ExitCode> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |message: String| {
+        eprintln!("atlas: {message}");
+        ExitCode::from(2)
+    };
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(|e| fail(format!("cannot create {}: {e}", file.display())))?;
+    let result = (|| -> Result<u64, ExitCode> {
+        let lost = |e: std::io::Error| fail(format!("connection lost: {e}"));
+        client.send(b"BACKUP", None).map_err(lost)?;
+        let mut total = 0u64;
+        loop {
+            let line = client.read_line().map_err(lost)?;
+            if line == b"OK" {
+                return Ok(total);
+            }
+            let Some(len) = line
+                .strip_prefix(b"BLOB ")
+                .and_then(|n| std::str::from_utf8(n).ok())
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                eprintln!("{}", String::from_utf8_lossy(&line));
+                return Err(ExitCode::from(1));
+            };
+            let chunk = client.read_payload(len).map_err(lost)?;
+            out.write_all(&chunk)
+                .map_err(|e| fail(format!("cannot write {}: {e}", file.display())))?;
+            total += len as u64;
+        }
+    })();
+    let total = match result.and_then(|t| {
+        out.sync_all()
+            .map_err(|e| fail(format!("cannot sync {}: {e}", file.display())))?;
+        Ok(t)
+    }) {
+        Ok(total) => total,
+        Err(code) => {
+            let _ = std::fs::remove_file(file);
+            return Err(code);
+        }
+    };
+    eprintln!("atlas: saved {total} bytes to {}", file.display());
+    Ok(())
+}
+
+/// Replays a backup as writes: values first (with their WORM or expiry deadline), then
+/// ACLs. A key the node already holds stops the restore (it never overwrites).
+fn restore(client: &mut Client, file: &Path) -> Result<(), ExitCode> {
+    use atlas::storage::backup::{BackupEntry, read_backup};
+    let reader = std::fs::File::open(file)
+        .map(std::io::BufReader::new)
+        .map_err(|e| {
+            eprintln!("atlas: cannot open {}: {e}", file.display());
+            ExitCode::from(2)
+        })?;
+    // The whole file is checked (it ends with its counts) before anything is written.
+    let entries = read_backup(reader).map_err(|e| {
+        eprintln!("atlas: {}: {e}", file.display());
+        ExitCode::from(2)
+    })?;
+    let lost = |e: std::io::Error| {
+        eprintln!("atlas: connection lost: {e}");
+        ExitCode::from(2)
+    };
+    let check = |frames: Vec<Frame>, what: &str| -> Result<(), ExitCode> {
+        if is_error(&frames) {
+            let last = lines(&frames)
+                .last()
+                .map(|l| String::from_utf8_lossy(l).into_owned());
+            eprintln!("atlas: restoring {what}: {}", last.unwrap_or_default());
+            return Err(ExitCode::from(1));
+        }
+        Ok(())
+    };
+    let mut owner_of: Option<String> = None;
+    let (mut values, mut acls) = (0u64, 0u64);
+    for entry in entries {
+        match entry {
+            BackupEntry::Value {
+                key,
+                blob: true,
+                bytes,
+                ..
+            } => {
+                let line = format!("KEY BLOB SET {key} {}", bytes.len());
+                let version = client.request(format!("KEY VERSION {key}").as_bytes(), None);
+                let version = version.map_err(lost)?;
+                if lines(&version).first() != Some(&&b"VERSION:0"[..]) {
+                    eprintln!("atlas: restoring {key}: the node already holds it");
+                    return Err(ExitCode::from(1));
+                }
+                check(
+                    client
+                        .request(line.as_bytes(), Some(&bytes))
+                        .map_err(lost)?,
+                    &key,
+                )?;
+                values += 1;
+            }
+            BackupEntry::Value {
+                key,
+                worm_until_ms,
+                expires_ms,
+                bytes,
+                ..
+            } => {
+                let mut line = match (worm_until_ms, expires_ms) {
+                    (Some(at), _) => format!("KEY PUT {key} WORM EXPIRES {} ", rfc3339(at)),
+                    (None, Some(at)) => format!("KEY PUT {key} EXPIRES {} ", rfc3339(at)),
+                    // CAS takes the value as it is (no clause is read) and refuses a key
+                    // that exists.
+                    (None, None) => format!("KEY CAS {key} 0 "),
+                }
+                .into_bytes();
+                line.extend_from_slice(&bytes);
+                check(client.request(&line, None).map_err(lost)?, &key)?;
+                values += 1;
+            }
+            BackupEntry::Acl {
+                key,
+                perm,
+                principal,
+            } => {
+                // Readers and writers come first, while the key is still public; the first
+                // owner grants itself, and as an owner it grants the others.
+                if perm == "OWNER" && owner_of.as_deref() != Some(key.as_str()) {
+                    let assume = format!("PRINCIPAL ASSUME {principal}");
+                    check(client.request(assume.as_bytes(), None).map_err(lost)?, &key)?;
+                    owner_of = Some(key.clone());
+                }
+                let line = format!("ACL GRANT {key} {principal} PERMS {perm}");
+                check(client.request(line.as_bytes(), None).map_err(lost)?, &key)?;
+                acls += 1;
+            }
+        }
+    }
+    eprintln!(
+        "atlas: restored {values} values and {acls} ACL entries from {}",
+        file.display()
+    );
+    Ok(())
+}
+
+/// A deadline as a clause reads it back exactly (clamped to the year 9999).
+fn rfc3339(ms: i64) -> String {
+    atlas::protocol::duration::format_rfc3339_exact(ms)
 }

@@ -58,7 +58,7 @@ impl Engine {
     /// `USERS.A`); otherwise every table stored here or heard of by the consensus core (a
     /// table another node created may not have reached this node's storage yet) whose name
     /// starts with it.
-    async fn prefix_tables(
+    pub(super) async fn prefix_tables(
         self: &Arc<Self>,
         cluster: &ClusterHandle,
         prefix: &str,

@@ -167,6 +167,27 @@ impl Engine {
             .map_err(|end| Reply::warn(end.to_string()))
     }
 
+    /// Streams a backup of every client key (one storage snapshot) to `sink`, chunk by
+    /// chunk, on the blocking pool. In a cluster every table first passes a read barrier,
+    /// so the snapshot holds every write acknowledged before the request (per table).
+    pub async fn backup(
+        self: &Arc<Self>,
+        mut sink: impl FnMut(Vec<u8>) -> bool + Send + 'static,
+    ) -> Result<Reply, CommandError> {
+        if let Some(cluster) = self.cluster.get() {
+            let tables = self.prefix_tables(cluster, "").await?;
+            let barrier = cluster.barrier(tables).await;
+            if barrier != Reply::Ok {
+                return Ok(barrier);
+            }
+        }
+        self.blocking(move |e| {
+            e.store.backup(now_ms(), &mut sink)?;
+            Ok(Reply::Ok)
+        })
+        .await
+    }
+
     /// Executes one command for `principal` (`blob` is the payload of `KEY BLOB SET`). The
     /// error stays a value so the session can count it by kind before it becomes an
     /// `ERROR WARN` line.

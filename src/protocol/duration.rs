@@ -56,9 +56,43 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
     }
 }
 
+/// The latest instant RFC 3339 can write (9999-12-31T23:59:59.999Z).
+pub const LATEST_RFC3339_MS: i64 = 253_402_300_799_999;
+/// The earliest (0000-01-01T00:00:00Z).
+pub const EARLIEST_RFC3339_MS: i64 = -62_167_219_200_000;
+
+/// Formats Unix milliseconds as RFC 3339 in UTC to the millisecond, clamped to the years
+/// 0000–9999, so [`parse_rfc3339_ms`] reads back exactly the clamped instant.
+pub fn format_rfc3339_exact(ms: i64) -> String {
+    let ms = ms.clamp(EARLIEST_RFC3339_MS, LATEST_RFC3339_MS);
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "9999-12-31T23:59:59.999Z".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exact_instants_read_back() {
+        for ms in [
+            0,
+            1,
+            -1,
+            1_893_456_000_123,
+            i64::MAX,
+            i64::MIN,
+            LATEST_RFC3339_MS,
+        ] {
+            let clamped = ms.clamp(EARLIEST_RFC3339_MS, LATEST_RFC3339_MS);
+            assert_eq!(
+                parse_rfc3339_ms(&format_rfc3339_exact(ms)),
+                Some(clamped),
+                "{ms}"
+            );
+        }
+    }
 
     #[test]
     fn go_durations() {

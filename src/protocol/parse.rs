@@ -133,6 +133,8 @@ pub enum Command {
     },
     /// `UNWATCH <tag>`.
     Unwatch(String),
+    /// `BACKUP`: every client key at one point in time, as `BLOB` frames.
+    Backup,
     Assume(String),
     WhoAmI,
     Grant {
@@ -176,6 +178,7 @@ impl Command {
                 | Command::TxnAbort
                 | Command::Watch { .. }
                 | Command::Unwatch(_)
+                | Command::Backup
         )
     }
 
@@ -209,6 +212,7 @@ impl Command {
             Command::TxnAbort => "TXN ABORT",
             Command::Watch { .. } => "WATCH",
             Command::Unwatch(_) => "UNWATCH",
+            Command::Backup => "BACKUP",
             Command::BlobSet { .. } => "KEY BLOB SET",
             Command::BlobGet(_) => "KEY BLOB GET",
             Command::Scan(_) => "SCAN",
@@ -403,6 +407,11 @@ fn parse_command(body: &[u8]) -> CmdResult {
             _ => return Err(usage(USAGE_WATCH)),
         };
         Ok(Command::Watch { prefix, from })
+    } else if word_is(word, "BACKUP") {
+        if !tokens.is_done() {
+            return Err(usage("usage: BACKUP"));
+        }
+        Ok(Command::Backup)
     } else if word_is(word, "UNWATCH") {
         let tag = single_arg(&mut tokens).ok_or_else(|| usage("usage: UNWATCH <tag>"))?;
         Ok(Command::Unwatch(String::from_utf8_lossy(tag).into_owned()))

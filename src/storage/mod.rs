@@ -8,6 +8,7 @@
 //! commit), so N concurrent clients share syncs instead of queueing N of them.
 
 pub mod acl;
+pub mod backup;
 pub mod batch;
 pub mod consensus_store;
 pub mod feed;

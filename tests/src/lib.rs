@@ -350,6 +350,16 @@ pub fn assert_same_bytes(actual: &[u8], expected: &[u8], what: &str) {
 }
 
 /// Runs `command` with `input` on stdin (then closed), waiting at most `timeout`.
+/// A finished command's status, stdout and stderr, for assertion messages.
+pub fn explain(out: &std::process::Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub fn run_with_input(command: &mut Command, input: &[u8], timeout: Duration) -> Output {
     let mut child = command
         .stdin(Stdio::piped())

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use atlas_tests::{Node, assert_same_bytes, atlas_bin, run_with_input};
+use atlas_tests::{Node, assert_same_bytes, atlas_bin, explain, run_with_input};
 
 fn repl(socket: &Path, input: &str) -> Output {
     run_with_input(
@@ -19,15 +19,6 @@ fn stdout_lines(out: &Output) -> Vec<String> {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains('\r'), "repl output keeps \\r: {text:?}");
     text.lines().map(str::to_string).collect()
-}
-
-fn explain(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]
