@@ -74,6 +74,9 @@ pub struct AtlasConfig {
     /// Node-to-node messages also need a client certificate signed by the cluster CA.
     pub peer_mtls: bool,
     pub durability: Durability,
+    /// How often expired values are removed (a cluster: the owner commits their removal,
+    /// which watchers see as `DEL` events).
+    pub expiry_sweep_ms: u64,
     pub metrics_listen: Option<String>,
     /// When set, `/metrics` on the HTTPS listener needs `Authorization: Bearer <token>`
     /// (`metrics_listen`, meant for a private address, does not).
@@ -102,6 +105,7 @@ impl Default for AtlasConfig {
             fault_injection: false,
             peer_mtls: false,
             durability: Durability::Strict,
+            expiry_sweep_ms: 60_000,
             metrics_listen: None,
             metrics_token: None,
             routes: Vec::new(),
@@ -453,6 +457,9 @@ impl AtlasConfig {
         }
         if self.limits.max_tagged_in_flight == 0 {
             return Err("atlas.limits.max_tagged_in_flight: must be at least 1".into());
+        }
+        if self.expiry_sweep_ms < 100 {
+            return Err("atlas.expiry_sweep_ms: must be at least 100".into());
         }
         if self.limits.max_txn_ops == 0 {
             return Err("atlas.limits.max_txn_ops: must be at least 1".into());

@@ -92,6 +92,7 @@ fn bad_values_name_their_key() {
             "atlas:\n  limits: {max_connections: 0}\n",
             "atlas.limits.max_connections",
         ),
+        ("atlas:\n  expiry_sweep_ms: 10\n", "atlas.expiry_sweep_ms"),
         (
             "atlas:\n  limits: {max_txn_ops: 0}\n",
             "atlas.limits.max_txn_ops",

@@ -20,7 +20,6 @@ use atlas::nas::{NasApi, NasStore, snapshots};
 use crate::{EngineCell, NasCell};
 
 /// How often expired WORM values are purged from disk (reads hide them at once).
-const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How often due snapshot policies are looked for.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
@@ -274,7 +273,7 @@ impl BackgroundService for EngineService {
         );
         ready.notify_ready();
 
-        let mut ticker = tokio::time::interval(PURGE_INTERVAL);
+        let mut ticker = tokio::time::interval(Duration::from_millis(self.config.expiry_sweep_ms));
         let mut stats_ticker = tokio::time::interval(STATS_INTERVAL);
         let mut snapshot_ticker = tokio::time::interval(SNAPSHOT_INTERVAL);
         loop {
@@ -295,12 +294,10 @@ impl BackgroundService for EngineService {
                     }
                 }
                 _ = ticker.tick() => {
-                    let store = engine.store().clone();
-                    let purged = tokio::task::spawn_blocking(move || store.purge_expired(atlas::command::now_ms())).await;
-                    match purged {
-                        Ok(Ok(n)) if n > 0 => tracing::info!(purged = n, "expired values purged"),
-                        Ok(Err(e)) => tracing::warn!(error = %e, "purging expired values failed"),
-                        _ => {}
+                    match engine.expire_due().await {
+                        Ok(n) if n > 0 => tracing::info!(purged = n, "expired values purged"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "purging expired values failed"),
                     }
                 }
             }

@@ -167,6 +167,44 @@ impl Engine {
             .map_err(|end| Reply::warn(end.to_string()))
     }
 
+    /// Removes expired values. A single node deletes them itself; a cluster member commits
+    /// the removal of those in the tables it owns, through the log (judged by its clock,
+    /// at most `EXPIRE_BATCH` per sweep), so every replica removes them alike and watchers
+    /// see `DEL` events. Returns how many were removed.
+    pub async fn expire_due(self: &Arc<Self>) -> Result<usize, CommandError> {
+        const EXPIRE_BATCH: usize = 10_000;
+        let Some(cluster) = self.cluster.get() else {
+            return self
+                .blocking(|e| Ok(e.store.purge_expired(now_ms())?))
+                .await;
+        };
+        let owned: Vec<String> = cluster
+            .view()
+            .groups
+            .iter()
+            .filter(|(name, g)| g.is_owner && !crate::protocol::key::is_system_table(name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if owned.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let keys = self
+            .blocking(move |e| Ok(e.store.expired_keys(&owned, now, EXPIRE_BATCH)?))
+            .await?;
+        let mut removed = 0;
+        for key in keys {
+            let write = Write {
+                key,
+                principal: None,
+                at_ms: now,
+                op: WriteOp::Expire,
+            };
+            removed += usize::from(cluster.write(write).await == Reply::Ok);
+        }
+        Ok(removed)
+    }
+
     /// Streams a backup of every client key (one storage snapshot) to `sink`, chunk by
     /// chunk, on the blocking pool. In a cluster every table first passes a read barrier,
     /// so the snapshot holds every write acknowledged before the request (per table).

@@ -19,6 +19,12 @@ pub fn apply(batch: &mut Batch<'_>, write: &Write) -> Result<Verdict, StorageErr
     if let WriteOp::Txn(steps) = &write.op {
         return apply_txn(batch, write, steps);
     }
+    if let WriteOp::Expire = write.op {
+        // Reading at the judged instant hides an expired value; changing nothing then
+        // removes it (with its `DEL` in the change feed).
+        batch.change(key, write.at_ms, Change::Keep)?;
+        return Ok(Ok(Reply::Ok));
+    }
     let now = write.at_ms;
     let current = batch.read(key, now)?;
     let (change, reply) = match decide(&current, write) {
@@ -90,8 +96,8 @@ fn decide(current: &Current, write: &Write) -> Result<(Change, Reply), Refusal> 
             };
             Ok((Change::SetAcl(acl), Reply::line(line)))
         }
-        // Applied by `apply_txn`.
-        WriteOp::Txn(_) => Ok((Change::Keep, Reply::Ok)),
+        // Applied by `apply_txn` and above.
+        WriteOp::Txn(_) | WriteOp::Expire => Ok((Change::Keep, Reply::Ok)),
     }
 }
 

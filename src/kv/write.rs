@@ -37,6 +37,9 @@ pub enum WriteOp {
         /// Only if the key is at this version: `KEY DEL … IF VERSION`.
         if_version: Option<u64>,
     },
+    /// Removes the key's value if it has expired at `at_ms` (the owner's sweep, so the
+    /// removal is judged by one clock and committed like any write).
+    Expire,
     /// Steps of one table, all applied or none: conditions first, then the changes in
     /// order. `Write::key` is the first step's key (it routes the write to its table).
     Txn(Vec<TxnStep>),
@@ -157,7 +160,7 @@ impl Write {
             WriteOp::Put { value, .. } => value.len(),
             WriteOp::BlobSet { bytes } => bytes.len(),
             WriteOp::Grant { subject, .. } | WriteOp::Revoke { subject, .. } => subject.len(),
-            WriteOp::Delete { .. } => 0,
+            WriteOp::Delete { .. } | WriteOp::Expire => 0,
             WriteOp::Txn(steps) => steps.iter().map(TxnStep::size).sum(),
         };
         64 + self.key.as_bytes().len() + self.principal.as_ref().map_or(0, String::len) + payload
@@ -209,6 +212,7 @@ impl Write {
                 out.push(7);
                 out.extend_from_slice(&version.to_be_bytes());
             }
+            WriteOp::Expire => out.push(9),
             WriteOp::Txn(steps) => {
                 out.push(8);
                 out.extend_from_slice(&(steps.len() as u64).to_be_bytes());
@@ -274,6 +278,7 @@ impl Write {
                 bytes: r.bytes()?.to_vec(),
             },
             3 => WriteOp::Delete { if_version: None },
+            9 => WriteOp::Expire,
             7 => WriteOp::Delete {
                 if_version: Some(r.i64()? as u64),
             },
@@ -446,6 +451,7 @@ mod tests {
                 .prop_map(|bytes| WriteOp::BlobSet { bytes }),
             proptest::option::of(any::<u64>())
                 .prop_map(|if_version| WriteOp::Delete { if_version }),
+            Just(WriteOp::Expire),
             proptest::collection::vec(step(), 1..6).prop_map(WriteOp::Txn),
             ("[a-z ]{0,12}", perm()).prop_map(|(subject, perm)| WriteOp::Grant { subject, perm }),
             ("[a-z ]{0,12}", perm()).prop_map(|(subject, perm)| WriteOp::Revoke { subject, perm }),

@@ -97,6 +97,15 @@ impl Batch<'_> {
             .filter(|_| live)
             .map_or(0, |r| r.version)
             .saturating_add(1);
+        // A removed expired value is a delete of it (watchers see the key go).
+        if let Some(old) = stored.as_ref().filter(|_| expired) {
+            self.published.push((
+                key.to_string(),
+                ChangeKind::Del,
+                old.version.saturating_add(1),
+                self.revision,
+            ));
+        }
         let published = match &change {
             Change::PutInline { .. } | Change::PutBlob { .. } => Some(ChangeKind::Put),
             Change::Delete if live => Some(ChangeKind::Del),

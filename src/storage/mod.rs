@@ -389,6 +389,32 @@ impl Store {
         Ok(tables)
     }
 
+    /// Up to `limit` keys of `tables` whose value has expired at `now_ms`.
+    pub fn expired_keys(
+        &self,
+        tables: &[String],
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Key>, StorageError> {
+        let mut out = Vec::new();
+        for table in tables {
+            let prefix = format!("{table}.");
+            let mode = IteratorMode::From(prefix.as_bytes(), Direction::Forward);
+            for item in self.db.iterator_cf(self.cf(CF_VALUES), mode) {
+                let (key, bytes) = item?;
+                if !key.starts_with(prefix.as_bytes()) || out.len() >= limit {
+                    break;
+                }
+                if Record::decode(&bytes).is_some_and(|r| r.is_expired(now_ms))
+                    && let Ok(key) = Key::parse(&key)
+                {
+                    out.push(key);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes expired WORM records (reads already hide them); returns how many.
     pub fn purge_expired(&self, now_ms: i64) -> Result<usize, StorageError> {
         let mut expired = Vec::new();

@@ -360,3 +360,47 @@ fn a_cluster_backup_holds_every_acknowledged_write() {
     );
     assert_eq!(target.client().request_ok("COUNT inv."), ["COUNT:20"]);
 }
+
+#[test]
+fn expired_keys_end_with_a_del_event_single_node_and_cluster() {
+    // A single node removes them itself.
+    let node = Node::start_with("expiry_sweep_ms: 200");
+    let mut watcher = node.client();
+    watcher.set_read_timeout(Duration::from_secs(10));
+    watcher.send_line("[ID:e] WATCH sess.");
+    assert!(watcher.read_line().starts_with("[ID:e] WATCHING "));
+    node.client().request_ok("KEY PUT sess.x TTL 300ms v");
+    let seen = events(&mut watcher, "e", 2);
+    assert_eq!((seen[0].0.as_str(), seen[0].2), ("PUT", 1));
+    assert_eq!(
+        (seen[1].0.as_str(), seen[1].1.as_str(), seen[1].2),
+        ("DEL", "SESS.X", 2)
+    );
+
+    // In a cluster the owner commits the removal: every node's watchers see the same DEL.
+    let cluster = TestCluster::start(&["a", "b", "c"], "fz: 1\nexpiry_sweep_ms: 200\n");
+    cluster.nodes[0].client().put("sess.warm", "1");
+    let mut watchers: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut c = n.client();
+            c.set_read_timeout(Duration::from_secs(15));
+            c.send_line("[ID:e] WATCH sess.y");
+            assert!(c.read_line().starts_with("[ID:e] WATCHING "));
+            c
+        })
+        .collect();
+    cluster.nodes[1]
+        .client()
+        .request_ok("KEY PUT sess.y TTL 400ms v");
+    let per_node: Vec<_> = watchers.iter_mut().map(|w| events(w, "e", 2)).collect();
+    assert_eq!(per_node[0][1].0, "DEL", "{per_node:?}");
+    assert!(
+        per_node.iter().all(|e| *e == per_node[0]),
+        "the same events everywhere: {per_node:?}"
+    );
+    for node in &cluster.nodes {
+        assert_eq!(node.client().get("sess.y"), None);
+    }
+}
