@@ -19,8 +19,6 @@ use atlas::nas::{NasApi, NasStore, snapshots};
 
 use crate::{EngineCell, NasCell};
 
-/// How often expired WORM values are purged from disk (reads hide them at once).
-
 /// How often due snapshot policies are looked for.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
 /// How often storage gauges are refreshed for scrapers of `metrics_listen`.
