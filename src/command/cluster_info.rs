@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::protocol::Reply;
 use crate::protocol::duration::format_rfc3339_ms;
+use crate::protocol::key::is_system_table;
 
 use super::{CommandError, Engine, now_ms};
 
@@ -78,6 +79,25 @@ impl Engine {
         ])
     }
 
+    /// Every client table holding a record, all owned by this node.
+    pub(super) fn table_list(&self) -> Result<Reply, CommandError> {
+        let n = &self.node;
+        let mut lines = Vec::new();
+        for table in self.store.tables()? {
+            if is_system_table(&table) {
+                continue;
+            }
+            let slot = self.store.table_slot(&table)?;
+            lines.push(super::table_list_line(
+                &table,
+                Some(n.id),
+                Some(&n.region),
+                slot,
+            ));
+        }
+        Ok(Reply::Lines(lines))
+    }
+
     pub(super) fn table_info(&self, table: &str) -> Result<Reply, CommandError> {
         let n = &self.node;
         let lines = [
@@ -93,6 +113,9 @@ impl Engine {
             "fz=0".to_string(),
             format!("configured_fn={}", n.configured_fn),
             format!("configured_fz={}", n.configured_fz),
+            "group=-".to_string(),
+            "replication=global".to_string(),
+            "pinned=-".to_string(),
         ];
         Ok(Reply::Lines(
             lines.into_iter().map(String::into_bytes).collect(),

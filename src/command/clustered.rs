@@ -31,6 +31,10 @@ impl Engine {
             Command::NodePing(id) => self.cluster_ping(cluster, &id).await,
             Command::QuorumInfo(table) => Ok(quorum_info(cluster, &table)),
             Command::TableInfo(table) => Ok(table_info(cluster, &table)),
+            Command::TableList => {
+                let tables = self.prefix_tables(cluster, "").await?;
+                Ok(table_list(cluster, &tables))
+            }
             command if command.is_session() => Ok(Reply::Ok),
             command if command.is_read() => {
                 let tables = match &command {
@@ -102,6 +106,20 @@ impl Engine {
     }
 }
 
+/// TABLE LIST from the cluster view: one line per table stored here or known to the core.
+fn table_list(cluster: &ClusterHandle, tables: &[String]) -> Reply {
+    let view = cluster.view();
+    let lines = tables
+        .iter()
+        .map(|table| {
+            let group = view.groups.get(table).cloned().unwrap_or_default();
+            let region = group.owner.and_then(|o| view.members.zone_of(o).cloned());
+            super::table_list_line(table, group.owner, region.as_deref(), group.applied)
+        })
+        .collect();
+    Reply::Lines(lines)
+}
+
 /// TABLE INFO from the cluster view (see docs/protocol.md).
 fn table_info(cluster: &ClusterHandle, table: &str) -> Reply {
     let view = cluster.view();
@@ -140,6 +158,9 @@ fn table_info(cluster: &ClusterHandle, table: &str) -> Reply {
         format!("fz={}", effective.zones),
         format!("configured_fn={}", configured.nodes),
         format!("configured_fz={}", configured.zones),
+        "group=-".to_string(),
+        "replication=global".to_string(),
+        "pinned=-".to_string(),
     ];
     lines_reply(lines)
 }

@@ -15,6 +15,22 @@ use crate::storage::{StorageError, Store};
 
 pub use crate::kv::{Write, WriteOp};
 
+/// One `TABLE LIST` line. Groups, pins and replication levels are not configurable yet:
+/// every table is its own group, unpinned, replicated with the grid quorums (`global`).
+pub(crate) fn table_list_line(
+    table: &str,
+    owner: Option<u64>,
+    region: Option<&str>,
+    last_slot: u64,
+) -> Vec<u8> {
+    format!(
+        "TABLE {table} owner={} region={} group=- replication=global pinned=- last_slot={last_slot}",
+        owner.map_or("none".to_string(), |o| o.to_string()),
+        region.unwrap_or("-"),
+    )
+    .into_bytes()
+}
+
 /// Who this node is, as reported by `NODE` / `QUORUM` / `TABLE` commands.
 #[derive(Debug, Clone)]
 pub struct NodeIdentity {
@@ -269,6 +285,7 @@ impl Engine {
             Command::NodePing(id) => self.node_ping(&id).await,
             Command::QuorumInfo(table) => Ok(self.quorum_info(&table)),
             Command::TableInfo(table) => self.blocking(move |e| e.table_info(&table)).await,
+            Command::TableList => self.blocking(|e| e.table_list()).await,
             // Session commands are handled by the connection, which owns the principal and
             // the staged transaction.
             command if command.is_session() => Ok(Reply::Ok),

@@ -152,6 +152,7 @@ pub enum Command {
     NodePing(String),
     QuorumInfo(String),
     TableInfo(String),
+    TableList,
 }
 
 impl Command {
@@ -226,6 +227,7 @@ impl Command {
             Command::NodePing(_) => "NODE PING",
             Command::QuorumInfo(_) => "QUORUM INFO",
             Command::TableInfo(_) => "TABLE INFO",
+            Command::TableList => "TABLE LIST",
         }
     }
 }
@@ -438,9 +440,12 @@ fn parse_command(body: &[u8]) -> CmdResult {
         let form = if is_quorum {
             "usage: QUORUM INFO <table>"
         } else {
-            "usage: TABLE INFO <table>"
+            "usage: TABLE INFO <table> | TABLE LIST"
         };
         let sub = tokens.next().ok_or_else(|| usage(form))?;
+        if !is_quorum && word_is(sub, "LIST") && tokens.is_done() {
+            return Ok(Command::TableList);
+        }
         if !word_is(sub, "INFO") {
             return Err(usage(form));
         }

@@ -406,3 +406,13 @@ fn rejected_blob_set_reports_its_payload() {
         None
     );
 }
+
+#[test]
+fn table_list_takes_no_argument() {
+    assert_eq!(cmd("table list"), Command::TableList);
+    assert_eq!(
+        err("TABLE LIST x"),
+        "usage: TABLE INFO <table> | TABLE LIST"
+    );
+    assert_eq!(err("QUORUM LIST"), "usage: QUORUM INFO <table>");
+}

@@ -49,6 +49,16 @@ fn versions_cas_and_transactions_survive_a_restart() {
     c.request_err("TXN COMMIT", "ERROR WARN no transaction");
     c.request_err("SCAN cfg. LIMIT 0", "ERROR WARN invalid limit");
     c.assert_usable();
+    c.put("logs.a", "x");
+    let list = c.request_ok("TABLE LIST");
+    assert_eq!(list.len(), 2, "system tables are left out: {list:?}");
+    assert!(
+        list[0].starts_with(
+            "TABLE CFG owner=1 region=local group=- replication=global pinned=- last_slot="
+        ),
+        "{list:?}"
+    );
+    assert!(list[1].starts_with("TABLE LOGS owner=1 "), "{list:?}");
 }
 
 #[test]
@@ -132,6 +142,16 @@ fn versions_transactions_and_expiry_agree_across_nodes_and_failover() {
             ["KEYS:2", "ACCT.A VALUE:7", "ACCT.B VALUE:3"],
             "the same state at every node"
         );
+        let list = node.client().request_ok("TABLE LIST");
+        let acct = list
+            .iter()
+            .find(|l| l.starts_with("TABLE ACCT "))
+            .unwrap_or_else(|| panic!("ACCT listed: {list:?}"));
+        assert!(
+            acct.contains(" group=- replication=global pinned=- last_slot="),
+            "{acct}"
+        );
+        assert!(!acct.contains("owner=none"), "an owner is known: {acct}");
     }
 
     a.request_ok("KEY PUT sess.x TTL 1500ms v");
