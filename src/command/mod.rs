@@ -173,9 +173,9 @@ impl Engine {
                 if barrier != Reply::Ok {
                     return Err(barrier);
                 }
-                cluster.view().groups.get(&table).map_or(0, |g| g.applied)
+                Some(cluster.view().groups.get(&table).map_or(0, |g| g.applied))
             }
-            None => 0,
+            None => None,
         };
         self.store
             .feed()

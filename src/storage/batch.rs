@@ -97,6 +97,7 @@ impl Batch<'_> {
             .filter(|_| live)
             .map_or(0, |r| r.version)
             .saturating_add(1);
+        let published_before = self.published.len();
         // A removed expired value is a delete of it (watchers see the key go).
         if let Some(old) = stored.as_ref().filter(|_| expired) {
             self.published.push((
@@ -186,10 +187,17 @@ impl Batch<'_> {
                 acl = new;
             }
         }
-        // The table's write counter counts every change that wrote something.
-        if self.batch.len() > before {
-            self.batch
-                .merge_cf(cf(CF_META), slot_key(key.table()), 1u64.to_be_bytes());
+        // The table's write counter counts every change that wrote something, and at least
+        // every change published (an expired value removed, then a put: two), so the sum of
+        // the counters bounds the feed's single-node revisions across restarts.
+        let published = (self.published.len() - published_before) as u64;
+        let wrote = u64::from(self.batch.len() > before);
+        if published.max(wrote) > 0 {
+            self.batch.merge_cf(
+                cf(CF_META),
+                slot_key(key.table()),
+                published.max(wrote).to_be_bytes(),
+            );
         }
         self.overlay.insert(k.to_vec(), (record, acl));
         Ok(())

@@ -185,23 +185,20 @@ impl Feed {
     }
 
     /// Starts a watch of `prefix` (within `table`) after `from`, or, without `from`, from
-    /// now. `current` is the table's revision as the caller knows it (a cluster's applied
-    /// slot); the watch starts after the larger of it and the last change seen.
+    /// now. `current` is the table's revision as a cluster knows it (its applied slot), or
+    /// `None` on a single node (whose own counter bounds every revision); the watch starts
+    /// after the larger of it and the last change seen.
     pub fn subscribe(
         &self,
         table: &str,
         prefix: &str,
         from: Option<u64>,
-        current: u64,
+        current: Option<u64>,
     ) -> Result<Subscription, WatchEnd> {
         let mut inner = self.lock();
         let seq_now = inner.next_seq - 1;
         let entry = inner.tables.entry(table.to_string()).or_default();
-        // A single node numbers every change: its counter is the table's revision bound.
-        let now = entry
-            .last
-            .max(current)
-            .max(if current == 0 { seq_now } else { 0 });
+        let now = entry.last.max(current.unwrap_or(seq_now));
         let complete_after = *entry.complete_after.get_or_insert(now);
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let ended = Arc::new(Mutex::new(None));
@@ -301,7 +298,7 @@ mod tests {
     #[test]
     fn watchers_get_changes_under_their_prefix_in_order() {
         let feed = Feed::new(1 << 20, 0);
-        let mut sub = feed.subscribe("T", "T.A", None, 0).unwrap();
+        let mut sub = feed.subscribe("T", "T.A", None, None).unwrap();
         assert_eq!(sub.revision, 0);
         feed.publish(vec![
             put("T.A1", 1, None),
@@ -325,39 +322,51 @@ mod tests {
             feed.publish(vec![put("T.K", i, Some(10 + i))]);
         }
         // Revisions 11..13 retained (complete after 10).
-        let mut sub = feed.subscribe("T", "T.", Some(11), 0).unwrap();
+        let mut sub = feed.subscribe("T", "T.", Some(11), Some(0)).unwrap();
         assert_eq!(sub.rx.try_recv().unwrap().unwrap().revision, 12);
         assert_eq!(sub.rx.try_recv().unwrap().unwrap().revision, 13);
         assert_eq!(sub.revision, 13);
         assert_eq!(
-            feed.subscribe("T", "T.", Some(9), 0).err(),
+            feed.subscribe("T", "T.", Some(9), Some(0)).err(),
             Some(WatchEnd::Compacted(10))
         );
         // Past the byte budget the oldest go, and FROM before them is refused.
         for i in 4..=10 {
             feed.publish(vec![put("T.K", i, Some(10 + i))]);
         }
-        let Err(WatchEnd::Compacted(oldest)) = feed.subscribe("T", "T.", Some(11), 0) else {
+        let Err(WatchEnd::Compacted(oldest)) = feed.subscribe("T", "T.", Some(11), Some(0)) else {
             panic!("history was trimmed")
         };
         assert!(oldest > 11, "{oldest}");
-        assert!(feed.subscribe("T", "T.", Some(oldest), 0).is_ok());
+        assert!(feed.subscribe("T", "T.", Some(oldest), Some(0)).is_ok());
     }
 
     #[test]
     fn a_table_never_seen_is_complete_only_from_now() {
         let feed = Feed::new(1 << 20, 0);
         assert_eq!(
-            feed.subscribe("U", "U.", Some(3), 7).err(),
+            feed.subscribe("U", "U.", Some(3), Some(7)).err(),
             Some(WatchEnd::Compacted(7))
         );
-        assert_eq!(feed.subscribe("U", "U.", Some(7), 7).unwrap().revision, 7);
+        assert_eq!(
+            feed.subscribe("U", "U.", Some(7), Some(7))
+                .unwrap()
+                .revision,
+            7
+        );
+        // A cluster's new table starts at slot 0: FROM 0 is complete.
+        assert_eq!(
+            feed.subscribe("V", "V.", Some(0), Some(0))
+                .unwrap()
+                .revision,
+            0
+        );
     }
 
     #[test]
     fn a_slow_watcher_is_ended_not_buffered() {
         let feed = Feed::new(1 << 30, 0);
-        let mut sub = feed.subscribe("T", "T.", None, 0).unwrap();
+        let mut sub = feed.subscribe("T", "T.", None, None).unwrap();
         for i in 0..(WATCH_QUEUE as u64 + 5) {
             feed.publish(vec![put("T.K", i, None)]);
         }
@@ -376,13 +385,13 @@ mod tests {
     #[test]
     fn a_snapshot_install_ends_the_watchers_of_its_tables() {
         let feed = Feed::new(1 << 20, 0);
-        let sub = feed.subscribe("T", "T.", None, 5).unwrap();
-        let other = feed.subscribe("U", "U.", None, 5).unwrap();
+        let sub = feed.subscribe("T", "T.", None, Some(5)).unwrap();
+        let other = feed.subscribe("U", "U.", None, Some(5)).unwrap();
         feed.installed(&["T".to_string()], 40);
         assert_eq!(*sub.ended.lock().unwrap(), Some(WatchEnd::Snapshot(40)));
         assert_eq!(*other.ended.lock().unwrap(), None);
         assert_eq!(
-            feed.subscribe("T", "T.", Some(30), 0).err(),
+            feed.subscribe("T", "T.", Some(30), Some(0)).err(),
             Some(WatchEnd::Compacted(40))
         );
     }
