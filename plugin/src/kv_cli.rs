@@ -332,42 +332,34 @@ fn restore(client: &mut Client, file: &Path) -> Result<(), ExitCode> {
         match entry {
             BackupEntry::Value {
                 key,
-                blob: true,
-                bytes,
-                ..
-            } => {
-                let line = format!("KEY BLOB SET {key} {}", bytes.len());
-                let version = client.request(format!("KEY VERSION {key}").as_bytes(), None);
-                let version = version.map_err(lost)?;
-                if lines(&version).first() != Some(&&b"VERSION:0"[..]) {
-                    eprintln!("atlas: restoring {key}: the node already holds it");
-                    return Err(ExitCode::from(1));
-                }
-                check(
-                    client
-                        .request(line.as_bytes(), Some(&bytes))
-                        .map_err(lost)?,
-                    &key,
-                )?;
-                values += 1;
-            }
-            BackupEntry::Value {
-                key,
+                blob,
                 worm_until_ms,
                 expires_ms,
                 bytes,
-                ..
             } => {
-                let mut line = match (worm_until_ms, expires_ms) {
-                    (Some(at), _) => format!("KEY PUT {key} WORM EXPIRES {} ", rfc3339(at)),
-                    (None, Some(at)) => format!("KEY PUT {key} EXPIRES {} ", rfc3339(at)),
-                    // CAS takes the value as it is (no clause is read) and refuses a key
-                    // that exists.
-                    (None, None) => format!("KEY CAS {key} 0 "),
+                // Never overwrite: the node must not hold the key (a deadline's PUT and a
+                // BLOB SET would replace it; CAS 0 would refuse it anyway).
+                let version = client.request(format!("KEY VERSION {key}").as_bytes(), None);
+                if lines(&version.map_err(lost)?).first() != Some(&&b"VERSION:0"[..]) {
+                    eprintln!("atlas: restoring {key}: the node already holds it");
+                    return Err(ExitCode::from(1));
                 }
-                .into_bytes();
-                line.extend_from_slice(&bytes);
-                check(client.request(&line, None).map_err(lost)?, &key)?;
+                let (line, payload) = if blob {
+                    let line = format!("KEY BLOB SET {key} {}", bytes.len()).into_bytes();
+                    (line, Some(bytes))
+                } else {
+                    let mut line = match (worm_until_ms, expires_ms) {
+                        (Some(at), _) => format!("KEY PUT {key} WORM EXPIRES {} ", rfc3339(at)),
+                        (None, Some(at)) => format!("KEY PUT {key} EXPIRES {} ", rfc3339(at)),
+                        // CAS takes the value as it is (no clause is read).
+                        (None, None) => format!("KEY CAS {key} 0 "),
+                    }
+                    .into_bytes();
+                    line.extend_from_slice(&bytes);
+                    (line, None)
+                };
+                let answer = client.request(&line, payload.as_deref()).map_err(lost)?;
+                check(answer, &key)?;
                 values += 1;
             }
             BackupEntry::Acl {

@@ -345,6 +345,12 @@ fn kv_backup_and_restore_carry_values_blobs_deadlines_and_acls() {
     // Restoring onto a node that holds the keys stops at the first one.
     let out = atlas_kv(&target.socket_path(), &["restore", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    // A key with a deadline is not overwritten either (its restore is a PUT, not a CAS).
+    let partial = Node::start();
+    partial.client().put("app.session", "mine");
+    let out = atlas_kv(&partial.socket_path(), &["restore", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    assert_eq!(partial.client().get("app.session").as_deref(), Some("mine"));
     // A damaged file is refused before anything is written.
     let mut bytes = std::fs::read(&file).unwrap();
     bytes.truncate(bytes.len() - 5);
