@@ -1,22 +1,13 @@
 //! Versions, compare-and-set, conditional deletes, transactions, expiring keys and paged
 //! scans, through a connection.
 
-use super::tests::{Harness, exchange, start};
+use super::tests::{Harness, exchange, send_and_read, start};
 use crate::config::Limits;
 
 /// Like `exchange`, for answers whose lines may come in any order (a watch's events
 /// race the answers to the writes that made them).
 async fn exchange_unordered(h: &mut Harness, input: &[u8], expect: &[u8]) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    h.client.write_all(input).await.unwrap();
-    let mut got = vec![0u8; expect.len()];
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        h.client.read_exact(&mut got),
-    )
-    .await
-    .expect("reply in time")
-    .unwrap();
+    let got = send_and_read(h, input, expect.len()).await;
     let lines = |b: &[u8]| {
         let mut v: Vec<String> = String::from_utf8_lossy(b)
             .split("\r\n")

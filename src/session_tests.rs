@@ -32,9 +32,10 @@ pub(super) async fn start(limits: Limits) -> Harness {
     }
 }
 
-pub(super) async fn exchange(h: &mut Harness, input: &[u8], expect: &[u8]) {
+/// Sends `input` and reads the next `len` bytes of answer (within 10 s).
+pub(super) async fn send_and_read(h: &mut Harness, input: &[u8], len: usize) -> Vec<u8> {
     h.client.write_all(input).await.unwrap();
-    let mut got = vec![0u8; expect.len()];
+    let mut got = vec![0u8; len];
     tokio::time::timeout(
         std::time::Duration::from_secs(10),
         h.client.read_exact(&mut got),
@@ -42,6 +43,11 @@ pub(super) async fn exchange(h: &mut Harness, input: &[u8], expect: &[u8]) {
     .await
     .expect("reply in time")
     .unwrap();
+    got
+}
+
+pub(super) async fn exchange(h: &mut Harness, input: &[u8], expect: &[u8]) {
+    let got = send_and_read(h, input, expect.len()).await;
     assert_eq!(
         String::from_utf8_lossy(&got),
         String::from_utf8_lossy(expect)

@@ -133,7 +133,7 @@ fn apply_txn(
         if key.table() != table {
             return Ok(Err(Refusal::SpansTables {
                 first: table.to_string(),
-                other: key.table().to_string(),
+                other: key.to_string(),
             }));
         }
         if key.is_system() {

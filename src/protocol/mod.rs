@@ -1,6 +1,7 @@
 //! The client socket protocol (version 1.0): request parsing, keys, durations and the
 //! response encoder. Pure functions over bytes; the connection loop lives in `session`.
 
+pub mod command;
 pub mod duration;
 pub mod key;
 pub mod parse;

@@ -1,5 +1,6 @@
 use super::*;
 use proptest::prelude::*;
+use std::time::Duration;
 
 fn cmd(line: &str) -> Command {
     parse_request(line.as_bytes()).unwrap().command
@@ -415,4 +416,27 @@ fn table_list_takes_no_argument() {
         "usage: TABLE INFO <table> | TABLE LIST"
     );
     assert_eq!(err("QUORUM LIST"), "usage: QUORUM INFO <table>");
+}
+
+#[test]
+fn backup_watch_and_unwatch_lines() {
+    assert_eq!(cmd("backup"), Command::Backup);
+    assert_eq!(err("BACKUP now"), "usage: BACKUP");
+    assert_eq!(
+        cmd("WATCH users. FROM 7"),
+        Command::Watch {
+            prefix: "USERS.".into(),
+            from: Some(7)
+        }
+    );
+    assert_eq!(
+        err("WATCH users. FROM"),
+        "usage: WATCH <table>.<prefix> [FROM <revision>]"
+    );
+    assert_eq!(
+        err("WATCH .x"),
+        "invalid watch prefix: name one table, as <table>. or <table>.<prefix> (revisions are per table)"
+    );
+    assert_eq!(cmd("UNWATCH w"), Command::Unwatch("w".into()));
+    assert_eq!(err("UNWATCH"), "usage: UNWATCH <tag>");
 }

@@ -88,11 +88,11 @@ impl Session {
                 if let Some(first) = staged.steps.first()
                     && first.key().table() != step.key().table()
                 {
-                    return Err(Reply::warn(format!(
-                        "a transaction stays within one table: {} is not in {} (one owner orders one table's writes)",
-                        step.key(),
-                        first.key().table()
-                    )));
+                    let refusal = crate::kv::Refusal::SpansTables {
+                        first: first.key().table().to_string(),
+                        other: step.key().to_string(),
+                    };
+                    return Err(Reply::warn(refusal.to_string()));
                 }
                 if staged.steps.len() >= max_ops {
                     return Err(Reply::warn(format!(
@@ -133,8 +133,8 @@ async fn send_watch(
     tx: &mpsc::Sender<Vec<u8>>,
 ) {
     use crate::storage::feed::ChangeKind;
-    let started = Reply::line(format!("WATCHING {}", subscription.revision));
-    if tx.send(encode_frames(&started, tag)).await.is_err() {
+    let started = format!("[ID:{tag}] WATCHING {}\r\n", subscription.revision);
+    if tx.send(started.into_bytes()).await.is_err() {
         return;
     }
     while let Some(item) = subscription.rx.recv().await {
@@ -170,17 +170,7 @@ async fn send_watch(
         .clone();
     if let Some(why) = why {
         let _ = tx
-            .send(encode_frames(&Reply::warn(why.to_string()), tag))
+            .send(encode(&Reply::warn(why.to_string()), Some(tag)))
             .await;
     }
-}
-
-/// The frames of `reply` with its tag, without the final `OK` of a data reply.
-fn encode_frames(reply: &Reply, tag: &str) -> Vec<u8> {
-    let mut out = encode(reply, Some(tag));
-    let ok = format!("[ID:{tag}] OK\r\n");
-    if matches!(reply, Reply::Lines(_)) && out.ends_with(ok.as_bytes()) {
-        out.truncate(out.len() - ok.len());
-    }
-    out
 }

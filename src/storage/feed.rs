@@ -10,7 +10,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc;
 
@@ -77,13 +76,6 @@ pub struct Subscription {
     pub revision: u64,
     pub rx: mpsc::Receiver<WatchItem>,
     pub ended: Arc<Mutex<Option<WatchEnd>>>,
-    live: Arc<AtomicBool>,
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.live.store(false, Ordering::Relaxed);
-    }
 }
 
 #[derive(Default)]
@@ -101,7 +93,7 @@ struct Inner {
     history_bytes: usize,
     max_bytes: usize,
     tables: HashMap<String, Table>,
-    watchers: Vec<(Arc<AtomicBool>, Watcher)>,
+    watchers: Vec<Watcher>,
 }
 
 pub struct Feed {
@@ -174,7 +166,7 @@ impl Feed {
             table.last = table.last.max(revision);
             table.complete_after = Some(revision);
         }
-        inner.watchers.retain(|(_, w)| {
+        inner.watchers.retain(|w| {
             if tables.contains(&w.table) {
                 w.end(WatchEnd::Snapshot(revision));
                 false
@@ -227,13 +219,11 @@ impl Feed {
             }
             None => now,
         };
-        let live = Arc::new(AtomicBool::new(true));
-        inner.watchers.push((live.clone(), watcher));
+        inner.watchers.push(watcher);
         Ok(Subscription {
             revision: start.max(now),
             rx,
             ended,
-            live,
         })
     }
 
@@ -255,8 +245,9 @@ impl Watcher {
 
 impl Inner {
     fn deliver(&mut self, change: &Arc<Change>) {
-        self.watchers.retain(|(live, w)| {
-            if !live.load(Ordering::Relaxed) {
+        self.watchers.retain(|w| {
+            // A dropped subscription closed its queue.
+            if w.tx.is_closed() {
                 return false;
             }
             if !w.wants(change) {
