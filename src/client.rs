@@ -1,4 +1,6 @@
 //! A small blocking client of the socket protocol, used by the REPL and the load generator.
+//! It speaks over any byte stream: the Unix socket here, TLS on TCP (`client_listen`) from
+//! the edge crate, which owns TLS.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -14,9 +16,14 @@ pub enum Frame {
     Blob(Vec<u8>),
 }
 
+/// A connected byte stream the client can speak over.
+pub trait Transport: Read + Write + Send {}
+
+impl<T: Read + Write + Send> Transport for T {}
+
 pub struct Client {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    /// Reads go through the buffer; writes go to the stream under it.
+    stream: BufReader<Box<dyn Transport>>,
 }
 
 fn protocol_error(message: String) -> std::io::Error {
@@ -24,24 +31,32 @@ fn protocol_error(message: String) -> std::io::Error {
 }
 
 impl Client {
-    /// Connects and completes the handshake.
+    /// Connects to the Unix socket at `path` and completes the handshake.
     pub fn connect(path: &Path, client_token: &str) -> std::io::Result<Client> {
         let stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(Duration::from_secs(300)))?;
+        Client::over(Box::new(stream), client_token)
+    }
+
+    /// Completes the handshake over an already connected stream.
+    pub fn over(stream: Box<dyn Transport>, client_token: &str) -> std::io::Result<Client> {
         let mut client = Client {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
+            stream: BufReader::new(stream),
         };
         let welcome = client.read_line()?;
+        if welcome.starts_with(b"ERROR ") {
+            // The server refused the connection (a certificate, too many connections).
+            return Err(protocol_error(
+                String::from_utf8_lossy(&welcome).into_owned(),
+            ));
+        }
         if !welcome.starts_with(b"WELCOME ") {
             return Err(protocol_error(format!(
                 "unexpected greeting {:?}",
                 String::from_utf8_lossy(&welcome)
             )));
         }
-        client
-            .writer
-            .write_all(format!("HELLO 1.0 {client_token}\r\n").as_bytes())?;
+        client.write(format!("HELLO 1.0 {client_token}\r\n").as_bytes())?;
         let ready = client.read_line()?;
         if ready != b"READY" {
             return Err(protocol_error(String::from_utf8_lossy(&ready).into_owned()));
@@ -52,14 +67,14 @@ impl Client {
     /// Exactly `n` payload bytes (the bytes after a `BLOB <n>` line).
     pub fn read_payload(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
         let mut payload = vec![0; n];
-        self.reader.read_exact(&mut payload)?;
+        self.stream.read_exact(&mut payload)?;
         Ok(payload)
     }
 
     /// The next line, without its line end (for streams such as a watch's events).
     pub fn read_line(&mut self) -> std::io::Result<Vec<u8>> {
         let mut line = Vec::new();
-        if self.reader.read_until(b'\n', &mut line)? == 0 {
+        if self.stream.read_until(b'\n', &mut line)? == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "server closed the connection",
@@ -79,7 +94,13 @@ impl Client {
         if let Some(payload) = payload {
             out.extend_from_slice(payload);
         }
-        self.writer.write_all(&out)
+        self.write(&out)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let stream = self.stream.get_mut();
+        stream.write_all(bytes)?;
+        stream.flush()
     }
 
     /// Reads the frames of one untagged response, through `OK` or `ERROR …`.
@@ -96,7 +117,7 @@ impl Client {
             frames.push(Frame::Line(line));
             if let Some(len) = blob_len {
                 let mut payload = vec![0; len];
-                self.reader.read_exact(&mut payload)?;
+                self.stream.read_exact(&mut payload)?;
                 frames.push(Frame::Blob(payload));
             }
             if done {

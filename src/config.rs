@@ -78,6 +78,13 @@ pub struct AtlasConfig {
     /// which watchers see as `DEL` events).
     pub expiry_sweep_ms: u64,
     pub metrics_listen: Option<String>,
+    /// The socket protocol over TLS on TCP (`host:port`), for clients off this machine; each
+    /// presents a client certificate of the cluster CA naming its principal.
+    pub client_listen: Option<String>,
+    /// Principals that may `PRINCIPAL ASSUME` another name and run `BACKUP` on `client_listen`.
+    pub client_admins: Vec<String>,
+    /// SHA-256 fingerprints of client certificates `client_listen` refuses (revoked).
+    pub client_revoked: Vec<String>,
     /// When set, `/metrics` on the HTTPS listener needs `Authorization: Bearer <token>`
     /// (`metrics_listen`, meant for a private address, does not).
     pub metrics_token: Option<String>,
@@ -107,6 +114,9 @@ impl Default for AtlasConfig {
             durability: Durability::Strict,
             expiry_sweep_ms: 60_000,
             metrics_listen: None,
+            client_listen: None,
+            client_admins: Vec::new(),
+            client_revoked: Vec::new(),
             metrics_token: None,
             routes: Vec::new(),
             nas: NasConfig::default(),
@@ -349,6 +359,40 @@ impl AtlasConfig {
     }
 
     /// Checks what serde cannot: addresses parse, numbers are in range.
+    fn validate_client_listener(&self) -> Result<(), String> {
+        if let Some(c) = &self.client_listen {
+            if c.parse::<SocketAddr>().is_err() {
+                return Err(format!(
+                    "atlas.client_listen: `{c}` is not a socket address (e.g. 0.0.0.0:7379)"
+                ));
+            }
+            if matches!(self.tls, TlsConfig::Files { .. }) && self.peer_ca.is_none() {
+                return Err(
+                    "atlas.client_listen: needs the CA that signs client certificates \
+                     (tls: internal, or atlas.peer_ca with tls files)"
+                        .into(),
+                );
+            }
+        }
+        for name in &self.client_admins {
+            if !crate::protocol::valid_principal(name) {
+                return Err(format!(
+                    "atlas.client_admins: `{name}` is not a principal name (1 to 256 characters, \
+                     no control characters)"
+                ));
+            }
+        }
+        for print in &self.client_revoked {
+            if normalize_fingerprint(print).is_none() {
+                return Err(format!(
+                    "atlas.client_revoked: `{print}` is not a SHA-256 fingerprint (64 hex \
+                     digits, as `atlas ca client-cert` prints them)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), String> {
         if self.data_dir.as_os_str().is_empty() {
             return Err("atlas.data_dir: must not be empty".into());
@@ -366,6 +410,7 @@ impl AtlasConfig {
                 "atlas.metrics_listen: `{m}` is not a socket address"
             ));
         }
+        self.validate_client_listener()?;
         if self.region.trim().is_empty()
             || self
                 .region

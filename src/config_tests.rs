@@ -131,3 +131,40 @@ fn relaxed_durability_and_fn_fz() {
     assert_eq!(c.durability, Durability::Relaxed);
     assert_eq!((c.fn_, c.fz), (0, 1));
 }
+
+#[test]
+fn client_listener_keys_are_checked() {
+    let load = |lines: &str| AtlasConfig::from_yaml(&format!("atlas:\n{lines}"), "f.yaml");
+    let ok = load(
+        "  client_listen: 0.0.0.0:7379\n  client_admins: [ops, \"john smith\"]\n  \
+         client_revoked: [\"ab:CD:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89\"]\n",
+    )
+    .unwrap();
+    assert_eq!(ok.client_listen.as_deref(), Some("0.0.0.0:7379"));
+    assert_eq!(ok.client_admins, ["ops", "john smith"]);
+    for (lines, expect) in [
+        (
+            "  client_listen: nowhere\n",
+            "atlas.client_listen: `nowhere` is not a socket address",
+        ),
+        (
+            "  client_listen: 127.0.0.1:7379\n  tls: {cert: a.pem, key: b.pem}\n",
+            "atlas.client_listen: needs the CA that signs client certificates",
+        ),
+        (
+            "  client_admins: [\" ops\"]\n",
+            "atlas.client_admins: ` ops` is not a principal",
+        ),
+        (
+            "  client_revoked: [abc]\n",
+            "atlas.client_revoked: `abc` is not a SHA-256",
+        ),
+    ] {
+        let msg = load(lines).unwrap_err().to_string();
+        assert!(msg.contains(expect), "{lines}: {msg}");
+        assert!(msg.contains("f.yaml"), "{msg}");
+    }
+    // With tls files, the CA of peer_ca signs client certificates.
+    load("  client_listen: 127.0.0.1:7379\n  tls: {cert: a.pem, key: b.pem}\n  peer_ca: ca.pem\n")
+        .unwrap();
+}

@@ -45,6 +45,40 @@ pub struct NoObserver;
 
 impl Observer for NoObserver {}
 
+/// Who is at the other end of a connection, as its listener established it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// The Unix socket: file permissions are the gate; whoever may open it may assume any
+    /// principal and run `BACKUP`.
+    Local,
+    /// A client certificate of the cluster CA named `principal` (`client_listen`): the
+    /// session starts as it. Only an `admin` (`atlas.client_admins`) may assume another name
+    /// or run `BACKUP`.
+    Certified { principal: String, admin: bool },
+}
+
+impl Peer {
+    fn principal(&self) -> Option<String> {
+        match self {
+            Peer::Local => None,
+            Peer::Certified { principal, .. } => Some(principal.clone()),
+        }
+    }
+
+    /// Why this peer may not run an admin-only `what`, if it may not.
+    fn refuse_admin(&self, what: &str) -> Option<String> {
+        match self {
+            Peer::Certified {
+                principal,
+                admin: false,
+            } => Some(format!(
+                "permission denied: {principal} may not {what} on this listener (atlas.client_admins)"
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Longest handshake line accepted.
 const MAX_HANDSHAKE_BYTES: u64 = 1024;
 
@@ -128,6 +162,7 @@ pub async fn serve<S>(
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
     observer: Arc<dyn Observer>,
+    peer: Peer,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -157,7 +192,8 @@ pub async fn serve<S>(
                 let session = Session {
                     engine,
                     limits,
-                    principal: None,
+                    principal: peer.principal(),
+                    peer,
                     txn: None,
                     watches: std::collections::HashMap::new(),
                     tx: tx.clone(),
@@ -248,6 +284,8 @@ struct Session {
     engine: Arc<Engine>,
     limits: Limits,
     principal: Option<String>,
+    /// Who connected: decides whether the principal may change and `BACKUP` may run.
+    peer: Peer,
     /// The transaction being staged (`TXN BEGIN` .. `TXN COMMIT`/`TXN ABORT`).
     txn: Option<Staged>,
     /// Open watches by tag; each is a task sending its events.
@@ -337,8 +375,17 @@ impl Session {
             let mut blob = None;
             match request.command {
                 Command::Assume(name) => {
-                    self.principal = Some(name);
-                    self.send(&Reply::Ok, tag.as_deref()).await;
+                    let refusal = (self.peer.principal().as_ref() != Some(&name))
+                        .then(|| self.peer.refuse_admin("assume another principal"))
+                        .flatten();
+                    let reply = match refusal {
+                        Some(refusal) => Reply::warn(refusal),
+                        None => {
+                            self.principal = Some(name);
+                            Reply::Ok
+                        }
+                    };
+                    self.send(&reply, tag.as_deref()).await;
                     continue;
                 }
                 Command::WhoAmI => {
@@ -355,6 +402,12 @@ impl Session {
                     continue;
                 }
                 Command::Backup => {
+                    if let Some(refusal) = self.peer.refuse_admin("run BACKUP") {
+                        if !self.send(&Reply::warn(refusal), tag.as_deref()).await {
+                            return;
+                        }
+                        continue;
+                    }
                     let tx = self.tx.clone();
                     let frame_tag = tag.clone();
                     let sink = move |chunk: Vec<u8>| {

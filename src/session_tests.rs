@@ -11,6 +11,11 @@ pub(super) struct Harness {
 }
 
 pub(super) async fn start(limits: Limits) -> Harness {
+    start_as(limits, Peer::Local).await
+}
+
+/// A session whose listener established `peer` (as `client_listen` does from a certificate).
+pub(super) async fn start_as(limits: Limits, peer: Peer) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), Durability::Relaxed).unwrap());
     let node = NodeIdentity {
@@ -24,7 +29,14 @@ pub(super) async fn start(limits: Limits) -> Harness {
     let engine = Arc::new(Engine::new(store, node).unwrap());
     let (client, server) = tokio::io::duplex(1 << 20);
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(serve(server, engine, limits, rx, Arc::new(NoObserver)));
+    tokio::spawn(serve(
+        server,
+        engine,
+        limits,
+        rx,
+        Arc::new(NoObserver),
+        peer,
+    ));
     Harness {
         client,
         _dir: dir,
@@ -149,4 +161,75 @@ async fn tagged_requests_carry_their_tag_and_principal() {
         b"[ID:4] NOT_FOUND\r\n[ID:4] OK\r\n",
     )
     .await;
+}
+
+fn certified(principal: &str, admin: bool) -> Peer {
+    Peer::Certified {
+        principal: principal.into(),
+        admin,
+    }
+}
+
+#[tokio::test]
+async fn a_certified_session_starts_as_its_principal_and_cannot_become_another() {
+    let mut h = start_as(Limits::default(), certified("alice", false)).await;
+    exchange(
+        &mut h,
+        b"HELLO 1.0 t\r\n",
+        b"WELCOME 1.0 Chronalys/1.0\r\nREADY\r\n",
+    )
+    .await;
+    exchange(
+        &mut h,
+        b"PRINCIPAL WHOAMI\r\n",
+        b"PRINCIPAL alice\r\nOK\r\n",
+    )
+    .await;
+    exchange(
+        &mut h,
+        b"PRINCIPAL ASSUME bob\r\nPRINCIPAL WHOAMI\r\n",
+        b"ERROR WARN permission denied: alice may not assume another principal on this listener \
+          (atlas.client_admins)\r\nPRINCIPAL alice\r\nOK\r\n",
+    )
+    .await;
+    // Its own name is no change, so it is allowed.
+    exchange(&mut h, b"PRINCIPAL ASSUME alice\r\n", b"OK\r\n").await;
+    exchange(
+        &mut h,
+        b"[ID:b] BACKUP\r\n",
+        b"[ID:b] ERROR WARN permission denied: alice may not run BACKUP on this listener \
+          (atlas.client_admins)\r\n",
+    )
+    .await;
+    // ACLs are judged for the certified principal: alice owns what she grants herself.
+    exchange(
+        &mut h,
+        b"ACL GRANT t.k alice PERMS OWNER\r\nKEY PUT t.k v\r\nKEY GET t.k\r\n",
+        b"ACL granted to alice for T.K with permissions OWNER\r\nOK\r\nOK\r\nVALUE:v\r\nOK\r\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_certified_admin_may_assume_and_back_up_and_a_local_peer_always_may() {
+    for peer in [certified("ops", true), Peer::Local] {
+        let mut h = start_as(Limits::default(), peer.clone()).await;
+        exchange(
+            &mut h,
+            b"HELLO 1.0 t\r\n",
+            b"WELCOME 1.0 Chronalys/1.0\r\nREADY\r\n",
+        )
+        .await;
+        exchange(
+            &mut h,
+            b"PRINCIPAL ASSUME bob\r\nPRINCIPAL WHOAMI\r\n",
+            b"OK\r\nPRINCIPAL bob\r\nOK\r\n",
+        )
+        .await;
+        // Having become bob, an admin connection may still become someone else: the right
+        // belongs to the certificate, not to the current name.
+        exchange(&mut h, b"PRINCIPAL ASSUME carol\r\n", b"OK\r\n").await;
+        let header = send_and_read(&mut h, b"BACKUP\r\n", 5).await;
+        assert_eq!(&header, b"BLOB ", "{peer:?}");
+    }
 }

@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use atlas::client::{Client, Frame, is_error, strip_tag};
 use clap::Subcommand;
 
+use crate::target::Target;
+
 #[derive(Subcommand)]
 pub enum KvCommand {
     /// Print a key's value (exit 1 when it is absent).
@@ -56,13 +58,6 @@ pub enum KvCommand {
     },
 }
 
-fn connect(socket: &Path) -> Result<Client, ExitCode> {
-    Client::connect(socket, "atlas-kv").map_err(|e| {
-        eprintln!("atlas: cannot connect to {}: {e}", socket.display());
-        ExitCode::from(2)
-    })
-}
-
 fn lines(frames: &[Frame]) -> Vec<&[u8]> {
     frames
         .iter()
@@ -92,16 +87,16 @@ fn print(bytes: &[u8]) {
     let _ = out.write_all(b"\n");
 }
 
-/// Runs one `atlas kv` command against the node at `socket`.
-pub fn run(command: KvCommand, socket: &Path) -> ExitCode {
-    match run_inner(command, socket) {
+/// Runs one `atlas kv` command against the node at `target`.
+pub fn run(command: KvCommand, target: &Target) -> ExitCode {
+    match run_inner(command, target) {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
     }
 }
 
-fn run_inner(command: KvCommand, socket: &Path) -> Result<(), ExitCode> {
-    let mut client = connect(socket)?;
+fn run_inner(command: KvCommand, target: &Target) -> Result<(), ExitCode> {
+    let mut client = target.connect("atlas-kv")?;
     match command {
         KvCommand::Get { key } => {
             let frames = request(&mut client, &format!("KEY GET {key}"))?;
@@ -212,8 +207,8 @@ fn scan(client: &mut Client, prefix: &str, values: bool) -> Result<(), ExitCode>
 
 /// `atlas repl -e LINE …`: sends each line in turn and prints its answer; stops at the
 /// first `ERROR` (exit 1).
-pub fn run_lines(socket: &Path, lines_to_send: &[String]) -> ExitCode {
-    let mut client = match connect(socket) {
+pub fn run_lines(target: &Target, lines_to_send: &[String]) -> ExitCode {
+    let mut client = match target.connect("atlas-kv") {
         Ok(c) => c,
         Err(code) => return code,
     };

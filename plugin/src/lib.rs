@@ -6,12 +6,14 @@
 //! plaintext Prometheus listener. `install_embedded` adds the same minus the HTTPS listener,
 //! for a user's own proxy, which calls [`Atlas::try_serve`] from its `request_filter`.
 
+pub mod client_listener;
 pub mod cluster;
 pub mod edge;
 mod engine_service;
 pub mod http;
 pub mod metrics;
 pub mod peer_client;
+pub mod remote_client;
 mod socket_service;
 pub mod throttle;
 pub mod tls;
@@ -94,7 +96,7 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
     // is prepared. Both happen before the fork, so a failure is an error on the terminal.
     let identity = cluster::prepare_identity(config).map_err(InstallError::Cluster)?;
     let tls = tls::ServerTls::prepare(config)?;
-    let atlas = install_common(server, config, identity)?;
+    let atlas = install_common(server, config, identity, Some(&tls))?;
     let routes = edge::build_routes(server, &config.routes)?;
     let proxy = edge::EdgeProxy::new(atlas.http.clone(), routes);
     let mut https =
@@ -154,13 +156,27 @@ pub fn install_embedded(server: &mut Server, config: &AtlasConfig) -> Result<Atl
         ));
     }
     let identity = cluster::prepare_identity(config).map_err(InstallError::Cluster)?;
-    install_common(server, config, identity)
+    // `client_listen` is a listener of Atlas's own: it needs this node's certificate even
+    // though the host proxy terminates HTTPS.
+    let tls = match config.client_listen {
+        Some(_) => Some(tls::ServerTls::prepare(config)?),
+        None => None,
+    };
+    let atlas = install_common(server, config, identity, tls.as_ref())?;
+    if let Some(tls) = tls {
+        server.add_service(background_service(
+            "atlas tls renewal",
+            engine_service::TlsRenewal::new(tls),
+        ));
+    }
+    Ok(atlas)
 }
 
 fn install_common(
     server: &mut Server,
     config: &AtlasConfig,
     identity: Option<atlas::cluster::identity::ClusterIdentity>,
+    tls: Option<&tls::ServerTls>,
 ) -> Result<Atlas, InstallError> {
     let engine: EngineCell = Arc::new(OnceLock::new());
     let nas: NasCell = Arc::new(OnceLock::new());
@@ -195,12 +211,16 @@ fn install_common(
         .ok_or_else(|| InstallError::Socket(format!("{} is not valid UTF-8", socket.display())))?;
     let mut listener = Service::new(
         "atlas socket".to_string(),
-        SocketApp::new(engine.clone(), config.limits.clone()),
+        SocketApp::new(engine.clone(), config.limits.clone(), &config.client_admins),
     );
     listener.add_uds(
         socket_str,
         Some(std::fs::Permissions::from_mode(SOCKET_MODE)),
     );
+    if let (Some(addr), Some(tls)) = (&config.client_listen, tls) {
+        let settings = client_listener::settings(config, tls.resolver.clone())?;
+        listener.add_tls_with_settings(addr, None, settings);
+    }
     let listener_handle = server.add_service(listener);
     listener_handle.add_dependency(&engine_handle);
 

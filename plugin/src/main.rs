@@ -3,6 +3,7 @@
 mod kv_cli;
 mod nas_cli;
 mod repl;
+mod target;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,8 @@ enum Commands {
         /// Send this request line and exit (repeatable; stops at the first ERROR, exit 1).
         #[arg(short = 'e', long = "execute")]
         execute: Vec<String>,
+        #[command(flatten)]
+        remote: target::ConnectArgs,
     },
     /// One request for scripts: exit 0 on success, 1 on an ERROR answer (or an absent key
     /// for `get`), 2 without a connection.
@@ -66,6 +69,8 @@ enum Commands {
         /// Socket path; default: the socket of -c FILE, else ./data/atlas.sock.
         #[arg(long, global = true)]
         socket: Option<PathBuf>,
+        #[command(flatten)]
+        remote: target::ConnectArgs,
         #[command(subcommand)]
         command: kv_cli::KvCommand,
     },
@@ -77,6 +82,20 @@ enum CaAction {
     Show,
     /// Print a new random cluster credential (48 hex characters) for `atlas.credentials`.
     Secret,
+    /// Issue a client certificate for PRINCIPAL from this node's CA, for `client_listen`
+    /// (`atlas repl --connect HOST:PORT --cert FILE --key FILE`).
+    ClientCert {
+        principal: String,
+        /// Where to write the certificate; default: `<principal>.crt` here.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Where to write the private key (mode 0600); default: `<principal>.key` here.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +110,15 @@ fn main() -> ExitCode {
         Commands::Ca {
             action: CaAction::Show,
         } => ca_show(conf.as_ref()),
+        Commands::Ca {
+            action:
+                CaAction::ClientCert {
+                    principal,
+                    cert,
+                    key,
+                    days,
+                },
+        } => ca_client_cert(conf.as_ref(), &principal, cert, key, days),
         Commands::Ca {
             action: CaAction::Secret,
         } => {
@@ -107,35 +135,136 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Commands::Repl { socket, execute } => {
-            let socket = match socket_of(socket, conf) {
-                Ok(socket) => socket,
+        Commands::Repl {
+            socket,
+            execute,
+            remote,
+        } => {
+            let target = match target_of(socket, &remote, conf) {
+                Ok(target) => target,
                 Err(code) => return code,
             };
             if execute.is_empty() {
-                repl::run(&socket)
+                repl::run(&target)
             } else {
-                kv_cli::run_lines(&socket, &execute)
+                kv_cli::run_lines(&target, &execute)
             }
         }
-        Commands::Kv { socket, command } => match socket_of(socket, conf) {
-            Ok(socket) => kv_cli::run(command, &socket),
+        Commands::Kv {
+            socket,
+            remote,
+            command,
+        } => match target_of(socket, &remote, conf) {
+            Ok(target) => kv_cli::run(command, &target),
             Err(code) => code,
         },
     }
 }
 
-/// The socket given, else the one of the configuration (`-c`, or the embedded default).
-fn socket_of(socket: Option<PathBuf>, conf: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
-    match socket {
-        Some(socket) => Ok(socket),
-        None => load(conf.as_ref())
-            .map(|(config, _, _)| config.socket_path())
-            .map_err(|message| {
-                eprintln!("atlas: {message}");
-                ExitCode::from(2)
-            }),
+/// `--connect` with its files, else the socket given, else the one of the configuration
+/// (`-c`, or the embedded default).
+fn target_of(
+    socket: Option<PathBuf>,
+    remote: &target::ConnectArgs,
+    conf: Option<PathBuf>,
+) -> Result<target::Target, ExitCode> {
+    let fail = |message: String| {
+        eprintln!("atlas: {message}");
+        ExitCode::from(2)
+    };
+    let default_ca = || {
+        load(conf.as_ref()).map(|(config, _, _)| {
+            atlas_pingora::tls::cluster_ca_path(&config)
+                .unwrap_or_else(|| atlas_pingora::tls::ca_cert_path(&config))
+        })
+    };
+    if let Some(remote) = remote.remote(default_ca).map_err(fail)? {
+        if socket.is_some() {
+            return Err(fail("give a socket path or --connect, not both".into()));
+        }
+        return Ok(target::Target::Remote(remote));
     }
+    match socket {
+        Some(socket) => Ok(target::Target::Socket(socket)),
+        None => load(conf.as_ref())
+            .map(|(config, _, _)| target::Target::Socket(config.socket_path()))
+            .map_err(fail),
+    }
+}
+
+/// `atlas ca client-cert`: a client certificate for `principal` from this node's CA.
+fn ca_client_cert(
+    conf: Option<&PathBuf>,
+    principal: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    days: u64,
+) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("atlas: {message}");
+        ExitCode::from(2)
+    };
+    let config = match load(conf) {
+        Ok((config, _, _)) => config,
+        Err(message) => return fail(message),
+    };
+    if !atlas::protocol::valid_principal(principal) {
+        return fail(format!(
+            "`{principal}` is not a principal name (1 to 256 characters, no control \
+             characters, no surrounding spaces)"
+        ));
+    }
+    if days == 0 || days > 3650 {
+        return fail("--days: from 1 to 3650".into());
+    }
+    let safe = principal
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+        && !principal.starts_with('.');
+    let (cert, key) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (cert, key) if safe => (
+            cert.unwrap_or_else(|| PathBuf::from(format!("{principal}.crt"))),
+            key.unwrap_or_else(|| PathBuf::from(format!("{principal}.key"))),
+        ),
+        _ => {
+            return fail(format!(
+                "`{principal}` is not a file name: give --cert FILE and --key FILE"
+            ));
+        }
+    };
+    for path in [&cert, &key] {
+        if path.exists() {
+            return fail(format!("{} exists; not overwriting it", path.display()));
+        }
+    }
+    let dir = atlas_pingora::tls::tls_dir(&config);
+    let issued = atlas_pingora::tls::InternalCa::load_existing(&dir)
+        .and_then(|ca| ca.issue_client(principal, days));
+    let (cert_pem, key_pem) = match issued {
+        Ok(pair) => pair,
+        Err(e) => {
+            return fail(format!(
+                "{e} (run this where the cluster CA lives: a node with `tls: internal`, \
+                 with its -c FILE)"
+            ));
+        }
+    };
+    let fingerprint = atlas_pingora::tls::pem_to_der(&cert_pem)
+        .map(|der| atlas_pingora::tls::fingerprint(&der))
+        .unwrap_or_default();
+    if let Err(e) = atlas::files::write_private(&key, key_pem.as_bytes()) {
+        return fail(format!("cannot write {}: {e}", key.display()));
+    }
+    if let Err(e) = atlas::files::write_private(&cert, cert_pem.as_bytes()) {
+        let _ = std::fs::remove_file(&key);
+        return fail(format!("cannot write {}: {e}", cert.display()));
+    }
+    println!("atlas: client certificate for `{principal}`, valid {days} days");
+    println!("atlas: certificate {}", cert.display());
+    println!("atlas: key         {} (mode 0600)", key.display());
+    println!("atlas: SHA-256 fingerprint: {fingerprint} (for atlas.client_revoked)");
+    ExitCode::SUCCESS
 }
 
 /// Reads the file (or the embedded default) and checks both halves of it.
@@ -214,6 +343,12 @@ fn serve(conf: Option<PathBuf>, test: bool, daemon: bool, upgrade: bool) -> Exit
         config.listen,
         atlas_pingora::tls::ca_cert_path(&config).display()
     );
+    if let Some(addr) = &config.client_listen {
+        println!(
+            "atlas: clients over TLS on {addr}: {me} repl --connect {addr} --cert P.crt --key P.key \
+             (certificates from `{me} ca client-cert P`)"
+        );
+    }
     server.run(RunArgs::default());
     atlas.close();
     ExitCode::SUCCESS

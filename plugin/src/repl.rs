@@ -9,6 +9,8 @@ use atlas::client::{Client, Frame, is_error, strip_tag};
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 
+use crate::target::Target;
+
 /// What the user typed, after the REPL's own syntax is resolved.
 enum Input {
     Quit,
@@ -145,13 +147,10 @@ fn history_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".atlas_history"))
 }
 
-pub fn run(socket: &Path) -> ExitCode {
-    let mut client = match Client::connect(socket, "atlas-repl") {
+pub fn run(target: &Target) -> ExitCode {
+    let mut client = match target.connect("atlas-repl") {
         Ok(client) => client,
-        Err(e) => {
-            eprintln!("atlas: cannot connect to {}: {e}", socket.display());
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let mut all_ok = true;
     if !std::io::stdin().is_terminal() {
@@ -178,7 +177,7 @@ pub fn run(socket: &Path) -> ExitCode {
     if let Some(path) = &history {
         let _ = editor.load_history(path);
     }
-    println!("connected to {} — EXIT or Ctrl-D quits", socket.display());
+    println!("connected to {} — EXIT or Ctrl-D quits", target.describe());
     loop {
         match editor.readline("> ") {
             Ok(line) => {

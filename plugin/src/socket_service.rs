@@ -1,6 +1,7 @@
-//! The Unix-socket listener: a Pingora `ServerApp` that hands each connection to
-//! `atlas::session::serve`.
+//! The client listeners: a Pingora `ServerApp` that hands each connection of the Unix socket
+//! and of `client_listen` (TLS on TCP) to `atlas::session::serve`, with who it is.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -16,18 +17,28 @@ use crate::EngineCell;
 pub struct SocketApp {
     engine: EngineCell,
     limits: Limits,
-    /// Connections being served (bounded by `limits.max_connections`).
+    /// Principals that may assume others and back up on `client_listen`.
+    admins: HashSet<String>,
+    /// Connections being served, on both listeners (bounded by `limits.max_connections`).
     open: AtomicUsize,
 }
 
 impl SocketApp {
-    pub fn new(engine: EngineCell, limits: Limits) -> Self {
+    pub fn new(engine: EngineCell, limits: Limits, admins: &[String]) -> Self {
         SocketApp {
             engine,
             limits,
+            admins: admins.iter().cloned().collect(),
             open: AtomicUsize::new(0),
         }
     }
+}
+
+async fn refuse(stream: &mut Stream, message: &str) {
+    let _ = stream
+        .write_all(format!("ERROR FATAL {message}\r\n").as_bytes())
+        .await;
+    let _ = stream.flush().await;
 }
 
 /// Counts a connection while it is served.
@@ -46,11 +57,22 @@ impl ServerApp for SocketApp {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let peer = match crate::client_listener::peer_of(&stream, &self.admins) {
+            Ok(peer) => peer,
+            Err(reason) => {
+                crate::metrics::metrics()
+                    .errors
+                    .with_label_values(&["client_certificate"])
+                    .inc();
+                tracing::info!(%reason, "refused a client of client_listen");
+                refuse(&mut stream, &reason).await;
+                return None;
+            }
+        };
         let Some(engine) = self.engine.get().cloned() else {
             // The listener starts after the engine service; this is only reachable if the
             // engine failed, in which case the process is exiting.
-            let _ = stream.write_all(b"ERROR FATAL server starting\r\n").await;
-            let _ = stream.flush().await;
+            refuse(&mut stream, "server starting").await;
             return None;
         };
         let open = Open(&self.open);
@@ -60,10 +82,7 @@ impl ServerApp for SocketApp {
                 .errors
                 .with_label_values(&["too_many_connections"])
                 .inc();
-            let _ = stream
-                .write_all(b"ERROR FATAL too many connections\r\n")
-                .await;
-            let _ = stream.flush().await;
+            refuse(&mut stream, "too many connections").await;
             return None;
         }
         let observer = Arc::new(crate::metrics::SocketObserver);
@@ -73,6 +92,7 @@ impl ServerApp for SocketApp {
             self.limits.clone(),
             shutdown.clone(),
             observer,
+            peer,
         )
         .await;
         drop(open);

@@ -26,6 +26,9 @@ const LEAF_VALIDITY_DAYS: i64 = 90;
 /// A leaf closer than this to its expiry is renewed.
 pub const LEAF_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 const CA_COMMON_NAME: &str = "Atlas internal CA";
+/// The organization of every client certificate (`atlas ca client-cert`): what tells it from
+/// a node's certificate, which the same CA signs. `client_listen` accepts no other.
+pub const CLIENT_ORGANIZATION: &str = "Atlas client";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -137,6 +140,32 @@ impl InternalCa {
             dir: dir.into(),
             key,
         })
+    }
+
+    /// The CA in `dir`, which must exist (`atlas ca client-cert` never creates one).
+    pub fn load_existing(dir: &Path) -> Result<InternalCa, TlsError> {
+        for file in ["ca.crt", "ca.key"] {
+            read(&dir.join(file))?;
+        }
+        InternalCa::load_or_create(dir)
+    }
+
+    /// Issues a client certificate naming `principal` (common name; organization
+    /// [`CLIENT_ORGANIZATION`]; client auth only), valid for `days`: PEM certificate, PEM key.
+    pub fn issue_client(&self, principal: &str, days: u64) -> Result<(String, String), TlsError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, principal);
+        dn.push(DnType::OrganizationName, CLIENT_ORGANIZATION);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        set_validity(&mut params, days);
+        let issuer = Issuer::new(ca_params()?, &self.key);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
     }
 
     pub fn cert_pem(&self) -> Result<String, TlsError> {
@@ -262,6 +291,15 @@ pub fn cluster_ca_path(config: &AtlasConfig) -> Option<PathBuf> {
 pub fn client_verifier(
     config: &AtlasConfig,
 ) -> Result<Arc<dyn pingora::tls::ClientCertVerifier>, TlsError> {
+    cluster_ca_verifier(config, true)
+}
+
+/// Verifies client certificates against the cluster CA; `optional`: a client may present
+/// none (the HTTPS listener), else the handshake fails without one (`client_listen`).
+pub fn cluster_ca_verifier(
+    config: &AtlasConfig,
+    optional: bool,
+) -> Result<Arc<dyn pingora::tls::ClientCertVerifier>, TlsError> {
     let path = cluster_ca_path(config).ok_or(TlsError::Pem {
         path: "atlas.peer_ca".into(),
         what: "cluster CA (required with peer_mtls)",
@@ -278,8 +316,13 @@ pub fn client_verifier(
             path: path.display().to_string(),
             what: "CA certificate",
         })?;
-    pingora::tls::WebPkiClientVerifier::builder(Arc::new(roots))
-        .allow_unauthenticated()
+    let builder = pingora::tls::WebPkiClientVerifier::builder(Arc::new(roots));
+    let builder = if optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    builder
         .build()
         .map_err(|e| TlsError::Key(format!("client certificate verifier: {e}")))
 }
@@ -409,15 +452,19 @@ pub fn describe_ca(pem: &str) -> Result<String, TlsError> {
         path: "ca.crt".into(),
         what: "certificate",
     })?;
-    let digest = Sha256::digest(&der);
-    let mut fingerprint = String::new();
-    for (i, byte) in digest.iter().enumerate() {
+    Ok(format!("{pem}SHA-256 fingerprint: {}\n", fingerprint(&der)))
+}
+
+/// A certificate's SHA-256 fingerprint as colon-separated upper-case hex (`AB:CD:…`).
+pub fn fingerprint(der: &[u8]) -> String {
+    let mut text = String::new();
+    for (i, byte) in Sha256::digest(der).iter().enumerate() {
         if i > 0 {
-            fingerprint.push(':');
+            text.push(':');
         }
-        let _ = write!(fingerprint, "{byte:02X}");
+        let _ = write!(text, "{byte:02X}");
     }
-    Ok(format!("{pem}SHA-256 fingerprint: {fingerprint}\n"))
+    text
 }
 
 /// The DER bytes of the first certificate in a PEM text.

@@ -8,7 +8,9 @@ pub mod parse;
 pub mod reply;
 
 pub use key::Key;
-pub use parse::{Command, Deadline, ParseError, Perm, Request, Scan, TxnStep, parse_request};
+pub use parse::{
+    Command, Deadline, ParseError, Perm, Request, Scan, TxnStep, parse_request, valid_principal,
+};
 pub use reply::{Level, Reply};
 
 /// First line the server writes on a new connection.

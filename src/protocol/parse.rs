@@ -500,11 +500,20 @@ fn parse_principal(tokens: &mut Tokens<'_>) -> CmdResult {
     let name = String::from_utf8_lossy(tokens.raw_rest())
         .trim()
         .to_string();
-    let chars = name.chars().count();
-    if chars == 0 || chars > MAX_PRINCIPAL_CHARS || name.chars().any(char::is_control) {
+    if !valid_principal(&name) {
         return Err(usage(USAGE_ASSUME));
     }
     Ok(Command::Assume(name))
+}
+
+/// A principal name: 1 to 256 characters, none of them control characters, no surrounding
+/// whitespace (`PRINCIPAL ASSUME` trims it; a certificate or config name must not have it).
+pub fn valid_principal(name: &str) -> bool {
+    let chars = name.chars().count();
+    chars > 0
+        && chars <= MAX_PRINCIPAL_CHARS
+        && !name.chars().any(char::is_control)
+        && name.trim() == name
 }
 
 fn parse_acl(tokens: &mut Tokens<'_>) -> CmdResult {

@@ -48,6 +48,12 @@ impl TestCluster {
     /// Starts one node per entry of `regions`; the first founds the cluster, the others
     /// join through it. `extra` goes into every node's `atlas:` section (e.g. `fz: 1`).
     pub fn start(regions: &[&str], extra: &str) -> TestCluster {
+        TestCluster::start_each(regions, extra, |_| String::new())
+    }
+
+    /// Like [`TestCluster::start`], with `own(i)` added to node `i`'s `atlas:` section
+    /// (keys that differ per node, such as a listener's port).
+    pub fn start_each(regions: &[&str], extra: &str, own: impl Fn(usize) -> String) -> TestCluster {
         let mut cluster = TestCluster {
             nodes: Vec::new(),
             ports: Vec::new(),
@@ -55,8 +61,8 @@ impl TestCluster {
             extra: extra.to_string(),
             _dirs: Vec::new(),
         };
-        for region in regions {
-            cluster.add(region);
+        for (i, region) in regions.iter().enumerate() {
+            cluster.add_with(region, &own(i));
         }
         cluster.wait_all_active(Duration::from_secs(30));
         cluster
@@ -64,6 +70,11 @@ impl TestCluster {
 
     /// Starts one more node in `region`, joining through node 0 (a late joiner).
     pub fn add(&mut self, region: &str) -> usize {
+        self.add_with(region, "")
+    }
+
+    /// Like [`TestCluster::add`], with `own` added to this node's `atlas:` section.
+    pub fn add_with(&mut self, region: &str, own: &str) -> usize {
         let dir = tempfile::Builder::new()
             .prefix("atlas-cluster-")
             .tempdir()
@@ -74,7 +85,7 @@ impl TestCluster {
             port,
             region,
             seed.as_ref().map(|(p, ca)| (*p, ca.as_path())),
-            &self.extra,
+            &format!("{}{own}", self.extra),
         );
         let node = Node::start_in_with(dir.path(), &yaml);
         self.nodes.push(node);

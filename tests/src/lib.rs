@@ -153,6 +153,12 @@ impl Node {
         self.spawn_and_wait();
     }
 
+    /// Like [`Node::restart`], with `extra_atlas_yaml` as the new extra configuration.
+    pub fn restart_with(&mut self, extra_atlas_yaml: &str) {
+        self.extra_yaml = extra_atlas_yaml.to_string();
+        self.restart();
+    }
+
     fn spawn_and_wait(&mut self) {
         let config = write_config(&self.dir, &self.extra_yaml);
         let log = |name: &str| -> File {
