@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::command::{Engine, NodeIdentity};
+use crate::command::{Backend, Engine, NodeIdentity};
 use crate::config::AtlasConfig;
 use crate::storage::{StorageError, Store};
 
@@ -13,7 +13,8 @@ pub enum OpenError {
     DataDir { dir: String, source: std::io::Error },
     #[error("cannot open storage in {dir}: {source}")]
     Storage { dir: String, source: StorageError },
-    #[error("cluster identity: {0}")]
+    /// The cluster identity could not be read, or the runtime could not start.
+    #[error("{0}")]
     Cluster(String),
 }
 
@@ -27,8 +28,18 @@ impl OpenError {
 /// The id a node without a cluster gives itself; a joining node gets one from the cluster.
 pub const FIRST_NODE_ID: u64 = 1;
 
-/// Opens (or creates) the node's storage under `data_dir/db` and builds its engine.
-pub fn open(config: &AtlasConfig) -> Result<Arc<Engine>, OpenError> {
+/// How a cluster member reaches its peers: its identity and the transport to use.
+pub struct Membership<'a> {
+    pub identity: &'a crate::cluster::identity::ClusterIdentity,
+    pub transport: Arc<dyn crate::cluster::runtime::Transport>,
+}
+
+/// Opens (or creates) the node's storage under `data_dir/db` and builds its engine: a
+/// standalone one, or with `cluster` a member whose runtime has started.
+pub fn open(
+    config: &AtlasConfig,
+    cluster: Option<Membership<'_>>,
+) -> Result<Arc<Engine>, OpenError> {
     let dir = config.data_dir.display().to_string();
     crate::files::private_dir(&config.data_dir).map_err(|source| OpenError::DataDir {
         dir: dir.clone(),
@@ -46,7 +57,7 @@ pub fn open(config: &AtlasConfig) -> Result<Arc<Engine>, OpenError> {
         .set_max_bytes(usize::try_from(config.limits.watch_history_bytes).unwrap_or(usize::MAX));
     // A cluster member's id comes from its cluster identity (given by the cluster on join).
     let id = match crate::cluster::identity::ClusterIdentity::load(&config.data_dir)
-        .map_err(OpenError::Cluster)?
+        .map_err(|e| OpenError::Cluster(format!("cluster identity: {e}")))?
     {
         Some(identity) => {
             store
@@ -65,8 +76,21 @@ pub fn open(config: &AtlasConfig) -> Result<Arc<Engine>, OpenError> {
         configured_fn: config.fn_,
         configured_fz: config.fz,
     };
+    let backend = match cluster {
+        Some(Membership {
+            identity: membership,
+            transport,
+        }) => {
+            // Recorded before the runtime starts: its directory is read from storage.
+            Engine::record_node(&store, &identity).map_err(storage_error)?;
+            let handle = crate::cluster::bootstrap::start(config, membership, &store, transport)
+                .map_err(OpenError::Cluster)?;
+            Backend::Cluster(handle)
+        }
+        None => Backend::Standalone,
+    };
     Ok(Arc::new(
-        Engine::new(store, identity).map_err(storage_error)?,
+        Engine::new(store, identity, backend).map_err(storage_error)?,
     ))
 }
 

@@ -26,7 +26,7 @@ pub(super) async fn start_as(limits: Limits, peer: Peer) -> Harness {
         configured_fn: 1,
         configured_fz: 0,
     };
-    let engine = Arc::new(Engine::new(store, node).unwrap());
+    let engine = Arc::new(Engine::new(store, node, crate::command::Backend::Standalone).unwrap());
     let (client, server) = tokio::io::duplex(1 << 20);
     let (tx, rx) = watch::channel(false);
     tokio::spawn(serve(

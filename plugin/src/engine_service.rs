@@ -10,11 +10,7 @@ use pingora::services::background::BackgroundService;
 
 use std::sync::Arc;
 
-use atlas::cluster::health::HealthPolicy;
 use atlas::cluster::identity::ClusterIdentity;
-use atlas::cluster::runtime::{ClusterHandle, RuntimeConfig};
-use atlas::config::Migration;
-use atlas::consensus::{MigrationMode, Settings, Tolerances};
 use atlas::nas::{NasApi, NasStore, snapshots};
 
 use crate::{EngineCell, NasCell};
@@ -86,106 +82,6 @@ impl EngineService {
         }
     }
 
-    /// Starts the cluster runtime over the opened engine.
-    fn start_cluster(
-        &self,
-        identity: &ClusterIdentity,
-        engine: &Arc<atlas::Engine>,
-    ) -> Result<ClusterHandle, String> {
-        let store = engine.store();
-        let settings = self.settings();
-        // A joining node copied a snapshot of the data before it became a member (streamed
-        // to disk and verified): install it into its (still empty) storage, in bounded
-        // batches, before the runtime starts.
-        let snapshot = self.config.data_dir.join(crate::cluster::SNAPSHOT_FILE);
-        if snapshot.exists() {
-            if store
-                .get_meta("clustered")
-                .map_err(|e| e.to_string())?
-                .is_none()
-            {
-                let file = std::fs::File::open(&snapshot)
-                    .map_err(|e| format!("{}: {e}", snapshot.display()))?;
-                let installed = store
-                    .install_groups(std::io::BufReader::new(file), &|g| {
-                        atlas::cluster::replica::group_tables(&settings, g)
-                    })
-                    .map_err(|e| format!("installing {}: {e}", snapshot.display()))?;
-                store
-                    .put_meta("node_id", &identity.node_id.to_be_bytes())
-                    .map_err(|e| e.to_string())?;
-                // The data came from the cluster: it is in the cluster's groups.
-                store
-                    .put_meta("clustered", b"1")
-                    .map_err(|e| e.to_string())?;
-                tracing::info!(
-                    groups = installed.len(),
-                    "installed the snapshot copied from the cluster"
-                );
-            }
-            std::fs::remove_file(&snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?;
-        }
-        // Data written before the node was clustered is in no log: no other node could ever
-        // get it, so refuse rather than serve a cluster that silently lacks it.
-        if store
-            .get_meta("clustered")
-            .map_err(|e| e.to_string())?
-            .is_none()
-        {
-            let user_tables = store
-                .tables()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .filter(|t| !atlas::protocol::key::is_system_table(t))
-                .count();
-            if user_tables > 0 {
-                return Err(format!(
-                    "{} holds data written while this node ran without atlas.credentials;                      it cannot be replicated. Start the cluster from an empty data_dir                      (and copy the data in through a client)",
-                    self.config.data_dir.display()
-                ));
-            }
-            store
-                .put_meta("clustered", b"1")
-                .map_err(|e| e.to_string())?;
-        }
-        for record in &identity.nodes {
-            if record.id != identity.node_id {
-                atlas::cluster::directory::save(store, record).map_err(|e| e.to_string())?;
-            }
-        }
-        let transport =
-            crate::cluster::HttpTransport::new(&self.config, identity.node_id, self.faults.clone());
-        ClusterHandle::start(
-            RuntimeConfig {
-                id: identity.node_id,
-                zone: self.config.region.clone(),
-                bootstrap: identity.bootstrap_membership(),
-                settings,
-                health: HealthPolicy::default(),
-                snapshot_dir: self.config.data_dir.join("snapshots"),
-            },
-            store.clone(),
-            transport,
-        )
-        .map_err(|e| e.to_string())
-    }
-
-    /// The consensus settings from the configuration.
-    fn settings(&self) -> Settings {
-        Settings {
-            tolerances: Tolerances {
-                nodes: self.config.fn_ as usize,
-                zones: self.config.fz as usize,
-            },
-            migration: match self.config.migration {
-                Migration::Adaptive => MigrationMode::Adaptive,
-                Migration::Immediate => MigrationMode::Immediate,
-                Migration::Static => MigrationMode::Static,
-            },
-            ..Settings::default()
-        }
-    }
-
     /// Opens the NAS store (SQLite) and runs its migrations.
     async fn open_nas(&self) -> Result<Arc<NasStore>, String> {
         let config = self.config.clone();
@@ -196,14 +92,33 @@ impl EngineService {
             .map_err(|e| format!("NAS store: {e}"))
     }
 
-    /// Opens the engine; while upgrading, retries as long as the old process holds the lock.
+    /// Opens the engine (a cluster member's with its runtime started); while upgrading,
+    /// retries as long as the old process holds the lock.
     async fn open(&self) -> Result<std::sync::Arc<atlas::Engine>, String> {
         let deadline = tokio::time::Instant::now() + UPGRADE_LOCK_WAIT;
         loop {
             let config = self.config.clone();
-            let opened = tokio::task::spawn_blocking(move || atlas::node::open(&config))
-                .await
-                .map_err(|e| format!("opening storage failed: {e}"))?;
+            let member = self.identity.clone().map(|identity| {
+                let transport: Arc<dyn atlas::cluster::runtime::Transport> =
+                    crate::cluster::HttpTransport::new(
+                        &self.config,
+                        identity.node_id,
+                        self.faults.clone(),
+                    );
+                (identity, transport)
+            });
+            let opened = tokio::task::spawn_blocking(move || {
+                let membership =
+                    member
+                        .as_ref()
+                        .map(|(identity, transport)| atlas::node::Membership {
+                            identity,
+                            transport: transport.clone(),
+                        });
+                atlas::node::open(&config, membership)
+            })
+            .await
+            .map_err(|e| format!("opening storage failed: {e}"))?;
             match opened {
                 Ok(engine) => return Ok(engine),
                 Err(e)
@@ -245,21 +160,10 @@ impl BackgroundService for EngineService {
             }
         };
         let _ = self.nas.set(NasApi::new(nas.clone()));
-        let cluster = match &self.identity {
-            Some(identity) => match self.start_cluster(identity, &engine) {
-                Ok(cluster) => {
-                    engine.attach_cluster(cluster.clone());
-                    tokio::spawn(crate::cluster::ping_loop(cluster.clone(), shutdown.clone()));
-                    Some(cluster)
-                }
-                Err(e) => {
-                    eprintln!("atlas: {e}");
-                    tracing::error!(error = %e, "cannot start the cluster runtime");
-                    std::process::exit(2);
-                }
-            },
-            None => None,
-        };
+        let cluster = engine.cluster().cloned();
+        if let Some(cluster) = &cluster {
+            tokio::spawn(crate::cluster::ping_loop(cluster.clone(), shutdown.clone()));
+        }
         let node = engine.node().clone();
         let _ = self.engine.set(engine.clone());
         tracing::info!(

@@ -1,12 +1,16 @@
 //! Cluster plumbing around the consensus core: the one driver of the core (`driver`), the
 //! snapshot stream format, peer health and RTT, the node directory, the transport envelope,
 //! the replica that drives a node's consensus state machine against its storage, and the
-//! runtime thread that owns the replica.
+//! runtime thread that owns the replica, and how a member starts (`bootstrap`).
 
+#[cfg(feature = "engine")]
+pub mod bootstrap;
 #[cfg(feature = "engine")]
 pub mod directory;
 pub mod driver;
 pub mod envelope;
+#[cfg(feature = "engine")]
+pub mod error;
 pub mod health;
 #[cfg(feature = "engine")]
 pub mod identity;

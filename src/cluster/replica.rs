@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::directory::NodeRecord;
 use super::driver::{self, Machine, Outbox, Processed};
+use super::error::{Answer, ClusterError};
 use crate::consensus::{
     Applied, ClientOp, CommandOp, Completion, GroupId, Membership, Message, Node, NodeId, Outcome,
     PersistOp, RequestId, SYSTEM_GROUP, Settings, Zone,
@@ -138,14 +139,14 @@ pub struct StoreMachine {
     store: Arc<Store>,
     pending: BTreeMap<RequestId, Pending>,
     /// Verdicts of this node's writes, until their completion arrives.
-    results: BTreeMap<RequestId, Reply>,
+    results: BTreeMap<RequestId, Answer>,
     /// A node record was applied since the last `process` (reload the directory).
     directory_changed: bool,
 }
 
 impl Machine for StoreMachine {
     type Error = StorageError;
-    type Answer = (RequestId, Reply);
+    type Answer = (RequestId, Answer);
 
     fn write(
         &mut self,
@@ -176,10 +177,7 @@ impl Machine for StoreMachine {
                     request,
                     write,
                 } => {
-                    let reply = match kv::apply(&mut batch, &write)? {
-                        Ok(reply) => reply,
-                        Err(refusal) => Reply::warn(refusal.to_string()),
-                    };
+                    let reply = kv::apply(&mut batch, &write)?.map_err(ClusterError::from);
                     if origin == self.id && self.pending.contains_key(&request) {
                         self.results.insert(request, reply);
                     }
@@ -203,7 +201,7 @@ impl Machine for StoreMachine {
     fn answer(
         &mut self,
         completion: Completion,
-    ) -> Result<Option<(RequestId, Reply)>, StorageError> {
+    ) -> Result<Option<(RequestId, Answer)>, StorageError> {
         let request = completion.request;
         let Some(pending) = self.pending.remove(&request) else {
             return Ok(None);
@@ -215,33 +213,27 @@ impl Machine for StoreMachine {
             // this reports wrongly), and a conditional one as unknown.
             (Outcome::Written, Pending::Write { conditional }) => {
                 match self.results.remove(&request) {
-                    Some(reply) => reply,
-                    None if !conditional => Reply::Ok,
-                    None => Reply::warn(
-                        "outcome unknown: the write was committed, but this node caught up past it \
-                         from a snapshot and did not see its verdict; read the key to learn it",
-                    ),
+                    Some(answer) => answer,
+                    None if !conditional => Ok(Reply::Ok),
+                    None => Err(ClusterError::OutcomeUnknown),
                 }
             }
             (Outcome::ReadNow { .. }, Pending::Read { principal, command }) => {
                 match kv::read(&self.store, principal.as_deref(), &command, kv::now_ms())? {
-                    Some(Ok(reply)) => reply,
-                    Some(Err(refusal)) => Reply::warn(refusal.to_string()),
-                    None => Reply::warn("internal error: not a read"),
+                    Some(answer) => answer.map_err(ClusterError::from),
+                    None => Err(ClusterError::Internal("not a read")),
                 }
             }
             (Outcome::ReadNow { .. }, Pending::Barrier) | (Outcome::Written, Pending::System) => {
-                Reply::Ok
+                Ok(Reply::Ok)
             }
             (Outcome::Timeout, _) => {
                 self.results.remove(&request);
-                Reply::warn(
-                    "timeout: no quorum answered in time; the write may or may not have happened",
-                )
+                Err(ClusterError::Timeout)
             }
             (outcome, _) => {
                 tracing::error!(?outcome, "completion does not match its request");
-                Reply::warn("internal error: unexpected completion")
+                Err(ClusterError::Internal("unexpected completion"))
             }
         };
         Ok(Some((request, reply)))
@@ -258,7 +250,7 @@ pub struct Replica {
 /// What `Replica::process` produced besides the messages it sent.
 #[derive(Debug, Default)]
 pub struct Report {
-    pub processed: Processed<(RequestId, Reply)>,
+    pub processed: Processed<(RequestId, Answer)>,
     /// A node record arrived through the `atlas` log (reload the directory).
     pub directory_changed: bool,
 }

@@ -23,7 +23,7 @@ impl Outbox for Net {
 
 struct Cluster {
     replicas: BTreeMap<NodeId, Replica>,
-    answers: BTreeMap<(NodeId, RequestId), Reply>,
+    answers: BTreeMap<(NodeId, RequestId), crate::cluster::error::Answer>,
     /// Nodes cut off from everyone (their messages, both ways, are dropped).
     cut: BTreeSet<NodeId>,
     snapshots: u64,
@@ -140,8 +140,9 @@ impl Cluster {
     /// Runs the network until `(node, request)` is answered (bounded in virtual time).
     fn run_until_answered(&mut self, node: NodeId, request: RequestId) -> Reply {
         for _ in 0..2_000 {
-            if let Some(reply) = self.answers.remove(&(node, request)) {
-                return reply;
+            if let Some(answer) = self.answers.remove(&(node, request)) {
+                // As the session renders it.
+                return answer.unwrap_or_else(|e| Reply::warn(e.to_string()));
             }
             self.round();
         }

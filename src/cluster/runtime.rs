@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, oneshot};
 
 use super::directory::{self, NodeRecord};
+use super::error::{Answer, ClusterError};
 use super::health::{HealthPolicy, PeerHealth, PeerStatus};
 use super::replica::{Replica, group_tables, node_record_op};
 use super::worker::Worker;
@@ -23,7 +24,6 @@ use crate::consensus::{
     ClientOp, GroupId, Membership, Message, NodeId, Settings, Tolerances, Zone,
 };
 use crate::kv::Write;
-use crate::protocol::Reply;
 use crate::storage::Store;
 use crate::storage::consensus_store::ConsensusStore;
 use crate::storage::snapshot::Installed;
@@ -59,15 +59,15 @@ pub type FetchFuture =
 pub(super) enum Input {
     Write {
         write: Box<Write>,
-        reply: oneshot::Sender<Reply>,
+        reply: oneshot::Sender<Answer>,
     },
     Barrier {
         tables: Vec<String>,
-        reply: oneshot::Sender<Reply>,
+        reply: oneshot::Sender<Answer>,
     },
     System {
         op: ClientOp,
-        reply: oneshot::Sender<Reply>,
+        reply: oneshot::Sender<Answer>,
     },
     Peer {
         from: NodeId,
@@ -204,19 +204,18 @@ impl ClusterHandle {
         self.inner.configured
     }
 
-    async fn ask(&self, make: impl FnOnce(oneshot::Sender<Reply>) -> Input) -> Reply {
+    async fn ask(&self, make: impl FnOnce(oneshot::Sender<Answer>) -> Input) -> Answer {
         let (tx, rx) = oneshot::channel();
         self.inner.input(make(tx));
-        rx.await
-            .unwrap_or_else(|_| Reply::warn("unavailable: the cluster runtime stopped"))
+        rx.await.unwrap_or(Err(ClusterError::Stopped))
     }
 
     /// Commits `write` through the table's owner; the answer is the rules' verdict. Waits
     /// while the writes in flight through this node already hold the write budget.
-    pub async fn write(&self, write: Write) -> Reply {
+    pub async fn write(&self, write: Write) -> Answer {
         let size = write.size().clamp(1, WRITE_BUDGET_BYTES) as u32;
         let Ok(_permit) = self.inner.write_budget.acquire_many(size).await else {
-            return Reply::warn("unavailable: the cluster runtime stopped");
+            return Err(ClusterError::Stopped);
         };
         self.ask(|reply| Input::Write {
             write: Box::new(write),
@@ -226,18 +225,22 @@ impl ClusterHandle {
     }
 
     /// Waits until this node has applied everything committed to `tables` before the call:
-    /// a read of local storage after `OK` is linearizable.
-    pub async fn barrier(&self, tables: Vec<String>) -> Reply {
-        self.ask(|reply| Input::Barrier { tables, reply }).await
+    /// a read of local storage after it returns is linearizable.
+    pub async fn barrier(&self, tables: Vec<String>) -> Result<(), ClusterError> {
+        self.ask(|reply| Input::Barrier { tables, reply })
+            .await
+            .map(drop)
     }
 
     /// Commits a change of the `atlas` group (a node record or a membership change).
-    pub async fn system(&self, op: ClientOp) -> Reply {
-        self.ask(|reply| Input::System { op, reply }).await
+    pub async fn system(&self, op: ClientOp) -> Result<(), ClusterError> {
+        self.ask(|reply| Input::System { op, reply })
+            .await
+            .map(drop)
     }
 
     /// Commits a node record to the directory.
-    pub async fn record_node(&self, record: &NodeRecord) -> Reply {
+    pub async fn record_node(&self, record: &NodeRecord) -> Result<(), ClusterError> {
         self.system(node_record_op(record)).await
     }
 

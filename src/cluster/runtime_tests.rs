@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::Durability;
-use crate::protocol::parse_request;
+use crate::protocol::{Reply, parse_request};
 use crate::storage::Store;
 
 /// A transport for a cluster of one: nothing to send.
@@ -41,7 +41,7 @@ async fn a_single_member_runtime_commits_writes_barriers_and_node_records() {
         tokio::time::timeout(limit, cluster.write(write))
             .await
             .unwrap(),
-        Reply::Ok
+        Ok(Reply::Ok)
     );
     // The view follows a change within milliseconds, not at the next periodic refresh.
     let shown = Instant::now();
@@ -61,7 +61,7 @@ async fn a_single_member_runtime_commits_writes_barriers_and_node_records() {
         tokio::time::timeout(limit, cluster.barrier(vec!["USERS".into(), "OTHER".into()]))
             .await
             .unwrap(),
-        Reply::Ok
+        Ok(())
     );
     let record = NodeRecord {
         id: 2,
@@ -73,7 +73,7 @@ async fn a_single_member_runtime_commits_writes_barriers_and_node_records() {
         tokio::time::timeout(limit, cluster.record_node(&record))
             .await
             .unwrap(),
-        Reply::Ok
+        Ok(())
     );
     tokio::time::sleep(super::super::worker::VIEW_EVERY * 2).await;
     assert_eq!(cluster.view().directory.get(&2), Some(&record));

@@ -13,6 +13,9 @@ pub struct GroupView {
     pub ballot: Option<Ballot>,
     pub is_owner: bool,
     pub applied: Slot,
+    /// While this node owns the group with a lease: the wall-clock millisecond it ends (as
+    /// of the view's publication).
+    pub lease_until_ms: Option<i64>,
 }
 
 /// Cumulative consensus counts since the runtime started (for metrics).
@@ -53,8 +56,8 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    /// The view of `node` with the directory `directory`.
-    pub fn of(node: &Node, directory: &BTreeMap<NodeId, NodeRecord>) -> ClusterView {
+    /// The view of `node` with the directory `directory`, published at wall-clock `now_ms`.
+    pub fn of(node: &Node, directory: &BTreeMap<NodeId, NodeRecord>, now_ms: i64) -> ClusterView {
         let groups = node
             .groups()
             .map(|group| {
@@ -68,6 +71,9 @@ impl ClusterView {
                     ballot: node.ballot(group),
                     is_owner,
                     applied: node.applied(group),
+                    lease_until_ms: node
+                        .lease_left(group)
+                        .map(|left| now_ms.saturating_add(i64::try_from(left).unwrap_or(i64::MAX))),
                 };
                 (group.clone(), view)
             })

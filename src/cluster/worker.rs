@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use super::directory::{self, NodeRecord};
 use super::driver::Outbox;
+use super::error::{Answer, ClusterError};
 use super::replica::{Replica, group_tables};
 use super::runtime::{Input, Shared};
 use super::view::ClusterView;
@@ -34,15 +35,15 @@ const INPUT_BATCH: usize = 4096;
 /// A read barrier over several tables: answered when every table's barrier is.
 struct MultiBarrier {
     remaining: usize,
-    failure: Option<Reply>,
-    reply: oneshot::Sender<Reply>,
+    failure: Option<ClusterError>,
+    reply: oneshot::Sender<Answer>,
 }
 
 pub(super) struct Worker {
     replica: Replica,
     directory: BTreeMap<NodeId, NodeRecord>,
     clock: Instant,
-    waiting: HashMap<RequestId, oneshot::Sender<Reply>>,
+    waiting: HashMap<RequestId, oneshot::Sender<Answer>>,
     /// Request of one table's barrier → the multi-table barrier it belongs to.
     barriers: HashMap<RequestId, u64>,
     multi: HashMap<u64, MultiBarrier>,
@@ -176,7 +177,7 @@ impl Worker {
             }
             Input::Barrier { tables, reply } => {
                 if tables.is_empty() {
-                    let _ = reply.send(Reply::Ok);
+                    let _ = reply.send(Ok(Reply::Ok));
                     return true;
                 }
                 let id = self.next_multi;
@@ -303,7 +304,7 @@ impl Worker {
         }
     }
 
-    fn answer(&mut self, request: RequestId, reply: Reply) {
+    fn answer(&mut self, request: RequestId, reply: Answer) {
         let Some(id) = self.barriers.remove(&request) else {
             if let Some(waiter) = self.waiting.remove(&request) {
                 let _ = waiter.send(reply);
@@ -314,13 +315,13 @@ impl Worker {
             return;
         };
         m.remaining -= 1;
-        if reply != Reply::Ok {
-            m.failure = Some(reply);
+        if let Err(failure) = reply {
+            m.failure = Some(failure);
         }
         if m.remaining == 0
             && let Some(m) = self.multi.remove(&id)
         {
-            let _ = m.reply.send(m.failure.unwrap_or(Reply::Ok));
+            let _ = m.reply.send(m.failure.map_or(Ok(Reply::Ok), Err));
         }
     }
 
@@ -352,7 +353,7 @@ impl Worker {
         prepares: &BTreeSet<(GroupId, Ballot, bool)>,
         forwards: u64,
         dropped: u64,
-        processed: &super::driver::Processed<(RequestId, Reply)>,
+        processed: &super::driver::Processed<(RequestId, Answer)>,
     ) {
         let node = self.replica.node();
         let mut c = self
@@ -380,7 +381,7 @@ impl Worker {
     }
 
     pub(super) fn publish(&mut self) {
-        let view = ClusterView::of(self.replica.node(), &self.directory);
+        let view = ClusterView::of(self.replica.node(), &self.directory, crate::kv::now_ms());
         *self.shared.view.write().unwrap_or_else(|e| e.into_inner()) = view;
         self.view_dirty = false;
         self.last_view = Instant::now();

@@ -1,35 +1,30 @@
 //! Executes parsed commands against the engine: ACL checks, WORM rules, system tables.
 //!
+//! The engine holds its backend from construction: a standalone node applies writes to its
+//! own storage; a cluster member commits them through the table's owner and reads after a
+//! read barrier. Either way there is one path for reads and one for writes, and `NODE` /
+//! `QUORUM` / `TABLE` answers are rendered from one `Topology`.
+//!
 //! Storage calls block (RocksDB, fsync), so each runs on tokio's blocking pool; concurrent
 //! writers therefore reach RocksDB together and share WAL syncs.
 
-mod cluster_info;
-mod clustered;
+mod info;
+mod topology;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::cluster::error::ClusterError;
+use crate::cluster::runtime::ClusterHandle;
 use crate::kv::Refusal;
+use crate::protocol::key::is_system_table;
 use crate::protocol::{Command, Reply};
 use crate::storage::{StorageError, Store};
 
 pub use crate::kv::{Write, WriteOp};
 
-/// One `TABLE LIST` line. Groups, pins and replication levels are not configurable yet:
-/// every table is its own group, unpinned, replicated with the grid quorums (`global`).
-pub(crate) fn table_list_line(
-    table: &str,
-    owner: Option<u64>,
-    region: Option<&str>,
-    last_slot: u64,
-) -> Vec<u8> {
-    format!(
-        "TABLE {table} owner={} region={} group=- replication=global pinned=- last_slot={last_slot}",
-        owner.map_or("none".to_string(), |o| o.to_string()),
-        region.unwrap_or("-"),
-    )
-    .into_bytes()
-}
+use topology::Topology;
 
 /// Who this node is, as reported by `NODE` / `QUORUM` / `TABLE` commands.
 #[derive(Debug, Clone)]
@@ -43,11 +38,20 @@ pub struct NodeIdentity {
     pub configured_fz: u32,
 }
 
+/// Where commands go: this node's storage alone, or the cluster.
+pub enum Backend {
+    Standalone,
+    Cluster(ClusterHandle),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     /// The rules refused it (ACL, WORM lock, system table, blob read as a value).
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// The cluster did not answer with the rules' verdict (timeout, shutdown, …).
+    #[error(transparent)]
+    Cluster(ClusterError),
     #[error("unknown node {0}")]
     UnknownNode(String),
     #[error("internal error: {0}")]
@@ -58,11 +62,22 @@ pub enum CommandError {
     NotARead(&'static str),
 }
 
+impl From<ClusterError> for CommandError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            // A refusal is the rules' answer, wherever the write was applied.
+            ClusterError::Refused(refusal) => CommandError::Refused(refusal),
+            other => CommandError::Cluster(other),
+        }
+    }
+}
+
 impl CommandError {
     /// Short label for the errors-by-kind metric.
     pub fn kind(&self) -> &'static str {
         match self {
             CommandError::Refused(refusal) => refusal.kind(),
+            CommandError::Cluster(e) => e.kind(),
             CommandError::UnknownNode(_) => "unknown_node",
             CommandError::Storage(_) => "storage",
             CommandError::TaskFailed | CommandError::NotARead(_) => "internal",
@@ -72,39 +87,49 @@ impl CommandError {
 
 pub use crate::kv::now_ms;
 
-/// The single-node engine: storage plus this node's identity.
+/// The engine: storage, this node's identity and its backend.
 pub struct Engine {
     store: Arc<Store>,
     node: NodeIdentity,
     started: Instant,
-    /// Set when the node runs as part of a cluster: commands then go through consensus.
-    cluster: std::sync::OnceLock<crate::cluster::runtime::ClusterHandle>,
+    backend: Backend,
 }
 
 impl Engine {
-    /// Opens the engine over `store` and records this node in the `ATLAS.NODES` system table.
-    pub fn new(store: Arc<Store>, node: NodeIdentity) -> Result<Engine, StorageError> {
+    /// The engine over `store`. A standalone node records itself in the `ATLAS.NODES`
+    /// system table here; a cluster member's record is written before its runtime starts
+    /// ([`Engine::record_node`]), so the runtime's directory holds it.
+    pub fn new(
+        store: Arc<Store>,
+        node: NodeIdentity,
+        backend: Backend,
+    ) -> Result<Engine, StorageError> {
+        if matches!(backend, Backend::Standalone) {
+            Engine::record_node(&store, &node)?;
+        }
+        Ok(Engine {
+            store,
+            node,
+            started: Instant::now(),
+            backend,
+        })
+    }
+
+    /// Writes this node's record (`ATLAS.NODES.<id>`) to `store`.
+    pub fn record_node(store: &Store, node: &NodeIdentity) -> Result<(), StorageError> {
         let record = format!(
             "id={} region={} addr={} port={}",
             node.id, node.region, node.host, node.port
         );
         let key = crate::protocol::Key::system(&format!("ATLAS.NODES.{}", node.id));
-        store.put_system(&key, record.into_bytes(), now_ms())?;
-        Ok(Engine {
-            store,
-            node,
-            started: Instant::now(),
-            cluster: std::sync::OnceLock::new(),
-        })
+        store.put_system(&key, record.into_bytes(), now_ms())
     }
 
-    /// Routes every later command through the cluster runtime.
-    pub fn attach_cluster(&self, cluster: crate::cluster::runtime::ClusterHandle) {
-        let _ = self.cluster.set(cluster);
-    }
-
-    pub fn cluster(&self) -> Option<&crate::cluster::runtime::ClusterHandle> {
-        self.cluster.get()
+    pub fn cluster(&self) -> Option<&ClusterHandle> {
+        match &self.backend {
+            Backend::Cluster(cluster) => Some(cluster),
+            Backend::Standalone => None,
+        }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -167,11 +192,10 @@ impl Engine {
         from: Option<u64>,
     ) -> Result<crate::storage::feed::Subscription, Reply> {
         let table = prefix.split('.').next().unwrap_or(prefix).to_string();
-        let current = match self.cluster.get() {
+        let current = match self.cluster() {
             Some(cluster) => {
-                let barrier = cluster.barrier(vec![table.clone()]).await;
-                if barrier != Reply::Ok {
-                    return Err(barrier);
+                if let Err(e) = cluster.barrier(vec![table.clone()]).await {
+                    return Err(Reply::warn(e.to_string()));
                 }
                 Some(cluster.view().groups.get(&table).map_or(0, |g| g.applied))
             }
@@ -189,7 +213,7 @@ impl Engine {
     /// see `DEL` events. Returns how many were removed.
     pub async fn expire_due(self: &Arc<Self>) -> Result<usize, CommandError> {
         const EXPIRE_BATCH: usize = 10_000;
-        let Some(cluster) = self.cluster.get() else {
+        let Some(cluster) = self.cluster() else {
             return self
                 .blocking(|e| Ok(e.store.purge_expired(now_ms())?))
                 .await;
@@ -198,7 +222,7 @@ impl Engine {
             .view()
             .groups
             .iter()
-            .filter(|(name, g)| g.is_owner && !crate::protocol::key::is_system_table(name))
+            .filter(|(name, g)| g.is_owner && !is_system_table(name))
             .map(|(name, _)| name.clone())
             .collect();
         if owned.is_empty() {
@@ -216,7 +240,7 @@ impl Engine {
                 at_ms: now,
                 op: WriteOp::Expire,
             };
-            removed += usize::from(cluster.write(write).await == Reply::Ok);
+            removed += usize::from(matches!(cluster.write(write).await, Ok(Reply::Ok)));
         }
         Ok(removed)
     }
@@ -228,13 +252,8 @@ impl Engine {
         self: &Arc<Self>,
         mut sink: impl FnMut(Vec<u8>) -> bool + Send + 'static,
     ) -> Result<Reply, CommandError> {
-        if let Some(cluster) = self.cluster.get() {
-            let tables = self.prefix_tables(cluster, "").await?;
-            let barrier = cluster.barrier(tables).await;
-            if barrier != Reply::Ok {
-                return Ok(barrier);
-            }
-        }
+        let tables = self.tables_under("").await?;
+        self.barrier(tables).await?;
         self.blocking(move |e| {
             e.store.backup(now_ms(), &mut sink)?;
             Ok(Reply::Ok)
@@ -259,44 +278,161 @@ impl Engine {
         {
             tracing::info!(target: "atlas::audit", key = %key, recorded_principal = %recorded, "KEY PUT");
         }
-        let result = match self.cluster.get() {
-            Some(cluster) => {
-                self.execute_clustered(cluster, principal, command, blob)
-                    .await
-            }
-            None => self.execute_here(principal, command, blob).await,
-        };
+        let result = self.dispatch(principal, command, blob).await;
         if let Err(CommandError::Storage(inner)) = &result {
             tracing::error!(error = %inner, "storage failure");
         }
         result
     }
 
-    /// A standalone node: every command on this node's storage at once.
-    async fn execute_here(
+    async fn dispatch(
         self: &Arc<Self>,
         principal: Option<String>,
         command: Command,
         blob: Option<Vec<u8>>,
     ) -> Result<Reply, CommandError> {
         match command {
-            Command::NodeList => Ok(self.node_list()),
-            Command::NodeInfo(id) => self.blocking(move |e| e.node_info(&id)).await,
-            Command::NodePing(id) => self.node_ping(&id).await,
-            Command::QuorumInfo(table) => Ok(self.quorum_info(&table)),
-            Command::TableInfo(table) => self.blocking(move |e| e.table_info(&table)).await,
-            Command::TableList => self.blocking(|e| e.table_list()).await,
+            Command::NodeList => Ok(info::node_list(&self.topology(Vec::new()).await?)),
+            Command::NodeInfo(id) => info::node_info(&self.topology(Vec::new()).await?, &id),
+            Command::NodePing(id) => self.ping(&id).await,
+            Command::QuorumInfo(table) => Ok(info::quorum_info(
+                &self.topology(vec![table.clone()]).await?,
+                &table,
+            )),
+            Command::TableInfo(table) => Ok(info::table_info(
+                &self.topology(vec![table.clone()]).await?,
+                &table,
+            )),
+            Command::TableList => {
+                let tables = self.tables_under("").await?;
+                Ok(info::table_list(&self.topology(tables).await?))
+            }
             // Session commands are handled by the connection, which owns the principal and
             // the staged transaction.
             command if command.is_session() => Ok(Reply::Ok),
             command if command.is_read() => {
+                let tables = match &command {
+                    Command::Get(key) | Command::BlobGet(key) | Command::Version(key) => {
+                        vec![key.table().to_string()]
+                    }
+                    Command::Scan(scan) => self.tables_under(&scan.prefix).await?,
+                    Command::Count(prefix) => self.tables_under(prefix).await?,
+                    _ => Vec::new(),
+                };
+                self.barrier(tables).await?;
                 self.blocking(move |e| e.read_now(principal.as_deref(), &command))
                     .await
             }
-            command => {
-                let write = Engine::judge(command, principal, blob)?;
-                self.blocking(move |e| e.apply_write(&write)).await
+            command => self.commit(Engine::judge(command, principal, blob)?).await,
+        }
+    }
+
+    /// The one write path: a standalone node applies it here; a cluster member commits it
+    /// through the table's owner, and the answer is the verdict of its application here.
+    async fn commit(self: &Arc<Self>, write: Write) -> Result<Reply, CommandError> {
+        match &self.backend {
+            Backend::Standalone => self.blocking(move |e| e.apply_write(&write)).await,
+            Backend::Cluster(cluster) => Ok(cluster.write(write).await?),
+        }
+    }
+
+    /// Before a read of `tables` from local storage: nothing on a standalone node; in a
+    /// cluster, waits until this node applied every write committed to them before the
+    /// call, which makes the read linearizable.
+    async fn barrier(&self, tables: Vec<String>) -> Result<(), CommandError> {
+        match &self.backend {
+            Backend::Cluster(cluster) if !tables.is_empty() => Ok(cluster.barrier(tables).await?),
+            _ => Ok(()),
+        }
+    }
+
+    /// The tables a SCAN/COUNT prefix touches: its own table when it names one (`USERS.` or
+    /// `USERS.A`); otherwise every client table stored here, or in a cluster heard of by the
+    /// consensus core (a table another node created may not have reached this node's
+    /// storage yet), whose name starts with it.
+    async fn tables_under(self: &Arc<Self>, prefix: &str) -> Result<Vec<String>, CommandError> {
+        if let Some((table, _)) = prefix.split_once('.') {
+            return Ok(vec![table.to_string()]);
+        }
+        // Listing stored tables walks the values family: on the blocking pool.
+        let stored = self.blocking(|e| Ok(e.store.tables()?)).await?;
+        let known = self
+            .cluster()
+            .map(|c| c.view().groups.into_keys().collect::<Vec<_>>())
+            .unwrap_or_default();
+        let tables: BTreeSet<String> = stored
+            .into_iter()
+            .chain(known)
+            .filter(|t| t.starts_with(prefix) && !is_system_table(t))
+            .collect();
+        Ok(tables.into_iter().collect())
+    }
+
+    /// The topology, with the state of `tables`.
+    async fn topology(self: &Arc<Self>, tables: Vec<String>) -> Result<Topology, CommandError> {
+        match &self.backend {
+            Backend::Cluster(cluster) => Ok(Topology::of_cluster(cluster, &tables, self.started)),
+            Backend::Standalone => {
+                self.blocking(move |e| {
+                    let stored = e.store.tables()?;
+                    let mut slots = BTreeMap::new();
+                    for table in tables {
+                        let slot = e.store.table_slot(&table)?;
+                        slots.insert(table, slot);
+                    }
+                    Ok(Topology::standalone(&e.node, &stored, slots, e.started))
+                })
+                .await
             }
         }
+    }
+
+    /// `NODE PING`: this node times a round trip through its storage path; a cluster
+    /// member makes a real authenticated round trip to another node.
+    async fn ping(self: &Arc<Self>, id: &str) -> Result<Reply, CommandError> {
+        let topology = self.topology(Vec::new()).await?;
+        let node = info::known_node(&topology, id)?;
+        if node == topology.me {
+            let start = Instant::now();
+            self.blocking(|e| Ok(e.store.get_meta("node_id")?)).await?;
+            let rtt = start.elapsed().as_secs_f64() * 1000.0;
+            return Ok(Reply::line(format!("PONG node={node} rtt_ms={rtt:.3}")));
+        }
+        let Some(cluster) = self.cluster() else {
+            return Err(CommandError::UnknownNode(id.to_string()));
+        };
+        let Some(record) = cluster.view().directory.get(&node).cloned() else {
+            return Ok(Reply::warn(format!("node {node} has no known address yet")));
+        };
+        match cluster.ping(&record).await {
+            Ok(rtt) => Ok(Reply::line(format!(
+                "PONG node={node} rtt_ms={:.3}",
+                rtt.as_secs_f64() * 1000.0
+            ))),
+            Err(e) => Ok(Reply::warn(format!("node {node} did not answer: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_errors_keep_their_words_and_refusals_stay_refusals() {
+        let refusal = Refusal::SystemTable("ATLAS".into());
+        let refused = CommandError::from(ClusterError::Refused(refusal.clone()));
+        assert!(matches!(&refused, CommandError::Refused(r) if *r == refusal));
+        assert_eq!(refused.kind(), "system_table");
+        let timeout = CommandError::from(ClusterError::Timeout);
+        assert_eq!(timeout.kind(), "timeout");
+        assert_eq!(
+            timeout.to_string(),
+            "timeout: no quorum answered in time; the write may or may not have happened"
+        );
+        assert_eq!(
+            CommandError::from(ClusterError::Stopped).to_string(),
+            "unavailable: the cluster runtime stopped"
+        );
     }
 }

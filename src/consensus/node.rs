@@ -231,6 +231,15 @@ impl Node {
         self.groups.get(group).map(|g| g.log().state())
     }
 
+    /// How long this node's lease on `group` still holds, if it owns the group with one.
+    pub fn lease_left(&self, group: &str) -> Option<u64> {
+        self.groups
+            .get(group)?
+            .lease_until(&self.quorums, &self.settings)
+            .filter(|until| *until > self.now)
+            .map(|until| until - self.now)
+    }
+
     /// Bytes of applied entries kept for catch-up, over all groups.
     pub fn retained_bytes(&self) -> usize {
         self.groups.values().map(|g| g.log().retained_bytes()).sum()

@@ -12,7 +12,8 @@ use super::lease::LeaseGrants;
 use super::membership::SYSTEM_GROUP;
 use super::message::{AcceptedEntry, ForwardOutcome, Message, SlotEntry};
 use super::migration::AccessWindow;
-use super::settings::MigrationMode;
+use super::quorum::JointQuorums;
+use super::settings::{MigrationMode, Settings};
 
 pub enum Role {
     Follower,
@@ -146,6 +147,18 @@ impl Group {
                     )
             }
             _ => false,
+        }
+    }
+
+    /// The node-clock instant the owner's lease ends, while this node leads with one (for
+    /// reports; serving decisions use `lease_valid`).
+    pub fn lease_until(&self, quorums: &JointQuorums, settings: &Settings) -> Option<u64> {
+        match &self.role {
+            Role::Leading(l) if settings.leases_enabled() => {
+                l.grants
+                    .valid_until(quorums, settings.lease_ms, settings.drift_margin_ms)
+            }
+            _ => None,
         }
     }
 

@@ -78,8 +78,8 @@ impl QuorumSystem {
         self.zones_with(set, |size| size.saturating_sub(nodes).max(1)) > zones
     }
 
-    /// The `fz+1` zones a Q2 is asked from: the owner's zone first, then by RTT (ties by name).
-    pub fn q2_zones(&self, owner_zone: &str, zone_rtt: &BTreeMap<Zone, u64>) -> Vec<Zone> {
+    /// Every zone, nearest the owner first: its own zone, then by RTT (ties by name).
+    fn zones_by_distance(&self, owner_zone: &str, zone_rtt: &BTreeMap<Zone, u64>) -> Vec<&Zone> {
         let mut zones: Vec<&Zone> = self.zones.keys().collect();
         zones.sort_by_key(|z| {
             let own = z.as_str() != owner_zone;
@@ -90,10 +90,47 @@ impl QuorumSystem {
             )
         });
         zones
+    }
+
+    /// The `fz+1` zones a Q2 is asked from: the owner's zone first, then by RTT (ties by name).
+    pub fn q2_zones(&self, owner_zone: &str, zone_rtt: &BTreeMap<Zone, u64>) -> Vec<Zone> {
+        self.zones_by_distance(owner_zone, zone_rtt)
             .into_iter()
             .take(self.effective.zones + 1)
             .cloned()
             .collect()
+    }
+
+    /// One phase-1 and one phase-2 quorum for an owner in `owner_zone`, as reports show
+    /// them: Q1 is `fn+1` nodes of each of the `Z-fz` zones nearest the owner, Q2 is
+    /// `l_z-fn` (at least one) nodes of each of the `fz+1` zones of [`Self::q2_zones`]; in
+    /// each zone the nodes come in the order of `rank` (lowest first).
+    pub fn choose<K: Ord>(
+        &self,
+        owner_zone: &str,
+        zone_rtt: &BTreeMap<Zone, u64>,
+        rank: impl Fn(NodeId) -> K,
+    ) -> (Vec<NodeId>, Vec<NodeId>) {
+        let Tolerances { nodes, zones } = self.effective;
+        let ordered = self.zones_by_distance(owner_zone, zone_rtt);
+        let pick = |zone: &Zone, need: usize| -> Vec<NodeId> {
+            let mut members: Vec<NodeId> = self.zones[zone].iter().copied().collect();
+            members.sort_by_key(|n| rank(*n));
+            members.truncate(need);
+            members
+        };
+        let q1_zones = self.zones.len().saturating_sub(zones).max(1);
+        let q1 = ordered
+            .iter()
+            .take(q1_zones)
+            .flat_map(|z| pick(z, nodes + 1))
+            .collect();
+        let q2 = ordered
+            .iter()
+            .take(zones + 1)
+            .flat_map(|z| pick(z, self.zones[*z].len().saturating_sub(nodes).max(1)))
+            .collect();
+        (q1, q2)
     }
 
     /// All members of the zones a Q2 is asked from.
@@ -373,6 +410,12 @@ mod tests {
             let all: Vec<NodeId> = membership.nodes().collect();
             let full: BTreeSet<NodeId> = all.iter().copied().collect();
             prop_assert!(q.is_q1(&full) && q.is_q2(&full));
+            // The quorums a report shows are quorums, from any zone's point of view.
+            for owner_zone in membership.zones().keys() {
+                let (q1, q2) = q.choose(owner_zone, &BTreeMap::new(), std::cmp::Reverse);
+                prop_assert!(q.is_q1(&q1.iter().copied().collect()), "Q1 {:?}", q1);
+                prop_assert!(q.is_q2(&q2.iter().copied().collect()), "Q2 {:?}", q2);
+            }
             // Predicates are monotone, so a Q2 disjoint from a Q1 exists iff the Q1's
             // complement is a Q2.
             for mask in 0u32..(1 << all.len()) {

@@ -378,14 +378,17 @@ impl Store {
     /// Names of tables that hold at least one record.
     pub fn tables(&self) -> Result<Vec<String>, StorageError> {
         let mut tables: Vec<String> = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_VALUES), IteratorMode::Start) {
-            let (key, _) = item?;
-            let table = String::from_utf8_lossy(key.split(|&b| b == b'.').next().unwrap_or(&key))
-                .into_owned();
-            if tables.last() != Some(&table) {
-                tables.push(table);
-            }
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_VALUES));
+        it.seek_to_first();
+        while let Some(key) = it.key() {
+            let name = key.split(|&b| b == b'.').next().unwrap_or(key);
+            // Past every key of this table: its name followed by the byte after `.`.
+            let mut next = name.to_vec();
+            next.push(b'.' + 1);
+            tables.push(String::from_utf8_lossy(name).into_owned());
+            it.seek(&next);
         }
+        it.status()?;
         Ok(tables)
     }
 

@@ -240,3 +240,37 @@ fn feed_revisions_keep_growing_across_a_reopen() {
     );
     assert_eq!(store.table_slot("T").unwrap(), 3);
 }
+
+#[test]
+fn tables_lists_each_table_once_whatever_its_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Relaxed).unwrap();
+    // Names that sort around `USERS.`: a byte below `.`, digits above it, a prefix.
+    for k in [
+        "users.a",
+        "users.b",
+        "users.c",
+        "users-x.a",
+        "users2.a",
+        "user.z",
+        "a.1",
+        "z.9",
+    ] {
+        store
+            .update(&key(k), 0, |_| {
+                Ok::<_, StorageError>((
+                    Change::PutInline {
+                        value: b"v".to_vec(),
+                        worm_until_ms: None,
+                        expires_ms: None,
+                    },
+                    (),
+                ))
+            })
+            .unwrap();
+    }
+    assert_eq!(
+        store.tables().unwrap(),
+        ["A", "USER", "USERS-X", "USERS", "USERS2", "Z"]
+    );
+}

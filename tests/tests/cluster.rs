@@ -79,6 +79,25 @@ fn three_regions_replicate_and_survive_kill9_sigstop_and_partitions() {
     );
     let quorum = cluster.nodes[0].client().request_ok("QUORUM INFO acct");
     assert_eq!(quorum[0], "Q1 size=2", "fn=1 fz=1 on 3×1: {quorum:?}");
+    // TABLE INFO has the spec's five keys first, as on a single node; the owner reports
+    // when its lease ends, the others that they hold none.
+    let owner = cluster.owner_of(0, "boot").expect("an owner of BOOT");
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let info = node.client().request_ok("TABLE INFO boot");
+        let names: Vec<&str> = info.iter().map(|l| l.split('=').next().unwrap()).collect();
+        assert_eq!(
+            names[..5],
+            ["owner", "ballot", "region", "lease_until", "last_slot"],
+            "{info:?}"
+        );
+        assert_eq!(info[0], format!("owner={}", owner + 1), "{info:?}");
+        let lease = &info[3]["lease_until=".len()..];
+        if i == owner {
+            assert!(lease.ends_with('Z') && lease.contains('T'), "{info:?}");
+        } else {
+            assert_eq!(lease, "none", "{info:?}");
+        }
+    }
 
     let history = with_workload(&mut cluster, |cluster| {
         thread::sleep(phase(1_500));

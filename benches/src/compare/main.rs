@@ -360,7 +360,8 @@ fn engine_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
             configured_fn: 0,
             configured_fz: 0,
         };
-        let engine = atlas::Engine::new(Arc::new(store), identity).map_err(|e| e.to_string())?;
+        let engine = atlas::Engine::new(Arc::new(store), identity, atlas::command::Backend::Standalone)
+            .map_err(|e| e.to_string())?;
         Ok((dir, Arc::new(engine)))
     };
     let value = "v".repeat(100);

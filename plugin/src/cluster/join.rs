@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use atlas::AtlasConfig;
 use atlas::cluster::directory::NodeRecord;
+use atlas::cluster::error::ClusterError;
 use atlas::cluster::identity::{BootstrapMember, ClusterIdentity};
 use atlas::cluster::runtime::ClusterHandle;
 use atlas::config::TlsConfig;
 use atlas::consensus::{ClientOp, NodeId};
-use atlas::protocol::Reply;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +23,7 @@ const JOIN_PATIENCE: Duration = Duration::from_secs(30);
 const JOIN_COMMIT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Where a joining node leaves the snapshot it copied (streamed to disk and verified whole),
 /// for the engine to install when it opens storage.
-pub const SNAPSHOT_FILE: &str = "snapshot.bin";
+pub use atlas::cluster::bootstrap::SNAPSHOT_FILE;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
@@ -411,15 +411,10 @@ pub async fn serve_join(
         host: request.host.clone(),
         port: request.port,
     };
-    if same_address.is_none() {
-        let reply = cluster.record_node(&record).await;
-        if reply != Reply::Ok {
-            return HttpReply::error(
-                503,
-                "unavailable",
-                &format!("join not committed: {reply:?}"),
-            );
-        }
+    if same_address.is_none()
+        && let Err(e) = cluster.record_node(&record).await
+    {
+        return HttpReply::error(503, "unavailable", &format!("join not committed: {e}"));
     }
     if !request.member {
         tracing::info!(node = id, addr = %record.address(), "node registered; it copies a snapshot next");
@@ -531,7 +526,7 @@ async fn change_membership(
     done: impl Fn(&atlas::cluster::runtime::ClusterView) -> bool,
 ) -> bool {
     let deadline = Instant::now() + JOIN_COMMIT_TIMEOUT;
-    let mut proposal: Option<tokio::task::JoinHandle<Reply>> = None;
+    let mut proposal: Option<tokio::task::JoinHandle<Result<(), ClusterError>>> = None;
     loop {
         let view = cluster.view();
         if done(&view) {
