@@ -75,4 +75,7 @@ fn main() {
     server.add_service(service);
     server.run(pingora::server::RunArgs::default());
     atlas.close();
+    if atlas.failure().is_some() {
+        std::process::exit(2);
+    }
 }

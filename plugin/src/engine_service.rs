@@ -61,6 +61,8 @@ pub struct EngineService {
     /// This node's cluster identity; `None` runs it standalone.
     identity: Option<ClusterIdentity>,
     faults: Arc<crate::cluster::Faults>,
+    /// Why the engine could not start, for the caller of `Server::run` (see `Atlas::failure`).
+    failure: Arc<std::sync::OnceLock<String>>,
 }
 
 impl EngineService {
@@ -71,8 +73,10 @@ impl EngineService {
         upgrading: bool,
         identity: Option<ClusterIdentity>,
         faults: Arc<crate::cluster::Faults>,
+        failure: Arc<std::sync::OnceLock<String>>,
     ) -> Self {
         EngineService {
+            failure,
             config,
             engine,
             nas,
@@ -135,6 +139,21 @@ impl EngineService {
     }
 }
 
+impl EngineService {
+    /// Nothing can be served without storage: says why, records it and stops the server at
+    /// once (SIGINT: Pingora's fast shutdown, no grace period). `atlas serve` then exits
+    /// with status 2; an embedding program reads [`crate::Atlas::failure`].
+    fn fail(&self, error: &str) {
+        eprintln!("atlas: {error}");
+        tracing::error!(error, "cannot start");
+        let _ = self.failure.set(error.to_string());
+        // SAFETY: kill(2) on this process's own pid with a signal Pingora handles.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGINT);
+        }
+    }
+}
+
 #[async_trait]
 impl BackgroundService for EngineService {
     async fn start_with_ready_notifier(
@@ -144,20 +163,11 @@ impl BackgroundService for EngineService {
     ) {
         let engine = match self.open().await {
             Ok(engine) => engine,
-            Err(e) => {
-                // Nothing can be served without storage: say why and stop.
-                eprintln!("atlas: {e}");
-                tracing::error!(error = %e, "cannot start");
-                std::process::exit(2);
-            }
+            Err(e) => return self.fail(&e),
         };
         let nas = match self.open_nas().await {
             Ok(nas) => nas,
-            Err(e) => {
-                eprintln!("atlas: {e}");
-                tracing::error!(error = %e, "cannot start");
-                std::process::exit(2);
-            }
+            Err(e) => return self.fail(&e),
         };
         let _ = self.nas.set(NasApi::new(nas.clone()));
         let cluster = engine.cluster().cloned();

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod edge;
 mod engine_service;
 pub mod http;
+pub mod http_reply;
 pub mod metrics;
 pub mod peer_client;
 pub mod remote_client;
@@ -60,6 +61,7 @@ pub struct Atlas {
     nas: NasCell,
     http: Arc<http::HttpApi>,
     faults: Arc<cluster::Faults>,
+    failure: Arc<OnceLock<String>>,
 }
 
 impl Atlas {
@@ -77,6 +79,12 @@ impl Atlas {
     /// The NAS API, when the server has started.
     pub fn nas(&self) -> Option<&atlas::nas::NasApi> {
         self.nas.get()
+    }
+
+    /// Why the engine could not start, once the server stopped because of it (storage or
+    /// the NAS store would not open, the cluster runtime would not start).
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     /// Flushes and closes storage. Call after the server stopped.
@@ -181,6 +189,7 @@ fn install_common(
     let engine: EngineCell = Arc::new(OnceLock::new());
     let nas: NasCell = Arc::new(OnceLock::new());
     let faults = Arc::new(cluster::Faults::default());
+    let failure = Arc::new(OnceLock::new());
     metrics::metrics();
     // In a zero-downtime upgrade (`-u`) the old process still holds the socket and RocksDB's
     // lock until it has drained: take the socket over and wait for the lock.
@@ -194,6 +203,7 @@ fn install_common(
             upgrading,
             identity,
             faults.clone(),
+            failure.clone(),
         ),
     ));
 
@@ -236,5 +246,6 @@ fn install_common(
         nas,
         http,
         faults,
+        failure,
     })
 }

@@ -351,6 +351,10 @@ fn serve(conf: Option<PathBuf>, test: bool, daemon: bool, upgrade: bool) -> Exit
     }
     server.run(RunArgs::default());
     atlas.close();
+    if atlas.failure().is_some() {
+        // Already said on stderr by the engine service.
+        return ExitCode::from(2);
+    }
     ExitCode::SUCCESS
 }
 

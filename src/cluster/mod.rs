@@ -1,8 +1,11 @@
 //! Cluster plumbing around the consensus core: the one driver of the core (`driver`), the
 //! snapshot stream format, peer health and RTT, the node directory, the transport envelope,
 //! the replica that drives a node's consensus state machine against its storage, and the
-//! runtime thread that owns the replica, and how a member starts (`bootstrap`).
+//! runtime thread that owns the replica, how a member starts (`bootstrap`), and who is
+//! in the cluster (`admission`: start plans, joins, removals).
 
+#[cfg(feature = "engine")]
+pub mod admission;
 #[cfg(feature = "engine")]
 pub mod bootstrap;
 #[cfg(feature = "engine")]

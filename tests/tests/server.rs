@@ -182,3 +182,62 @@ fn sigterm_on_an_idle_server_exits_zero() {
     let status = node.terminate();
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+/// `atlas serve -c config`, which must exit by itself within 30 s: its status and stderr.
+fn serve_until_it_stops(config: &std::path::Path) -> (Option<i32>, String) {
+    let out = run_with_input(
+        Command::new(atlas_bin())
+            .env(atlas_tests::ADMIN_PASSWORD_ENV, atlas_tests::ADMIN_PASSWORD)
+            .args(["serve", "-c"])
+            .arg(config),
+        b"",
+        Duration::from_secs(30),
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_engine_that_cannot_start_stops_the_server_with_status_2() {
+    // Standalone data, then the same directory as a cluster's founder: the data is in no
+    // log, so the cluster runtime refuses to start, and the server stops at once.
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start_in(dir.path());
+    node.client().put("kept.k", "v");
+    node.terminate();
+    let clustered = write_config(dir.path(), "credentials: a-long-enough-cluster-secret\n");
+    let (status, stderr) = serve_until_it_stops(&clustered);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("holds data written while this node ran without atlas.credentials"),
+        "{stderr}"
+    );
+    // Its storage is untouched: the standalone node starts again with the data.
+    node.restart();
+    assert_eq!(node.client().get("kept.k").as_deref(), Some("v"));
+
+    // A second server over a data directory that a running one holds: RocksDB's lock.
+    let other = tempfile::tempdir().unwrap();
+    let config = other.path().join("atlas.yaml");
+    fs::write(
+        &config,
+        format!(
+            "version: 1\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n\
+             atlas:\n  data_dir: {}\n  socket: {}\n  listen: 127.0.0.1:{}\n",
+            dir.path().join("data").display(),
+            other.path().join("atlas.sock").display(),
+            atlas_tests::free_port()
+        ),
+    )
+    .unwrap();
+    let (status, stderr) = serve_until_it_stops(&config);
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains("cannot open storage"), "{stderr}");
+    assert_eq!(
+        node.client().get("kept.k").as_deref(),
+        Some("v"),
+        "the first is unharmed"
+    );
+}

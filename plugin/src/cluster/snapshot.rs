@@ -16,7 +16,7 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use serde::Deserialize;
 
-use crate::http::{HttpReply, SNAPSHOT_PATH};
+use crate::http_reply::{HttpReply, SNAPSHOT_PATH};
 use crate::peer_client::PeerClient;
 
 /// Copying a snapshot must finish within this.

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::faults::Faults;
-use crate::http::{HttpReply, TRANSPORT_PATH};
+use crate::http_reply::{HttpReply, TRANSPORT_PATH};
 use crate::peer_client::{PeerClient, PeerClientOptions};
 
 /// A consensus POST (which may carry a blob) must finish within this.
