@@ -1,32 +1,13 @@
 //! CRUD handlers of the API: users, shares, exports, iSCSI targets and LUNs, snapshot
 //! policies. Each mutation runs in one transaction with its audit row (`NasApi::mutate`).
 
-use rusqlite::Connection;
-use serde::Serialize;
-
 use super::api::{ApiRequest, ApiResponse, Caller, NasApi, Route, resource_type};
+use super::entity::{self, Entity};
 use super::error::NasError;
 use super::policy::PathPolicy;
+use super::snapshot_policies::SnapshotPolicy;
 use super::users::{self, Role};
-use super::{format_ts, iscsi, iscsi_luns, nfs, smb, snapshot_policies};
-
-/// The storage functions of one entity kind, so one set of handlers serves them all.
-struct Entity<T> {
-    list: fn(&Connection) -> Result<Vec<T>, NasError>,
-    get: fn(&Connection, i64) -> Result<T, NasError>,
-    read_new: fn(&[u8]) -> Result<T, NasError>,
-    read_update: fn(&[u8], &T) -> Result<T, NasError>,
-    create: fn(&Connection, &T, &str) -> Result<T, NasError>,
-    update: fn(&Connection, &T, &str) -> Result<T, NasError>,
-    delete: fn(&Connection, i64) -> Result<T, NasError>,
-    id: fn(&T) -> i64,
-    /// Where the entity points, judged against `nas.allowed_paths` / `allowed_devices`.
-    allowed: fn(&T, &PathPolicy) -> Result<(), NasError>,
-}
-
-fn anywhere<T>(_: &T, _: &PathPolicy) -> Result<(), NasError> {
-    Ok(())
-}
+use super::{format_ts, iscsi, iscsi_luns, nfs, smb};
 
 fn lun_allowed(lun: &iscsi_luns::IscsiLun, policy: &PathPolicy) -> Result<(), NasError> {
     if let Some(device) = &lun.device {
@@ -38,54 +19,6 @@ fn lun_allowed(lun: &iscsi_luns::IscsiLun, policy: &PathPolicy) -> Result<(), Na
     Ok(())
 }
 
-const SMB: Entity<smb::SmbShare> = Entity {
-    list: smb::list,
-    get: smb::get,
-    read_new: smb::read_new,
-    read_update: smb::read_update,
-    create: smb::create,
-    update: smb::update,
-    delete: smb::delete,
-    id: |s| s.id,
-    allowed: |s, policy| policy.check_path("path", &s.path),
-};
-
-const NFS: Entity<nfs::NfsExport> = Entity {
-    list: nfs::list,
-    get: nfs::get,
-    read_new: nfs::read_new,
-    read_update: nfs::read_update,
-    create: nfs::create,
-    update: nfs::update,
-    delete: nfs::delete,
-    id: |e| e.id,
-    allowed: |e, policy| policy.check_path("path", &e.path),
-};
-
-const TARGETS: Entity<iscsi::IscsiTarget> = Entity {
-    list: iscsi::list,
-    get: iscsi::get,
-    read_new: iscsi::read_new,
-    read_update: iscsi::read_update,
-    create: iscsi::create,
-    update: iscsi::update,
-    delete: iscsi::delete,
-    id: |t| t.id,
-    allowed: anywhere,
-};
-
-const POLICIES: Entity<snapshot_policies::SnapshotPolicy> = Entity {
-    list: snapshot_policies::list,
-    get: snapshot_policies::get,
-    read_new: snapshot_policies::read_new,
-    read_update: snapshot_policies::read_update,
-    create: snapshot_policies::create,
-    update: snapshot_policies::update,
-    delete: snapshot_policies::delete,
-    id: |p| p.id,
-    allowed: anywhere,
-};
-
 pub(crate) fn serve(
     api: &NasApi,
     route: Route,
@@ -96,14 +29,14 @@ pub(crate) fn serve(
     use Route::*;
     match route {
         Users | User(_) => serve_users(api, route, method, request, caller),
-        SmbShares => collection(api, &SMB, route, method, request, caller),
-        SmbShare(id) => item(api, &SMB, route, id, method, request, caller),
-        NfsExports => collection(api, &NFS, route, method, request, caller),
-        NfsExport(id) => item(api, &NFS, route, id, method, request, caller),
-        Targets => collection(api, &TARGETS, route, method, request, caller),
-        Target(id) => item(api, &TARGETS, route, id, method, request, caller),
-        Policies => collection(api, &POLICIES, route, method, request, caller),
-        Policy(id) => item(api, &POLICIES, route, id, method, request, caller),
+        SmbShares => collection::<smb::SmbShare>(api, route, method, request, caller),
+        SmbShare(id) => item::<smb::SmbShare>(api, route, id, method, request, caller),
+        NfsExports => collection::<nfs::NfsExport>(api, route, method, request, caller),
+        NfsExport(id) => item::<nfs::NfsExport>(api, route, id, method, request, caller),
+        Targets => collection::<iscsi::IscsiTarget>(api, route, method, request, caller),
+        Target(id) => item::<iscsi::IscsiTarget>(api, route, id, method, request, caller),
+        Policies => collection::<SnapshotPolicy>(api, route, method, request, caller),
+        Policy(id) => item::<SnapshotPolicy>(api, route, id, method, request, caller),
         Luns(target) => luns(api, target, method, request, caller),
         Lun(target, lun) => one_lun(api, target, lun, method, request, caller),
         _ => Err(NasError::NotFound("endpoint".into())),
@@ -114,29 +47,30 @@ fn now_text(api: &NasApi) -> String {
     format_ts(api.store().now())
 }
 
-fn collection<T: Serialize>(
+fn collection<E: Entity>(
     api: &NasApi,
-    entity: &Entity<T>,
     route: Route,
     method: &str,
     request: &ApiRequest,
     caller: &Caller,
 ) -> Result<ApiResponse, NasError> {
     if method == "GET" {
-        return Ok(ApiResponse::json(200, &api.store().read(entity.list)?));
+        return Ok(ApiResponse::json(
+            200,
+            &api.store().read(entity::list::<E>)?,
+        ));
     }
     let created = api.mutate(caller, "create", resource_type(route), request, |c, now| {
-        let value = (entity.read_new)(&request.body)?;
-        (entity.allowed)(&value, &api.store().options().paths)?;
-        let created = (entity.create)(c, &value, &format_ts(*now))?;
-        Ok((Some((entity.id)(&created).to_string()), created))
+        let value: E = entity::read_new(&request.body)?;
+        value.allowed(&api.store().options().paths)?;
+        let created = entity::create(c, &value, &format_ts(*now))?;
+        Ok((Some(created.id().to_string()), created))
     })?;
     Ok(ApiResponse::json(201, &created))
 }
 
-fn item<T: Serialize>(
+fn item<E: Entity>(
     api: &NasApi,
-    entity: &Entity<T>,
     route: Route,
     id: i64,
     method: &str,
@@ -147,23 +81,23 @@ fn item<T: Serialize>(
     match method {
         "GET" => Ok(ApiResponse::json(
             200,
-            &api.store().read(|c| (entity.get)(c, id))?,
+            &api.store().read(|c| entity::get::<E>(c, id))?,
         )),
         "DELETE" => {
             api.mutate(caller, "delete", kind, request, |c, _| {
-                (entity.delete)(c, id)?;
+                entity::delete::<E>(c, id)?;
                 Ok((Some(id.to_string()), ()))
             })?;
             Ok(ApiResponse::no_content())
         }
         _ => {
             let updated = api.mutate(caller, "update", kind, request, |c, now| {
-                let current = (entity.get)(c, id)?;
-                let changed = (entity.read_update)(&request.body, &current)?;
-                (entity.allowed)(&changed, &api.store().options().paths)?;
+                let current: E = entity::get(c, id)?;
+                let changed = entity::read_update(&request.body, &current)?;
+                changed.allowed(&api.store().options().paths)?;
                 Ok((
                     Some(id.to_string()),
-                    (entity.update)(c, &changed, &format_ts(*now))?,
+                    entity::update(c, &changed, &format_ts(*now))?,
                 ))
             })?;
             Ok(ApiResponse::json(200, &updated))
@@ -180,13 +114,13 @@ fn luns(
 ) -> Result<ApiResponse, NasError> {
     if method == "GET" {
         let luns = api.store().read(|c| {
-            iscsi::get(c, target)?;
+            entity::get::<iscsi::IscsiTarget>(c, target)?;
             iscsi_luns::list(c, Some(target))
         })?;
         return Ok(ApiResponse::json(200, &luns));
     }
     let created = api.mutate(caller, "create", "iscsi_lun", request, |c, now| {
-        iscsi::get(c, target)?;
+        entity::get::<iscsi::IscsiTarget>(c, target)?;
         let lun = iscsi_luns::read_new(&request.body, target)?;
         lun_allowed(&lun, &api.store().options().paths)?;
         let created = iscsi_luns::create(c, &lun, &format_ts(*now))?;

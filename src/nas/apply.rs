@@ -240,7 +240,7 @@ fn apply_one(
 mod tests {
     use super::*;
     use crate::nas::runner::{CommandOutput, DryRunRunner, RecordingRunner};
-    use crate::nas::{NasOptions, smb};
+    use crate::nas::{NasOptions, entity, smb};
     use std::sync::Arc;
 
     fn store(dir: &Path) -> NasStore {
@@ -253,8 +253,9 @@ mod tests {
             Arc::new(DryRunRunner::default()),
         )
         .unwrap();
-        let share = smb::read_new(br#"{"name": "data", "path": "/srv/data"}"#).unwrap();
-        store.write(|c| smb::create(c, &share, "t")).unwrap();
+        let share: smb::SmbShare =
+            entity::read_new(br#"{"name": "data", "path": "/srv/data"}"#).unwrap();
+        store.write(|c| entity::create(c, &share, "t")).unwrap();
         store
     }
 
@@ -340,10 +341,9 @@ mod tests {
         let store = store(dir.path());
         let exports = dir.path().join("exports");
         std::fs::write(&exports, "/old *(ro)\n").unwrap();
-        let nfs = crate::nas::nfs::read_new(br#"{"path": "/srv/x", "clients": ["*"]}"#).unwrap();
-        store
-            .write(|c| crate::nas::nfs::create(c, &nfs, "t"))
-            .unwrap();
+        let nfs: crate::nas::nfs::NfsExport =
+            entity::read_new(br#"{"path": "/srv/x", "clients": ["*"]}"#).unwrap();
+        store.write(|c| entity::create(c, &nfs, "t")).unwrap();
         let runner = RecordingRunner::new();
         runner.respond("exportfs -ra", CommandOutput::failed("bad export"));
         let err = apply(&store, &runner, &[ConfigKind::Nfs]).unwrap_err();

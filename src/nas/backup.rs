@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::error::NasError;
 use super::policy::PathPolicy;
-use super::{NasStore, audit, db, format_ts, iscsi_luns, nfs, smb};
+use super::{NasStore, audit, db, entity, format_ts, iscsi_luns, nfs, smb};
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
@@ -196,12 +196,12 @@ fn check_policy(conn: &Connection, policy: &PathPolicy) -> Result<(), NasError> 
             other => other,
         }
     };
-    for share in smb::list(conn)? {
+    for share in entity::list::<smb::SmbShare>(conn)? {
         policy
             .check_path("path", &share.path)
             .map_err(of_row(format!("smb_shares[{}]", share.id)))?;
     }
-    for export in nfs::list(conn)? {
+    for export in entity::list::<nfs::NfsExport>(conn)? {
         let row = format!("nfs_exports[{}]", export.id);
         policy
             .check_path("path", &export.path)
@@ -323,7 +323,7 @@ mod tests {
 
     fn share_names(store: &NasStore) -> Vec<String> {
         store
-            .read(smb::list)
+            .read(entity::list::<smb::SmbShare>)
             .unwrap()
             .into_iter()
             .map(|s| s.name)
@@ -335,10 +335,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = file_store(&dir.path().join("live.db"));
         let add = |name: &str| {
-            let s =
-                smb::read_new(format!(r#"{{"name": "{name}", "path": "/srv/{name}"}}"#).as_bytes())
-                    .unwrap();
-            store.write(|c| smb::create(c, &s, "t")).unwrap();
+            let s = entity::read_new::<smb::SmbShare>(
+                format!(r#"{{"name": "{name}", "path": "/srv/{name}"}}"#).as_bytes(),
+            )
+            .unwrap();
+            store.write(|c| entity::create(c, &s, "t")).unwrap();
         };
         add("before");
         let backup = dir.path().join("backups/nas.db");
@@ -393,8 +394,9 @@ mod tests {
     fn a_backup_cannot_bring_in_what_the_policy_refuses() {
         let dir = tempfile::tempdir().unwrap();
         let store = file_store(&dir.path().join("live.db"));
-        let share = smb::read_new(br#"{"name": "data", "path": "/srv/data"}"#).unwrap();
-        store.write(|c| smb::create(c, &share, "t")).unwrap();
+        let share: smb::SmbShare =
+            entity::read_new(br#"{"name": "data", "path": "/srv/data"}"#).unwrap();
+        store.write(|c| entity::create(c, &share, "t")).unwrap();
         let backup = dir.path().join("nas.db");
         backup_to_file(&store, &backup).unwrap();
         // Another node allows only /tank: the backup's share of /srv/data is refused, and

@@ -1,8 +1,11 @@
-//! iSCSI targets: IQN and CHAP rules, storage. LUNs are in `iscsi_luns`.
+//! iSCSI targets: fields, IQN and CHAP rules, columns (stored by `entity.rs`; deleting a
+//! target deletes its LUNs, `ON DELETE CASCADE`). LUNs are in `iscsi_luns`.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::types::Value;
+use rusqlite::{Connection, Row};
 use serde::Serialize;
 
+use super::entity::{Entity, keyed_by_id};
 use super::error::NasError;
 use super::input::Input;
 use super::{list_from_sql, list_to_sql, validate, value_taken};
@@ -27,18 +30,6 @@ pub struct IscsiTarget {
     pub mutual_secret: Option<String>,
     pub portals: Vec<String>,
     pub enabled: bool,
-}
-
-impl IscsiTarget {
-    /// The full stored form, secrets included (the base an update merges into).
-    fn stored_value(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(self).unwrap_or_default();
-        if let Some(map) = value.as_object_mut() {
-            map.insert("chap_secret".into(), self.chap_secret.clone().into());
-            map.insert("mutual_secret".into(), self.mutual_secret.clone().into());
-        }
-        value
-    }
 }
 
 const FIELDS: &[&str] = &[
@@ -158,129 +149,76 @@ fn read(mut input: Input) -> Result<IscsiTarget, NasError> {
     Ok(target)
 }
 
-pub fn read_new(body: &[u8]) -> Result<IscsiTarget, NasError> {
-    read(Input::parse(body)?)
-}
+impl Entity for IscsiTarget {
+    const TABLE: &'static str = "iscsi_targets";
+    const NAME: &'static str = "iSCSI target";
+    const COLUMNS: &'static [&'static str] = FIELDS;
+    const ORDER: &'static str = "iqn, id";
 
-/// An update merges into the stored target; secrets not sent are kept.
-pub fn read_update(body: &[u8], current: &IscsiTarget) -> Result<IscsiTarget, NasError> {
-    let mut target = read(Input::parse(body)?.merged_over(current.stored_value()))?;
-    target.id = current.id;
-    Ok(target)
-}
+    keyed_by_id!();
 
-const COLUMNS: &str = "id, iqn, alias, initiators, auth, chap_user, chap_secret, mutual_user, \
-                       mutual_secret, portals, enabled";
-
-fn from_row(row: &Row<'_>) -> rusqlite::Result<IscsiTarget> {
-    Ok(IscsiTarget {
-        id: row.get(0)?,
-        iqn: row.get(1)?,
-        alias: row.get(2)?,
-        initiators: list_from_sql(&row.get::<_, String>(3)?),
-        auth: row.get(4)?,
-        chap_user: row.get(5)?,
-        chap_secret: row.get(6)?,
-        mutual_user: row.get(7)?,
-        mutual_secret: row.get(8)?,
-        portals: list_from_sql(&row.get::<_, String>(9)?),
-        enabled: row.get(10)?,
-    })
-}
-
-/// All targets ordered by IQN.
-pub fn list(conn: &Connection) -> Result<Vec<IscsiTarget>, NasError> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM iscsi_targets ORDER BY iqn, id"
-    ))?;
-    let rows = stmt.query_map([], from_row)?.collect::<Result<_, _>>()?;
-    Ok(rows)
-}
-
-pub fn get(conn: &Connection, id: i64) -> Result<IscsiTarget, NasError> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM iscsi_targets WHERE id = ?1"),
-        [id],
-        from_row,
-    )
-    .optional()?
-    .ok_or_else(|| NasError::NotFound(format!("iSCSI target {id}")))
-}
-
-fn check_unique(
-    conn: &Connection,
-    target: &IscsiTarget,
-    except: Option<i64>,
-) -> Result<(), NasError> {
-    if value_taken(conn, "iscsi_targets", "iqn", &target.iqn, except)? {
-        return Err(NasError::conflict(
-            "iqn",
-            format!("a target with IQN `{}` already exists", target.iqn),
-        ));
+    /// The full stored form, secrets included: an update keeps the secrets it does not send.
+    fn merge_base(&self) -> Result<serde_json::Value, NasError> {
+        let mut value =
+            serde_json::to_value(self).map_err(|e| NasError::Internal(e.to_string()))?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("chap_secret".into(), self.chap_secret.clone().into());
+            map.insert("mutual_secret".into(), self.mutual_secret.clone().into());
+        }
+        Ok(value)
     }
-    Ok(())
-}
 
-pub fn create(conn: &Connection, t: &IscsiTarget, now: &str) -> Result<IscsiTarget, NasError> {
-    check_unique(conn, t, None)?;
-    conn.execute(
-        "INSERT INTO iscsi_targets (iqn, alias, initiators, auth, chap_user, chap_secret,
-             mutual_user, mutual_secret, portals, enabled, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
-        params![
-            t.iqn,
-            t.alias,
-            list_to_sql(&t.initiators),
-            t.auth,
-            t.chap_user,
-            t.chap_secret,
-            t.mutual_user,
-            t.mutual_secret,
-            list_to_sql(&t.portals),
-            t.enabled,
-            now
-        ],
-    )?;
-    get(conn, conn.last_insert_rowid())
-}
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<IscsiTarget> {
+        Ok(IscsiTarget {
+            id: row.get(0)?,
+            iqn: row.get(1)?,
+            alias: row.get(2)?,
+            initiators: list_from_sql(&row.get::<_, String>(3)?),
+            auth: row.get(4)?,
+            chap_user: row.get(5)?,
+            chap_secret: row.get(6)?,
+            mutual_user: row.get(7)?,
+            mutual_secret: row.get(8)?,
+            portals: list_from_sql(&row.get::<_, String>(9)?),
+            enabled: row.get(10)?,
+        })
+    }
 
-pub fn update(conn: &Connection, t: &IscsiTarget, now: &str) -> Result<IscsiTarget, NasError> {
-    get(conn, t.id)?;
-    check_unique(conn, t, Some(t.id))?;
-    conn.execute(
-        "UPDATE iscsi_targets SET iqn = ?1, alias = ?2, initiators = ?3, auth = ?4, chap_user = ?5,
-             chap_secret = ?6, mutual_user = ?7, mutual_secret = ?8, portals = ?9, enabled = ?10,
-             updated_at = ?11
-         WHERE id = ?12",
-        params![
-            t.iqn,
-            t.alias,
-            list_to_sql(&t.initiators),
-            t.auth,
-            t.chap_user,
-            t.chap_secret,
-            t.mutual_user,
-            t.mutual_secret,
-            list_to_sql(&t.portals),
-            t.enabled,
-            now,
-            t.id
-        ],
-    )?;
-    get(conn, t.id)
-}
+    fn values(&self) -> Vec<Value> {
+        vec![
+            self.iqn.clone().into(),
+            self.alias.clone().into(),
+            list_to_sql(&self.initiators).into(),
+            self.auth.clone().into(),
+            self.chap_user.clone().into(),
+            self.chap_secret.clone().into(),
+            self.mutual_user.clone().into(),
+            self.mutual_secret.clone().into(),
+            list_to_sql(&self.portals).into(),
+            self.enabled.into(),
+        ]
+    }
 
-/// Deletes the target; its LUNs go with it (`ON DELETE CASCADE`).
-pub fn delete(conn: &Connection, id: i64) -> Result<IscsiTarget, NasError> {
-    let target = get(conn, id)?;
-    conn.execute("DELETE FROM iscsi_targets WHERE id = ?1", [id])?;
-    Ok(target)
+    fn check(&self, conn: &Connection) -> Result<(), NasError> {
+        if value_taken(conn, Self::TABLE, "iqn", &self.iqn, Some(self.id))? {
+            return Err(NasError::conflict(
+                "iqn",
+                format!("a target with IQN `{}` already exists", self.iqn),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::nas::db;
+    use crate::nas::entity::{self, create, read_update, update};
+
+    fn read_new(body: &[u8]) -> Result<IscsiTarget, NasError> {
+        entity::read_new(body)
+    }
 
     const IQN: &str = "iqn.2024-01.com.example:disk1";
 

@@ -153,7 +153,7 @@ fn check_unique(conn: &Connection, lun: &IscsiLun) -> Result<(), NasError> {
 }
 
 pub fn create(conn: &Connection, lun: &IscsiLun, now: &str) -> Result<IscsiLun, NasError> {
-    super::iscsi::get(conn, lun.target_id)?;
+    super::entity::get::<super::iscsi::IscsiTarget>(conn, lun.target_id)?;
     check_unique(conn, lun)?;
     conn.execute(
         "INSERT INTO iscsi_luns (target_id, lun, backstore, device, path, size_bytes, read_only,
@@ -202,12 +202,13 @@ pub fn delete(conn: &Connection, target_id: i64, lun: i64) -> Result<IscsiLun, N
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nas::{db, iscsi};
+    use crate::nas::{db, entity, iscsi};
 
     fn setup() -> (Connection, i64) {
         let conn = db::open(&db::DbLocation::Memory).unwrap();
-        let t = iscsi::read_new(br#"{"iqn": "iqn.2024-01.com.example:t"}"#).unwrap();
-        let id = iscsi::create(&conn, &t, "now").unwrap().id;
+        let t: iscsi::IscsiTarget =
+            entity::read_new(br#"{"iqn": "iqn.2024-01.com.example:t"}"#).unwrap();
+        let id = entity::create(&conn, &t, "now").unwrap().id;
         (conn, id)
     }
 
@@ -236,7 +237,7 @@ mod tests {
             Err(NasError::Conflict { .. })
         ));
         assert_eq!(list(&conn, Some(target)).unwrap().len(), 2);
-        iscsi::delete(&conn, target).unwrap();
+        entity::delete::<iscsi::IscsiTarget>(&conn, target).unwrap();
         assert!(list(&conn, None).unwrap().is_empty(), "cascade");
     }
 

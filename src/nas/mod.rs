@@ -16,6 +16,7 @@ pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod db;
+mod entity;
 pub mod error;
 mod input;
 pub mod iscsi;

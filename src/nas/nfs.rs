@@ -1,10 +1,14 @@
-//! NFS exports: validation (including the overlap rule) and storage.
+//! NFS exports: fields, validation (including the overlap rule) and columns (stored by
+//! `entity.rs`).
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::types::Value;
+use rusqlite::{Connection, Row, params};
 use serde::Serialize;
 
+use super::entity::{Entity, keyed_by_id};
 use super::error::NasError;
 use super::input::Input;
+use super::policy::PathPolicy;
 use super::{list_from_sql, list_to_sql, validate};
 
 pub const SQUASH_OPTIONS: &[&str] = &["root_squash", "no_root_squash", "all_squash"];
@@ -107,53 +111,52 @@ fn read(mut input: Input) -> Result<NfsExport, NasError> {
     Ok(export)
 }
 
-pub fn read_new(body: &[u8]) -> Result<NfsExport, NasError> {
-    read(Input::parse(body)?)
-}
+impl Entity for NfsExport {
+    const TABLE: &'static str = "nfs_exports";
+    const NAME: &'static str = "NFS export";
+    const COLUMNS: &'static [&'static str] = FIELDS;
+    const ORDER: &'static str = "path, id";
 
-pub fn read_update(body: &[u8], current: &NfsExport) -> Result<NfsExport, NasError> {
-    let base = serde_json::to_value(current).map_err(|e| NasError::Internal(e.to_string()))?;
-    let mut export = read(Input::parse(body)?.merged_over(base))?;
-    export.id = current.id;
-    Ok(export)
-}
+    keyed_by_id!();
 
-const COLUMNS: &str = "id, path, comment, clients, read_only, sync, squash, anonuid, anongid, \
-                       enabled, allow_insecure";
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<NfsExport> {
+        Ok(NfsExport {
+            id: row.get(0)?,
+            path: row.get(1)?,
+            comment: row.get(2)?,
+            clients: list_from_sql(&row.get::<_, String>(3)?),
+            read_only: row.get(4)?,
+            sync: row.get(5)?,
+            squash: row.get(6)?,
+            anonuid: row.get(7)?,
+            anongid: row.get(8)?,
+            enabled: row.get(9)?,
+            allow_insecure: row.get(10)?,
+        })
+    }
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<NfsExport> {
-    Ok(NfsExport {
-        id: row.get(0)?,
-        path: row.get(1)?,
-        comment: row.get(2)?,
-        clients: list_from_sql(&row.get::<_, String>(3)?),
-        read_only: row.get(4)?,
-        sync: row.get(5)?,
-        squash: row.get(6)?,
-        anonuid: row.get(7)?,
-        anongid: row.get(8)?,
-        enabled: row.get(9)?,
-        allow_insecure: row.get(10)?,
-    })
-}
+    fn values(&self) -> Vec<Value> {
+        vec![
+            self.path.clone().into(),
+            self.comment.clone().into(),
+            list_to_sql(&self.clients).into(),
+            self.read_only.into(),
+            self.sync.into(),
+            self.squash.clone().into(),
+            self.anonuid.into(),
+            self.anongid.into(),
+            self.enabled.into(),
+            self.allow_insecure.into(),
+        ]
+    }
 
-/// All exports ordered by path, then id.
-pub fn list(conn: &Connection) -> Result<Vec<NfsExport>, NasError> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM nfs_exports ORDER BY path, id"
-    ))?;
-    let rows = stmt.query_map([], from_row)?.collect::<Result<_, _>>()?;
-    Ok(rows)
-}
+    fn check(&self, conn: &Connection) -> Result<(), NasError> {
+        check_overlap(conn, self)
+    }
 
-pub fn get(conn: &Connection, id: i64) -> Result<NfsExport, NasError> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM nfs_exports WHERE id = ?1"),
-        [id],
-        from_row,
-    )
-    .optional()?
-    .ok_or_else(|| NasError::NotFound(format!("NFS export {id}")))
+    fn allowed(&self, policy: &PathPolicy) -> Result<(), NasError> {
+        policy.check_path("path", &self.path)
+    }
 }
 
 /// The overlap rule: the same path may not be exported to the same client twice, across
@@ -184,65 +187,15 @@ fn check_overlap(conn: &Connection, export: &NfsExport) -> Result<(), NasError> 
     Ok(())
 }
 
-pub fn create(conn: &Connection, export: &NfsExport, now: &str) -> Result<NfsExport, NasError> {
-    check_overlap(conn, export)?;
-    conn.execute(
-        "INSERT INTO nfs_exports (path, comment, clients, read_only, sync, squash, anonuid, anongid,
-             enabled, allow_insecure, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?11, ?10, ?10)",
-        params![
-            export.path,
-            export.comment,
-            list_to_sql(&export.clients),
-            export.read_only,
-            export.sync,
-            export.squash,
-            export.anonuid,
-            export.anongid,
-            export.enabled,
-            now,
-            export.allow_insecure
-        ],
-    )?;
-    get(conn, conn.last_insert_rowid())
-}
-
-pub fn update(conn: &Connection, export: &NfsExport, now: &str) -> Result<NfsExport, NasError> {
-    get(conn, export.id)?;
-    check_overlap(conn, export)?;
-    conn.execute(
-        "UPDATE nfs_exports SET path = ?1, comment = ?2, clients = ?3, read_only = ?4, sync = ?5,
-             squash = ?6, anonuid = ?7, anongid = ?8, enabled = ?9, updated_at = ?10,
-             allow_insecure = ?12
-         WHERE id = ?11",
-        params![
-            export.path,
-            export.comment,
-            list_to_sql(&export.clients),
-            export.read_only,
-            export.sync,
-            export.squash,
-            export.anonuid,
-            export.anongid,
-            export.enabled,
-            now,
-            export.id,
-            export.allow_insecure
-        ],
-    )?;
-    get(conn, export.id)
-}
-
-pub fn delete(conn: &Connection, id: i64) -> Result<NfsExport, NasError> {
-    let export = get(conn, id)?;
-    conn.execute("DELETE FROM nfs_exports WHERE id = ?1", [id])?;
-    Ok(export)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::nas::db;
+    use crate::nas::entity::{self, create, read_update, update};
+
+    fn read_new(body: &[u8]) -> Result<NfsExport, NasError> {
+        entity::read_new(body)
+    }
 
     #[test]
     fn same_path_same_client_twice_is_a_conflict() {

@@ -1,10 +1,13 @@
-//! SMB shares: validation and storage.
+//! SMB shares: fields, validation and columns (stored by `entity.rs`).
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::types::Value;
+use rusqlite::{Connection, Row};
 use serde::Serialize;
 
+use super::entity::{Entity, keyed_by_id};
 use super::error::NasError;
 use super::input::Input;
+use super::policy::PathPolicy;
 use super::{list_from_sql, list_to_sql, validate, value_taken};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -78,135 +81,76 @@ fn read(mut input: Input) -> Result<SmbShare, NasError> {
     Ok(share)
 }
 
-pub fn read_new(body: &[u8]) -> Result<SmbShare, NasError> {
-    read(Input::parse(body)?)
-}
+impl Entity for SmbShare {
+    const TABLE: &'static str = "smb_shares";
+    const NAME: &'static str = "SMB share";
+    const COLUMNS: &'static [&'static str] = FIELDS;
+    const ORDER: &'static str = "name COLLATE NOCASE, id";
 
-/// An update: the body's fields replace those of `current`; absent fields stay.
-pub fn read_update(body: &[u8], current: &SmbShare) -> Result<SmbShare, NasError> {
-    let base = serde_json::to_value(current).map_err(|e| NasError::Internal(e.to_string()))?;
-    let mut share = read(Input::parse(body)?.merged_over(base))?;
-    share.id = current.id;
-    Ok(share)
-}
+    keyed_by_id!();
 
-const COLUMNS: &str = "id, name, path, comment, read_only, browseable, guest_ok, valid_users, hosts_allow, hosts_deny, enabled";
-
-fn from_row(row: &Row<'_>) -> rusqlite::Result<SmbShare> {
-    Ok(SmbShare {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        path: row.get(2)?,
-        comment: row.get(3)?,
-        read_only: row.get(4)?,
-        browseable: row.get(5)?,
-        guest_ok: row.get(6)?,
-        valid_users: list_from_sql(&row.get::<_, String>(7)?),
-        hosts_allow: list_from_sql(&row.get::<_, String>(8)?),
-        hosts_deny: list_from_sql(&row.get::<_, String>(9)?),
-        enabled: row.get(10)?,
-    })
-}
-
-/// All shares ordered by name (case-insensitive), then id: the order renderers use.
-pub fn list(conn: &Connection) -> Result<Vec<SmbShare>, NasError> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM smb_shares ORDER BY name COLLATE NOCASE, id"
-    ))?;
-    let rows = stmt.query_map([], from_row)?.collect::<Result<_, _>>()?;
-    Ok(rows)
-}
-
-pub fn get(conn: &Connection, id: i64) -> Result<SmbShare, NasError> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM smb_shares WHERE id = ?1"),
-        [id],
-        from_row,
-    )
-    .optional()?
-    .ok_or_else(|| NasError::NotFound(format!("SMB share {id}")))
-}
-
-fn check_unique(conn: &Connection, share: &SmbShare, except: Option<i64>) -> Result<(), NasError> {
-    if value_taken(conn, "smb_shares", "name", &share.name, except)? {
-        return Err(NasError::conflict(
-            "name",
-            format!(
-                "a share named `{}` already exists (names ignore case)",
-                share.name
-            ),
-        ));
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<SmbShare> {
+        Ok(SmbShare {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            path: row.get(2)?,
+            comment: row.get(3)?,
+            read_only: row.get(4)?,
+            browseable: row.get(5)?,
+            guest_ok: row.get(6)?,
+            valid_users: list_from_sql(&row.get::<_, String>(7)?),
+            hosts_allow: list_from_sql(&row.get::<_, String>(8)?),
+            hosts_deny: list_from_sql(&row.get::<_, String>(9)?),
+            enabled: row.get(10)?,
+        })
     }
-    Ok(())
-}
 
-pub fn create(conn: &Connection, share: &SmbShare, now: &str) -> Result<SmbShare, NasError> {
-    check_unique(conn, share, None)?;
-    conn.execute(
-        "INSERT INTO smb_shares (name, path, comment, read_only, browseable, guest_ok, valid_users,
-             hosts_allow, hosts_deny, enabled, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
-        params![
-            share.name,
-            share.path,
-            share.comment,
-            share.read_only,
-            share.browseable,
-            share.guest_ok,
-            list_to_sql(&share.valid_users),
-            list_to_sql(&share.hosts_allow),
-            list_to_sql(&share.hosts_deny),
-            share.enabled,
-            now
-        ],
-    )?;
-    get(conn, conn.last_insert_rowid())
-}
+    fn values(&self) -> Vec<Value> {
+        vec![
+            self.name.clone().into(),
+            self.path.clone().into(),
+            self.comment.clone().into(),
+            self.read_only.into(),
+            self.browseable.into(),
+            self.guest_ok.into(),
+            list_to_sql(&self.valid_users).into(),
+            list_to_sql(&self.hosts_allow).into(),
+            list_to_sql(&self.hosts_deny).into(),
+            self.enabled.into(),
+        ]
+    }
 
-pub fn update(conn: &Connection, share: &SmbShare, now: &str) -> Result<SmbShare, NasError> {
-    get(conn, share.id)?;
-    check_unique(conn, share, Some(share.id))?;
-    conn.execute(
-        "UPDATE smb_shares SET name = ?1, path = ?2, comment = ?3, read_only = ?4, browseable = ?5,
-             guest_ok = ?6, valid_users = ?7, hosts_allow = ?8, hosts_deny = ?9, enabled = ?10,
-             updated_at = ?11
-         WHERE id = ?12",
-        params![
-            share.name,
-            share.path,
-            share.comment,
-            share.read_only,
-            share.browseable,
-            share.guest_ok,
-            list_to_sql(&share.valid_users),
-            list_to_sql(&share.hosts_allow),
-            list_to_sql(&share.hosts_deny),
-            share.enabled,
-            now,
-            share.id
-        ],
-    )?;
-    get(conn, share.id)
-}
+    fn check(&self, conn: &Connection) -> Result<(), NasError> {
+        if value_taken(conn, Self::TABLE, "name", &self.name, Some(self.id))? {
+            return Err(NasError::conflict(
+                "name",
+                format!(
+                    "a share named `{}` already exists (names ignore case)",
+                    self.name
+                ),
+            ));
+        }
+        Ok(())
+    }
 
-pub fn delete(conn: &Connection, id: i64) -> Result<SmbShare, NasError> {
-    let share = get(conn, id)?;
-    conn.execute("DELETE FROM smb_shares WHERE id = ?1", [id])?;
-    Ok(share)
+    fn allowed(&self, policy: &PathPolicy) -> Result<(), NasError> {
+        policy.check_path("path", &self.path)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::nas::db;
+    use crate::nas::entity::{create, delete, get, read_new, read_update, update};
 
     #[test]
     fn create_update_delete_with_case_insensitive_uniqueness() {
         let conn = db::open(&db::DbLocation::Memory).unwrap();
-        let share = read_new(br#"{"name": "Data", "path": "/srv/data"}"#).unwrap();
+        let share: SmbShare = read_new(br#"{"name": "Data", "path": "/srv/data"}"#).unwrap();
         let created = create(&conn, &share, "t").unwrap();
         assert!(!created.read_only && created.browseable && created.enabled);
-        let dup = read_new(br#"{"name": "DATA", "path": "/srv/x"}"#).unwrap();
+        let dup: SmbShare = read_new(br#"{"name": "DATA", "path": "/srv/x"}"#).unwrap();
         assert!(matches!(
             create(&conn, &dup, "t"),
             Err(NasError::Conflict { .. })
@@ -215,13 +159,16 @@ mod tests {
         let updated = update(&conn, &changed, "t").unwrap();
         assert!(updated.read_only);
         assert_eq!(updated.name, "Data");
-        delete(&conn, created.id).unwrap();
-        assert!(matches!(get(&conn, created.id), Err(NasError::NotFound(_))));
+        delete::<SmbShare>(&conn, created.id).unwrap();
+        assert!(matches!(
+            get::<SmbShare>(&conn, created.id),
+            Err(NasError::NotFound(_))
+        ));
     }
 
     #[test]
     fn every_bad_field_is_reported() {
-        let err = read_new(
+        let err = read_new::<SmbShare>(
             br#"{"name": "homes", "path": "rel", "read_only": "yes",
                  "valid_users": ["ok", "bad user"], "hosts_allow": ["999.1.1.1"],
                  "hosts_deny": ["10.0.0.1", "10.0.0.1"], "comment": "a\nb", "extra": 1}"#,

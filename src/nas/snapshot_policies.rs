@@ -1,8 +1,11 @@
-//! Snapshot policies: validation and storage. Scheduling is in `snapshots`.
+//! Snapshot policies: fields, validation, columns (stored by `entity.rs`). Scheduling is
+//! in `snapshots`.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::types::Value;
+use rusqlite::{Connection, Row, params};
 use serde::Serialize;
 
+use super::entity::{Entity, keyed_by_id};
 use super::error::NasError;
 use super::input::Input;
 use super::validate;
@@ -62,49 +65,47 @@ fn read(mut input: Input) -> Result<SnapshotPolicy, NasError> {
     Ok(policy)
 }
 
-pub fn read_new(body: &[u8]) -> Result<SnapshotPolicy, NasError> {
-    read(Input::parse(body)?)
-}
+impl Entity for SnapshotPolicy {
+    const TABLE: &'static str = "snapshot_policies";
+    const NAME: &'static str = "snapshot policy";
+    const COLUMNS: &'static [&'static str] = FIELDS;
+    /// `last_run_at` is the scheduler's (`set_last_run`).
+    const KEPT: &'static [&'static str] = &["last_run_at"];
+    const ORDER: &'static str = "dataset, id";
 
-pub fn read_update(body: &[u8], current: &SnapshotPolicy) -> Result<SnapshotPolicy, NasError> {
-    let base = serde_json::to_value(current).map_err(|e| NasError::Internal(e.to_string()))?;
-    let mut policy = read(Input::parse(body)?.merged_over(base))?;
-    policy.id = current.id;
-    policy.last_run_at = current.last_run_at.clone();
-    Ok(policy)
-}
+    keyed_by_id!();
 
-const COLUMNS: &str = "id, dataset, recursive, frequency, retention, prefix, enabled, last_run_at";
+    fn keep(&mut self, current: &Self) {
+        self.last_run_at = current.last_run_at.clone();
+    }
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<SnapshotPolicy> {
-    Ok(SnapshotPolicy {
-        id: row.get(0)?,
-        dataset: row.get(1)?,
-        recursive: row.get(2)?,
-        frequency: row.get(3)?,
-        retention: row.get(4)?,
-        prefix: row.get(5)?,
-        enabled: row.get(6)?,
-        last_run_at: row.get(7)?,
-    })
-}
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<SnapshotPolicy> {
+        Ok(SnapshotPolicy {
+            id: row.get(0)?,
+            dataset: row.get(1)?,
+            recursive: row.get(2)?,
+            frequency: row.get(3)?,
+            retention: row.get(4)?,
+            prefix: row.get(5)?,
+            enabled: row.get(6)?,
+            last_run_at: row.get(7)?,
+        })
+    }
 
-pub fn list(conn: &Connection) -> Result<Vec<SnapshotPolicy>, NasError> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM snapshot_policies ORDER BY dataset, id"
-    ))?;
-    let rows = stmt.query_map([], from_row)?.collect::<Result<_, _>>()?;
-    Ok(rows)
-}
+    fn values(&self) -> Vec<Value> {
+        vec![
+            self.dataset.clone().into(),
+            self.recursive.into(),
+            self.frequency.clone().into(),
+            self.retention.into(),
+            self.prefix.clone().into(),
+            self.enabled.into(),
+        ]
+    }
 
-pub fn get(conn: &Connection, id: i64) -> Result<SnapshotPolicy, NasError> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM snapshot_policies WHERE id = ?1"),
-        [id],
-        from_row,
-    )
-    .optional()?
-    .ok_or_else(|| NasError::NotFound(format!("snapshot policy {id}")))
+    fn check(&self, conn: &Connection) -> Result<(), NasError> {
+        check_unique(conn, self)
+    }
 }
 
 /// Two policies with the same dataset, prefix and frequency would prune each other's
@@ -128,54 +129,6 @@ fn check_unique(conn: &Connection, p: &SnapshotPolicy) -> Result<(), NasError> {
     Ok(())
 }
 
-pub fn create(
-    conn: &Connection,
-    p: &SnapshotPolicy,
-    now: &str,
-) -> Result<SnapshotPolicy, NasError> {
-    check_unique(conn, p)?;
-    conn.execute(
-        "INSERT INTO snapshot_policies (dataset, recursive, frequency, retention, prefix, enabled,
-             created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-        params![
-            p.dataset,
-            p.recursive,
-            p.frequency,
-            p.retention,
-            p.prefix,
-            p.enabled,
-            now
-        ],
-    )?;
-    get(conn, conn.last_insert_rowid())
-}
-
-pub fn update(
-    conn: &Connection,
-    p: &SnapshotPolicy,
-    now: &str,
-) -> Result<SnapshotPolicy, NasError> {
-    get(conn, p.id)?;
-    check_unique(conn, p)?;
-    conn.execute(
-        "UPDATE snapshot_policies SET dataset = ?1, recursive = ?2, frequency = ?3, retention = ?4,
-             prefix = ?5, enabled = ?6, updated_at = ?7
-         WHERE id = ?8",
-        params![
-            p.dataset,
-            p.recursive,
-            p.frequency,
-            p.retention,
-            p.prefix,
-            p.enabled,
-            now,
-            p.id
-        ],
-    )?;
-    get(conn, p.id)
-}
-
 pub fn set_last_run(conn: &Connection, id: i64, at: &str) -> Result<(), NasError> {
     conn.execute(
         "UPDATE snapshot_policies SET last_run_at = ?1 WHERE id = ?2",
@@ -184,16 +137,15 @@ pub fn set_last_run(conn: &Connection, id: i64, at: &str) -> Result<(), NasError
     Ok(())
 }
 
-pub fn delete(conn: &Connection, id: i64) -> Result<SnapshotPolicy, NasError> {
-    let p = get(conn, id)?;
-    conn.execute("DELETE FROM snapshot_policies WHERE id = ?1", [id])?;
-    Ok(p)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::nas::db;
+    use crate::nas::entity::{self, create};
+
+    fn read_new(body: &[u8]) -> Result<SnapshotPolicy, NasError> {
+        entity::read_new(body)
+    }
 
     #[test]
     fn validation_and_uniqueness() {

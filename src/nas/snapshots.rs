@@ -99,7 +99,7 @@ pub fn run_due(
 ) -> Result<Vec<SnapshotRun>, NasError> {
     let _serialised = store.apply_guard();
     let due: Vec<SnapshotPolicy> = store
-        .read(snapshot_policies::list)?
+        .read(super::entity::list::<SnapshotPolicy>)?
         .into_iter()
         .filter(|p| is_due(p, now))
         .collect();
@@ -218,6 +218,7 @@ fn run_policy(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nas::entity;
     use crate::nas::runner::{CommandOutput, RecordingRunner};
     use chrono::TimeZone;
     use proptest::prelude::*;
@@ -328,14 +329,11 @@ mod tests {
     #[test]
     fn run_due_plans_snapshot_and_prune_through_the_runner() {
         let store = NasStore::in_memory(Default::default()).unwrap();
-        let p = snapshot_policies::read_new(
+        let p: SnapshotPolicy = entity::read_new(
             br#"{"dataset": "tank/data", "frequency": "hourly", "retention": 2, "recursive": true}"#,
         )
         .unwrap();
-        let id = store
-            .write(|c| snapshot_policies::create(c, &p, "t"))
-            .unwrap()
-            .id;
+        let id = store.write(|c| entity::create(c, &p, "t")).unwrap().id;
         let runner = RecordingRunner::new();
         runner.respond(
             "zfs list",
@@ -355,7 +353,9 @@ mod tests {
                 "zfs destroy -r tank/data@auto-hourly-20240101-000000",
             ]
         );
-        let stored = store.read(|c| snapshot_policies::get(c, id)).unwrap();
+        let stored = store
+            .read(|c| entity::get::<SnapshotPolicy>(c, id))
+            .unwrap();
         assert_eq!(
             stored.last_run_at.as_deref(),
             Some("2024-01-01T02:00:00.000Z")
@@ -385,13 +385,10 @@ mod tests {
     #[test]
     fn a_failed_snapshot_stays_due() {
         let store = NasStore::in_memory(Default::default()).unwrap();
-        let p = snapshot_policies::read_new(
-            br#"{"dataset": "tank", "frequency": "daily", "retention": 1}"#,
-        )
-        .unwrap();
-        store
-            .write(|c| snapshot_policies::create(c, &p, "t"))
-            .unwrap();
+        let p: SnapshotPolicy =
+            entity::read_new(br#"{"dataset": "tank", "frequency": "daily", "retention": 1}"#)
+                .unwrap();
+        store.write(|c| entity::create(c, &p, "t")).unwrap();
         let runner = RecordingRunner::new();
         runner.respond("zfs snapshot", CommandOutput::failed("dataset is busy"));
         let now = at("2024-01-01T00:00:00Z");

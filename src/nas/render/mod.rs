@@ -42,6 +42,8 @@ impl ConfigKind {
     }
 }
 
+use super::entity::list;
+
 /// Reads the entities for `kind` in one transaction and renders them.
 pub fn render_from_db(
     conn: &rusqlite::Connection,
@@ -49,10 +51,10 @@ pub fn render_from_db(
     secrets: Secrets,
 ) -> Result<String, super::NasError> {
     Ok(match kind {
-        ConfigKind::Smb => render_smb_conf(&super::smb::list(conn)?),
-        ConfigKind::Nfs => render_exports(&super::nfs::list(conn)?),
+        ConfigKind::Smb => render_smb_conf(&list::<super::smb::SmbShare>(conn)?),
+        ConfigKind::Nfs => render_exports(&list::<super::nfs::NfsExport>(conn)?),
         ConfigKind::Iscsi => render_saveconfig(
-            &super::iscsi::list(conn)?,
+            &list::<super::iscsi::IscsiTarget>(conn)?,
             &super::iscsi_luns::list(conn, None)?,
             secrets,
         ),
