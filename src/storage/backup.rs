@@ -247,19 +247,14 @@ pub fn read_backup(mut input: impl std::io::BufRead) -> Result<Vec<BackupEntry>,
 mod tests {
     use super::*;
     use crate::config::Durability;
-    use crate::protocol::{Key, Perm};
+    use crate::protocol::Perm;
     use crate::storage::Change;
 
     #[test]
     fn a_backup_reads_back_every_value_blob_and_acl() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Durability::Relaxed).unwrap();
-        let put = |key: &str, change: Change| {
-            let key = Key::parse(key.as_bytes()).unwrap();
-            store
-                .update(&key, 0, |_| Ok::<_, StorageError>((change, ())))
-                .unwrap();
-        };
+        let put = |key: &str, change: Change| store.change_for_test(key, change);
         put(
             "t.a",
             Change::PutInline {

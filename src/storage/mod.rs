@@ -537,6 +537,17 @@ fn slot_key(table: &str) -> Vec<u8> {
     key
 }
 
+/// What tests of storage and of the layers above share.
+#[cfg(test)]
+impl Store {
+    /// Applies `change` to `key` (at time 0), as one write.
+    pub(crate) fn change_for_test(&self, key: &str, change: Change) {
+        let key = Key::parse(key.as_bytes()).expect("a valid test key");
+        self.update(&key, 0, |_| Ok::<_, StorageError>((change, ())))
+            .expect("a test write");
+    }
+}
+
 #[cfg(test)]
 #[path = "store_tests.rs"]
 mod tests;

@@ -16,9 +16,7 @@ fn key(text: &str) -> Key {
 }
 
 fn put(store: &Store, k: &str, change: Change) {
-    store
-        .update(&key(k), 0, |_| Ok::<_, StorageError>((change, ())))
-        .unwrap();
+    store.change_for_test(k, change);
 }
 
 fn set_state(store: &Store, group: &str, state: &GroupState, config: Option<&Config>) {

@@ -5,17 +5,11 @@ fn key(k: &str) -> Key {
 }
 
 fn put_blob(store: &Store, k: &Key, bytes: Vec<u8>) {
-    store
-        .update(k, 0, |_| {
-            Ok::<_, StorageError>((
-                Change::PutBlob {
-                    bytes,
-                    worm_until_ms: None,
-                },
-                (),
-            ))
-        })
-        .unwrap();
+    let change = Change::PutBlob {
+        bytes,
+        worm_until_ms: None,
+    };
+    store.change_for_test(&k.to_string(), change);
 }
 
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
@@ -256,18 +250,12 @@ fn tables_lists_each_table_once_whatever_its_neighbours() {
         "a.1",
         "z.9",
     ] {
-        store
-            .update(&key(k), 0, |_| {
-                Ok::<_, StorageError>((
-                    Change::PutInline {
-                        value: b"v".to_vec(),
-                        worm_until_ms: None,
-                        expires_ms: None,
-                    },
-                    (),
-                ))
-            })
-            .unwrap();
+        let change = Change::PutInline {
+            value: b"v".to_vec(),
+            worm_until_ms: None,
+            expires_ms: None,
+        };
+        store.change_for_test(k, change);
     }
     assert_eq!(
         store.tables().unwrap(),
