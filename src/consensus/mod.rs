@@ -10,6 +10,7 @@ pub mod codec;
 pub mod command;
 pub mod dedup;
 mod group;
+mod leader;
 pub mod lease;
 pub mod log;
 pub mod membership;
@@ -19,6 +20,7 @@ pub mod node;
 mod proposer;
 pub mod quorum;
 pub mod ready;
+mod requests;
 pub mod settings;
 
 pub use ballot::{Ballot, CommandId, GroupId, NodeId, Slot, Zone};

@@ -9,15 +9,15 @@ use rand::rngs::StdRng;
 
 use super::acceptor::Acceptor;
 use super::ballot::{Ballot, CommandId, GroupId, NodeId, Slot, Zone};
-use super::command::{ClientOp, Command, CommandOp};
-use super::dedup::Seen;
+use super::command::{Command, CommandOp};
 use super::group::{Ctx, Group};
 use super::log::{GroupState, Log};
 use super::membership::{Config, Membership, SYSTEM_GROUP};
-use super::message::{ForwardOutcome, Message};
+use super::message::Message;
 use super::quorum::{JointQuorums, QuorumSystem};
-use super::ready::{Completion, Outcome, PersistOp, Ready, RequestId};
-use super::settings::{MigrationMode, Settings};
+use super::ready::{Completion, Outcome, PersistOp, Ready};
+use super::requests::Outstanding;
+use super::settings::Settings;
 
 /// Durable state of one group, as recovered from storage: the acceptor's promise and its
 /// accepted entries above the applied slot, and the state machine's group state. Nothing
@@ -37,51 +37,34 @@ pub struct Recovered {
     pub config: Option<Config>,
 }
 
-/// A client request this node took in and has not answered yet.
-struct Outstanding {
-    request: RequestId,
-    group: GroupId,
-    op: ClientOp,
-    next_try: u64,
-    deadline: u64,
-    /// For a read: the slot to apply before answering it.
-    read_index: Option<Slot>,
-    /// Handed to this node as owner (so it need not be routed again when it becomes one).
-    at_owner_here: bool,
-    /// For a write: the owner reported it applied. It completes once this node has applied
-    /// it too, so the machine here has its verdict (a conditional write's answer depends on
-    /// the state it met) and a read here right after sees it.
-    written: bool,
-}
-
 /// Bits of a command sequence number taken by the per-run counter; the rest is the
 /// incarnation, so ids stay unique across restarts.
 const SEQ_BITS: u32 = 40;
 
 pub struct Node {
-    id: NodeId,
-    zone: Zone,
-    settings: Settings,
+    pub(super) id: NodeId,
+    pub(super) zone: Zone,
+    pub(super) settings: Settings,
     /// The configuration applied from the `atlas` log (joint while a change is under way).
-    config: Config,
+    pub(super) config: Config,
     /// Every member of `config` (of either membership while joint).
-    membership: Membership,
-    quorums: JointQuorums,
-    zone_rtt: BTreeMap<Zone, u64>,
-    rng: StdRng,
-    groups: BTreeMap<GroupId, Group>,
-    outstanding: BTreeMap<CommandId, Outstanding>,
-    incarnation: u64,
-    next_seq: u64,
-    quiet_until: u64,
-    now: u64,
-    out: Ready,
-    inbox: VecDeque<(NodeId, Message)>,
-    membership_changes: Vec<CommandOp>,
+    pub(super) membership: Membership,
+    pub(super) quorums: JointQuorums,
+    pub(super) zone_rtt: BTreeMap<Zone, u64>,
+    pub(super) rng: StdRng,
+    pub(super) groups: BTreeMap<GroupId, Group>,
+    pub(super) outstanding: BTreeMap<CommandId, Outstanding>,
+    pub(super) incarnation: u64,
+    pub(super) next_seq: u64,
+    pub(super) quiet_until: u64,
+    pub(super) now: u64,
+    pub(super) out: Ready,
+    pub(super) inbox: VecDeque<(NodeId, Message)>,
+    pub(super) membership_changes: Vec<CommandOp>,
     /// Peers that showed a newer configuration epoch, and when the `atlas` log was last
     /// fetched because of one.
-    newer_epoch_at: Vec<NodeId>,
-    last_epoch_catch_up: u64,
+    pub(super) newer_epoch_at: Vec<NodeId>,
+    pub(super) last_epoch_catch_up: u64,
 }
 
 impl Node {
@@ -310,41 +293,15 @@ impl Node {
 
     /// The lowest sequence number of this node's requests still outstanding: everything of
     /// this node below it is finished (see `dedup.rs`).
-    fn floor(&self) -> u64 {
+    pub(super) fn floor(&self) -> u64 {
         self.outstanding
             .keys()
             .next()
             .map_or(self.next_seq_value(), |id| id.seq)
     }
 
-    fn next_seq_value(&self) -> u64 {
+    pub(super) fn next_seq_value(&self) -> u64 {
         (self.incarnation << SEQ_BITS) | (self.next_seq & ((1 << SEQ_BITS) - 1))
-    }
-
-    /// A client request received by this node.
-    pub fn client_request(&mut self, now: u64, request: RequestId, op: ClientOp) {
-        self.advance(now);
-        let id = CommandId {
-            origin: self.id,
-            seq: self.next_seq_value(),
-        };
-        self.next_seq += 1;
-        let group = self.settings.group_of(op.table());
-        self.outstanding.insert(
-            id,
-            Outstanding {
-                request,
-                group,
-                op,
-                next_try: now,
-                deadline: now.saturating_add(self.settings.request_timeout_ms),
-                read_index: None,
-                at_owner_here: false,
-                written: false,
-            },
-        );
-        self.route(id);
-        self.settle();
     }
 
     /// A message from a peer.
@@ -387,12 +344,16 @@ impl Node {
         self.settle();
     }
 
-    fn advance(&mut self, now: u64) {
+    pub(super) fn advance(&mut self, now: u64) {
         // A monotonic clock never goes back; guard anyway.
         self.now = self.now.max(now);
     }
 
-    fn with_group<R>(&mut self, name: &str, f: impl FnOnce(&mut Group, &mut Ctx<'_>) -> R) -> R {
+    pub(super) fn with_group<R>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&mut Group, &mut Ctx<'_>) -> R,
+    ) -> R {
         let retain_bytes = self.settings.retain_bytes / self.groups.len().max(1);
         let group = self
             .groups
@@ -418,7 +379,7 @@ impl Node {
         f(group, &mut ctx)
     }
 
-    fn dispatch(&mut self, from: NodeId, message: Message) {
+    pub(super) fn dispatch(&mut self, from: NodeId, message: Message) {
         if let Message::ForwardReply { group, id, outcome } = message {
             self.on_forward_reply(&group, id, outcome);
             return;
@@ -427,88 +388,9 @@ impl Node {
         self.with_group(&name, |g, ctx| g.on_message(ctx, from, message));
     }
 
-    /// Sends a request where it can be served: this node if it owns the group, else the
-    /// owner; with no live owner known, this node takes the group (phase 1).
-    fn route(&mut self, id: CommandId) {
-        let floor = self.floor();
-        let Some(o) = self.outstanding.get_mut(&id) else {
-            return;
-        };
-        o.next_try = self.now + self.settings.forward_retry_ms;
-        let (name, op) = (o.group.clone(), o.op.clone());
-        let me = self.id;
-        o.at_owner_here = self.groups.get(&name).is_some_and(|g| g.is_leading());
-        let suspect_ms = self.settings.suspect_ms;
-        let immediate = self.settings.migration == MigrationMode::Immediate;
-        self.with_group(&name, |g, ctx| {
-            if g.is_leading() {
-                ctx.send(
-                    me,
-                    Message::Forward {
-                        group: name.clone(),
-                        id,
-                        floor,
-                        op,
-                    },
-                );
-                return;
-            }
-            if g.is_preparing() {
-                return;
-            }
-            let live_owner = g
-                .owner_hint
-                .filter(|h| *h != me && ctx.now < g.last_heard.saturating_add(suspect_ms));
-
-            match live_owner {
-                Some(owner) if !immediate => {
-                    ctx.send(
-                        owner,
-                        Message::Forward {
-                            group: name.clone(),
-                            id,
-                            floor,
-                            op,
-                        },
-                    );
-                }
-                _ => g.start_phase1(ctx, None),
-            }
-        });
-    }
-
-    fn on_forward_reply(&mut self, group: &str, id: CommandId, outcome: ForwardOutcome) {
-        match outcome {
-            ForwardOutcome::Written => {
-                // Completed by `settle` once applied here.
-                if let Some(o) = self.outstanding.get_mut(&id) {
-                    o.written = true;
-                }
-            }
-            ForwardOutcome::ReadIndex { slot } => {
-                if let Some(o) = self.outstanding.get_mut(&id)
-                    && o.read_index.is_none()
-                {
-                    o.read_index = Some(slot);
-                    self.with_group(group, |g, _| g.log.note_known(slot));
-                }
-            }
-            ForwardOutcome::NotOwner { hint, ballot } => {
-                let me = self.id;
-                self.with_group(group, |g, ctx| {
-                    g.not_owner(ctx, hint.filter(|h| *h != me), ballot)
-                });
-                if let Some(o) = self.outstanding.get_mut(&id) {
-                    // Try again soon, through the (maybe new) owner hint.
-                    o.next_try = o.next_try.min(self.now + self.settings.retry_ms / 4);
-                }
-            }
-        }
-    }
-
     /// Runs self-addressed messages, flushes accept batches, folds membership changes and
     /// answers reads whose index is applied.
-    fn settle(&mut self) {
+    pub(super) fn settle(&mut self) {
         let mut budget = 100_000;
         loop {
             while let Some((from, message)) = self.inbox.pop_front() {
@@ -530,68 +412,8 @@ impl Node {
             }
         }
         self.fetch_newer_config();
-        // Requests waiting for this node to take their group go in as soon as it has.
-        let waiting: Vec<CommandId> = self
-            .outstanding
-            .iter()
-            .filter(|(_, o)| {
-                !o.at_owner_here
-                    && !o.written
-                    && o.read_index.is_none()
-                    && self.groups.get(&o.group).is_some_and(|g| g.is_leading())
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        if !waiting.is_empty() {
-            for id in waiting {
-                self.route(id);
-            }
+        if self.complete_requests() {
             self.settle();
-            return;
-        }
-        let ready: Vec<CommandId> = self
-            .outstanding
-            .iter()
-            .filter(|(_, o)| {
-                o.read_index.is_some_and(|slot| {
-                    self.groups
-                        .get(&o.group)
-                        .is_some_and(|g| g.applied() >= slot)
-                })
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ready {
-            if let Some(o) = self.outstanding.remove(&id) {
-                let key = match o.op {
-                    ClientOp::Get { key } => key,
-                    _ => String::new(),
-                };
-                self.out.completions.push(Completion {
-                    request: o.request,
-                    outcome: Outcome::ReadNow { key },
-                });
-            }
-        }
-        let written: Vec<CommandId> = self
-            .outstanding
-            .iter()
-            .filter(|(id, o)| {
-                o.written
-                    && self
-                        .groups
-                        .get(&o.group)
-                        .is_some_and(|g| g.log.check(id) != Seen::Fresh)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in written {
-            if let Some(o) = self.outstanding.remove(&id) {
-                self.out.completions.push(Completion {
-                    request: o.request,
-                    outcome: Outcome::Written,
-                });
-            }
         }
     }
 

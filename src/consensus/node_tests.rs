@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::consensus::message::{AcceptedEntry, SlotEntry};
+use crate::consensus::message::{AcceptedEntry, ForwardOutcome, SlotEntry};
 use crate::consensus::{
     ClientOp, CommandId, CommandOp, MigrationMode, Outcome, PersistOp, Tolerances,
 };
