@@ -25,8 +25,7 @@ impl OpenError {
     }
 }
 
-/// The id a node without a cluster gives itself; a joining node gets one from the cluster.
-pub const FIRST_NODE_ID: u64 = 1;
+pub use crate::cluster::identity::FIRST_NODE_ID;
 
 /// How a cluster member reaches its peers: its identity and the transport to use.
 pub struct Membership<'a> {

@@ -11,6 +11,10 @@ use crate::consensus::{Membership, NodeId};
 
 pub const FILE_NAME: &str = "cluster.json";
 
+/// The id a node without a cluster gives itself, and a cluster's founder; a joining node
+/// gets one from the cluster.
+pub const FIRST_NODE_ID: NodeId = 1;
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BootstrapMember {
     pub id: NodeId,
@@ -31,9 +35,9 @@ impl ClusterIdentity {
     /// The identity of a cluster's first node.
     pub fn founder(region: &str) -> ClusterIdentity {
         ClusterIdentity {
-            node_id: crate::node::FIRST_NODE_ID,
+            node_id: FIRST_NODE_ID,
             bootstrap: vec![BootstrapMember {
-                id: crate::node::FIRST_NODE_ID,
+                id: FIRST_NODE_ID,
                 region: region.to_string(),
             }],
             nodes: Vec::new(),

@@ -1,5 +1,5 @@
-//! Cluster plumbing around the consensus core: the one driver of the core (`driver`), the
-//! snapshot stream format, peer health and RTT, the node directory, the transport envelope,
+//! Cluster plumbing around the consensus core: the one driver of the core (`driver`), peer
+//! health and RTT, the node directory, the transport envelope,
 //! the replica that drives a node's consensus state machine against its storage, and the
 //! runtime thread that owns the replica, how a member starts (`bootstrap`), and who is
 //! in the cluster (`admission`: start plans, joins, removals).
@@ -21,7 +21,6 @@ pub mod identity;
 pub mod replica;
 #[cfg(feature = "engine")]
 pub mod runtime;
-pub mod snapshot;
 #[cfg(feature = "engine")]
 mod view;
 #[cfg(feature = "engine")]

@@ -121,7 +121,7 @@ impl Cluster {
             .store()
             .export_groups(&[(request.group.clone(), tables)], &mut stream)
             .unwrap();
-        crate::cluster::snapshot::verify(&stream[..]).unwrap();
+        crate::storage::stream::verify(&stream[..]).unwrap();
         let target = self.replicas.get_mut(&to).unwrap();
         let settings = self.settings.clone();
         let installed = target

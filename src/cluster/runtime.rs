@@ -19,7 +19,6 @@ use super::error::{Answer, ClusterError};
 use super::health::{HealthPolicy, PeerHealth, PeerStatus};
 use super::replica::{Replica, group_tables, node_record_op};
 use super::worker::Worker;
-use crate::cluster::snapshot::SnapshotError;
 use crate::consensus::{
     ClientOp, GroupId, Membership, Message, NodeId, Settings, Tolerances, Zone,
 };
@@ -27,6 +26,7 @@ use crate::kv::Write;
 use crate::storage::Store;
 use crate::storage::consensus_store::ConsensusStore;
 use crate::storage::snapshot::Installed;
+use crate::storage::stream::SnapshotError;
 
 pub use super::view::{ClusterView, Counters, GroupView};
 

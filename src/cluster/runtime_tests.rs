@@ -88,7 +88,7 @@ async fn a_single_member_runtime_commits_writes_barriers_and_node_records() {
     // The export of every group holds the write and the directory.
     let mut stream = Vec::new();
     cluster.export_snapshot(Vec::new(), &mut stream).unwrap();
-    let groups = crate::cluster::snapshot::verify(&stream[..]).unwrap();
+    let groups = crate::storage::stream::verify(&stream[..]).unwrap();
     assert!(groups.contains(&"USERS".to_string()), "{groups:?}");
     assert!(groups.contains(&"atlas".to_string()), "{groups:?}");
     cluster.stop();

@@ -9,11 +9,11 @@ use bytes::Bytes;
 
 use crate::check::Output;
 use crate::cluster::driver::Machine;
-use crate::cluster::snapshot::{FrameReader, FrameWriter, SnapshotError, SnapshotItem};
 use crate::consensus::{
     Applied, CommandOp, Completion, Config, GroupState, Outcome, PersistOp, Recovered, RequestId,
     Settings,
 };
+use crate::storage::stream::{FrameReader, FrameWriter, SnapshotError, SnapshotItem};
 
 /// One image of a node's storage.
 #[derive(Debug, Clone, Default)]
@@ -150,7 +150,7 @@ impl SimMachine {
         stream: &[u8],
         settings: &Settings,
     ) -> Result<(String, GroupState, Option<Config>), SnapshotError> {
-        crate::cluster::snapshot::verify(stream)?;
+        crate::storage::stream::verify(stream)?;
         let mut reader = FrameReader::new(stream);
         let Some(SnapshotItem::Group {
             group,

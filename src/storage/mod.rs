@@ -14,6 +14,7 @@ pub mod consensus_store;
 pub mod feed;
 pub mod record;
 pub mod snapshot;
+pub mod stream;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};

@@ -1,6 +1,6 @@
 //! Snapshots of groups' state machines: exported from one RocksDB snapshot (so records,
 //! blobs and each group's state agree) as a stream of bounded frames
-//! (`cluster::snapshot`), and installed in bounded batches. The acceptor's own promises
+//! (`storage::stream`), and installed in bounded batches. The acceptor's own promises
 //! and accepted entries never travel: they are that node's votes, not data.
 //!
 //! Data items, after each group's `Group` item:
@@ -27,9 +27,9 @@ use super::{
     BLOB_CHUNK_BYTES, CF_ACL, CF_BLOBS, CF_META, CF_VALUES, StorageError, Store, blob_chunk_key,
     slot_key,
 };
-use crate::cluster::snapshot::{FrameReader, FrameWriter, SnapshotError, SnapshotItem};
 use crate::consensus::{Config, GroupId, GroupState, SYSTEM_GROUP};
 use crate::protocol::Key;
+use crate::storage::stream::{FrameReader, FrameWriter, SnapshotError, SnapshotItem};
 
 const RECORD: u8 = 1;
 const CHUNK: u8 = 2;

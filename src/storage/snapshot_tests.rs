@@ -101,7 +101,7 @@ fn a_group_snapshot_carries_records_blobs_acls_and_state_but_not_votes() {
     ];
     source.export_groups(&groups, &mut stream).unwrap();
     assert_eq!(
-        crate::cluster::snapshot::verify(&stream[..]).unwrap(),
+        crate::storage::stream::verify(&stream[..]).unwrap(),
         vec!["T".to_string(), SYSTEM_GROUP.to_string()]
     );
 

@@ -1,5 +1,5 @@
 //! Snapshots between nodes: `POST /atlas/v1/snapshot` `{"groups": [...]}` (none: every
-//! group) answers with the snapshot stream (`atlas::cluster::snapshot`), produced from one
+//! group) answers with the snapshot stream (`atlas::storage::stream`), produced from one
 //! RocksDB snapshot on a blocking thread and written as it is made through a small bounded
 //! channel, so neither side holds more than a few chunks. The receiver writes it to a file,
 //! syncs it and verifies it whole before anything is installed; a broken transfer is
@@ -147,7 +147,7 @@ pub async fn download(
             let path = part.clone();
             tokio::task::spawn_blocking(move || {
                 let input = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-                atlas::cluster::snapshot::verify(std::io::BufReader::new(input))
+                atlas::storage::stream::verify(std::io::BufReader::new(input))
                     .map_err(|e| e.to_string())
             })
             .await
