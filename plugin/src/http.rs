@@ -180,7 +180,7 @@ impl HttpApi {
                 "not_found",
                 "this listener serves the NAS API only (nas.listen)",
             )),
-            Route::Transport if self.peer_mtls && !has_client_certificate(session) => {
+            Route::Transport if self.peer_mtls && !has_node_certificate(session) => {
                 metrics()
                     .auth_failures
                     .with_label_values(&[route.label()])
@@ -188,7 +188,8 @@ impl HttpApi {
                 Some(HttpReply::error(
                     401,
                     "unauthorized",
-                    "a client certificate signed by the cluster CA is required (atlas.peer_mtls)",
+                    "a node's client certificate signed by the cluster CA is required \
+                     (atlas.peer_mtls; certificates of client_listen do not count)",
                 ))
             }
             Route::Join | Route::Transport | Route::Snapshot | Route::Remove => {
@@ -498,13 +499,17 @@ impl HttpApi {
     }
 }
 
-/// Whether the TLS client presented a certificate (the listener's verifier accepted it: an
-/// unverifiable one fails the handshake).
-fn has_client_certificate(session: &ServerSession) -> bool {
+/// Whether the TLS client presented a node's certificate: one the listener's verifier
+/// accepted (an unverifiable one fails the handshake) that is not a client certificate of
+/// `client_listen`, which the same CA signs (organization `Atlas client`).
+fn has_node_certificate(session: &ServerSession) -> bool {
     session
         .digest()
         .and_then(|d| d.ssl_digest.as_ref())
-        .is_some_and(|s| !s.cert_digest.is_empty())
+        .is_some_and(|s| {
+            !s.cert_digest.is_empty()
+                && s.organization.as_deref() != Some(crate::tls::CLIENT_ORGANIZATION)
+        })
 }
 
 #[path = "http_body.rs"]

@@ -366,6 +366,37 @@ fn peer_mtls_requires_a_cluster_certificate_on_the_transport() {
         ],
     );
     assert_eq!(with.status, 400, "{with:?}");
+    // A client certificate of `client_listen` comes from the same CA, but is no node's.
+    let certs = tempfile::tempdir().unwrap();
+    let (client_cert, client_key) = (certs.path().join("c.crt"), certs.path().join("c.key"));
+    let issued = std::process::Command::new(atlas_tests::atlas_bin())
+        .args(["ca", "client-cert", "ops", "-c"])
+        .arg(node.config_path())
+        .arg("--cert")
+        .arg(&client_cert)
+        .arg("--key")
+        .arg(&client_key)
+        .output()
+        .unwrap();
+    assert!(issued.status.success(), "{}", atlas_tests::explain(&issued));
+    let as_client = atlas_tests::https::curl(
+        &node.ca_path(),
+        &url,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &bearer,
+            "--cert",
+            &client_cert.display().to_string(),
+            "--key",
+            &client_key.display().to_string(),
+            "--data-binary",
+            "x",
+        ],
+    );
+    assert_eq!(as_client.status, 401, "{as_client:?}");
+    assert!(as_client.body.contains("client_listen"), "{as_client:?}");
     // Clients of the other endpoints need no certificate.
     let health = atlas_tests::https::curl(
         &node.ca_path(),
