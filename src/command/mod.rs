@@ -252,8 +252,10 @@ impl Engine {
         self: &Arc<Self>,
         mut sink: impl FnMut(Vec<u8>) -> bool + Send + 'static,
     ) -> Result<Reply, CommandError> {
-        let tables = self.tables_under("").await?;
-        self.barrier(tables).await?;
+        if self.cluster().is_some() {
+            let tables = self.tables_under("").await?;
+            self.barrier(tables).await?;
+        }
         self.blocking(move |e| {
             e.store.backup(now_ms(), &mut sink)?;
             Ok(Reply::Ok)
@@ -311,15 +313,7 @@ impl Engine {
             // the staged transaction.
             command if command.is_session() => Ok(Reply::Ok),
             command if command.is_read() => {
-                let tables = match &command {
-                    Command::Get(key) | Command::BlobGet(key) | Command::Version(key) => {
-                        vec![key.table().to_string()]
-                    }
-                    Command::Scan(scan) => self.tables_under(&scan.prefix).await?,
-                    Command::Count(prefix) => self.tables_under(prefix).await?,
-                    _ => Vec::new(),
-                };
-                self.barrier(tables).await?;
+                self.read_barrier(&command).await?;
                 self.blocking(move |e| e.read_now(principal.as_deref(), &command))
                     .await
             }
@@ -336,9 +330,26 @@ impl Engine {
         }
     }
 
-    /// Before a read of `tables` from local storage: nothing on a standalone node; in a
-    /// cluster, waits until this node applied every write committed to them before the
-    /// call, which makes the read linearizable.
+    /// Before `command` reads local storage: nothing on a standalone node; in a cluster,
+    /// waits until this node applied every write committed to the tables it reads before
+    /// the call, which makes the read linearizable.
+    async fn read_barrier(self: &Arc<Self>, command: &Command) -> Result<(), CommandError> {
+        if self.cluster().is_none() {
+            return Ok(());
+        }
+        let tables = match command {
+            Command::Get(key) | Command::BlobGet(key) | Command::Version(key) => {
+                vec![key.table().to_string()]
+            }
+            Command::Scan(scan) => self.tables_under(&scan.prefix).await?,
+            Command::Count(prefix) => self.tables_under(prefix).await?,
+            _ => Vec::new(),
+        };
+        self.barrier(tables).await
+    }
+
+    /// In a cluster, waits until this node applied every write committed to `tables`
+    /// before the call; nothing on a standalone node.
     async fn barrier(&self, tables: Vec<String>) -> Result<(), CommandError> {
         match &self.backend {
             Backend::Cluster(cluster) if !tables.is_empty() => Ok(cluster.barrier(tables).await?),
