@@ -458,18 +458,7 @@ impl Group {
             return;
         }
         if joint {
-            let slot = l.next_slot;
-            l.next_slot += 1;
-            let command = Command {
-                id: CommandId {
-                    origin: ctx.id,
-                    seq: FILLER_SEQ,
-                },
-                floor: 0,
-                op: CommandOp::LeaveJoint { epoch: ctx.epoch },
-            };
-            self.propose_at(ctx, slot, command, None);
-            self.flush(ctx);
+            self.propose_filler(ctx, CommandOp::LeaveJoint { epoch: ctx.epoch });
             return;
         }
         if l.parked.is_empty() {
@@ -542,21 +531,26 @@ impl Group {
             return;
         }
         l.sealing = Some((ctx.epoch, through, true));
+        self.propose_filler(ctx, CommandOp::Seal { epoch: ctx.epoch });
+    }
+
+    /// Proposes `op`, an entry no client asked for (never de-duplicated), at the next slot
+    /// and sends it at once.
+    fn propose_filler(&mut self, ctx: &mut Ctx<'_>, op: CommandOp) {
+        let Role::Leading(l) = &mut self.role else {
+            return;
+        };
         let slot = l.next_slot;
         l.next_slot += 1;
-        let command = Command {
-            id: CommandId {
-                origin: ctx.id,
-                seq: FILLER_SEQ,
-            },
-            floor: 0,
-            op: CommandOp::Seal { epoch: ctx.epoch },
+        let id = CommandId {
+            origin: ctx.id,
+            seq: FILLER_SEQ,
         };
+        let command = Command { id, floor: 0, op };
         self.propose_at(ctx, slot, command, None);
         self.flush(ctx);
     }
 
-    /// The owner handed the group to this node.
     pub(super) fn heartbeat(&mut self, ctx: &mut Ctx<'_>) {
         let Role::Leading(l) = &mut self.role else {
             return;

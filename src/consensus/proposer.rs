@@ -270,6 +270,7 @@ impl Group {
         self.flush(ctx);
     }
 
+    /// The owner handed the group to this node.
     pub(super) fn on_handoff(&mut self, ctx: &mut Ctx<'_>, released: Ballot) {
         if released >= self.seen && !self.is_leading() {
             self.role = Role::Follower;
