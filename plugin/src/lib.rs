@@ -14,6 +14,7 @@ pub mod http;
 pub mod http_reply;
 pub mod metrics;
 pub mod peer_client;
+mod pem;
 pub mod remote_client;
 mod socket_service;
 pub mod throttle;
