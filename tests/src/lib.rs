@@ -438,3 +438,17 @@ pub fn assert_private_tree(dir: &Path) {
         }
     }
 }
+
+/// `atlas ca client-cert <principal> -c <config> --cert <cert> --key <key>`: issues a client
+/// certificate from the CA of the node configured by `config`.
+pub fn issue_client_cert(config: &Path, principal: &str, cert: &Path, key: &Path) -> Output {
+    Command::new(atlas_bin())
+        .args(["ca", "client-cert", principal, "-c"])
+        .arg(config)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .output()
+        .expect("run atlas ca client-cert")
+}

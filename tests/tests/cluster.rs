@@ -369,15 +369,8 @@ fn peer_mtls_requires_a_cluster_certificate_on_the_transport() {
     // A client certificate of `client_listen` comes from the same CA, but is no node's.
     let certs = tempfile::tempdir().unwrap();
     let (client_cert, client_key) = (certs.path().join("c.crt"), certs.path().join("c.key"));
-    let issued = std::process::Command::new(atlas_tests::atlas_bin())
-        .args(["ca", "client-cert", "ops", "-c"])
-        .arg(node.config_path())
-        .arg("--cert")
-        .arg(&client_cert)
-        .arg("--key")
-        .arg(&client_key)
-        .output()
-        .unwrap();
+    let issued =
+        atlas_tests::issue_client_cert(&node.config_path(), "ops", &client_cert, &client_key);
     assert!(issued.status.success(), "{}", atlas_tests::explain(&issued));
     let as_client = atlas_tests::https::curl(
         &node.ca_path(),

@@ -14,15 +14,7 @@ use atlas_tests::{Node, atlas_bin, explain, free_port};
 fn client_cert(config: &Path, dir: &Path, principal: &str) -> (PathBuf, PathBuf, Output) {
     let cert = dir.join(format!("{principal}.crt"));
     let key = dir.join(format!("{principal}.key"));
-    let out = Command::new(atlas_bin())
-        .args(["ca", "client-cert", principal, "-c"])
-        .arg(config)
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .output()
-        .expect("run atlas ca client-cert");
+    let out = atlas_tests::issue_client_cert(config, principal, &cert, &key);
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     (cert, key, out)
 }
@@ -305,4 +297,71 @@ fn remote_clients_reach_every_node_of_a_cluster_through_failover() {
     assert_eq!(stdout(&out), ["VALUE:v2", "OK"], "{}", explain(&out));
     let out = remote(&addr(third), &bob, &["KEY PUT acct.k v3"]);
     assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+}
+
+#[test]
+fn client_cert_refuses_bad_names_days_and_existing_files() {
+    let node = Node::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("a.crt"), dir.path().join("a.key"));
+    for bad in ["", " alice", "bad\u{7}name"] {
+        let out = atlas_tests::issue_client_cert(&node.config_path(), bad, &cert, &key);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", explain(&out));
+        assert!(
+            stderr(&out).contains("is not a principal name"),
+            "{}",
+            explain(&out)
+        );
+    }
+    let days = Command::new(atlas_bin())
+        .args(["ca", "client-cert", "alice", "--days", "0", "-c"])
+        .arg(node.config_path())
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(days.status.code(), Some(2), "{}", explain(&days));
+    assert!(stderr(&days).contains("--days"), "{}", explain(&days));
+    // A name that is no file name needs explicit paths.
+    let unnamed = Command::new(atlas_bin())
+        .args(["ca", "client-cert", "john smith", "-c"])
+        .arg(node.config_path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(unnamed.status.code(), Some(2), "{}", explain(&unnamed));
+    assert!(
+        stderr(&unnamed).contains("--cert FILE and --key FILE"),
+        "{}",
+        explain(&unnamed)
+    );
+    // Nothing is overwritten; nothing was written by the refusals.
+    assert!(!cert.exists() && !key.exists());
+    let first = atlas_tests::issue_client_cert(&node.config_path(), "alice", &cert, &key);
+    assert_eq!(first.status.code(), Some(0), "{}", explain(&first));
+    let before = std::fs::read(&key).unwrap();
+    let again = atlas_tests::issue_client_cert(&node.config_path(), "alice", &cert, &key);
+    assert_eq!(again.status.code(), Some(2), "{}", explain(&again));
+    assert!(
+        stderr(&again).contains("not overwriting"),
+        "{}",
+        explain(&again)
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    // Without a CA (a node that never started), nothing is made up.
+    let empty = tempfile::tempdir().unwrap();
+    let config = atlas_tests::write_config(empty.path(), "");
+    let none = atlas_tests::issue_client_cert(
+        &config,
+        "alice",
+        &empty.path().join("c"),
+        &empty.path().join("k"),
+    );
+    assert_eq!(none.status.code(), Some(2), "{}", explain(&none));
+    assert!(
+        !empty.path().join("data/tls/ca.key").exists(),
+        "no CA was created"
+    );
 }
