@@ -56,6 +56,9 @@ pub struct AtlasConfig {
     pub region: String,
     /// Shared cluster secret for joins and the node transport.
     pub credentials: Option<String>,
+    /// Other cluster secrets also accepted (never sent), while a new one is rolled out node
+    /// by node; see docs/cluster.md, "Rotating the credential".
+    pub accepted_credentials: Vec<String>,
     /// `https://<seed>:<port>` of a node to join.
     pub connect: Option<String>,
     /// CA file used to verify the seed.
@@ -71,8 +74,10 @@ pub struct AtlasConfig {
     pub migration: Migration,
     /// Test-only: serve `POST /atlas/v1/test/faults` to cut this node off from peers.
     pub fault_injection: bool,
-    /// Node-to-node messages also need a client certificate signed by the cluster CA.
-    pub peer_mtls: bool,
+    /// Node-to-node messages also need a client certificate signed by the cluster CA (with
+    /// `tls: internal`, the sender's own, which names its node id). Unset: on in a cluster
+    /// with `tls: internal`, off otherwise; see [`AtlasConfig::peer_mtls`].
+    pub peer_mtls: Option<bool>,
     pub durability: Durability,
     /// How often expired values are removed (a cluster: the owner commits their removal,
     /// which watchers see as `DEL` events).
@@ -102,6 +107,7 @@ impl Default for AtlasConfig {
             advertise: None,
             region: "local".to_string(),
             credentials: None,
+            accepted_credentials: Vec::new(),
             connect: None,
             peer_ca: None,
             peer_ca_sha256: None,
@@ -110,7 +116,7 @@ impl Default for AtlasConfig {
             fz: 0,
             migration: Migration::Adaptive,
             fault_injection: false,
-            peer_mtls: false,
+            peer_mtls: None,
             durability: Durability::Strict,
             expiry_sweep_ms: 60_000,
             metrics_listen: None,
@@ -296,6 +302,15 @@ impl AtlasConfig {
         Self::from_yaml(&text, &file)
     }
 
+    /// Whether the consensus transport requires a node's certificate: `peer_mtls` if set,
+    /// else on in a cluster (`credentials`) with `tls: internal`, whose CA issues every
+    /// node's certificate; with `tls: {cert, key}` the certificates are the operator's, so it
+    /// stays off unless asked for.
+    pub fn peer_mtls(&self) -> bool {
+        self.peer_mtls
+            .unwrap_or(self.credentials.is_some() && matches!(self.tls, TlsConfig::Internal))
+    }
+
     /// Parses `text` (named `file` in errors) and validates it.
     pub fn from_yaml(text: &str, file: &str) -> Result<AtlasConfig, ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
@@ -396,6 +411,13 @@ impl AtlasConfig {
                 }
             }
         }
+        self.validate_cluster()?;
+        self.validate_limits()?;
+        self.validate_routes()
+    }
+
+    /// The cluster keys: joining, the seed's CA, the credential, mTLS.
+    fn validate_cluster(&self) -> Result<(), String> {
         if let Some(c) = &self.connect
             && !c.starts_with("https://")
         {
@@ -432,7 +454,7 @@ impl AtlasConfig {
                     .into(),
             );
         }
-        if self.peer_mtls && self.credentials.is_none() {
+        if self.peer_mtls == Some(true) && self.credentials.is_none() {
             return Err("atlas.peer_mtls: needs atlas.credentials (it secures a cluster)".into());
         }
         if self
@@ -445,6 +467,25 @@ impl AtlasConfig {
                  (32 recommended; `atlas ca secret` prints one)"
             ));
         }
+        if !self.accepted_credentials.is_empty() && self.credentials.is_none() {
+            return Err(
+                "atlas.accepted_credentials: needs atlas.credentials (the secret nodes send)"
+                    .into(),
+            );
+        }
+        if let Some(i) = self
+            .accepted_credentials
+            .iter()
+            .position(|c| c.chars().count() < MIN_CREDENTIAL_CHARS)
+        {
+            return Err(format!(
+                "atlas.accepted_credentials[{i}]: must be at least {MIN_CREDENTIAL_CHARS} characters"
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), String> {
         if self.limits.max_line_bytes < 64 {
             return Err("atlas.limits.max_line_bytes: must be at least 64".into());
         }
@@ -463,6 +504,10 @@ impl AtlasConfig {
         if self.limits.max_scan_keys == 0 {
             return Err("atlas.limits.max_scan_keys: must be at least 1".into());
         }
+        Ok(())
+    }
+
+    fn validate_routes(&self) -> Result<(), String> {
         for (i, route) in self.routes.iter().enumerate() {
             if route.upstreams.is_empty() {
                 return Err(format!(

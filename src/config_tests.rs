@@ -65,6 +65,37 @@ fn cluster_credentials_are_long_enough() {
         "{short}"
     );
     AtlasConfig::from_yaml(&yaml("sixteen-chars-xx"), "f").unwrap();
+    let rotating = "atlas:\n  credentials: the-new-secret-123\n  accepted_credentials: [the-old-secret-1234]\n";
+    let config = AtlasConfig::from_yaml(rotating, "f").unwrap();
+    assert_eq!(config.accepted_credentials, ["the-old-secret-1234"]);
+    for (yaml, says) in [
+        (
+            "atlas:\n  credentials: the-new-secret-123\n  accepted_credentials: [short]\n",
+            "atlas.accepted_credentials[0]: must be at least 16",
+        ),
+        (
+            "atlas:\n  accepted_credentials: [the-old-secret-1234]\n",
+            "atlas.accepted_credentials: needs atlas.credentials",
+        ),
+    ] {
+        let err = AtlasConfig::from_yaml(yaml, "f").unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+    }
+}
+
+#[test]
+fn peer_mtls_is_on_by_default_in_a_cluster_with_the_internal_ca() {
+    let config = |extra: &str| AtlasConfig::from_yaml(&format!("atlas:\n{extra}"), "f").unwrap();
+    assert!(!config("").peer_mtls(), "a single node has no peers");
+    assert!(config("  credentials: sixteen-chars-xx\n").peer_mtls());
+    assert!(!config("  credentials: sixteen-chars-xx\n  peer_mtls: false\n").peer_mtls());
+    let files =
+        "  credentials: sixteen-chars-xx\n  tls: {cert: a.pem, key: b.pem}\n  peer_ca: ca.pem\n";
+    assert!(
+        !config(files).peer_mtls(),
+        "the operator's certificates name no node"
+    );
+    assert!(config(&format!("{files}  peer_mtls: true\n")).peer_mtls());
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
 };
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::command::Engine;
 use crate::config::Limits;
@@ -318,35 +318,10 @@ impl Session {
         // tagged requests in flight. At the limit the connection stops reading.
         let blob_budget = blob_budget(&self.limits);
         let blob_bytes = Arc::new(Semaphore::new(blob_budget));
-        let idle = (self.limits.idle_timeout_ms > 0)
-            .then(|| std::time::Duration::from_millis(self.limits.idle_timeout_ms));
         loop {
-            let read = tokio::select! {
-                read = read_line_limited(reader, self.limits.max_line_bytes) => read,
-                _ = shutdown.changed() => {
-                    self.send(&Reply::Error(Level::Fatal, "server shutting down".into()), None).await;
-                    return;
-                }
-                // Idle: nothing received for the whole timeout and nothing of this
-                // connection's still running (a tagged request waiting counts as busy).
-                _ = idle_for(idle, &in_flight, self.limits.max_tagged_in_flight) => {
-                    self.observer.rejected("idle_timeout");
-                    self.send(&Reply::Error(Level::Fatal, "idle timeout".into()), None).await;
-                    return;
-                }
+            let Some(line) = self.next_line(reader, shutdown, &in_flight).await else {
+                return;
             };
-            let line = match read {
-                Ok(LineRead::Line(line)) => line,
-                Ok(LineRead::TooLong) => {
-                    self.observer.rejected("line_too_long");
-                    let reply =
-                        Reply::Error(Level::Fatal, "command exceeded maximum length".into());
-                    self.send(&reply, None).await;
-                    return;
-                }
-                Ok(LineRead::Eof) | Err(_) => return,
-            };
-            self.observer.bytes_received(line.len() as u64 + 1);
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -372,97 +347,44 @@ impl Session {
                 }
             };
             let tag = request.tag;
-            let mut blob = None;
-            match request.command {
-                Command::Assume(name) => {
-                    let refusal = (self.peer.principal().as_ref() != Some(&name))
-                        .then(|| self.peer.refuse_admin("assume another principal"))
-                        .flatten();
-                    let reply = match refusal {
-                        Some(refusal) => Reply::warn(refusal),
-                        None => {
-                            self.principal = Some(name);
-                            Reply::Ok
-                        }
-                    };
-                    self.send(&reply, tag.as_deref()).await;
-                    continue;
-                }
-                Command::WhoAmI => {
-                    let name = self.principal.as_deref().unwrap_or("(none)");
-                    self.send(&Reply::line(format!("PRINCIPAL {name}")), tag.as_deref())
-                        .await;
-                    continue;
-                }
-                Command::Watch { prefix, from } => {
-                    let reply = self.watch(tag.as_deref(), &prefix, from, &in_flight).await;
-                    if let Some(reply) = reply {
-                        self.send(&reply, tag.as_deref()).await;
-                    }
-                    continue;
-                }
-                Command::Backup => {
-                    if let Some(refusal) = self.peer.refuse_admin("run BACKUP") {
-                        if !self.send(&Reply::warn(refusal), tag.as_deref()).await {
-                            return;
-                        }
-                        continue;
-                    }
-                    let tx = self.tx.clone();
-                    let frame_tag = tag.clone();
-                    let sink = move |chunk: Vec<u8>| {
-                        let mut frame = Vec::with_capacity(chunk.len() + 40);
-                        if let Some(t) = &frame_tag {
-                            frame.extend_from_slice(format!("[ID:{t}] ").as_bytes());
-                        }
-                        frame.extend_from_slice(format!("BLOB {}\r\n", chunk.len()).as_bytes());
-                        frame.extend_from_slice(&chunk);
-                        tx.blocking_send(frame).is_ok()
-                    };
-                    let reply = self
-                        .engine
-                        .backup(sink)
-                        .await
-                        .unwrap_or_else(|e| Reply::warn(e.to_string()));
+            let command = match self
+                .connection_command(request.command, &tag, &in_flight)
+                .await
+            {
+                Handled::Reply(reply, tag) => {
                     if !self.send(&reply, tag.as_deref()).await {
                         return;
                     }
                     continue;
                 }
-                Command::Unwatch(watched) => {
-                    let reply = match self.watches.remove(&watched) {
-                        Some(task) => {
-                            task.abort();
-                            Reply::Ok
-                        }
-                        None => Reply::warn(format!("no watch {watched} on this connection")),
-                    };
-                    let tag = if reply.is_error() { tag } else { Some(watched) };
-                    self.send(&reply, tag.as_deref()).await;
+                Handled::Quietly => continue,
+                Handled::No(command) => command,
+            };
+            // A blob's payload follows its line; its budget is held until its request ends.
+            let blob = match &command {
+                Command::BlobSet { len, .. } if *len > self.limits.max_blob_bytes => {
+                    if !self
+                        .send(&Reply::warn("invalid length"), tag.as_deref())
+                        .await
+                    {
+                        return;
+                    }
                     continue;
                 }
                 Command::BlobSet { len, .. } => {
-                    if len > self.limits.max_blob_bytes {
-                        self.send(&Reply::warn("invalid length"), tag.as_deref())
-                            .await;
-                        continue;
-                    }
-                    let Ok(held) = blob_bytes
-                        .clone()
-                        .acquire_many_owned(blob_permits(len, blob_budget))
-                        .await
-                    else {
+                    let permits = blob_permits(*len, blob_budget);
+                    let Ok(held) = blob_bytes.clone().acquire_many_owned(permits).await else {
                         return;
                     };
-                    let Some(payload) = read_payload(reader, len).await else {
+                    let Some(payload) = read_payload(reader, *len).await else {
                         return;
                     };
-                    self.observer.bytes_received(len);
-                    blob = Some((payload, held));
+                    self.observer.bytes_received(*len);
+                    Some((payload, held))
                 }
-                _ => {}
-            }
-            let command = match self.stage(request.command) {
+                _ => None,
+            };
+            let command = match self.stage(command) {
                 Ok(command) => command,
                 Err(reply) => {
                     if !self.send(&reply, tag.as_deref()).await {
@@ -471,47 +393,170 @@ impl Session {
                     continue;
                 }
             };
-            // The payload's budget is held until its request has finished.
-            let (blob, held) = match blob {
-                Some((payload, held)) => (Some(payload), Some(held)),
-                None => (None, None),
-            };
-            match tag {
-                None => {
-                    let reply = run_observed(
-                        &self.engine,
-                        &self.observer,
-                        self.principal.clone(),
-                        command,
-                        blob,
-                    )
-                    .await;
-                    drop(held);
-                    if !self.send(&reply, None).await {
-                        return;
-                    }
-                }
-                Some(tag) => {
-                    // At the limit, stop reading until a request finishes: the client feels
-                    // backpressure through its socket instead of getting errors.
-                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                        return;
-                    };
-                    let engine = self.engine.clone();
-                    let observer = self.observer.clone();
-                    let principal = self.principal.clone();
-                    let tx = self.tx.clone();
-                    tokio::spawn(async move {
-                        let reply =
-                            run_observed(&engine, &observer, principal, command, blob).await;
-                        drop(held);
-                        let _ = tx.send(encode(&reply, Some(&tag))).await;
-                        drop(permit);
-                    });
-                }
+            if !self.execute(command, blob, tag, &in_flight).await {
+                return;
             }
         }
     }
+
+    /// The next line, or `None` when the connection ends: end of input, a line over the
+    /// limit, shutdown, or idle for `limits.idle_timeout_ms` with nothing of its own
+    /// running (the last three are told why).
+    async fn next_line<R: AsyncBufRead + Unpin>(
+        &self,
+        reader: &mut R,
+        shutdown: &mut watch::Receiver<bool>,
+        in_flight: &Semaphore,
+    ) -> Option<Vec<u8>> {
+        let idle = (self.limits.idle_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.limits.idle_timeout_ms));
+        let read = tokio::select! {
+            read = read_line_limited(reader, self.limits.max_line_bytes) => read,
+            _ = shutdown.changed() => {
+                self.send(&Reply::Error(Level::Fatal, "server shutting down".into()), None).await;
+                return None;
+            }
+            // Idle: nothing received for the whole timeout and nothing of this connection's
+            // still running (a tagged request waiting counts as busy).
+            _ = idle_for(idle, in_flight, self.limits.max_tagged_in_flight) => {
+                self.observer.rejected("idle_timeout");
+                self.send(&Reply::Error(Level::Fatal, "idle timeout".into()), None).await;
+                return None;
+            }
+        };
+        match read {
+            Ok(LineRead::Line(line)) => {
+                self.observer.bytes_received(line.len() as u64 + 1);
+                Some(line)
+            }
+            Ok(LineRead::TooLong) => {
+                self.observer.rejected("line_too_long");
+                let reply = Reply::Error(Level::Fatal, "command exceeded maximum length".into());
+                self.send(&reply, None).await;
+                None
+            }
+            Ok(LineRead::Eof) | Err(_) => None,
+        }
+    }
+
+    /// Commands about the connection itself (principal, watches, backup), answered here;
+    /// any other is handed back for the engine.
+    async fn connection_command(
+        &mut self,
+        command: Command,
+        tag: &Option<String>,
+        in_flight: &Arc<Semaphore>,
+    ) -> Handled {
+        let reply = match command {
+            Command::Assume(name) => {
+                let refusal = (self.peer.principal().as_ref() != Some(&name))
+                    .then(|| self.peer.refuse_admin("assume another principal"))
+                    .flatten();
+                match refusal {
+                    Some(refusal) => Reply::warn(refusal),
+                    None => {
+                        self.principal = Some(name);
+                        Reply::Ok
+                    }
+                }
+            }
+            Command::WhoAmI => {
+                let name = self.principal.as_deref().unwrap_or("(none)");
+                Reply::line(format!("PRINCIPAL {name}"))
+            }
+            Command::Watch { prefix, from } => {
+                match self.watch(tag.as_deref(), &prefix, from, in_flight).await {
+                    Some(reply) => reply,
+                    None => return Handled::Quietly,
+                }
+            }
+            Command::Backup => match self.peer.refuse_admin("run BACKUP") {
+                Some(refusal) => Reply::warn(refusal),
+                None => self.backup(tag.clone()).await,
+            },
+            Command::Unwatch(watched) => {
+                let reply = match self.watches.remove(&watched) {
+                    Some(task) => {
+                        task.abort();
+                        Reply::Ok
+                    }
+                    None => Reply::warn(format!("no watch {watched} on this connection")),
+                };
+                // The answer carries the watch's tag (or the request's, for an error).
+                let tag = if reply.is_error() {
+                    tag.clone()
+                } else {
+                    Some(watched)
+                };
+                return Handled::Reply(reply, tag);
+            }
+            command => return Handled::No(command),
+        };
+        Handled::Reply(reply, tag.clone())
+    }
+
+    /// `BACKUP`: the engine streams one snapshot as `BLOB` frames (tagged like the request),
+    /// then the final answer is returned.
+    async fn backup(&self, tag: Option<String>) -> Reply {
+        let tx = self.tx.clone();
+        let sink = move |chunk: Vec<u8>| {
+            let mut frame = Vec::with_capacity(chunk.len() + 40);
+            if let Some(t) = &tag {
+                frame.extend_from_slice(format!("[ID:{t}] ").as_bytes());
+            }
+            frame.extend_from_slice(format!("BLOB {}\r\n", chunk.len()).as_bytes());
+            frame.extend_from_slice(&chunk);
+            tx.blocking_send(frame).is_ok()
+        };
+        self.engine
+            .backup(sink)
+            .await
+            .unwrap_or_else(|e| Reply::warn(e.to_string()))
+    }
+
+    /// Runs an engine command: untagged in order (answered before the next line is read),
+    /// tagged in a task of its own, at most `limits.max_tagged_in_flight` at once (at the
+    /// limit the connection stops reading: the client feels backpressure through its
+    /// socket instead of getting errors). Returns false when the connection is gone.
+    async fn execute(
+        &self,
+        command: Command,
+        blob: Option<(Vec<u8>, OwnedSemaphorePermit)>,
+        tag: Option<String>,
+        in_flight: &Arc<Semaphore>,
+    ) -> bool {
+        let (blob, held) = blob.unzip();
+        let Some(tag) = tag else {
+            let principal = self.principal.clone();
+            let reply = run_observed(&self.engine, &self.observer, principal, command, blob).await;
+            drop(held);
+            return self.send(&reply, None).await;
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return false;
+        };
+        let engine = self.engine.clone();
+        let observer = self.observer.clone();
+        let principal = self.principal.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let reply = run_observed(&engine, &observer, principal, command, blob).await;
+            drop(held);
+            let _ = tx.send(encode(&reply, Some(&tag))).await;
+            drop(permit);
+        });
+        true
+    }
+}
+
+/// What `connection_command` did with a command.
+enum Handled {
+    /// Answered here, with this tag.
+    Reply(Reply, Option<String>),
+    /// Handled; nothing to answer now (a watch's events carry its answers).
+    Quietly,
+    /// Not a connection command: for the engine.
+    No(Command),
 }
 
 #[cfg(test)]

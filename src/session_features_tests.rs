@@ -1,7 +1,7 @@
 //! Versions, compare-and-set, conditional deletes, transactions, expiring keys and paged
 //! scans, through a connection.
 
-use super::tests::{Harness, exchange, send_and_read, start};
+use super::tests::{Harness, exchange, ready, send_and_read};
 use crate::config::Limits;
 
 /// Like `exchange`, for answers whose lines may come in any order (a watch's events
@@ -17,17 +17,6 @@ async fn exchange_unordered(h: &mut Harness, input: &[u8], expect: &[u8]) {
         v
     };
     assert_eq!(lines(&got), lines(expect));
-}
-
-async fn ready(limits: Limits) -> Harness {
-    let mut h = start(limits).await;
-    exchange(
-        &mut h,
-        b"HELLO 1.0 t\r\n",
-        b"WELCOME 1.0 Chronalys/1.0\r\nREADY\r\n",
-    )
-    .await;
-    h
 }
 
 #[tokio::test]

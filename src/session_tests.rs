@@ -18,14 +18,7 @@ pub(super) async fn start(limits: Limits) -> Harness {
 pub(super) async fn start_as(limits: Limits, peer: Peer) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), Durability::Relaxed).unwrap());
-    let node = NodeIdentity {
-        id: 1,
-        region: "local".into(),
-        host: "127.0.0.1".into(),
-        port: 4444,
-        configured_fn: 1,
-        configured_fz: 0,
-    };
+    let node = NodeIdentity::for_test();
     let engine = Arc::new(Engine::new(store, node, crate::command::Backend::Standalone).unwrap());
     let (client, server) = tokio::io::duplex(1 << 20);
     let (tx, rx) = watch::channel(false);
@@ -42,6 +35,22 @@ pub(super) async fn start_as(limits: Limits, peer: Peer) -> Harness {
         _dir: dir,
         _shutdown: tx,
     }
+}
+
+/// A session past the handshake.
+pub(super) async fn ready(limits: Limits) -> Harness {
+    ready_as(limits, Peer::Local).await
+}
+
+pub(super) async fn ready_as(limits: Limits, peer: Peer) -> Harness {
+    let mut h = start_as(limits, peer).await;
+    exchange(
+        &mut h,
+        b"HELLO 1.0 t\r\n",
+        b"WELCOME 1.0 Chronalys/1.0\r\nREADY\r\n",
+    )
+    .await;
+    h
 }
 
 /// Sends `input` and reads the next `len` bytes of answer (within 10 s).
@@ -108,13 +117,7 @@ async fn long_line_is_fatal_and_blob_limit_is_warn() {
         max_blob_bytes: 10,
         ..Limits::default()
     };
-    let mut h = start(limits).await;
-    exchange(
-        &mut h,
-        b"HELLO 1.0 t\r\n",
-        b"WELCOME 1.0 Chronalys/1.0\r\nREADY\r\n",
-    )
-    .await;
+    let mut h = ready(limits).await;
     exchange(
         &mut h,
         b"KEY BLOB SET a.b 11\r\n",
@@ -135,13 +138,7 @@ async fn long_line_is_fatal_and_blob_limit_is_warn() {
 
 #[tokio::test]
 async fn tagged_requests_carry_their_tag_and_principal() {
-    let mut h = start(Limits::default()).await;
-    exchange(
-        &mut h,
-        b"HELLO 1.0 t\r\n",
-        b"WELCOME 1.0 Chronalys/1.0\r\nREADY\r\n",
-    )
-    .await;
+    let mut h = ready(Limits::default()).await;
     exchange(
         &mut h,
         b"PRINCIPAL ASSUME alice\r\n[ID:1] ACL GRANT t.k alice PERMS OWNER\r\n",
@@ -172,13 +169,7 @@ fn certified(principal: &str, admin: bool) -> Peer {
 
 #[tokio::test]
 async fn a_certified_session_starts_as_its_principal_and_cannot_become_another() {
-    let mut h = start_as(Limits::default(), certified("alice", false)).await;
-    exchange(
-        &mut h,
-        b"HELLO 1.0 t\r\n",
-        b"WELCOME 1.0 Chronalys/1.0\r\nREADY\r\n",
-    )
-    .await;
+    let mut h = ready_as(Limits::default(), certified("alice", false)).await;
     exchange(
         &mut h,
         b"PRINCIPAL WHOAMI\r\n",
@@ -213,13 +204,7 @@ async fn a_certified_session_starts_as_its_principal_and_cannot_become_another()
 #[tokio::test]
 async fn a_certified_admin_may_assume_and_back_up_and_a_local_peer_always_may() {
     for peer in [certified("ops", true), Peer::Local] {
-        let mut h = start_as(Limits::default(), peer.clone()).await;
-        exchange(
-            &mut h,
-            b"HELLO 1.0 t\r\n",
-            b"WELCOME 1.0 Chronalys/1.0\r\nREADY\r\n",
-        )
-        .await;
+        let mut h = ready_as(Limits::default(), peer.clone()).await;
         exchange(
             &mut h,
             b"PRINCIPAL ASSUME bob\r\nPRINCIPAL WHOAMI\r\n",

@@ -142,12 +142,18 @@ mod tests {
     fn a_node_certificate_of_the_same_ca_is_no_client() {
         let dir = tempfile::tempdir().unwrap();
         let ca = InternalCa::load_or_create(dir.path()).unwrap();
-        let (leaf, _, _) = ca.issue_leaf(&["127.0.0.1".into()]).unwrap();
-        let refused = identify(&der_of(&leaf), &HashSet::new()).unwrap_err();
-        assert!(
-            refused.contains("not an Atlas client certificate"),
-            "{refused}"
-        );
+        for node in [None, Some(3)] {
+            let subject = crate::tls::LeafSubject {
+                sans: vec!["127.0.0.1".into()],
+                node,
+            };
+            let (leaf, _, _) = ca.issue_leaf(&subject).unwrap();
+            let refused = identify(&der_of(&leaf), &HashSet::new()).unwrap_err();
+            assert!(
+                refused.contains("not an Atlas client certificate"),
+                "{refused}"
+            );
+        }
         assert!(identify(b"garbage", &HashSet::new()).is_err());
     }
 }

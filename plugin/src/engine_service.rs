@@ -54,38 +54,18 @@ impl BackgroundService for TlsRenewal {
 const UPGRADE_LOCK_WAIT: Duration = Duration::from_secs(120);
 
 pub struct EngineService {
-    config: AtlasConfig,
-    engine: EngineCell,
-    nas: NasCell,
-    upgrading: bool,
+    pub(crate) config: AtlasConfig,
+    pub(crate) engine: EngineCell,
+    pub(crate) nas: NasCell,
+    pub(crate) upgrading: bool,
     /// This node's cluster identity; `None` runs it standalone.
-    identity: Option<ClusterIdentity>,
-    faults: Arc<crate::cluster::Faults>,
+    pub(crate) identity: Option<ClusterIdentity>,
+    pub(crate) faults: Arc<crate::cluster::Faults>,
     /// Why the engine could not start, for the caller of `Server::run` (see `Atlas::failure`).
-    failure: Arc<std::sync::OnceLock<String>>,
+    pub(crate) failure: Arc<std::sync::OnceLock<String>>,
 }
 
 impl EngineService {
-    pub fn new(
-        config: AtlasConfig,
-        engine: EngineCell,
-        nas: NasCell,
-        upgrading: bool,
-        identity: Option<ClusterIdentity>,
-        faults: Arc<crate::cluster::Faults>,
-        failure: Arc<std::sync::OnceLock<String>>,
-    ) -> Self {
-        EngineService {
-            failure,
-            config,
-            engine,
-            nas,
-            upgrading,
-            identity,
-            faults,
-        }
-    }
-
     /// Opens the NAS store (SQLite) and runs its migrations.
     async fn open_nas(&self) -> Result<Arc<NasStore>, String> {
         let config = self.config.clone();

@@ -72,11 +72,16 @@ pub struct HttpApi {
     nas: NasCell,
     region: String,
     credentials: Option<String>,
+    /// Other secrets also accepted during a rotation (`accepted_credentials`).
+    accepted_credentials: Vec<String>,
     /// The internal CA's directory (handed to joining nodes), with `tls: internal`.
     tls_dir: Option<std::path::PathBuf>,
     fault_injection: bool,
     /// The consensus transport also needs a client certificate (verified by the listener).
     peer_mtls: bool,
+    /// With `peer_mtls` and `tls: internal`, certificates name their node: an envelope's
+    /// sender must be the node its certificate names.
+    bind_sender: bool,
     faults: Arc<crate::cluster::Faults>,
     joins: tokio::sync::Mutex<()>,
     transport_limit: usize,
@@ -133,10 +138,13 @@ impl HttpApi {
             nas,
             region: config.region.clone(),
             credentials: config.credentials.clone(),
+            accepted_credentials: config.accepted_credentials.clone(),
             tls_dir: matches!(config.tls, atlas::config::TlsConfig::Internal)
                 .then(|| crate::tls::tls_dir(config)),
             fault_injection: config.fault_injection,
-            peer_mtls: config.peer_mtls,
+            peer_mtls: config.peer_mtls(),
+            bind_sender: config.peer_mtls()
+                && matches!(config.tls, atlas::config::TlsConfig::Internal),
             faults,
             joins: tokio::sync::Mutex::new(()),
             throttle: crate::throttle::AuthThrottle::default(),
@@ -163,24 +171,25 @@ impl HttpApi {
         }
     }
 
-    /// Serves the request if its path is Atlas's; returns whether it did.
-    pub async fn try_serve(&self, session: &mut ServerSession) -> pingora::Result<bool> {
-        let path = session.req_header().uri.path().to_string();
-        if !owns_path(&path) {
-            return Ok(false);
-        }
-        let started = Instant::now();
-        let method = session.req_header().method.as_str().to_string();
-        let route = route(&method, &path);
-        // Credentials are checked before a body is read, so an unauthenticated client cannot
-        // make the server buffer anything.
-        let refused = match route {
+    /// Why the request is refused before its body is read, if it is: the wrong listener,
+    /// missing credentials or certificate, a disabled endpoint.
+    async fn refusal(
+        &self,
+        route: Route,
+        path: &str,
+        session: &mut ServerSession,
+    ) -> Option<HttpReply> {
+        match route {
             _ if self.nas_here == NasHere::Only && route != Route::Nas => Some(HttpReply::error(
                 404,
                 "not_found",
                 "this listener serves the NAS API only (nas.listen)",
             )),
-            Route::Transport if self.peer_mtls && !has_node_certificate(session) => {
+            Route::Transport
+                if self.peer_mtls
+                    && (!has_node_certificate(session)
+                        || (self.bind_sender && certified_node(session).is_none())) =>
+            {
                 metrics()
                     .auth_failures
                     .with_label_values(&[route.label()])
@@ -189,7 +198,8 @@ impl HttpApi {
                     401,
                     "unauthorized",
                     "a node's client certificate signed by the cluster CA is required \
-                     (atlas.peer_mtls; certificates of client_listen do not count)",
+                     (atlas.peer_mtls; with tls: internal one that names its node, \
+                     `O=Atlas node <id>`; certificates of client_listen do not count)",
                 ))
             }
             Route::Join | Route::Transport | Route::Snapshot | Route::Remove => {
@@ -232,7 +242,21 @@ impl HttpApi {
 
             Route::Nas if path == RESTORE_PATH => self.restore_refused(session).await,
             _ => None,
-        };
+        }
+    }
+
+    /// Serves the request if its path is Atlas's; returns whether it did.
+    pub async fn try_serve(&self, session: &mut ServerSession) -> pingora::Result<bool> {
+        let path = session.req_header().uri.path().to_string();
+        if !owns_path(&path) {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let method = session.req_header().method.as_str().to_string();
+        let route = route(&method, &path);
+        // Credentials are checked before a body is read, so an unauthenticated client cannot
+        // make the server buffer anything.
+        let refused = self.refusal(route, &path, session).await;
         let reply = match refused {
             Some(reply) if expects_continue(session) => {
                 // The client waits for `100 Continue` before sending the body: it gets the
@@ -289,7 +313,8 @@ impl HttpApi {
                 }
             }
             Route::Join | Route::Transport | Route::Faults | Route::Snapshot | Route::Remove => {
-                self.cluster(route, body).await
+                let sender = self.bind_sender.then(|| certified_node(session)).flatten();
+                self.cluster(route, body, sender).await
             }
             Route::Nas => self.nas(session, body).await,
             Route::NotFound => HttpReply::error(404, "not_found", "no such endpoint"),
@@ -303,7 +328,8 @@ impl HttpApi {
     }
 
     /// Join, the consensus transport and the fault layer: they need the cluster runtime.
-    async fn cluster(&self, route: Route, body: Vec<u8>) -> HttpReply {
+    /// `sender`: the node the client's certificate names, when envelopes are bound to it.
+    async fn cluster(&self, route: Route, body: Vec<u8>, sender: Option<u64>) -> HttpReply {
         let Some(engine) = self.engine.get() else {
             return HttpReply::error(503, "unavailable", "the node is starting");
         };
@@ -321,7 +347,9 @@ impl HttpApi {
                 )
                 .await
             }
-            Route::Transport => crate::cluster::serve_transport(cluster, &self.faults, body).await,
+            Route::Transport => {
+                crate::cluster::serve_transport(cluster, &self.faults, body, sender).await
+            }
             Route::Remove => crate::cluster::serve_remove(cluster, &body).await,
             // Streamed by `snapshot` before a reply is built.
             Route::Snapshot => HttpReply::error(500, "internal", "snapshot not streamed"),
@@ -465,10 +493,15 @@ impl HttpApi {
                 .push(("retry-after", seconds.to_string()));
             return Some(reply);
         }
+        // Every accepted secret is compared (no early exit): the time does not tell which.
+        let presented = bearer(session);
         let ok = self
             .credentials
-            .as_deref()
-            .is_some_and(|configured| credentials_match(bearer(session), configured));
+            .iter()
+            .chain(&self.accepted_credentials)
+            .fold(false, |ok, configured| {
+                ok | credentials_match(presented, configured)
+            });
         if ok {
             return None;
         }
@@ -510,6 +543,17 @@ fn has_node_certificate(session: &ServerSession) -> bool {
             !s.cert_digest.is_empty()
                 && s.organization.as_deref() != Some(crate::tls::CLIENT_ORGANIZATION)
         })
+}
+
+/// The node id the TLS client's certificate names (`O=Atlas node <id>`, see
+/// `tls::node_organization`), if it presented a verified one.
+fn certified_node(session: &ServerSession) -> Option<u64> {
+    session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .filter(|s| !s.cert_digest.is_empty())
+        .and_then(|s| s.organization.as_deref())
+        .and_then(crate::tls::node_of_organization)
 }
 
 #[path = "http_body.rs"]

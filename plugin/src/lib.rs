@@ -104,7 +104,7 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
     // Joining happens first: a joining node adopts the cluster's CA before its certificate
     // is prepared. Both happen before the fork, so a failure is an error on the terminal.
     let identity = cluster::prepare_identity(config).map_err(InstallError::Cluster)?;
-    let tls = tls::ServerTls::prepare(config)?;
+    let tls = tls::ServerTls::prepare(config, identity.as_ref().map(|i| i.node_id))?;
     let atlas = install_common(server, config, identity, Some(&tls))?;
     let routes = edge::build_routes(server, &config.routes)?;
     let proxy = edge::EdgeProxy::new(atlas.http.clone(), routes);
@@ -114,7 +114,7 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
     let mut settings = TlsSettings::intermediate("", "")
         .map_err(|e| InstallError::Tls(tls::TlsError::Key(e.to_string())))?;
     settings.set_cert_resolver(tls.resolver.clone());
-    if config.peer_mtls {
+    if config.peer_mtls() {
         settings.set_client_cert_verifier(tls::client_verifier(config)?);
     }
     settings.enable_h2();
@@ -168,7 +168,10 @@ pub fn install_embedded(server: &mut Server, config: &AtlasConfig) -> Result<Atl
     // `client_listen` is a listener of Atlas's own: it needs this node's certificate even
     // though the host proxy terminates HTTPS.
     let tls = match config.client_listen {
-        Some(_) => Some(tls::ServerTls::prepare(config)?),
+        Some(_) => Some(tls::ServerTls::prepare(
+            config,
+            identity.as_ref().map(|i| i.node_id),
+        )?),
         None => None,
     };
     let atlas = install_common(server, config, identity, tls.as_ref())?;
@@ -197,15 +200,15 @@ fn install_common(
     let upgrading = server.options.as_ref().is_some_and(|o| o.upgrade);
     let engine_handle = server.add_service(background_service(
         "atlas engine",
-        EngineService::new(
-            config.clone(),
-            engine.clone(),
-            nas.clone(),
+        EngineService {
+            config: config.clone(),
+            engine: engine.clone(),
+            nas: nas.clone(),
             upgrading,
             identity,
-            faults.clone(),
-            failure.clone(),
-        ),
+            faults: faults.clone(),
+            failure: failure.clone(),
+        },
     ));
 
     let socket = config.socket_path();

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub consensus_messages_sent: IntCounter,
     pub consensus_messages_received: IntCounter,
     pub consensus_messages_dropped: IntCounter,
+    pub consensus_messages_refused: IntCounter,
     pub consensus_snapshots_installed: IntCounter,
     pub consensus_snapshots_failed: IntCounter,
     pub consensus_retained_log_bytes: IntGauge,
@@ -232,6 +233,12 @@ impl Metrics {
                 "atlas_consensus_messages_dropped_total",
                 "Consensus messages dropped because a peer's send queue was full.",
             ),
+            consensus_messages_refused: counter(
+                registry,
+                "atlas_consensus_messages_refused_total",
+                "Peer messages not taken in: from a node that is not a member, in another \
+                 node's name, or about a group this node does not know.",
+            ),
             consensus_snapshots_installed: counter(
                 registry,
                 "atlas_consensus_snapshots_installed_total",
@@ -274,6 +281,7 @@ impl Metrics {
             counts.snapshots_installed,
         );
         catch_up(&self.consensus_snapshots_failed, counts.snapshots_failed);
+        catch_up(&self.consensus_messages_refused, counts.messages_refused);
         let view = cluster.view();
         self.consensus_retained_log_bytes
             .set(i64::try_from(view.retained_bytes).unwrap_or(i64::MAX));

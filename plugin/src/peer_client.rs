@@ -78,25 +78,17 @@ impl PeerClient {
         path: &str,
         body: Bytes,
     ) -> pingora::Result<PeerResponse> {
-        let exchange = self.exchange(addr, server_name, path, body);
+        let exchange = async {
+            let (mut session, peer) = self
+                .send_post(addr, server_name, path, body, "application/octet-stream")
+                .await?;
+            let response = read_response(&mut session).await?;
+            self.connector
+                .release_http_session(session, &peer, Some(IDLE_TIMEOUT))
+                .await;
+            Ok(response)
+        };
         within(self.options.request_timeout, addr, exchange).await
-    }
-
-    async fn exchange(
-        &self,
-        addr: &str,
-        server_name: &str,
-        path: &str,
-        body: Bytes,
-    ) -> pingora::Result<PeerResponse> {
-        let (mut session, peer) = self
-            .send_post(addr, server_name, path, body, "application/octet-stream")
-            .await?;
-        let response = read_response(&mut session).await?;
-        self.connector
-            .release_http_session(session, &peer, Some(IDLE_TIMEOUT))
-            .await;
-        Ok(response)
     }
 
     /// Opens (or reuses) the connection and sends a whole POST request.

@@ -29,6 +29,31 @@ const CA_COMMON_NAME: &str = "Atlas internal CA";
 /// The organization of every client certificate (`atlas ca client-cert`): what tells it from
 /// a node's certificate, which the same CA signs. `client_listen` accepts no other.
 pub const CLIENT_ORGANIZATION: &str = "Atlas client";
+/// A node's certificate (`tls: internal`) names its node id in its organization,
+/// `Atlas node <id>`: the consensus transport checks an envelope's sender against it.
+const NODE_ORGANIZATION_PREFIX: &str = "Atlas node ";
+
+/// The organization of node `id`'s certificate.
+pub fn node_organization(id: u64) -> String {
+    format!("{NODE_ORGANIZATION_PREFIX}{id}")
+}
+
+/// The node id a certificate's organization names, if it is a node's.
+pub fn node_of_organization(organization: &str) -> Option<u64> {
+    let id = organization.strip_prefix(NODE_ORGANIZATION_PREFIX)?;
+    // Digits only: `+1` or ` 1` is nobody's.
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
+}
+
+/// What this node's leaf certifies: the names it answers to and, in a cluster, its node id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafSubject {
+    pub sans: Vec<String>,
+    pub node: Option<u64>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -172,14 +197,20 @@ impl InternalCa {
         read(&self.dir.join("ca.crt"))
     }
 
-    /// Issues a leaf for `sans` (server and client auth), signed by this CA.
-    pub fn issue_leaf(&self, sans: &[String]) -> Result<(String, KeyPair, i64), TlsError> {
+    /// Issues a leaf for `subject` (server and client auth), signed by this CA.
+    pub fn issue_leaf(&self, subject: &LeafSubject) -> Result<(String, KeyPair, i64), TlsError> {
+        let sans = &subject.sans;
         let leaf_key = KeyPair::generate()?;
         let mut params = CertificateParams::new(sans.to_vec())?;
         params.distinguished_name.push(
             DnType::CommonName,
             sans.first().map_or("atlas", String::as_str),
         );
+        if let Some(id) = subject.node {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, node_organization(id));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -212,37 +243,45 @@ pub fn leaf_sans(config: &AtlasConfig) -> Vec<String> {
 #[derive(serde::Serialize, serde::Deserialize, PartialEq)]
 struct LeafInfo {
     sans: Vec<String>,
+    /// The node id in the organization (absent in leaves issued before nodes were named).
+    #[serde(default)]
+    node: Option<u64>,
     expires_unix: i64,
 }
 
-/// Makes sure `<tls>/node.crt` is a current leaf for `sans`; returns true when it was (re)issued.
+/// Makes sure `<tls>/node.crt` is a current leaf for `subject`; returns true when it was
+/// (re)issued.
 pub fn ensure_leaf(
     ca: &InternalCa,
-    sans: &[String],
+    subject: &LeafSubject,
     renew_before: Duration,
 ) -> Result<bool, TlsError> {
+    let sans = &subject.sans;
     let info_path = ca.dir.join("node.json");
     let current: Option<LeafInfo> = std::fs::read(&info_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let fresh = current.as_ref().is_some_and(|info| {
-        info.sans == sans && info.expires_unix - now_unix() > renew_before.as_secs() as i64
+        info.sans == *sans
+            && info.node == subject.node
+            && info.expires_unix - now_unix() > renew_before.as_secs() as i64
     }) && ca.dir.join("node.crt").exists()
         && ca.dir.join("node.key").exists();
     if fresh {
         return Ok(false);
     }
-    let (leaf_pem, key, expires_unix) = ca.issue_leaf(sans)?;
+    let (leaf_pem, key, expires_unix) = ca.issue_leaf(subject)?;
     let chain = format!("{leaf_pem}{}", ca.cert_pem()?);
     write(&ca.dir.join("node.key"), &key.serialize_pem())?;
     write(&ca.dir.join("node.crt"), &chain)?;
     let info = LeafInfo {
         sans: sans.to_vec(),
+        node: subject.node,
         expires_unix,
     };
     let json = serde_json::to_string(&info).unwrap_or_default();
     write(&info_path, &json)?;
-    tracing::info!(sans = ?sans, "issued this node's certificate from the internal CA");
+    tracing::info!(sans = ?sans, node = ?subject.node, "issued this node's certificate from the internal CA");
     Ok(true)
 }
 
@@ -329,7 +368,7 @@ pub fn cluster_ca_verifier(
 
 /// For `peer_mtls`: the certificate and key this node presents to its peers.
 pub fn client_cert_key(config: &AtlasConfig) -> Option<(String, String)> {
-    if !config.peer_mtls {
+    if !config.peer_mtls() {
         return None;
     }
     Some(match &config.tls {
@@ -407,12 +446,13 @@ impl ResolvesServerCert for CertResolver {
 pub struct ServerTls {
     pub resolver: Arc<CertResolver>,
     /// Internal CA mode: renew the leaf in the background.
-    pub internal: Option<(InternalCa, Vec<String>)>,
+    pub internal: Option<(InternalCa, LeafSubject)>,
 }
 
 impl ServerTls {
-    /// Prepares the listener's certificate from the config (creating the CA when internal).
-    pub fn prepare(config: &AtlasConfig) -> Result<ServerTls, TlsError> {
+    /// Prepares the listener's certificate from the config (creating the CA when internal);
+    /// `node`: this node's id in a cluster, which its internal leaf names.
+    pub fn prepare(config: &AtlasConfig, node: Option<u64>) -> Result<ServerTls, TlsError> {
         match &config.tls {
             TlsConfig::Files { cert, key } => Ok(ServerTls {
                 resolver: CertResolver::new(load_certified_key(cert, key)?),
@@ -421,12 +461,15 @@ impl ServerTls {
             TlsConfig::Internal => {
                 let dir = tls_dir(config);
                 let ca = InternalCa::load_or_create(&dir)?;
-                let sans = leaf_sans(config);
-                ensure_leaf(&ca, &sans, LEAF_RENEW_BEFORE)?;
+                let subject = LeafSubject {
+                    sans: leaf_sans(config),
+                    node,
+                };
+                ensure_leaf(&ca, &subject, LEAF_RENEW_BEFORE)?;
                 let key = load_certified_key(&dir.join("node.crt"), &dir.join("node.key"))?;
                 Ok(ServerTls {
                     resolver: CertResolver::new(key),
-                    internal: Some((ca, sans)),
+                    internal: Some((ca, subject)),
                 })
             }
         }
@@ -434,10 +477,10 @@ impl ServerTls {
 
     /// Renews the internal leaf when it nears expiry; a no-op for configured files.
     pub fn renew_if_due(&self) -> Result<bool, TlsError> {
-        let Some((ca, sans)) = &self.internal else {
+        let Some((ca, subject)) = &self.internal else {
             return Ok(false);
         };
-        if !ensure_leaf(ca, sans, LEAF_RENEW_BEFORE)? {
+        if !ensure_leaf(ca, subject, LEAF_RENEW_BEFORE)? {
             return Ok(false);
         }
         let key = load_certified_key(&ca.dir.join("node.crt"), &ca.dir.join("node.key"))?;
@@ -490,21 +533,59 @@ mod tests {
     }
 
     #[test]
+    fn node_organizations_name_exactly_one_node() {
+        assert_eq!(node_of_organization(&node_organization(42)), Some(42));
+        for not_a_node in [
+            "Atlas client",
+            "Atlas node ",
+            "Atlas node +1",
+            "Atlas node  1",
+            "Atlas node 1x",
+            "atlas node 1",
+            "Atlas node 99999999999999999999999",
+        ] {
+            assert_eq!(node_of_organization(not_a_node), None, "{not_a_node}");
+        }
+    }
+
+    #[test]
     fn internal_ca_is_created_once_and_leaf_renewed_when_due() {
         let dir = tempfile::tempdir().unwrap();
         let ca = InternalCa::load_or_create(dir.path()).unwrap();
         let ca_pem = ca.cert_pem().unwrap();
-        let sans = vec!["node1.example".to_string(), "127.0.0.1".to_string()];
-        assert!(ensure_leaf(&ca, &sans, LEAF_RENEW_BEFORE).unwrap());
+        let subject = LeafSubject {
+            sans: vec!["node1.example".to_string(), "127.0.0.1".to_string()],
+            node: None,
+        };
+        assert!(ensure_leaf(&ca, &subject, LEAF_RENEW_BEFORE).unwrap());
         assert!(
-            !ensure_leaf(&ca, &sans, LEAF_RENEW_BEFORE).unwrap(),
+            !ensure_leaf(&ca, &subject, LEAF_RENEW_BEFORE).unwrap(),
             "fresh leaf is reused"
         );
         // A leaf inside the renewal window is replaced.
         let window = Duration::from_secs(LEAF_VALIDITY_DAYS as u64 * 86400);
-        assert!(ensure_leaf(&ca, &sans, window).unwrap());
-        // New SANs mean a new leaf.
-        assert!(ensure_leaf(&ca, &["other".to_string()], LEAF_RENEW_BEFORE).unwrap());
+        assert!(ensure_leaf(&ca, &subject, window).unwrap());
+        // New SANs mean a new leaf; so does a node id (a founder or joiner names itself).
+        let other = LeafSubject {
+            sans: vec!["other".to_string()],
+            node: None,
+        };
+        assert!(ensure_leaf(&ca, &other, LEAF_RENEW_BEFORE).unwrap());
+        let named = LeafSubject {
+            node: Some(7),
+            ..other
+        };
+        assert!(ensure_leaf(&ca, &named, LEAF_RENEW_BEFORE).unwrap());
+        assert!(!ensure_leaf(&ca, &named, LEAF_RENEW_BEFORE).unwrap());
+        let pem = std::fs::read_to_string(dir.path().join("node.crt")).unwrap();
+        let der = pem_to_der(&pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let organizations: Vec<&str> = cert
+            .subject()
+            .iter_organization()
+            .filter_map(|o| o.as_str().ok())
+            .collect();
+        assert_eq!(organizations, ["Atlas node 7"]);
         let again = InternalCa::load_or_create(dir.path()).unwrap();
         assert_eq!(again.cert_pem().unwrap(), ca_pem, "the CA is reused");
         load_certified_key(&dir.path().join("node.crt"), &dir.path().join("node.key")).unwrap();

@@ -44,7 +44,9 @@ pub struct JoinAnswer {
     /// With `tls: internal`: the cluster CA, so every node's certificate verifies against it.
     #[serde(default)]
     pub ca_cert: Option<String>,
-    #[serde(default)]
+    /// Its key, only in the answer that makes the node a voting member (a registration
+    /// answer has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_key: Option<String>,
 }
 
@@ -207,14 +209,15 @@ pub async fn admit(
     }
     if !request.member {
         tracing::info!(node = id, addr = %record.address(), "node registered; it copies a snapshot next");
+        // The CA key is for voting members (they admit joiners and renew their own
+        // certificates): a node that only registers gets the certificate to verify with.
+        let ca = ca.map(|(cert, _key)| (cert, None));
         return Ok(answer(cluster, me, ca, id));
     }
+    let ca = ca.map(|(cert, key)| (cert, Some(key)));
     // Answered as soon as the node is a member: leaving the joint configuration needs the
     // new node's own answers, and it is still waiting for this one.
-    let add = ClientOp::AddNode {
-        node: id,
-        zone: request.region.clone(),
-    };
+    let add = ClientOp::add_node(id, request.region.clone());
     if !change_membership(cluster, add, |view| view.members.contains(id)).await {
         return Err(AdmissionError::Unavailable(
             "the membership change did not commit in time; retry the join".into(),
@@ -224,13 +227,19 @@ pub async fn admit(
     Ok(answer(cluster, me, ca, id))
 }
 
-fn answer(cluster: &ClusterHandle, me: &NodeRecord, ca: ClusterCa, id: NodeId) -> JoinAnswer {
+fn answer(
+    cluster: &ClusterHandle,
+    me: &NodeRecord,
+    ca: Option<(String, Option<String>)>,
+    id: NodeId,
+) -> JoinAnswer {
     let mut nodes: Vec<NodeRecord> = cluster.view().directory.into_values().collect();
     if !nodes.iter().any(|n| n.id == me.id) {
         nodes.push(me.clone());
     }
     let bootstrap = cluster.bootstrap();
     let (ca_cert, ca_key) = ca.unzip();
+    let ca_key = ca_key.flatten();
     JoinAnswer {
         node_id: id,
         bootstrap: bootstrap
@@ -259,7 +268,7 @@ pub async fn remove(cluster: &ClusterHandle, node: NodeId) -> Result<(), Admissi
             "node {node} is not a member"
         )));
     }
-    let remove = ClientOp::RemoveNode { node };
+    let remove = ClientOp::remove_node(node);
     if !change_membership(cluster, remove, |view| !view.members.contains(node)).await {
         return Err(AdmissionError::Unavailable(
             "the removal did not commit in time; retry".into(),

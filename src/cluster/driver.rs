@@ -146,10 +146,7 @@ mod tests {
     }
 
     fn put(i: u64) -> ClientOp {
-        ClientOp::Put {
-            key: format!("t.k{i}"),
-            value: vec![1].into(),
-        }
+        ClientOp::put(format!("t.k{i}"), vec![1])
     }
 
     /// Runs nodes, delivering messages at once, until nothing moves.

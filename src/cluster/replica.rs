@@ -48,10 +48,7 @@ const NODE_RECORD_MAGIC: u8 = 0xA8;
 pub fn node_record_op(record: &NodeRecord) -> ClientOp {
     let mut value = vec![NODE_RECORD_MAGIC];
     value.extend_from_slice(record.encode().as_bytes());
-    ClientOp::Put {
-        key: format!("{SYSTEM_GROUP}.nodes.{}", record.id),
-        value: value.into(),
-    }
+    ClientOp::put(format!("{SYSTEM_GROUP}.nodes.{}", record.id), value)
 }
 
 /// Wraps a write with its origin for the log.
@@ -324,10 +321,10 @@ impl Replica {
         let request = self.new_request(Pending::Write {
             conditional: write.is_conditional(),
         });
-        let op = ClientOp::Put {
-            key: write.key.as_str().to_string(),
-            value: encode_proposal(self.node.id(), request, write).into(),
-        };
+        let op = ClientOp::put(
+            write.key.as_str().to_string(),
+            encode_proposal(self.node.id(), request, write),
+        );
         self.node.client_request(now, request, op);
         request
     }

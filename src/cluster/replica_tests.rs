@@ -290,13 +290,7 @@ fn node_records_and_membership_changes_commit_and_reach_the_directory() {
     assert_eq!(directory.get(&2), Some(&record));
     let now = cluster.now;
     let replica = cluster.replicas.get_mut(&1).unwrap();
-    let request = replica.submit_system(
-        now,
-        ClientOp::AddNode {
-            node: 2,
-            zone: "b".into(),
-        },
-    );
+    let request = replica.submit_system(now, ClientOp::add_node(2, "b"));
     assert_eq!(cluster.run_until_answered(1, request), Reply::Ok);
     assert!(cluster.replicas[&1].node().config().members().contains(2));
 }

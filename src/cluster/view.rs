@@ -37,6 +37,9 @@ pub struct Counters {
     pub snapshots_failed: u64,
     /// Messages the transport refused to queue (a peer's queue was full).
     pub messages_dropped: u64,
+    /// Peer messages the consensus core did not take in: from a non-member, in another
+    /// node's name, about an unknown group (see `consensus::inbound`).
+    pub messages_refused: u64,
 }
 
 /// A snapshot of the cluster for reports and metrics.

@@ -378,6 +378,7 @@ impl Worker {
             .filter(|a| node.is_owner(&a.group))
             .count() as u64;
         c.quorum_failures += processed.timeouts;
+        c.messages_refused = node.refused_messages().values().sum();
     }
 
     pub(super) fn publish(&mut self) {

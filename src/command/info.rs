@@ -188,14 +188,7 @@ mod tests {
     }
 
     fn standalone() -> Topology {
-        let node = NodeIdentity {
-            id: 1,
-            region: "local".into(),
-            host: "127.0.0.1".into(),
-            port: 4444,
-            configured_fn: 1,
-            configured_fz: 0,
-        };
+        let node = NodeIdentity::for_test();
         let stored = ["ATLAS".to_string(), "USERS".to_string()];
         let tables = BTreeMap::from([("USERS".to_string(), 17)]);
         Topology::standalone(&node, &stored, tables, Instant::now())

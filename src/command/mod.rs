@@ -38,6 +38,21 @@ pub struct NodeIdentity {
     pub configured_fz: u32,
 }
 
+#[cfg(test)]
+impl NodeIdentity {
+    /// Node 1 of region `local` at 127.0.0.1:4444, configured `fn: 1`, `fz: 0`.
+    pub(crate) fn for_test() -> NodeIdentity {
+        NodeIdentity {
+            id: 1,
+            region: "local".into(),
+            host: "127.0.0.1".into(),
+            port: 4444,
+            configured_fn: 1,
+            configured_fz: 0,
+        }
+    }
+}
+
 /// Where commands go: this node's storage alone, or the cluster.
 pub enum Backend {
     Standalone,

@@ -4,15 +4,22 @@
 //! state machine). They are bounded by bytes: an acceptor that holds `MAX_ACCEPTED_BYTES`
 //! of entries it cannot apply yet (a gap, a snapshot being installed) refuses further ones
 //! except the next slot it needs, which holds its owner back instead of growing memory.
+//! They are also bounded in span: no slot more than `MAX_SLOTS_AHEAD` past the applied one
+//! is accepted, so a promise that reports one farther is not an honest acceptor's (a new
+//! owner does not count it, and never fills more than that many holes).
 
 use std::collections::BTreeMap;
 
 use super::ballot::{Ballot, Slot};
-use super::command::Command;
+use super::command::{Command, ENTRY_OVERHEAD};
 use super::message::AcceptedEntry;
 
 /// Most bytes of accepted, not yet applied entries one group's acceptor holds.
 pub const MAX_ACCEPTED_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most slots past the applied one an acceptor accepts in: as many entries as it could
+/// hold (an owner's window of in-flight entries is smaller: it never needs more).
+pub const MAX_SLOTS_AHEAD: Slot = (MAX_ACCEPTED_BYTES / ENTRY_OVERHEAD) as Slot;
 
 #[derive(Debug, Clone, Default)]
 pub struct Acceptor {
@@ -103,9 +110,9 @@ impl Acceptor {
         true
     }
 
-    /// Phase 2b for one entry. Returns `None` if refused (a higher promise, or no room:
-    /// `next` is the slot after the applied one, always taken), else whether the promise
-    /// rose (and must be persisted with the entry).
+    /// Phase 2b for one entry. Returns `None` if refused (a higher promise, a slot more than
+    /// `MAX_SLOTS_AHEAD` past `next`, or no room: `next` is the slot after the applied one,
+    /// always taken), else whether the promise rose (and must be persisted with the entry).
     pub fn accept(
         &mut self,
         ballot: Ballot,
@@ -113,7 +120,7 @@ impl Acceptor {
         command: &Command,
         next: Slot,
     ) -> Option<bool> {
-        if ballot < self.promised {
+        if ballot < self.promised || slot > next.saturating_add(MAX_SLOTS_AHEAD) {
             return None;
         }
         let size = command.size();

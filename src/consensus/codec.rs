@@ -85,7 +85,13 @@ impl Writer {
     pub fn command(&mut self, c: &Command) {
         self.command_id(c.id);
         self.u64(c.floor);
-        match &c.op {
+        self.command_op(&c.op);
+    }
+
+    /// A log entry's operation: a tag (0 no-op, 1 put, 2 delete, 3 add node, 4 remove node,
+    /// 5 leave joint, 6 seal), then its fields. A client's write uses the same encoding.
+    pub fn command_op(&mut self, op: &CommandOp) {
+        match op {
             CommandOp::Noop => self.u8(0),
             CommandOp::Put { key, value } => {
                 self.u8(1);
@@ -265,7 +271,14 @@ impl<'a> Reader<'a> {
     pub fn command(&mut self) -> Result<Command, CodecError> {
         let id = self.command_id()?;
         let floor = self.u64()?;
-        let op = match self.u8()? {
+        let tag = self.u8()?;
+        let op = self.command_op(tag)?;
+        Ok(Command { id, floor, op })
+    }
+
+    /// The fields of an operation whose tag (see [`Writer::command_op`]) was just read.
+    pub fn command_op(&mut self, tag: u8) -> Result<CommandOp, CodecError> {
+        Ok(match tag {
             0 => CommandOp::Noop,
             1 => CommandOp::Put {
                 key: self.string()?,
@@ -287,8 +300,7 @@ impl<'a> Reader<'a> {
                     tag,
                 });
             }
-        };
-        Ok(Command { id, floor, op })
+        })
     }
 
     /// A sequence of items that each take at least `min_item_bytes` of input.

@@ -7,39 +7,46 @@ use bytes::Bytes;
 
 use super::ballot::{CommandId, NodeId, Zone};
 
-/// A client's request, as the cluster layer hands it to the node that received it.
+/// A client's request, as the cluster layer hands it to the node that received it: a read,
+/// or the operation a write puts in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientOp {
     Get {
         key: String,
     },
-    Put {
-        key: String,
-        value: Bytes,
-    },
-    Delete {
-        key: String,
-    },
-    /// Changes of the system table `atlas.nodes` (the `atlas` group).
-    AddNode {
-        node: NodeId,
-        zone: Zone,
-    },
-    RemoveNode {
-        node: NodeId,
-    },
+    /// A client's write: `Put`, `Delete`, or a membership change (`AddNode`/`RemoveNode` of
+    /// the `atlas` group). Never `Noop`, `Seal` or `LeaveJoint`: only owners propose those.
+    Write(CommandOp),
 }
 
 impl ClientOp {
+    pub fn put(key: impl Into<String>, value: impl Into<Bytes>) -> ClientOp {
+        ClientOp::Write(CommandOp::Put {
+            key: key.into(),
+            value: value.into(),
+        })
+    }
+
+    pub fn delete(key: impl Into<String>) -> ClientOp {
+        ClientOp::Write(CommandOp::Delete { key: key.into() })
+    }
+
+    pub fn add_node(node: NodeId, zone: impl Into<Zone>) -> ClientOp {
+        ClientOp::Write(CommandOp::AddNode {
+            node,
+            zone: zone.into(),
+        })
+    }
+
+    pub fn remove_node(node: NodeId) -> ClientOp {
+        ClientOp::Write(CommandOp::RemoveNode { node })
+    }
+
     /// The table the request belongs to: the first key segment, or `atlas` for membership.
     pub fn table(&self) -> &str {
         match self {
-            ClientOp::Get { key } | ClientOp::Put { key, .. } | ClientOp::Delete { key } => {
-                key.split('.').next().unwrap_or(key)
-            }
-            ClientOp::AddNode { .. } | ClientOp::RemoveNode { .. } => {
-                super::membership::SYSTEM_GROUP
-            }
+            ClientOp::Get { key } => table_of(key),
+            ClientOp::Write(op) => op.table(),
         }
     }
 
@@ -49,13 +56,10 @@ impl ClientOp {
 
     /// Bytes the request holds (what it costs to keep it in memory or send it).
     pub fn size(&self) -> usize {
-        ENTRY_OVERHEAD
-            + match self {
-                ClientOp::Get { key } | ClientOp::Delete { key } => key.len(),
-                ClientOp::Put { key, value } => key.len() + value.len(),
-                ClientOp::AddNode { zone, .. } => zone.len(),
-                ClientOp::RemoveNode { .. } => 0,
-            }
+        match self {
+            ClientOp::Get { key } => ENTRY_OVERHEAD + key.len(),
+            ClientOp::Write(op) => op.size(),
+        }
     }
 
     /// The log entry of a write; a read has none (it goes through a lease or a barrier).
@@ -64,19 +68,37 @@ impl ClientOp {
     pub fn to_command(&self, id: CommandId, floor: u64) -> Command {
         let op = match self {
             ClientOp::Get { .. } => CommandOp::Noop,
-            ClientOp::Put { key, value } => CommandOp::Put {
-                key: key.clone(),
-                value: value.clone(),
-            },
-            ClientOp::Delete { key } => CommandOp::Delete { key: key.clone() },
-            ClientOp::AddNode { node, zone } => CommandOp::AddNode {
-                node: *node,
-                zone: zone.clone(),
-            },
-            ClientOp::RemoveNode { node } => CommandOp::RemoveNode { node: *node },
+            ClientOp::Write(op) => op.clone(),
         };
         Command { id, floor, op }
     }
+}
+
+fn table_of(key: &str) -> &str {
+    key.split('.').next().unwrap_or(key)
+}
+
+/// Splits `items` into runs of about `max_bytes` by `size`, in order; an item larger than
+/// that goes alone. No run is empty (none at all for no items).
+pub fn split_by_bytes<T>(
+    items: Vec<T>,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let n = size(&item);
+        match out.last_mut() {
+            Some(run) if bytes + n <= max_bytes => run.push(item),
+            _ => {
+                bytes = 0;
+                out.push(vec![item]);
+            }
+        }
+        bytes += n;
+    }
+    out
 }
 
 /// Fixed cost counted for every entry on top of its key and value (ids, tags, lengths).
@@ -128,6 +150,29 @@ pub enum CommandOp {
 }
 
 impl CommandOp {
+    /// The table the entry belongs to: the first key segment, or `atlas` for membership
+    /// changes and the entries only owners propose.
+    pub fn table(&self) -> &str {
+        match self {
+            CommandOp::Put { key, .. } | CommandOp::Delete { key } => table_of(key),
+            _ => super::membership::SYSTEM_GROUP,
+        }
+    }
+
+    /// Bytes the entry holds (memory and wire budgets count entries with this).
+    pub fn size(&self) -> usize {
+        ENTRY_OVERHEAD
+            + match self {
+                CommandOp::Put { key, value } => key.len() + value.len(),
+                CommandOp::Delete { key } => key.len(),
+                CommandOp::AddNode { zone, .. } => zone.len(),
+                CommandOp::Noop
+                | CommandOp::RemoveNode { .. }
+                | CommandOp::LeaveJoint { .. }
+                | CommandOp::Seal { .. } => 0,
+            }
+    }
+
     /// Whether a second copy of this entry (same command id) is skipped when applied: true
     /// for client commands; no-ops, seals and `LeaveJoint` carry no client's id.
     pub fn is_deduplicated(&self) -> bool {
@@ -157,15 +202,6 @@ impl Command {
 
     /// Bytes the entry holds (memory and wire budgets count entries with this).
     pub fn size(&self) -> usize {
-        ENTRY_OVERHEAD
-            + match &self.op {
-                CommandOp::Put { key, value } => key.len() + value.len(),
-                CommandOp::Delete { key } => key.len(),
-                CommandOp::AddNode { zone, .. } => zone.len(),
-                CommandOp::Noop
-                | CommandOp::RemoveNode { .. }
-                | CommandOp::LeaveJoint { .. }
-                | CommandOp::Seal { .. } => 0,
-            }
+        self.op.size()
     }
 }

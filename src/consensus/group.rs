@@ -2,150 +2,17 @@
 //! holds the acceptor and learner handlers; `proposer.rs` holds phase 1, phase 2 and the
 //! owner's duties.
 
-use std::collections::{BTreeMap, VecDeque};
-
 use rand::Rng;
-use rand::rngs::StdRng;
 
 use super::acceptor::Acceptor;
-use super::ballot::{Ballot, GroupId, NodeId, Slot, Zone};
-use super::command::{Command, CommandOp};
+use super::ballot::{Ballot, GroupId, NodeId, Slot};
+use super::command::{Command, CommandOp, split_by_bytes};
+use super::ctx::Ctx;
 use super::log::{Compacted, GroupState, Log};
-use super::membership::{Membership, SYSTEM_GROUP};
+use super::membership::SYSTEM_GROUP;
 use super::message::{AcceptedEntry, Message, SlotEntry};
 use super::proposer::Role;
-use super::quorum::JointQuorums;
-use super::ready::{Applied, Outgoing, PersistOp, Ready, SnapshotRequest};
-use super::settings::Settings;
-
-/// What a handler may use and where its output goes.
-pub(super) struct Ctx<'a> {
-    pub id: NodeId,
-    pub zone: &'a Zone,
-    pub now: u64,
-    pub settings: &'a Settings,
-    /// The quorums of the configuration in force (both configurations while joint).
-    pub quorums: &'a JointQuorums,
-    /// Every member of the configuration in force (of either while joint).
-    pub membership: &'a Membership,
-    /// The configuration epoch this node has applied.
-    pub epoch: u64,
-    /// Nodes that showed a newer configuration epoch: the node fetches the `atlas` log from
-    /// them. The epoch in a message is never adopted by itself (it could be a lie or ahead
-    /// of what is committed); only applied `atlas` entries change the configuration.
-    pub newer_epoch_at: &'a mut Vec<NodeId>,
-    pub zone_rtt: &'a BTreeMap<Zone, u64>,
-    pub quiet_until: u64,
-    /// Bytes of applied entries this group may keep for catch-up (its share of the node's).
-    pub retain_bytes: usize,
-    pub rng: &'a mut StdRng,
-    pub out: &'a mut Ready,
-    /// Messages a node sends itself are handled in the same input, before the batch leaves.
-    pub inbox: &'a mut VecDeque<(NodeId, Message)>,
-    /// Applied changes of `atlas.nodes`, for the node to fold into its membership.
-    pub membership_changes: &'a mut Vec<CommandOp>,
-}
-
-impl Ctx<'_> {
-    /// Queues a message. Votes wait for the batch they depend on to be durable, also when
-    /// this node sends them to itself (an owner counts its own accept only once it is on
-    /// disk); other messages to this node are handled within the same input.
-    pub fn send(&mut self, to: NodeId, message: Message) {
-        if message.is_vote() {
-            self.out.after_persist.push(Outgoing { to, message });
-        } else if to == self.id {
-            self.inbox.push_back((to, message));
-        } else {
-            self.out.messages.push(Outgoing { to, message });
-        }
-    }
-
-    /// To every member, this node included (its acceptor answers through the inbox).
-    pub fn broadcast(&mut self, message: Message) {
-        let members: Vec<NodeId> = self.membership.nodes().collect();
-        for to in members {
-            self.send(to, message.clone());
-        }
-    }
-
-    pub fn broadcast_others(&mut self, message: Message) {
-        let members: Vec<NodeId> = self.membership.nodes().filter(|n| *n != self.id).collect();
-        for to in members {
-            self.send(to, message.clone());
-        }
-    }
-
-    pub fn persist(&mut self, op: PersistOp) {
-        self.out.persist.push(op);
-    }
-
-    pub fn lease_ms(&self) -> u64 {
-        if self.settings.leases_enabled() {
-            self.settings.lease_ms
-        } else {
-            0
-        }
-    }
-
-    pub fn backoff(&mut self) -> u64 {
-        let (lo, hi) = (self.settings.backoff_min_ms, self.settings.backoff_max_ms);
-        self.now
-            + if hi > lo {
-                self.rng.random_range(lo..hi)
-            } else {
-                lo
-            }
-    }
-
-    /// Whether `a` wins a tie of ballot counters against `b`: zone first, then node id (the
-    /// higher wins, as node ids do in ballots). A node of unknown zone ranks lowest.
-    pub fn wins_tie(&self, a: NodeId, b: NodeId) -> bool {
-        let rank = |n: NodeId| (self.membership.zone_of(n).cloned(), n);
-        rank(a) > rank(b)
-    }
-
-    /// Tells `to` that its `ballot` lost to our promise (with our epoch, so it can catch up).
-    pub fn reject(&mut self, to: NodeId, group: &str, ballot: Ballot, promised: Ballot) {
-        let message = Message::Reject {
-            group: group.to_string(),
-            ballot,
-            promised,
-            epoch: self.epoch,
-        };
-        self.send(to, message);
-    }
-
-    /// Refuses a request of another configuration epoch: an older sender is told ours (it
-    /// catches up); from a newer one nothing is answered, and this node catches up.
-    pub fn wrong_epoch(
-        &mut self,
-        group: &str,
-        from: NodeId,
-        ballot: Ballot,
-        epoch: u64,
-        promised: Ballot,
-    ) -> bool {
-        if epoch == self.epoch {
-            return false;
-        }
-        if epoch < self.epoch {
-            self.reject(from, group, ballot, promised);
-        } else {
-            self.newer_epoch_at.push(from);
-        }
-        true
-    }
-
-    /// A random member other than this node, for gap fill.
-    pub fn random_peer(&mut self) -> Option<NodeId> {
-        let peers: Vec<NodeId> = self.membership.nodes().filter(|n| *n != self.id).collect();
-        if peers.is_empty() {
-            return None;
-        }
-        let i = self.rng.random_range(0..peers.len());
-        peers.get(i).copied()
-    }
-}
+use super::ready::{Applied, PersistOp, SnapshotRequest};
 
 pub struct Group {
     pub(super) name: GroupId,
@@ -258,23 +125,9 @@ impl Group {
             Message::Commit {
                 ballot,
                 slots,
-                mut entries,
+                entries,
                 ..
-            } => {
-                self.observe(ctx, ballot, true);
-                // Slots named only: the copy this acceptor accepted at that ballot is the
-                // chosen value. Without one, the slot is known committed and fetched.
-                for slot in slots {
-                    match self.acceptor.accepted_at(slot, ballot) {
-                        Some(command) => entries.push(SlotEntry {
-                            slot,
-                            command: command.clone(),
-                        }),
-                        None => self.log.note_known(slot),
-                    }
-                }
-                self.learn(ctx, entries);
-            }
+            } => self.on_commit(ctx, ballot, slots, entries),
             Message::Heartbeat {
                 ballot, applied, ..
             } => {
@@ -283,81 +136,124 @@ impl Group {
                     self.log.note_known(applied);
                 }
             }
-            Message::CatchUp { from: lo, to, .. } => {
-                let group = self.name.clone();
-                match self.log.range(lo, to, ctx.settings.batch_bytes) {
-                    Ok(entries) if entries.is_empty() => {}
-                    Ok(entries) => {
-                        let entries = entries
-                            .into_iter()
-                            .map(|(slot, command)| SlotEntry { slot, command })
-                            .collect();
-                        let compacted = None;
-                        let reply = Message::CatchUpReply {
-                            group,
-                            entries,
-                            compacted,
-                        };
-                        ctx.send(from, reply);
-                    }
-                    Err(Compacted::Below { applied }) => {
-                        let reply = Message::CatchUpReply {
-                            group,
-                            entries: Vec::new(),
-                            compacted: Some(applied),
-                        };
-                        ctx.send(from, reply);
-                    }
-                }
-            }
+            Message::CatchUp { from: lo, to, .. } => self.on_catch_up(ctx, from, lo, to),
             Message::CatchUpReply {
                 entries, compacted, ..
-            } => {
-                self.learn(ctx, entries);
-                // The entries this node needs left the peer's log: fetch its state instead.
-                if let Some(slot) = compacted
-                    && slot > self.log.applied()
-                    && !self.installing
-                    && from != ctx.id
-                {
-                    self.installing = true;
-                    ctx.out.snapshots.push(SnapshotRequest {
-                        group: self.name.clone(),
-                        from,
-                        slot,
-                    });
-                }
-            }
+            } => self.on_catch_up_reply(ctx, from, entries, compacted),
             Message::LeaseRenew {
                 ballot,
                 token,
                 epoch,
                 ..
-            } => {
-                let group = self.name.clone();
-                let promised = self.acceptor.promised();
-                if ctx.wrong_epoch(&group, from, ballot, epoch, promised) {
-                    return;
-                }
-                if self.acceptor.renew(ballot, ctx.now, ctx.lease_ms()) {
-                    self.observe(ctx, ballot, true);
-                    ctx.send(
-                        from,
-                        Message::LeaseGrant {
-                            group,
-                            ballot,
-                            token,
-                        },
-                    );
-                } else {
-                    ctx.reject(from, &group, ballot, promised);
-                }
-            }
+            } => self.on_lease_renew(ctx, from, ballot, token, epoch),
             Message::LeaseGrant { ballot, token, .. } => self.on_lease_grant(from, ballot, token),
             Message::Forward { id, floor, op, .. } => self.on_forward(ctx, from, id, floor, op),
             Message::Handoff { from: released, .. } => self.on_handoff(ctx, released),
             // Handled by the node (client requests it forwarded).
             Message::ForwardReply { .. } => {}
+        }
+    }
+
+    fn on_commit(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        ballot: Ballot,
+        slots: Vec<Slot>,
+        mut entries: Vec<SlotEntry>,
+    ) {
+        self.observe(ctx, ballot, true);
+        // Slots named only: the copy this acceptor accepted at that ballot is the
+        // chosen value. Without one, the slot is known committed and fetched.
+        for slot in slots {
+            match self.acceptor.accepted_at(slot, ballot) {
+                Some(command) => entries.push(SlotEntry {
+                    slot,
+                    command: command.clone(),
+                }),
+                None => self.log.note_known(slot),
+            }
+        }
+        self.learn(ctx, entries);
+    }
+
+    /// A peer asks for committed entries `lo..=to`: what the log still holds, or where it
+    /// was compacted (the peer then fetches a snapshot).
+    fn on_catch_up(&mut self, ctx: &mut Ctx<'_>, from: NodeId, lo: Slot, to: Slot) {
+        let group = self.name.clone();
+        match self.log.range(lo, to, ctx.settings.batch_bytes) {
+            Ok(entries) if entries.is_empty() => {}
+            Ok(entries) => {
+                let entries = entries
+                    .into_iter()
+                    .map(|(slot, command)| SlotEntry { slot, command })
+                    .collect();
+                let compacted = None;
+                let reply = Message::CatchUpReply {
+                    group,
+                    entries,
+                    compacted,
+                };
+                ctx.send(from, reply);
+            }
+            Err(Compacted::Below { applied }) => {
+                let reply = Message::CatchUpReply {
+                    group,
+                    entries: Vec::new(),
+                    compacted: Some(applied),
+                };
+                ctx.send(from, reply);
+            }
+        }
+    }
+
+    fn on_catch_up_reply(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        entries: Vec<SlotEntry>,
+        compacted: Option<Slot>,
+    ) {
+        self.learn(ctx, entries);
+        // The entries this node needs left the peer's log: fetch its state instead.
+        if let Some(slot) = compacted
+            && slot > self.log.applied()
+            && !self.installing
+            && from != ctx.id
+        {
+            self.installing = true;
+            ctx.out.snapshots.push(SnapshotRequest {
+                group: self.name.clone(),
+                from,
+                slot,
+            });
+        }
+    }
+
+    fn on_lease_renew(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        ballot: Ballot,
+        token: u64,
+        epoch: u64,
+    ) {
+        let group = self.name.clone();
+        let promised = self.acceptor.promised();
+        if ctx.wrong_epoch(&group, from, ballot, epoch, promised) {
+            return;
+        }
+        if self.acceptor.renew(ballot, ctx.now, ctx.lease_ms()) {
+            self.observe(ctx, ballot, true);
+            ctx.send(
+                from,
+                Message::LeaseGrant {
+                    group,
+                    ballot,
+                    token,
+                },
+            );
+        } else {
+            ctx.reject(from, &group, ballot, promised);
         }
     }
 
@@ -629,19 +525,9 @@ impl Group {
 /// Splits accepted entries into promise pages of about `page_bytes` (at least one page,
 /// at least one entry per page).
 fn pages_of(entries: Vec<AcceptedEntry>, page_bytes: usize) -> Vec<Vec<AcceptedEntry>> {
-    let mut pages = vec![Vec::new()];
-    let mut bytes = 0;
-    for entry in entries {
-        let size = entry.command.size();
-        let last = pages.last().is_some_and(|p| !p.is_empty());
-        if last && bytes + size > page_bytes {
-            pages.push(Vec::new());
-            bytes = 0;
-        }
-        bytes += size;
-        if let Some(page) = pages.last_mut() {
-            page.push(entry);
-        }
+    let mut pages = split_by_bytes(entries, page_bytes, |e| e.command.size());
+    if pages.is_empty() {
+        pages.push(Vec::new());
     }
     pages
 }

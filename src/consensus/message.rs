@@ -159,6 +159,46 @@ impl Message {
         }
     }
 
+    /// The proposer's ballot the message speaks for: only that ballot's node sends it.
+    pub fn sender_ballot(&self) -> Option<Ballot> {
+        match self {
+            Message::Prepare { ballot, .. }
+            | Message::Accept { ballot, .. }
+            | Message::Commit { ballot, .. }
+            | Message::Heartbeat { ballot, .. }
+            | Message::LeaseRenew { ballot, .. } => Some(*ballot),
+            Message::Handoff { from, .. } => Some(*from),
+            _ => None,
+        }
+    }
+
+    /// The sender's configuration epoch, in the messages that carry one.
+    pub fn epoch(&self) -> Option<u64> {
+        match self {
+            Message::Prepare { epoch, .. }
+            | Message::Accept { epoch, .. }
+            | Message::LeaseRenew { epoch, .. }
+            | Message::Reject { epoch, .. } => Some(*epoch),
+            _ => None,
+        }
+    }
+
+    /// Whether the message may name a group the receiver has never seen: a proposer's
+    /// messages (a new table's owner) and forwarded client requests. Replies and catch-up
+    /// requests are only about groups the receiver already has.
+    pub fn may_start_group(&self) -> bool {
+        matches!(
+            self,
+            Message::Prepare { .. }
+                | Message::Accept { .. }
+                | Message::Commit { .. }
+                | Message::Heartbeat { .. }
+                | Message::LeaseRenew { .. }
+                | Message::Handoff { .. }
+                | Message::Forward { .. }
+        )
+    }
+
     /// A vote: it may leave (or, sent to this node, be handled) only once the batch it
     /// depends on is durable.
     pub fn is_vote(&self) -> bool {
@@ -223,46 +263,22 @@ fn read_entries(r: &mut Reader<'_>) -> Result<Vec<SlotEntry>, CodecError> {
     })
 }
 
+/// A client's request: tag 0 and the key for a read; a write is its log operation, whose
+/// tags 1–4 are the client writes (a no-op, seal or leave-joint is no client's to send).
 fn write_op(w: &mut Writer, op: &ClientOp) {
     match op {
         ClientOp::Get { key } => {
             w.u8(0);
             w.str(key);
         }
-        ClientOp::Put { key, value } => {
-            w.u8(1);
-            w.str(key);
-            w.bytes(value);
-        }
-        ClientOp::Delete { key } => {
-            w.u8(2);
-            w.str(key);
-        }
-        ClientOp::AddNode { node, zone } => {
-            w.u8(3);
-            w.u64(*node);
-            w.str(zone);
-        }
-        ClientOp::RemoveNode { node } => {
-            w.u8(4);
-            w.u64(*node);
-        }
+        ClientOp::Write(op) => w.command_op(op),
     }
 }
 
 fn read_op(r: &mut Reader<'_>) -> Result<ClientOp, CodecError> {
     Ok(match r.u8()? {
         0 => ClientOp::Get { key: r.string()? },
-        1 => ClientOp::Put {
-            key: r.string()?,
-            value: r.value()?,
-        },
-        2 => ClientOp::Delete { key: r.string()? },
-        3 => ClientOp::AddNode {
-            node: r.u64()?,
-            zone: r.string()?,
-        },
-        4 => ClientOp::RemoveNode { node: r.u64()? },
+        tag @ 1..=4 => ClientOp::Write(r.command_op(tag)?),
         tag => {
             return Err(CodecError::UnknownTag {
                 what: "client op",

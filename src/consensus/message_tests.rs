@@ -115,9 +115,33 @@ pub(crate) fn samples() -> Vec<Message> {
             group: g.clone(),
             id,
             floor: 3,
-            op: ClientOp::Delete {
-                key: "users.bob".into(),
+            op: ClientOp::delete("users.bob"),
+        },
+        Message::Forward {
+            group: g.clone(),
+            id,
+            floor: 4,
+            op: ClientOp::put("users.ann", vec![1, 2]),
+        },
+        Message::Forward {
+            group: g.clone(),
+            id,
+            floor: 0,
+            op: ClientOp::Get {
+                key: "users.ann".into(),
             },
+        },
+        Message::Forward {
+            group: "atlas".into(),
+            id,
+            floor: 0,
+            op: ClientOp::add_node(4, "eu"),
+        },
+        Message::Forward {
+            group: "atlas".into(),
+            id,
+            floor: 0,
+            op: ClientOp::remove_node(4),
         },
         Message::ForwardReply {
             group: g.clone(),
@@ -147,20 +171,34 @@ fn every_message_round_trips() {
 }
 
 #[test]
+fn a_forward_carrying_an_owners_entry_is_refused() {
+    // Tags 5 (leave joint) and 6 (seal) are log operations no client may send.
+    for op in [
+        CommandOp::LeaveJoint { epoch: 1 },
+        CommandOp::Seal { epoch: 1 },
+    ] {
+        let m = Message::Forward {
+            group: "t".into(),
+            id: CommandId { origin: 1, seq: 1 },
+            floor: 0,
+            op: ClientOp::Write(op),
+        };
+        assert!(Message::decode(&m.encode()).is_err());
+    }
+}
+
+#[test]
 fn shared_decoding_does_not_copy_values() {
     let value = bytes::Bytes::from(vec![7u8; crate::consensus::codec::SHARED_VALUE_BYTES]);
     let m = Message::Forward {
         group: "t".into(),
         id: CommandId { origin: 1, seq: 1 },
         floor: 0,
-        op: ClientOp::Put {
-            key: "t.k".into(),
-            value,
-        },
+        op: ClientOp::put("t.k", value),
     };
     let frame = bytes::Bytes::from(m.encode());
     let Ok(Message::Forward {
-        op: ClientOp::Put { value, .. },
+        op: ClientOp::Write(CommandOp::Put { value, .. }),
         ..
     }) = Message::decode_shared(&frame)
     else {

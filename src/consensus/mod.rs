@@ -8,8 +8,10 @@ pub mod acceptor;
 pub mod ballot;
 pub mod codec;
 pub mod command;
+mod ctx;
 pub mod dedup;
 mod group;
+pub mod inbound;
 mod leader;
 pub mod lease;
 pub mod log;
@@ -20,6 +22,7 @@ pub mod node;
 mod proposer;
 pub mod quorum;
 pub mod ready;
+mod reconfig;
 mod requests;
 pub mod settings;
 

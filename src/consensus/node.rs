@@ -10,7 +10,9 @@ use rand::rngs::StdRng;
 use super::acceptor::Acceptor;
 use super::ballot::{Ballot, CommandId, GroupId, NodeId, Slot, Zone};
 use super::command::{Command, CommandOp};
-use super::group::{Ctx, Group};
+use super::ctx::Ctx;
+use super::group::Group;
+use super::inbound::Refused;
 use super::log::{GroupState, Log};
 use super::membership::{Config, Membership, SYSTEM_GROUP};
 use super::message::Message;
@@ -65,6 +67,11 @@ pub struct Node {
     /// fetched because of one.
     pub(super) newer_epoch_at: Vec<NodeId>,
     pub(super) last_epoch_catch_up: u64,
+    /// The node last asked for the `atlas` log because it showed a newer epoch: its answer
+    /// is heard even if this node does not know it as a member yet (see `inbound.rs`).
+    pub(super) config_fetched_from: Option<NodeId>,
+    /// Peer messages dropped by `admit_message`, by reason.
+    pub(super) refused: BTreeMap<Refused, u64>,
 }
 
 impl Node {
@@ -100,6 +107,8 @@ impl Node {
             membership_changes: Vec::new(),
             newer_epoch_at: Vec::new(),
             last_epoch_catch_up: 0,
+            config_fetched_from: None,
+            refused: BTreeMap::new(),
         }
     }
 
@@ -304,11 +313,19 @@ impl Node {
         (self.incarnation << SEQ_BITS) | (self.next_seq & ((1 << SEQ_BITS) - 1))
     }
 
-    /// A message from a peer.
+    /// A message from a peer (`from` as the transport authenticated it).
     pub fn step(&mut self, now: u64, from: NodeId, message: Message) {
         self.advance(now);
-        self.dispatch(from, message);
+        match self.admit_message(from, &message) {
+            Ok(()) => self.dispatch(from, message),
+            Err(why) => *self.refused.entry(why).or_default() += 1,
+        }
         self.settle();
+    }
+
+    /// Peer messages dropped so far, by reason (see `inbound.rs`).
+    pub fn refused_messages(&self) -> &BTreeMap<Refused, u64> {
+        &self.refused
     }
 
     /// Timer tick: call every few milliseconds.
@@ -486,6 +503,7 @@ impl Node {
         self.last_epoch_catch_up = self.now;
         let from = self.applied(SYSTEM_GROUP) + 1;
         if let Some(peer) = peers.into_iter().find(|p| *p != self.id) {
+            self.config_fetched_from = Some(peer);
             self.out.messages.push(super::ready::Outgoing {
                 to: peer,
                 message: Message::CatchUp {
@@ -501,3 +519,7 @@ impl Node {
 #[cfg(test)]
 #[path = "node_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "inbound_tests.rs"]
+mod inbound_tests;

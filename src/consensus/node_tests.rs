@@ -8,11 +8,11 @@ use crate::consensus::{
     ClientOp, CommandId, CommandOp, MigrationMode, Outcome, PersistOp, Tolerances,
 };
 
-fn three_nodes() -> Membership {
+pub(super) fn three_nodes() -> Membership {
     Membership::new((1..=3).map(|n| (n, "z".to_string())))
 }
 
-fn settings() -> Settings {
+pub(super) fn settings() -> Settings {
     Settings {
         tolerances: Tolerances { nodes: 1, zones: 0 },
         // No leases: no quiet period after the restart these tests start from.
@@ -21,7 +21,7 @@ fn settings() -> Settings {
     }
 }
 
-fn put(origin: u64, seq: u64, key: &str) -> Command {
+pub(super) fn put(origin: u64, seq: u64, key: &str) -> Command {
     Command {
         id: CommandId { origin, seq },
         floor: 0,
@@ -34,7 +34,7 @@ fn put(origin: u64, seq: u64, key: &str) -> Command {
 
 /// What the driver does with a node's output when storage is not the point: votes for this
 /// node are stepped back in (as after the durable write); everything else is collected.
-fn drain(node: &mut Node, now: u64) -> Ready {
+pub(super) fn drain(node: &mut Node, now: u64) -> Ready {
     let mut all = Ready::default();
     loop {
         let mut ready = node.take_ready();
@@ -57,7 +57,7 @@ fn drain(node: &mut Node, now: u64) -> Ready {
     }
 }
 
-fn promise(ballot: Ballot, accepted: Vec<AcceptedEntry>) -> Message {
+pub(super) fn promise(ballot: Ballot, accepted: Vec<AcceptedEntry>) -> Message {
     Message::Promise {
         group: "users".into(),
         ballot,
@@ -70,7 +70,7 @@ fn promise(ballot: Ballot, accepted: Vec<AcceptedEntry>) -> Message {
     }
 }
 
-fn prepare_ballot(ready: &Ready) -> Ballot {
+pub(super) fn prepare_ballot(ready: &Ready) -> Ballot {
     ready
         .messages
         .iter()
@@ -81,7 +81,7 @@ fn prepare_ballot(ready: &Ready) -> Ballot {
         .expect("a prepare")
 }
 
-fn accepts_to(ready: &Ready, to: NodeId) -> BTreeMap<Slot, Command> {
+pub(super) fn accepts_to(ready: &Ready, to: NodeId) -> BTreeMap<Slot, Command> {
     ready
         .messages
         .iter()
@@ -110,14 +110,7 @@ fn phase1_reproposes_the_highest_ballot_per_slot_and_fills_holes() {
         .accepted
         .insert(2, (Ballot::new(1, 2), put(2, 2, "users.y")));
     let mut node = Node::recover(1, "z".into(), three_nodes(), settings(), recovered, 2, 1, 0);
-    node.client_request(
-        0,
-        77,
-        ClientOp::Put {
-            key: "users.new".into(),
-            value: vec![1].into(),
-        },
-    );
+    node.client_request(0, 77, ClientOp::put("users.new", vec![1]));
     let ballot = prepare_ballot(&drain(&mut node, 0));
     assert_eq!(ballot, Ballot::new(2, 1));
     let accepted = [
@@ -209,14 +202,7 @@ fn phase1_reproposes_the_highest_ballot_per_slot_and_fills_holes() {
 #[test]
 fn a_deposed_owner_never_acknowledges_a_write_it_did_not_commit() {
     let mut node = Node::new(1, "z".into(), three_nodes(), settings(), 1, 1, 0);
-    node.client_request(
-        0,
-        5,
-        ClientOp::Put {
-            key: "users.k".into(),
-            value: vec![1].into(),
-        },
-    );
+    node.client_request(0, 5, ClientOp::put("users.k", vec![1]));
     let ballot = prepare_ballot(&drain(&mut node, 0));
     node.step(1, 2, promise(ballot, vec![]));
     let proposed = accepts_to(&drain(&mut node, 1), 2);
@@ -258,23 +244,9 @@ fn grouped_tables_move_together() {
     s.groups.insert("items".into(), "shop".into());
     let one = Membership::new([(1, "z".to_string())]);
     let mut node = Node::new(1, "z".into(), one, s, 1, 1, 0);
-    node.client_request(
-        0,
-        1,
-        ClientOp::Put {
-            key: "orders.1".into(),
-            value: vec![1].into(),
-        },
-    );
+    node.client_request(0, 1, ClientOp::put("orders.1", vec![1]));
     let mut ready = drain(&mut node, 0);
-    node.client_request(
-        1,
-        2,
-        ClientOp::Put {
-            key: "items.1".into(),
-            value: vec![2].into(),
-        },
-    );
+    node.client_request(1, 2, ClientOp::put("items.1", vec![2]));
     let later = drain(&mut node, 1);
     ready.completions.extend(later.completions);
     ready.apply.extend(later.apply);
@@ -340,13 +312,13 @@ fn a_newer_epoch_in_a_message_is_never_adopted() {
     assert!(node.config().is_joint() && node.joint_quorums().is_joint());
     assert_eq!(node.membership().len(), 4);
     // Now an epoch-0 request is refused, with the epoch.
-    node.step(1_002, 3, prepare(0));
+    node.step(1_002, 2, prepare(0));
     let ready = drain(&mut node, 1_002);
     assert!(
         ready
             .messages
             .iter()
-            .any(|m| m.to == 3 && matches!(m.message, Message::Reject { epoch: 1, .. }))
+            .any(|m| m.to == 2 && matches!(m.message, Message::Reject { epoch: 1, .. }))
     );
     let leave = |epoch| Command {
         id: CommandId { origin: 2, seq: 0 },
@@ -380,14 +352,7 @@ fn concurrent_steals_break_ties_on_zone_then_node() {
     };
     // Node 1 (zone b) is taking the group with counter 1.
     let mut node = Node::new(1, "b".into(), members.clone(), s.clone(), 1, 1, 0);
-    node.client_request(
-        0,
-        1,
-        ClientOp::Put {
-            key: "users.k".into(),
-            value: vec![1].into(),
-        },
-    );
+    node.client_request(0, 1, ClientOp::put("users.k", vec![1]));
     let mine = prepare_ballot(&drain(&mut node, 0));
     assert_eq!(mine, Ballot::new(1, 1));
     // Node 3 (zone a, higher id) prepares at the same counter: node 1's acceptor promises
@@ -406,14 +371,7 @@ fn concurrent_steals_break_ties_on_zone_then_node() {
     assert_eq!(prepare_ballot(&drain(&mut node, 1)), Ballot::new(2, 1));
     // Node 3 in turn gives way when it hears node 1's prepare at its own counter.
     let mut other = Node::new(3, "a".into(), members, s, 1, 1, 0);
-    other.client_request(
-        0,
-        1,
-        ClientOp::Put {
-            key: "users.k".into(),
-            value: vec![1].into(),
-        },
-    );
+    other.client_request(0, 1, ClientOp::put("users.k", vec![1]));
     assert_eq!(prepare_ballot(&drain(&mut other, 0)), Ballot::new(1, 3));
     other.step(
         1,
@@ -476,14 +434,7 @@ fn a_new_owner_with_nothing_to_recover_seals_before_the_first_write() {
     node.step(1_000, 2, commit(2, CommandOp::LeaveJoint { epoch: 1 }));
     assert_eq!(node.config().epoch, 2);
     drain(&mut node, 1_000);
-    node.client_request(
-        2_000,
-        7,
-        ClientOp::Put {
-            key: "users.a".into(),
-            value: b"v".to_vec().into(),
-        },
-    );
+    node.client_request(2_000, 7, ClientOp::put("users.a", b"v".to_vec()));
     let ready = drain(&mut node, 2_000);
     let ballot = prepare_ballot(&ready);
     node.step(2_001, 2, promise(ballot, vec![]));
@@ -576,10 +527,7 @@ fn a_forwarded_write_completes_once_applied_at_its_origin() {
     };
     node.step(1, 2, heartbeat);
     drain(&mut node, 1);
-    let op = ClientOp::Put {
-        key: "users.a".into(),
-        value: vec![1].into(),
-    };
+    let op = ClientOp::put("users.a", vec![1]);
     node.client_request(2, 9, op.clone());
     let ready = drain(&mut node, 2);
     let (id, floor) = ready

@@ -4,9 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use super::acceptor::MAX_SLOTS_AHEAD;
 use super::ballot::{Ballot, CommandId, NodeId, Slot};
 use super::command::Command;
-use super::group::{Ctx, Group};
+use super::ctx::Ctx;
+use super::group::Group;
 use super::leader::Leader;
 use super::lease::LeaseGrants;
 use super::membership::SYSTEM_GROUP;
@@ -151,6 +153,12 @@ impl Group {
             return;
         };
         if p.ballot != ballot {
+            return;
+        }
+        // An acceptor never holds a slot that far past what it applied (`acceptor.rs`): such
+        // a promise is not counted, so it cannot make this owner fill millions of holes.
+        let limit = report.applied.saturating_add(1 + MAX_SLOTS_AHEAD);
+        if report.accepted.iter().any(|e| e.slot > limit) {
             return;
         }
         p.sealed = p.sealed.max(report.sealed);

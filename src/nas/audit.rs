@@ -25,8 +25,8 @@ fn is_secret_key(key: &str) -> bool {
     SECRET_KEYS.contains(&lower.as_str()) || SECRET_FRAGMENTS.iter().any(|f| lower.contains(f))
 }
 
-/// One audit row to write.
-#[derive(Debug, Clone)]
+/// One audit row to write (and, with its id, as the API returns it).
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Entry {
     pub ts: String,
     pub actor: String,
@@ -126,19 +126,19 @@ fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
 
-/// An audit row as the API returns it.
+/// An audit row as the API returns it: its id and the entry's fields, flat.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct AuditRow {
     pub id: i64,
-    pub ts: String,
-    pub actor: String,
-    pub action: String,
-    pub resource_type: String,
-    pub resource_id: Option<String>,
-    pub result: String,
-    pub message: String,
-    pub client_addr: Option<String>,
-    pub details: Option<Value>,
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+impl std::ops::Deref for AuditRow {
+    type Target = Entry;
+    fn deref(&self) -> &Entry {
+        &self.entry
+    }
 }
 
 /// Filters of `GET /audit-logs`; `since`/`until` are inclusive RFC 3339 instants.
@@ -229,8 +229,7 @@ pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<AuditRow>, NasErr
     let rows = stmt
         .query_map(params_from_iter(args), |row| {
             let details: Option<String> = row.get(9)?;
-            Ok(AuditRow {
-                id: row.get(0)?,
+            let entry = Entry {
                 ts: row.get(1)?,
                 actor: row.get(2)?,
                 action: row.get(3)?,
@@ -240,6 +239,10 @@ pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<AuditRow>, NasErr
                 message: row.get(7)?,
                 client_addr: row.get(8)?,
                 details: details.and_then(|d| serde_json::from_str(&d).ok()),
+            };
+            Ok(AuditRow {
+                id: row.get(0)?,
+                entry,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

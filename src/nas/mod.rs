@@ -6,6 +6,8 @@
 //! REST handler the Pingora listener mounts under `/api/v1`.
 
 pub mod api;
+#[cfg(test)]
+mod api_apply_tests;
 mod api_entities;
 #[cfg(test)]
 mod api_fuzz_tests;

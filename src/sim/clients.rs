@@ -29,14 +29,8 @@ impl Sim {
         let value = format!("c{c}-{}", self.clients[c].counter).into_bytes();
         let (op, input) = match self.rng.random_range(0..10) {
             0..5 => (ClientOp::Get { key: key.clone() }, Input::Get),
-            5..9 => (
-                ClientOp::Put {
-                    key: key.clone(),
-                    value: value.clone().into(),
-                },
-                Input::Put(value),
-            ),
-            _ => (ClientOp::Delete { key: key.clone() }, Input::Delete),
+            5..9 => (ClientOp::put(key.clone(), value.clone()), Input::Put(value)),
+            _ => (ClientOp::delete(key.clone()), Input::Delete),
         };
         let request = self.next_request;
         self.next_request += 1;

@@ -16,6 +16,7 @@
 mod clients;
 mod config;
 mod machine;
+mod network;
 mod world;
 
 #[cfg(test)]

@@ -449,10 +449,7 @@ mod tests {
             );
             let mut written = 0;
             for i in 0..5u64 {
-                let op = ClientOp::Put {
-                    key: format!("users.k{i}"),
-                    value: vec![i as u8].into(),
-                };
+                let op = ClientOp::put(format!("users.k{i}"), vec![i as u8]);
                 node.client_request(i, i, op);
                 written += run(&mut node, &store, i)
                     .iter()
@@ -488,14 +485,7 @@ mod tests {
         assert_eq!(node.applied("users"), applied_before);
         // Quiet for one lease after a restart, then it takes the table again.
         let mut now = start;
-        node.client_request(
-            now,
-            100,
-            ClientOp::Put {
-                key: "users.k9".into(),
-                value: vec![9].into(),
-            },
-        );
+        node.client_request(now, 100, ClientOp::put("users.k9", vec![9]));
         let mut done = run(&mut node, &store, now).contains(&Outcome::Written);
         while now < start + 3 * settings.lease_ms && !done {
             now += 10;

@@ -153,6 +153,11 @@ impl Node {
         self.spawn_and_wait();
     }
 
+    /// The extra `atlas:` YAML lines the node runs with.
+    pub fn extra_yaml(&self) -> &str {
+        &self.extra_yaml
+    }
+
     /// Like [`Node::restart`], with `extra_atlas_yaml` as the new extra configuration.
     pub fn restart_with(&mut self, extra_atlas_yaml: &str) {
         self.extra_yaml = extra_atlas_yaml.to_string();

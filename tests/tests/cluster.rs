@@ -2,6 +2,7 @@
 //! kill -9, SIGSTOP and partitions, late joiners; every history is checked for
 //! linearizability and no acknowledged write may be lost.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -61,6 +62,26 @@ fn with_workload(cluster: &mut TestCluster, nemesis: impl FnOnce(&mut TestCluste
     history
 }
 
+/// After 1.5 s of workload, kill -9 the owner of `acct` (as node 0 sees it), keep it down
+/// for `down_ms`, restart it and let it settle for 1 s; returns its index.
+fn crash_owner(cluster: &mut TestCluster, down_ms: u64) -> usize {
+    thread::sleep(phase(1_500));
+    let owner = cluster.owner_of(0, "acct").unwrap_or(0);
+    cluster.nodes[owner].kill9();
+    thread::sleep(phase(down_ms));
+    cluster.nodes[owner].restart();
+    thread::sleep(phase(1_000));
+    owner
+}
+
+/// SIGSTOP node `i` for `ms`, then SIGCONT, then 1 s to settle.
+fn pause(cluster: &TestCluster, i: usize, ms: u64) {
+    signal(&cluster.nodes[i], libc::SIGSTOP);
+    thread::sleep(phase(ms));
+    signal(&cluster.nodes[i], libc::SIGCONT);
+    thread::sleep(phase(1_000));
+}
+
 #[test]
 fn three_regions_replicate_and_survive_kill9_sigstop_and_partitions() {
     let mut cluster = TestCluster::start(&["us", "eu", "ap"], "fz: 1\n");
@@ -100,19 +121,10 @@ fn three_regions_replicate_and_survive_kill9_sigstop_and_partitions() {
     }
 
     let history = with_workload(&mut cluster, |cluster| {
-        thread::sleep(phase(1_500));
         // kill -9 the owner of a busy table; the others take it over within seconds.
-        let owner = cluster.owner_of(0, "acct").unwrap_or(0);
-        cluster.nodes[owner].kill9();
-        thread::sleep(phase(2_500));
-        cluster.nodes[owner].restart();
-        thread::sleep(phase(1_000));
+        let owner = crash_owner(cluster, 2_500);
         // SIGSTOP a node for longer than the failure detector's patience.
-        let stopped = (owner + 1) % 3;
-        signal(&cluster.nodes[stopped], libc::SIGSTOP);
-        thread::sleep(phase(2_000));
-        signal(&cluster.nodes[stopped], libc::SIGCONT);
-        thread::sleep(phase(1_000));
+        pause(cluster, (owner + 1) % 3, 2_000);
         // Partition one node away, then heal.
         let cut = (owner + 2) % 3;
         cluster.isolate(cut, true);
@@ -182,18 +194,9 @@ fn three_zones_of_three_nodes_keep_serving_through_failures() {
     assert_eq!(quorum[0], "Q1 size=6", "{quorum:?}");
     assert!(quorum.contains(&"Q2 size=2".to_string()), "{quorum:?}");
     let history = with_workload(&mut cluster, |cluster| {
-        thread::sleep(phase(1_500));
-        let owner = cluster.owner_of(0, "acct").unwrap_or(0);
-        cluster.nodes[owner].kill9();
-        thread::sleep(phase(3_000));
-        cluster.nodes[owner].restart();
-        thread::sleep(phase(1_000));
+        let owner = crash_owner(cluster, 3_000);
         // A follower in another zone stops and comes back.
-        let follower = (owner + 4) % 9;
-        signal(&cluster.nodes[follower], libc::SIGSTOP);
-        thread::sleep(phase(1_500));
-        signal(&cluster.nodes[follower], libc::SIGCONT);
-        thread::sleep(phase(1_000));
+        pause(cluster, (owner + 4) % 9, 1_500);
     });
     assert!(acknowledged_writes(&history) > 10);
 }
@@ -322,9 +325,68 @@ fn blobs_acls_and_scans_replicate() {
     }
 }
 
+/// POSTs `body` to `node`'s consensus transport with the credential and, if given, a client
+/// certificate and its key.
+fn post_consensus(
+    node: &Node,
+    cert: Option<(&Path, &Path)>,
+    body: &[u8],
+) -> atlas_tests::https::CurlResponse {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    std::fs::write(&file, body).unwrap();
+    let url = format!("https://{}/atlas/v1/consensus", node.https_addr());
+    let bearer = format!("Authorization: Bearer {CREDENTIALS}");
+    let data = format!("@{}", file.display());
+    let mut args = vec!["-X", "POST", "-H", &bearer, "--data-binary", &data];
+    let files = cert.map(|(c, k)| (c.display().to_string(), k.display().to_string()));
+    if let Some((c, k)) = &files {
+        args.extend(["--cert", c.as_str(), "--key", k.as_str()]);
+    }
+    atlas_tests::https::curl(&node.ca_path(), &url, &args)
+}
+
+/// POSTs `body` to `path` on `node` with `secret` as the bearer credential.
+fn post_with(
+    node: &Node,
+    secret: &str,
+    path: &str,
+    body: &str,
+) -> atlas_tests::https::CurlResponse {
+    atlas_tests::https::curl(
+        &node.ca_path(),
+        &format!("https://{}{path}", node.https_addr()),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &format!("Authorization: Bearer {secret}"),
+            "--data-binary",
+            body,
+        ],
+    )
+}
+
+/// An envelope of no messages (a ping) that says it is from `from`.
+fn ping_from(from: u64) -> Vec<u8> {
+    atlas::cluster::envelope::Envelope {
+        from,
+        messages: Vec::new(),
+    }
+    .encode()
+}
+
+/// The certificate and key files a node presents to its peers.
+fn node_cert(node: &Node) -> (PathBuf, PathBuf) {
+    let tls = node.dir().join("data").join("tls");
+    (tls.join("node.crt"), tls.join("node.key"))
+}
+
+/// `peer_mtls` is on by default in a cluster with `tls: internal`: the transport takes only
+/// a node's certificate, and an envelope only from the node that certificate names.
 #[test]
-fn peer_mtls_requires_a_cluster_certificate_on_the_transport() {
-    let cluster = TestCluster::start(&["a", "b"], "fz: 1\npeer_mtls: true\n");
+fn peer_mtls_is_on_by_default_and_binds_the_sender_to_its_certificate() {
+    let cluster = TestCluster::start(&["a", "b"], "fz: 1\n");
     cluster.nodes[0].client().put("mtls.k", "v");
     assert_eq!(
         cluster.nodes[1].client().get("mtls.k").as_deref(),
@@ -336,58 +398,29 @@ fn peer_mtls_requires_a_cluster_certificate_on_the_transport() {
         atlas_tests::assert_private_tree(&node.dir().join("data"));
     }
     let node = &cluster.nodes[0];
-    let url = format!("https://{}/atlas/v1/consensus", node.https_addr());
-    let bearer = format!("Authorization: Bearer {CREDENTIALS}");
-    let without = atlas_tests::https::curl(
-        &node.ca_path(),
-        &url,
-        &["-X", "POST", "-H", &bearer, "--data-binary", "x"],
-    );
+    let without = post_consensus(node, None, b"x");
     assert_eq!(without.status, 401, "{without:?}");
     assert!(without.body.contains("client certificate"), "{without:?}");
     // Node 2's certificate, issued by the cluster CA, passes (the body is then judged).
-    let tls = cluster.nodes[1].dir().join("data").join("tls");
-    let cert = tls.join("node.crt").display().to_string();
-    let key = tls.join("node.key").display().to_string();
-    let with = atlas_tests::https::curl(
-        &node.ca_path(),
-        &url,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            &bearer,
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--data-binary",
-            "x",
-        ],
-    );
-    assert_eq!(with.status, 400, "{with:?}");
+    let (cert, key) = node_cert(&cluster.nodes[1]);
+    let garbage = post_consensus(node, Some((&cert, &key)), b"x");
+    assert_eq!(garbage.status, 400, "{garbage:?}");
+    // It names node 2: an envelope in node 2's name is taken, one in node 1's or node 7's
+    // name is refused.
+    let own = post_consensus(node, Some((&cert, &key)), &ping_from(2));
+    assert_eq!(own.status, 204, "{own:?}");
+    for other in [1, 7] {
+        let forged = post_consensus(node, Some((&cert, &key)), &ping_from(other));
+        assert_eq!(forged.status, 403, "{forged:?}");
+        assert!(forged.body.contains("node 2's"), "{forged:?}");
+    }
     // A client certificate of `client_listen` comes from the same CA, but is no node's.
     let certs = tempfile::tempdir().unwrap();
     let (client_cert, client_key) = (certs.path().join("c.crt"), certs.path().join("c.key"));
     let issued =
         atlas_tests::issue_client_cert(&node.config_path(), "ops", &client_cert, &client_key);
     assert!(issued.status.success(), "{}", atlas_tests::explain(&issued));
-    let as_client = atlas_tests::https::curl(
-        &node.ca_path(),
-        &url,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            &bearer,
-            "--cert",
-            &client_cert.display().to_string(),
-            "--key",
-            &client_key.display().to_string(),
-            "--data-binary",
-            "x",
-        ],
-    );
+    let as_client = post_consensus(node, Some((&client_cert, &client_key)), &ping_from(2));
     assert_eq!(as_client.status, 401, "{as_client:?}");
     assert!(as_client.body.contains("client_listen"), "{as_client:?}");
     // Clients of the other endpoints need no certificate.
@@ -397,6 +430,39 @@ fn peer_mtls_requires_a_cluster_certificate_on_the_transport() {
         &[],
     );
     assert_eq!(health.status, 200);
+    // A node that only registers (the first step of a join) gets the CA certificate to
+    // verify with, not the CA key: that is for the voting member it becomes.
+    let register = format!(
+        r#"{{"member": false, "region": "c", "host": "127.0.0.1", "port": {}}}"#,
+        free_port()
+    );
+    let registered = post_with(node, CREDENTIALS, "/atlas/v1/join", &register);
+    assert_eq!(registered.status, 200, "{registered:?}");
+    let answer = registered.json();
+    assert!(
+        answer["ca_cert"]
+            .as_str()
+            .is_some_and(|c| c.contains("BEGIN CERTIFICATE"))
+    );
+    assert!(answer.get("ca_key").is_none_or(|k| k.is_null()), "{answer}");
+    assert!(
+        !registered.body.contains("PRIVATE KEY"),
+        "{}",
+        registered.body
+    );
+}
+
+/// `peer_mtls: false` turns it off: the credential alone opens the transport.
+#[test]
+fn peer_mtls_false_opens_the_transport_to_the_credential_alone() {
+    let cluster = TestCluster::start(&["a", "b"], "fz: 1\npeer_mtls: false\n");
+    cluster.nodes[0].client().put("nomtls.k", "v");
+    assert_eq!(
+        cluster.nodes[1].client().get("nomtls.k").as_deref(),
+        Some("v")
+    );
+    let ping = post_consensus(&cluster.nodes[0], None, &ping_from(2));
+    assert_eq!(ping.status, 204, "{ping:?}");
 }
 
 #[test]
@@ -405,20 +471,7 @@ fn a_node_gone_for_good_is_removed_and_the_rest_keep_serving() {
     cluster.nodes[0].client().put("rm.k", "before");
     cluster.nodes[2].kill9();
     let node = &cluster.nodes[0];
-    let remove = |body: &str| {
-        atlas_tests::https::curl(
-            &node.ca_path(),
-            &format!("https://{}/atlas/v1/remove", node.https_addr()),
-            &[
-                "-X",
-                "POST",
-                "-H",
-                &format!("Authorization: Bearer {CREDENTIALS}"),
-                "--data-binary",
-                body,
-            ],
-        )
-    };
+    let remove = |body: &str| post_with(node, CREDENTIALS, "/atlas/v1/remove", body);
     assert_eq!(remove(r#"{"node_id": 1}"#).status, 400, "not itself");
     assert_eq!(remove(r#"{"node_id": 42}"#).status, 404, "not a member");
     assert_eq!(remove(r#"{"node": 3}"#).status, 400, "field named");
@@ -434,26 +487,111 @@ fn a_node_gone_for_good_is_removed_and_the_rest_keep_serving() {
     );
     let info = cluster.nodes[0].client().request_ok("TABLE INFO rm");
     assert!(info.contains(&"fz=0".to_string()), "{info:?}");
+    // The removed node's certificate still verifies, but it is no member: a prepare it
+    // sends at a huge ballot is not taken in (counted), and the table keeps its owner.
+    let metric = |node: &Node| -> f64 {
+        let metrics = atlas_tests::https::curl(
+            &node.ca_path(),
+            &format!("https://{}/metrics", node.https_addr()),
+            &[],
+        );
+        metrics
+            .body
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("atlas_consensus_messages_refused_total")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no refused counter:\n{}", metrics.body))
+    };
+    let before = metric(&cluster.nodes[0]);
+    let steal = atlas::consensus::Message::Prepare {
+        group: "rm".into(),
+        ballot: atlas::consensus::Ballot::new(1_000_000, 3),
+        token: 0,
+        handoff_from: None,
+        epoch: 0,
+    };
+    let envelope = atlas::cluster::envelope::Envelope {
+        from: 3,
+        messages: vec![steal],
+    };
+    let (cert, key) = node_cert(&cluster.nodes[2]);
+    let sent = post_consensus(&cluster.nodes[0], Some((&cert, &key)), &envelope.encode());
+    assert_eq!(sent.status, 204, "{sent:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&cluster.nodes[0]) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the removed node's prepare was not refused"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    cluster.nodes[1].client().put("rm.k", "still");
+    let info = cluster.nodes[0].client().request_ok("TABLE INFO rm");
+    assert!(!info.iter().any(|l| l.contains("1000000")), "{info:?}");
+}
+
+/// The credential is rotated without downtime, in three rounds of rolling restarts: every
+/// node accepts the new secret too, then sends it (accepting the old one too), then drops
+/// the old one; writes replicate after every restart, and the old secret is refused at the
+/// end.
+#[test]
+fn the_cluster_credential_rotates_node_by_node() {
+    const NEW: &str = "the-rotated-cluster-secret-0001";
+    let mut cluster = TestCluster::start(&["a", "b"], "fz: 1\n");
+    let replicates = |cluster: &TestCluster, step: &str| {
+        let key = format!("rot.{step}");
+        cluster.nodes[0].client().put(&key, step);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cluster.nodes[1].client().get(&key).as_deref() != Some(step) {
+            assert!(
+                Instant::now() < deadline,
+                "{step}: the write did not replicate"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+    replicates(&cluster, "before");
+    let accept_new = format!("accepted_credentials: [{NEW}]\n");
+    let accept_old = format!("accepted_credentials: [{CREDENTIALS}]\n");
+    let rounds: [&dyn Fn(&str) -> String; 3] = [
+        &|yaml| format!("{yaml}{accept_new}"),
+        &|yaml| {
+            format!(
+                "{}{accept_old}",
+                yaml.replace(&accept_new, "").replace(CREDENTIALS, NEW)
+            )
+        },
+        &|yaml| yaml.replace(&accept_old, ""),
+    ];
+    for (round, change) in rounds.iter().enumerate() {
+        for i in 0..2 {
+            let yaml = change(cluster.nodes[i].extra_yaml());
+            cluster.nodes[i].terminate();
+            cluster.nodes[i].restart_with(&yaml);
+            replicates(&cluster, &format!("r{round}n{i}"));
+        }
+    }
+    let with = |secret: &str| {
+        post_with(
+            &cluster.nodes[0],
+            secret,
+            "/atlas/v1/remove",
+            r#"{"node_id": 42}"#,
+        )
+    };
+    assert_eq!(with(CREDENTIALS).status, 401, "the old secret is refused");
+    assert_eq!(with(NEW).status, 404, "the new one is taken (no node 42)");
 }
 
 #[test]
 fn malformed_join_and_fault_requests_get_400_naming_the_field() {
     let cluster = TestCluster::start(&["a"], "");
     let node = &cluster.nodes[0];
-    let post = |path: &str, body: &str| {
-        atlas_tests::https::curl(
-            &node.ca_path(),
-            &format!("https://{}{path}", node.https_addr()),
-            &[
-                "-X",
-                "POST",
-                "-H",
-                &format!("Authorization: Bearer {CREDENTIALS}"),
-                "--data-binary",
-                body,
-            ],
-        )
-    };
+    let post = |path: &str, body: &str| post_with(node, CREDENTIALS, path, body);
     for (body, field) in [
         ("not json", "join request"),
         (r#"{"region": "a"}"#, "host"),

@@ -64,6 +64,13 @@ impl Api<'_> {
         );
         self.login(username, &password)
     }
+
+    /// POSTs `body` to `path` as `token` and expects 201 Created.
+    fn create(&self, token: &str, path: &str, body: Value) -> CurlResponse {
+        let r = self.call("POST", path, Some(token), Some(&body));
+        assert_eq!(r.status, 201, "POST {path}: {r:?}");
+        r
+    }
 }
 
 #[test]
@@ -226,15 +233,10 @@ fn backup_change_restore() {
     let node = Node::start();
     let api = Api { node: &node };
     let admin = api.login("admin", ADMIN_PASSWORD);
-    assert_eq!(
-        api.call(
-            "POST",
-            "/exports/nfs",
-            Some(&admin),
-            Some(&json!({"path": "/srv/a", "clients": ["10.0.0.0/8"]}))
-        )
-        .status,
-        201
+    api.create(
+        &admin,
+        "/exports/nfs",
+        json!({"path": "/srv/a", "clients": ["10.0.0.0/8"]}),
     );
     let backup = node.dir().join("nas-backup.db");
     let url = |p: &str| format!("https://{}/api/v1{p}", node.https_addr());
@@ -258,15 +260,10 @@ fn backup_change_restore() {
             .starts_with(b"SQLite format 3")
     );
 
-    assert_eq!(
-        api.call(
-            "POST",
-            "/exports/nfs",
-            Some(&admin),
-            Some(&json!({"path": "/srv/b", "clients": ["*"]}))
-        )
-        .status,
-        201
+    api.create(
+        &admin,
+        "/exports/nfs",
+        json!({"path": "/srv/b", "clients": ["*"]}),
     );
     let data = format!("@{}", backup.display());
     // Without an administrator's token the upload is refused before it is read. The client
@@ -397,15 +394,10 @@ fn openapi_and_preview() {
     assert_eq!(doc.status, 200);
     assert!(doc.json()["paths"].get("/shares/smb").is_some() || doc.body.contains("/shares/smb"));
     let admin = api.login("admin", ADMIN_PASSWORD);
-    assert_eq!(
-        api.call(
-            "POST",
-            "/shares/smb",
-            Some(&admin),
-            Some(&json!({"name": "docs", "path": "/srv/docs"}))
-        )
-        .status,
-        201
+    api.create(
+        &admin,
+        "/shares/smb",
+        json!({"name": "docs", "path": "/srv/docs"}),
     );
     let preview = api.call("GET", "/config/preview/smb", Some(&admin), None);
     assert_eq!(preview.status, 200);
@@ -426,15 +418,10 @@ fn apply_is_a_dry_run_by_default_and_writes_nothing() {
     ));
     let api = Api { node: &node };
     let admin = api.login("admin", ADMIN_PASSWORD);
-    assert_eq!(
-        api.call(
-            "POST",
-            "/shares/smb",
-            Some(&admin),
-            Some(&json!({"name": "docs", "path": "/srv/docs"}))
-        )
-        .status,
-        201
+    api.create(
+        &admin,
+        "/shares/smb",
+        json!({"name": "docs", "path": "/srv/docs"}),
     );
     let operator = api.create_user(&admin, "opal", "operator");
     let viewer = api.create_user(&admin, "vera", "viewer");

@@ -15,6 +15,12 @@ fn repl(socket: &Path, input: &str) -> Output {
     )
 }
 
+/// The lines of a run that must have exited 0.
+fn ok_lines(out: &Output) -> Vec<String> {
+    assert_eq!(out.status.code(), Some(0), "{}", explain(out));
+    stdout_lines(out)
+}
+
 fn stdout_lines(out: &Output) -> Vec<String> {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains('\r'), "repl output keeps \\r: {text:?}");
@@ -25,9 +31,8 @@ fn stdout_lines(out: &Output) -> Vec<String> {
 fn repl_prints_responses_and_exits_zero_at_eof() {
     let node = Node::start();
     let out = repl(&node.socket_path(), "KEY PUT a.b hello\nKEY GET a.b\n");
-    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     assert_eq!(
-        stdout_lines(&out),
+        ok_lines(&out),
         ["OK", "VALUE:hello", "OK"],
         "{}",
         explain(&out)
@@ -42,9 +47,8 @@ fn repl_prints_multi_line_responses() {
     c.put("r.b", "2");
     c.put("r.a", "1");
     let out = repl(&node.socket_path(), "SCAN r\nCOUNT r\nPRINCIPAL WHOAMI\n");
-    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     assert_eq!(
-        stdout_lines(&out),
+        ok_lines(&out),
         [
             "KEYS:2",
             "R.A",
@@ -145,8 +149,7 @@ fn repl_exit_command_stops_reading() {
         &node.socket_path(),
         "KEY PUT exit.k first\nEXIT\nKEY PUT exit.k second\n",
     );
-    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    let lines = stdout_lines(&out);
+    let lines = ok_lines(&out);
     assert_eq!(
         lines.first().map(String::as_str),
         Some("OK"),
@@ -195,8 +198,7 @@ fn one_shot_kv_commands_answer_with_their_exit_status() {
     let out = kv(&["put", "app.name", "two", "words"]);
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let out = kv(&["get", "app.name"]);
-    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    assert_eq!(stdout_lines(&out), ["two words"]);
+    assert_eq!(ok_lines(&out), ["two words"]);
     let out = kv(&["get", "app.none"]);
     assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
     assert!(out.stdout.is_empty());
@@ -218,8 +220,7 @@ fn one_shot_kv_commands_answer_with_their_exit_status() {
     }
     // All pages, although a page holds two keys.
     let out = kv(&["scan", "app."]);
-    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    assert_eq!(stdout_lines(&out), ["APP.A", "APP.B", "APP.C", "APP.NAME"]);
+    assert_eq!(ok_lines(&out), ["APP.A", "APP.B", "APP.C", "APP.NAME"]);
     let out = kv(&["scan", "app.", "--values"]);
     assert_eq!(
         stdout_lines(&out),
@@ -251,8 +252,7 @@ fn one_shot_kv_commands_answer_with_their_exit_status() {
         "-e",
         "KEY VERSION r.x",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    assert_eq!(stdout_lines(&out), ["OK", "VERSION:1", "OK"]);
+    assert_eq!(ok_lines(&out), ["OK", "VERSION:1", "OK"]);
     let out = atlas(&[
         "repl",
         socket,
@@ -306,8 +306,7 @@ fn kv_watch_prints_changes_as_they_commit() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = child.wait_with_output().expect("watch output");
-    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    let lines = stdout_lines(&out);
+    let lines = ok_lines(&out);
     assert_eq!(lines.len(), 2, "{}", explain(&out));
     for line in &lines {
         assert!(line.starts_with("PUT FEED.A "), "{line}");

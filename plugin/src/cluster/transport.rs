@@ -38,14 +38,38 @@ const PEER_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// queue holds at most its budget plus one large message.
 const LARGE_MESSAGE_BYTES: usize = BATCH_BYTES;
 
-/// `POST /atlas/v1/consensus`: messages from a peer (an empty batch is a ping).
-pub async fn serve_transport(cluster: &ClusterHandle, faults: &Faults, body: Vec<u8>) -> HttpReply {
+/// `POST /atlas/v1/consensus`: messages from a peer (an empty batch is a ping). `sender`:
+/// the node the peer's certificate names, when the listener binds envelopes to it; an
+/// envelope from anyone else is refused (the consensus core then decides what a member may
+/// say, see `consensus::inbound`).
+pub async fn serve_transport(
+    cluster: &ClusterHandle,
+    faults: &Faults,
+    body: Vec<u8>,
+    sender: Option<NodeId>,
+) -> HttpReply {
     let envelope = match Envelope::decode(&Bytes::from(body)) {
         Ok(e) => e,
         Err(e) => {
             return HttpReply::error(400, "bad_message", &format!("consensus message: {e}"));
         }
     };
+    if let Some(node) = sender
+        && node != envelope.from
+    {
+        crate::metrics::metrics()
+            .auth_failures
+            .with_label_values(&["consensus"])
+            .inc();
+        return HttpReply::error(
+            403,
+            "forbidden",
+            &format!(
+                "the envelope says it is from node {} but the certificate is node {node}'s",
+                envelope.from
+            ),
+        );
+    }
     if faults.blocks(envelope.from) {
         return HttpReply::error(503, "partitioned", "fault injection drops this peer");
     }
