@@ -490,6 +490,13 @@ impl Session {
                 };
                 return Handled::Reply(reply, tag);
             }
+            // Where tables live is the cluster operator's, as BACKUP is.
+            command @ (Command::TableMove { .. }
+            | Command::TablePin { .. }
+            | Command::TableUnpin(_)) => match self.peer.refuse_admin("move or pin tables") {
+                Some(refusal) => Reply::warn(refusal),
+                None => return Handled::No(command),
+            },
             command => return Handled::No(command),
         };
         Handled::Reply(reply, tag.clone())

@@ -168,6 +168,28 @@ fn certified(principal: &str, admin: bool) -> Peer {
 }
 
 #[tokio::test]
+async fn only_administrators_move_or_pin_tables() {
+    let mut h = ready_as(Limits::default(), certified("alice", false)).await;
+    let refused = b"ERROR WARN permission denied: alice may not move or pin tables on this listener (atlas.client_admins)\r\n";
+    for line in [
+        &b"TABLE PIN t local\r\n"[..],
+        b"TABLE MOVE t TO local\r\n",
+        b"TABLE UNPIN t\r\n",
+    ] {
+        exchange(&mut h, line, refused).await;
+    }
+    for peer in [certified("ops", true), Peer::Local] {
+        let mut h = ready_as(Limits::default(), peer).await;
+        exchange(
+            &mut h,
+            b"TABLE PIN t local\r\nTABLE UNPIN t\r\n",
+            b"OK\r\nOK\r\n",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
 async fn a_certified_session_starts_as_its_principal_and_cannot_become_another() {
     let mut h = ready_as(Limits::default(), certified("alice", false)).await;
     exchange(

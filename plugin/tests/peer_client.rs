@@ -12,13 +12,19 @@ fn start_server() -> Node {
     Node::start_with("credentials: peer-cluster-secret")
 }
 
+/// A client presenting the server's own node certificate (the transport requires a node's
+/// certificate: `peer_mtls` is on by default in a cluster with the internal CA).
 fn client(server: &Node, credentials: &str) -> PeerClient {
+    let tls = server.dir().join("data").join("tls");
     PeerClient::new(PeerClientOptions {
         ca_file: server.ca_path().display().to_string(),
         credentials: credentials.to_string(),
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(10),
-        client_cert_key: None,
+        client_cert_key: Some((
+            tls.join("node.crt").display().to_string(),
+            tls.join("node.key").display().to_string(),
+        )),
     })
 }
 

@@ -23,6 +23,10 @@ pub enum ClusterError {
     /// The runtime thread is gone (the node is shutting down or failed).
     #[error("unavailable: the cluster runtime stopped")]
     Stopped,
+    /// A pin or move that cannot be done as asked (unknown region, pinned elsewhere, no
+    /// owner, or the move did not complete in time).
+    #[error("{0}")]
+    Placement(String),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -35,6 +39,7 @@ impl ClusterError {
             ClusterError::Timeout => "timeout",
             ClusterError::OutcomeUnknown => "outcome_unknown",
             ClusterError::Stopped => "unavailable",
+            ClusterError::Placement(_) => "placement",
             ClusterError::Internal(_) => "internal",
         }
     }

@@ -1,5 +1,6 @@
 //! Cluster plumbing around the consensus core: the one driver of the core (`driver`), peer
-//! health and RTT, the node directory, the transport envelope,
+//! health and RTT, the node directory, table placement (pins and moves), the transport
+//! envelope,
 //! the replica that drives a node's consensus state machine against its storage, and the
 //! runtime thread that owns the replica, how a member starts (`bootstrap`), and who is
 //! in the cluster (`admission`: start plans, joins, removals).
@@ -17,6 +18,8 @@ pub mod error;
 pub mod health;
 #[cfg(feature = "engine")]
 pub mod identity;
+#[cfg(feature = "engine")]
+pub mod placement;
 #[cfg(feature = "engine")]
 pub mod replica;
 #[cfg(feature = "engine")]

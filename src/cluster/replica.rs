@@ -13,6 +13,7 @@ use std::sync::Arc;
 use super::directory::NodeRecord;
 use super::driver::{self, Machine, Outbox, Processed};
 use super::error::{Answer, ClusterError};
+use super::placement::{PLACEMENT_MAGIC, PlacementRecord};
 use crate::consensus::{
     Applied, ClientOp, CommandOp, Completion, GroupId, Membership, Message, Node, NodeId, Outcome,
     PersistOp, RequestId, SYSTEM_GROUP, Settings, Zone,
@@ -68,6 +69,8 @@ enum Entry {
         write: Write,
     },
     NodeRecord(NodeRecord),
+    /// A pin or a planned move of a table (`placement.rs`).
+    Placement(PlacementRecord),
     /// Nothing for the data (no-ops, seals, membership changes), or unreadable.
     Nothing,
 }
@@ -82,6 +85,15 @@ fn decode_entry(op: &CommandOp) -> Entry {
                 Some(record) => Entry::NodeRecord(record),
                 None => {
                     tracing::error!("a node record in the log does not parse; skipped");
+                    Entry::Nothing
+                }
+            }
+        }
+        Some((&PLACEMENT_MAGIC, record)) => {
+            match PlacementRecord::decode(&String::from_utf8_lossy(record)) {
+                Some(record) => Entry::Placement(record),
+                None => {
+                    tracing::error!("a table placement record in the log does not parse; skipped");
                     Entry::Nothing
                 }
             }
@@ -139,6 +151,8 @@ pub struct StoreMachine {
     results: BTreeMap<RequestId, Answer>,
     /// A node record was applied since the last `process` (reload the directory).
     directory_changed: bool,
+    /// Placement records applied since the last `process`.
+    placements: Vec<PlacementRecord>,
 }
 
 impl Machine for StoreMachine {
@@ -161,6 +175,7 @@ impl Machine for StoreMachine {
             .flat_map(|(_, e)| match e {
                 Entry::Proposal { write, .. } => write.keys().into_iter().cloned().collect(),
                 Entry::NodeRecord(record) => vec![record.key()],
+                Entry::Placement(record) => vec![record.key()],
                 Entry::Nothing => Vec::new(),
             })
             .collect();
@@ -187,6 +202,18 @@ impl Machine for StoreMachine {
                     };
                     batch.change(&record.key(), kv::now_ms(), change)?;
                     self.directory_changed = true;
+                }
+                Entry::Placement(record) => {
+                    let change = match record.stored() {
+                        Some(value) => Change::PutInline {
+                            value: value.into_bytes(),
+                            worm_until_ms: None,
+                            expires_ms: None,
+                        },
+                        None => Change::Delete,
+                    };
+                    batch.change(&record.key(), kv::now_ms(), change)?;
+                    self.placements.push(record);
                 }
                 Entry::Nothing => {}
             }
@@ -250,6 +277,8 @@ pub struct Report {
     pub processed: Processed<(RequestId, Answer)>,
     /// A node record arrived through the `atlas` log (reload the directory).
     pub directory_changed: bool,
+    /// Pins and planned moves that arrived through the `atlas` log, in log order.
+    pub placements: Vec<PlacementRecord>,
 }
 
 impl Replica {
@@ -286,6 +315,7 @@ impl Replica {
                 pending: BTreeMap::new(),
                 results: BTreeMap::new(),
                 directory_changed: false,
+                placements: Vec::new(),
             },
             settings,
             next_request: 1,
@@ -392,6 +422,7 @@ impl Replica {
         Ok(Report {
             processed,
             directory_changed: std::mem::take(&mut self.machine.directory_changed),
+            placements: std::mem::take(&mut self.machine.placements),
         })
     }
 }

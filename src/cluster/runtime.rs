@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, oneshot};
 use super::directory::{self, NodeRecord};
 use super::error::{Answer, ClusterError};
 use super::health::{HealthPolicy, PeerHealth, PeerStatus};
+use super::placement::{MOVE_PATIENCE, PlacementRecord, placement_op};
 use super::replica::{Replica, group_tables, node_record_op};
 use super::worker::Worker;
 use crate::consensus::{
@@ -128,6 +129,27 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// The members of `zone` that answer pings now (ACTIVE), nearest first; this node, if
+    /// of that zone, first of all.
+    pub(super) fn active_in(&self, members: &Membership, zone: &str) -> Vec<NodeId> {
+        let now = Instant::now();
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let mut active: Vec<(f64, NodeId)> = members
+            .nodes_in(zone)
+            .filter_map(|n| {
+                if n == self.id {
+                    return Some((-1.0, n));
+                }
+                let entry = health.entry(n).or_insert_with(|| PeerHealth::new(now));
+                entry.tick(now, &self.policy);
+                (entry.status() == PeerStatus::Active)
+                    .then(|| (entry.rtt_ms().unwrap_or(f64::MAX), n))
+            })
+            .collect();
+        active.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        active.into_iter().map(|(_, n)| n).collect()
+    }
+
     pub(super) fn input(&self, input: Input) {
         let _ = self
             .inputs
@@ -242,6 +264,73 @@ impl ClusterHandle {
     /// Commits a node record to the directory.
     pub async fn record_node(&self, record: &NodeRecord) -> Result<(), ClusterError> {
         self.system(node_record_op(record)).await
+    }
+
+    /// `TABLE PIN` / `TABLE UNPIN` (`region: None`): committed through `atlas`; from then on
+    /// the owner keeps the table in the region (see `placement.rs`).
+    pub async fn pin(&self, table: &str, region: Option<Zone>) -> Result<(), ClusterError> {
+        if let Some(region) = &region {
+            self.check_region(region)?;
+        }
+        let record = PlacementRecord {
+            table: table.to_string(),
+            pinned: region,
+            move_to: None,
+        };
+        self.system(placement_op(&record)).await
+    }
+
+    /// `TABLE MOVE`: commits a planned move, then waits until a node of `region` owns the
+    /// table (as this node sees it), for about [`MOVE_PATIENCE`].
+    pub async fn move_table(&self, table: &str, region: &str) -> Result<(), ClusterError> {
+        self.check_region(region)?;
+        let view = self.view();
+        let pinned = view.pins.get(table).cloned();
+        if let Some(pin) = pinned.as_ref().filter(|p| p.as_str() != region) {
+            return Err(ClusterError::Placement(format!(
+                "{table} is pinned to region {pin}; TABLE UNPIN it first"
+            )));
+        }
+        let group = self.inner.settings.group_of(table);
+        let owned_in = |view: &ClusterView| {
+            let owner = view.groups.get(&group).and_then(|g| g.owner)?;
+            view.members.zone_of(owner).cloned()
+        };
+        if owned_in(&view).is_none() {
+            return Err(ClusterError::Placement(format!(
+                "{table} has no owner yet (nothing was written to it); write to it first"
+            )));
+        }
+        let record = PlacementRecord {
+            table: table.to_string(),
+            pinned,
+            move_to: Some(region.to_string()),
+        };
+        self.system(placement_op(&record)).await?;
+        let deadline = tokio::time::Instant::now() + MOVE_PATIENCE + Duration::from_secs(2);
+        loop {
+            if owned_in(&self.view()).as_deref() == Some(region) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::Placement(format!(
+                    "the move of {table} to region {region} did not complete in time (no \
+                     active node there, or its ownership kept changing); TABLE INFO shows \
+                     where it is"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A region some member of the cluster is in.
+    fn check_region(&self, region: &str) -> Result<(), ClusterError> {
+        if self.view().members.nodes_in(region).next().is_none() {
+            return Err(ClusterError::Placement(format!(
+                "no member of the cluster is in region {region}"
+            )));
+        }
+        Ok(())
     }
 
     /// Pings `peer` now and records the outcome.

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::directory::NodeRecord;
-use crate::consensus::{Ballot, GroupId, Membership, Node, NodeId, Slot, Tolerances};
+use crate::consensus::{Ballot, GroupId, Membership, Node, NodeId, Slot, Tolerances, Zone};
 
 /// What the runtime knows about one group, as of the last published view.
 #[derive(Debug, Clone, Default)]
@@ -56,6 +56,8 @@ pub struct ClusterView {
     pub removed: BTreeSet<NodeId>,
     /// Bytes of applied entries kept for catch-up.
     pub retained_bytes: usize,
+    /// Pinned tables → region (`TABLE PIN`).
+    pub pins: BTreeMap<String, Zone>,
 }
 
 impl ClusterView {
@@ -97,6 +99,7 @@ impl ClusterView {
                 .filter(|n| !node.membership().contains(*n))
                 .collect(),
             retained_bytes: node.retained_bytes(),
+            pins: BTreeMap::new(),
         }
     }
 }

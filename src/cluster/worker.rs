@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use super::directory::{self, NodeRecord};
 use super::driver::Outbox;
 use super::error::{Answer, ClusterError};
+use super::placement::Placements;
 use super::replica::{Replica, group_tables};
 use super::runtime::{Input, Shared};
 use super::view::ClusterView;
@@ -51,6 +52,8 @@ pub(super) struct Worker {
     /// Groups whose snapshot is being fetched or installed.
     fetching: BTreeSet<GroupId>,
     shared: Arc<Shared>,
+    /// Pins and planned moves (`placement.rs`).
+    placements: Placements,
     /// Something the view shows may have changed since it was last published.
     view_dirty: bool,
     last_view: Instant,
@@ -102,11 +105,16 @@ impl Outbox for TransportOutbox<'_> {
 
 impl Worker {
     pub(super) fn new(
-        replica: Replica,
+        mut replica: Replica,
         directory: BTreeMap<NodeId, NodeRecord>,
         shared: Arc<Shared>,
     ) -> Worker {
+        let placements = Placements::load(&shared.store, replica.node_mut()).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading table pins failed; starting without them");
+            Placements::empty()
+        });
         Worker {
+            placements,
             replica,
             directory,
             clock: Instant::now(),
@@ -150,6 +158,11 @@ impl Worker {
             if Instant::now() >= next_tick {
                 let now = self.now();
                 self.replica.tick(now);
+                let shared = &self.shared;
+                let node = self.replica.node_mut();
+                let members = node.membership().clone();
+                self.placements
+                    .enforce(now, node, |zone| shared.active_in(&members, zone));
                 next_tick = Instant::now() + TICK;
             }
             self.process();
@@ -234,6 +247,13 @@ impl Worker {
                     tracing::info!(group = %done.group, slot = done.state.applied, "installed a snapshot");
                     self.replica.snapshot_installed(now, done);
                 }
+                // An `atlas` snapshot brings the pins with it.
+                if let Err(e) = self
+                    .placements
+                    .reload(&self.shared.store, self.replica.node_mut())
+                {
+                    tracing::warn!(error = %e, "reloading table pins failed");
+                }
             }
             Ok(_) => {
                 drop(counters);
@@ -277,6 +297,11 @@ impl Worker {
             ..
         } = outbox;
         self.count(&prepares, forwards, dropped, &report.processed);
+        if !report.placements.is_empty() {
+            self.placements
+                .applied(report.placements, self.replica.node_mut());
+            self.view_dirty = true;
+        }
         if report.directory_changed {
             match directory::load(&self.shared.store) {
                 Ok(directory) => self.directory = directory,
@@ -382,7 +407,8 @@ impl Worker {
     }
 
     pub(super) fn publish(&mut self) {
-        let view = ClusterView::of(self.replica.node(), &self.directory, crate::kv::now_ms());
+        let mut view = ClusterView::of(self.replica.node(), &self.directory, crate::kv::now_ms());
+        view.pins = self.placements.pins().clone();
         *self.shared.view.write().unwrap_or_else(|e| e.into_inner()) = view;
         self.view_dirty = false;
         self.last_view = Instant::now();

@@ -150,7 +150,7 @@ pub(crate) fn table_info(topology: &Topology, table: &str) -> Reply {
         // Groups, pins and regional replication are not built yet.
         "group=-".to_string(),
         "replication=global".to_string(),
-        "pinned=-".to_string(),
+        format!("pinned={}", state.pinned.as_deref().unwrap_or("-")),
     ])
 }
 
@@ -158,9 +158,10 @@ pub(crate) fn table_info(topology: &Topology, table: &str) -> Reply {
 pub(crate) fn table_list(topology: &Topology) -> Reply {
     lines_reply(topology.tables.iter().map(|(table, state)| {
         format!(
-            "TABLE {table} owner={} region={} group=- replication=global pinned=- last_slot={}",
+            "TABLE {table} owner={} region={} group=- replication=global pinned={} last_slot={}",
             owner_text(state.owner),
             owner_region(topology, state.owner),
+            state.pinned.as_deref().unwrap_or("-"),
             state.last_slot
         )
     }))
@@ -290,6 +291,7 @@ mod tests {
                     ballot: Some(Ballot::new(7, 3)),
                     lease: Lease::NotHere,
                     last_slot: 9,
+                    pinned: Some("b".into()),
                 },
             ),
             (
@@ -299,6 +301,7 @@ mod tests {
                     ballot: Some(Ballot::new(2, 1)),
                     lease: Lease::Until(61_000),
                     last_slot: 1,
+                    pinned: None,
                 },
             ),
         ]);
@@ -329,6 +332,12 @@ mod tests {
         assert_eq!(
             info[6..10],
             ["fn=0", "fz=0", "configured_fn=1", "configured_fz=1"]
+        );
+        assert_eq!(info.last().map(String::as_str), Some("pinned=b"));
+        assert!(
+            text(table_list(&t))
+                .iter()
+                .any(|l| l.starts_with("TABLE T ") && l.contains(" pinned=b "))
         );
         assert_eq!(
             text(table_info(&t, "MINE"))[3],

@@ -324,6 +324,15 @@ impl Engine {
                 let tables = self.tables_under("").await?;
                 Ok(info::table_list(&self.topology(tables).await?))
             }
+            Command::TableMove { table, region } => self.place(&table, &region, false).await,
+            Command::TablePin { table, region } => self.place(&table, &region, true).await,
+            Command::TableUnpin(table) => match &self.backend {
+                Backend::Standalone => Ok(Reply::Ok),
+                Backend::Cluster(cluster) => {
+                    cluster.pin(&table, None).await?;
+                    Ok(Reply::Ok)
+                }
+            },
             // Session commands are handled by the connection, which owns the principal and
             // the staged transaction.
             command if command.is_session() => Ok(Reply::Ok),
@@ -333,6 +342,25 @@ impl Engine {
                     .await
             }
             command => self.commit(Engine::judge(command, principal, blob)?).await,
+        }
+    }
+
+    /// `TABLE MOVE` (`pin` false) or `TABLE PIN`. A single node is every table's only home:
+    /// both succeed for its own region and change nothing.
+    async fn place(&self, table: &str, region: &str, pin: bool) -> Result<Reply, CommandError> {
+        match &self.backend {
+            Backend::Standalone if region == self.node.region => Ok(Reply::Ok),
+            Backend::Standalone => Err(CommandError::from(ClusterError::Placement(format!(
+                "no member of the cluster is in region {region}"
+            )))),
+            Backend::Cluster(cluster) if pin => {
+                cluster.pin(table, Some(region.to_string())).await?;
+                Ok(Reply::Ok)
+            }
+            Backend::Cluster(cluster) => {
+                cluster.move_table(table, region).await?;
+                Ok(Reply::Ok)
+            }
         }
     }
 

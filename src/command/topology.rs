@@ -45,6 +45,8 @@ pub(crate) struct TableState {
     pub ballot: Option<Ballot>,
     pub lease: Lease,
     pub last_slot: Slot,
+    /// The region it is pinned to (`TABLE PIN`).
+    pub pinned: Option<String>,
 }
 
 impl Default for TableState {
@@ -54,6 +56,7 @@ impl Default for TableState {
             ballot: None,
             lease: Lease::NotHere,
             last_slot: 0,
+            pinned: None,
         }
     }
 }
@@ -119,6 +122,7 @@ impl Topology {
                     ballot: Some(Ballot::new(1, node.id)),
                     lease: Lease::Unbounded,
                     last_slot,
+                    pinned: None,
                 };
                 (name, state)
             })
@@ -193,6 +197,7 @@ impl Topology {
                     ballot: group.ballot.filter(|b| !b.is_zero()),
                     lease: group.lease_until_ms.map_or(Lease::NotHere, Lease::Until),
                     last_slot: group.applied,
+                    pinned: view.pins.get(name).cloned(),
                 };
                 (name.clone(), state)
             })

@@ -32,6 +32,9 @@ pub struct Group {
     pub(super) sealed: u64,
     /// A snapshot of the group is being fetched and installed: nothing is applied meanwhile.
     pub(super) installing: bool,
+    /// Pinned (`TABLE PIN`): the adaptive policy never moves the group; the cluster layer
+    /// hands it to a node of the pinned zone when its owner is elsewhere.
+    pub(super) pinned: bool,
 }
 
 impl Group {
@@ -50,6 +53,7 @@ impl Group {
             last_catch_up: 0,
             sealed,
             installing: false,
+            pinned: false,
         }
     }
 

@@ -163,6 +163,10 @@ impl Node {
         self.id
     }
 
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
     /// Every member of the configuration in force (of the old and the new membership while a
     /// change is joint).
     pub fn membership(&self) -> &Membership {
@@ -221,6 +225,37 @@ impl Node {
     /// The group's state as of its applied slot.
     pub fn group_state(&self, group: &str) -> Option<&GroupState> {
         self.groups.get(group).map(|g| g.log().state())
+    }
+
+    /// Pins `group` (`TABLE PIN`) or unpins it: a pinned group is never moved by the
+    /// adaptive policy; the cluster layer moves it to its zone with [`Node::hand_off`].
+    pub fn set_pinned(&mut self, group: &str, pinned: bool) {
+        if let Some(g) = self.groups.get_mut(group) {
+            g.pinned = pinned;
+        } else if pinned {
+            self.with_group(group, |g, _| g.pinned = true);
+        }
+    }
+
+    /// Whether `group` is pinned here.
+    pub fn is_pinned(&self, group: &str) -> bool {
+        self.groups.get(group).is_some_and(|g| g.pinned)
+    }
+
+    /// Hands `group` to `target` (a member) if this node owns it: `TABLE MOVE`, and the
+    /// move of a pinned group to its zone. Returns whether it did.
+    pub fn hand_off(&mut self, now: u64, group: &str, target: NodeId) -> bool {
+        self.advance(now);
+        let handed = self.with_group(group, |g, ctx| match &g.role {
+            super::proposer::Role::Leading(l) if target != ctx.id => {
+                let ballot = l.ballot;
+                g.hand_off(ctx, target, ballot);
+                !g.is_leading()
+            }
+            _ => false,
+        });
+        self.settle();
+        handed
     }
 
     /// How long this node's lease on `group` still holds, if it owns the group with one.

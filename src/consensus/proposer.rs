@@ -327,7 +327,7 @@ impl Group {
             Role::Leading(l) => {
                 let ballot = l.ballot;
                 let renew = ctx.now >= l.last_renew + ctx.settings.lease_ms / 4;
-                let handoff = if ctx.settings.migration == MigrationMode::Adaptive {
+                let handoff = if ctx.settings.migration == MigrationMode::Adaptive && !self.pinned {
                     let membership = ctx.membership;
                     l.access.decide(
                         ctx.now,
@@ -352,22 +352,31 @@ impl Group {
                 if renew {
                     self.renew_lease(ctx);
                 }
-                if let Some(target) = handoff.filter(|t| *t != ctx.id) {
-                    // Stop serving (and stop trusting the lease) before the target asks the
-                    // acceptors to release it; clients retry at the new owner.
-                    self.role = Role::Follower;
-                    self.owner_hint = Some(target);
-                    self.last_heard = ctx.now;
-                    let group = self.name.clone();
-                    ctx.send(
-                        target,
-                        Message::Handoff {
-                            group,
-                            from: ballot,
-                        },
-                    );
+                if let Some(target) = handoff {
+                    self.hand_off(ctx, target, ballot);
                 }
             }
         }
+    }
+
+    /// Hands the group this node leads at `ballot` to `target` (a planned move: the target
+    /// takes it with a phase 1 that the acceptors answer despite this owner's lease).
+    pub(super) fn hand_off(&mut self, ctx: &mut Ctx<'_>, target: NodeId, ballot: Ballot) {
+        if target == ctx.id || !ctx.membership.contains(target) {
+            return;
+        }
+        // Stop serving (and stop trusting the lease) before the target asks the acceptors
+        // to release it; clients retry at the new owner.
+        self.role = Role::Follower;
+        self.owner_hint = Some(target);
+        self.last_heard = ctx.now;
+        let group = self.name.clone();
+        ctx.send(
+            target,
+            Message::Handoff {
+                group,
+                from: ballot,
+            },
+        );
     }
 }

@@ -148,6 +148,18 @@ pub enum Command {
     QuorumInfo(String),
     TableInfo(String),
     TableList,
+    /// `TABLE MOVE <table> TO <region>`: a planned handoff to a node of the region.
+    TableMove {
+        table: String,
+        region: String,
+    },
+    /// `TABLE PIN <table> <region>`: kept in the region whatever the migration policy says.
+    TablePin {
+        table: String,
+        region: String,
+    },
+    /// `TABLE UNPIN <table>`: the policy decides again.
+    TableUnpin(String),
 }
 
 impl Command {
@@ -223,6 +235,9 @@ impl Command {
             Command::QuorumInfo(_) => "QUORUM INFO",
             Command::TableInfo(_) => "TABLE INFO",
             Command::TableList => "TABLE LIST",
+            Command::TableMove { .. } => "TABLE MOVE",
+            Command::TablePin { .. } => "TABLE PIN",
+            Command::TableUnpin(_) => "TABLE UNPIN",
         }
     }
 }

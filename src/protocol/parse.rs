@@ -216,11 +216,14 @@ fn parse_command(body: &[u8]) -> CmdResult {
         let form = if is_quorum {
             "usage: QUORUM INFO <table>"
         } else {
-            "usage: TABLE INFO <table> | TABLE LIST"
+            USAGE_TABLE
         };
         let sub = tokens.next().ok_or_else(|| usage(form))?;
         if !is_quorum && word_is(sub, "LIST") && tokens.is_done() {
             return Ok(Command::TableList);
+        }
+        if !is_quorum && (word_is(sub, "MOVE") || word_is(sub, "PIN") || word_is(sub, "UNPIN")) {
+            return parse_placement(sub, &mut tokens);
         }
         if !word_is(sub, "INFO") {
             return Err(usage(form));
@@ -239,6 +242,34 @@ fn parse_command(body: &[u8]) -> CmdResult {
             format!("command expected, got {shown}"),
         ))
     }
+}
+
+const USAGE_TABLE: &str = "usage: TABLE INFO <table> | TABLE LIST | TABLE MOVE <table> TO <region> \
+     | TABLE PIN <table> <region> | TABLE UNPIN <table>";
+
+/// `TABLE MOVE <table> TO <region>`, `TABLE PIN <table> <region>`, `TABLE UNPIN <table>`.
+fn parse_placement(sub: &[u8], tokens: &mut Tokens<'_>) -> CmdResult {
+    let table = tokens.next().ok_or_else(|| usage(USAGE_TABLE))?;
+    let table = parse_table(table).map_err(invalid)?;
+    if word_is(sub, "UNPIN") {
+        return match tokens.is_done() {
+            true => Ok(Command::TableUnpin(table)),
+            false => Err(usage(USAGE_TABLE)),
+        };
+    }
+    if word_is(sub, "MOVE") && !tokens.next().is_some_and(|t| word_is(t, "TO")) {
+        return Err(usage(USAGE_TABLE));
+    }
+    let region = single_arg(tokens).ok_or_else(|| usage(USAGE_TABLE))?;
+    let region = match std::str::from_utf8(region) {
+        Ok(r) if r.len() <= 255 && !r.chars().any(char::is_control) => r.to_string(),
+        _ => return Err(invalid("invalid region: expected a word".to_string())),
+    };
+    Ok(if word_is(sub, "MOVE") {
+        Command::TableMove { table, region }
+    } else {
+        Command::TablePin { table, region }
+    })
 }
 
 /// Exactly one more token, nothing after it.
