@@ -5,7 +5,6 @@
 //! file; top-level keys belong to Pingora and are left to it.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -324,212 +323,6 @@ impl AtlasConfig {
         Ok(config)
     }
 
-    /// Checks what serde cannot: addresses parse, numbers are in range.
-    fn validate_client_listener(&self) -> Result<(), String> {
-        if let Some(c) = &self.client_listen {
-            if c.parse::<SocketAddr>().is_err() {
-                return Err(format!(
-                    "atlas.client_listen: `{c}` is not a socket address (e.g. 0.0.0.0:7379)"
-                ));
-            }
-            if matches!(self.tls, TlsConfig::Files { .. }) && self.peer_ca.is_none() {
-                return Err(
-                    "atlas.client_listen: needs the CA that signs client certificates \
-                     (tls: internal, or atlas.peer_ca with tls files)"
-                        .into(),
-                );
-            }
-        }
-        for name in &self.client_admins {
-            if !crate::protocol::valid_principal(name) {
-                return Err(format!(
-                    "atlas.client_admins: `{name}` is not a principal name (1 to 256 characters, \
-                     no control characters)"
-                ));
-            }
-        }
-        for print in &self.client_revoked {
-            if normalize_fingerprint(print).is_none() {
-                return Err(format!(
-                    "atlas.client_revoked: `{print}` is not a SHA-256 fingerprint (64 hex \
-                     digits, as `atlas ca client-cert` prints them)"
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn validate(&self) -> Result<(), String> {
-        if self.data_dir.as_os_str().is_empty() {
-            return Err("atlas.data_dir: must not be empty".into());
-        }
-        if self.listen.parse::<SocketAddr>().is_err() {
-            return Err(format!(
-                "atlas.listen: `{}` is not a socket address (e.g. 127.0.0.1:4444)",
-                self.listen
-            ));
-        }
-        if let Some(m) = &self.metrics_listen
-            && m.parse::<SocketAddr>().is_err()
-        {
-            return Err(format!(
-                "atlas.metrics_listen: `{m}` is not a socket address"
-            ));
-        }
-        self.validate_client_listener()?;
-        if self.region.trim().is_empty()
-            || self
-                .region
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err("atlas.region: must be a non-empty word".into());
-        }
-        if let Some(l) = &self.nas.listen
-            && l.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err(format!("atlas.nas.listen: `{l}` is not a socket address"));
-        }
-        if self
-            .metrics_token
-            .as_deref()
-            .is_some_and(|t| t.chars().count() < MIN_CREDENTIAL_CHARS)
-        {
-            return Err(format!(
-                "atlas.metrics_token: must be at least {MIN_CREDENTIAL_CHARS} characters"
-            ));
-        }
-        for (key, list) in [
-            ("atlas.nas.allowed_paths", &self.nas.allowed_paths),
-            ("atlas.nas.allowed_devices", &self.nas.allowed_devices),
-        ] {
-            for entry in list.iter().flatten() {
-                if !entry.starts_with('/') || entry.split('/').any(|p| p == "..") {
-                    return Err(format!(
-                        "{key}: `{entry}` must be an absolute path without `..`"
-                    ));
-                }
-            }
-        }
-        self.validate_cluster()?;
-        self.validate_limits()?;
-        self.validate_routes()
-    }
-
-    /// The cluster keys: joining, the seed's CA, the credential, mTLS.
-    fn validate_cluster(&self) -> Result<(), String> {
-        if let Some(c) = &self.connect
-            && !c.starts_with("https://")
-        {
-            return Err(format!("atlas.connect: `{c}` must start with https://"));
-        }
-        if self.connect.is_some() && self.credentials.is_none() {
-            return Err(
-                "atlas.credentials: required with atlas.connect (the cluster's shared secret)"
-                    .into(),
-            );
-        }
-        if self.connect.is_some() && self.peer_ca.is_none() && self.peer_ca_sha256.is_none() {
-            return Err(
-                "atlas.peer_ca: required with atlas.connect (the CA file that verifies the seed; \
-                 or pin its fingerprint with atlas.peer_ca_sha256)"
-                    .into(),
-            );
-        }
-        if let Some(pin) = &self.peer_ca_sha256
-            && normalize_fingerprint(pin).is_none()
-        {
-            return Err(
-                "atlas.peer_ca_sha256: expected 64 hex digits, as `atlas ca show` prints them \
-                 (colons optional)"
-                    .into(),
-            );
-        }
-        if self.credentials.is_some()
-            && matches!(self.tls, TlsConfig::Files { .. })
-            && self.peer_ca.is_none()
-        {
-            return Err(
-                "atlas.peer_ca: required in a cluster with tls files (the CA that signed the nodes' certificates)"
-                    .into(),
-            );
-        }
-        if self.peer_mtls == Some(true) && self.credentials.is_none() {
-            return Err("atlas.peer_mtls: needs atlas.credentials (it secures a cluster)".into());
-        }
-        if self
-            .credentials
-            .as_deref()
-            .is_some_and(|c| c.chars().count() < MIN_CREDENTIAL_CHARS)
-        {
-            return Err(format!(
-                "atlas.credentials: must be at least {MIN_CREDENTIAL_CHARS} characters \
-                 (32 recommended; `atlas ca secret` prints one)"
-            ));
-        }
-        if !self.accepted_credentials.is_empty() && self.credentials.is_none() {
-            return Err(
-                "atlas.accepted_credentials: needs atlas.credentials (the secret nodes send)"
-                    .into(),
-            );
-        }
-        if let Some(i) = self
-            .accepted_credentials
-            .iter()
-            .position(|c| c.chars().count() < MIN_CREDENTIAL_CHARS)
-        {
-            return Err(format!(
-                "atlas.accepted_credentials[{i}]: must be at least {MIN_CREDENTIAL_CHARS} characters"
-            ));
-        }
-        Ok(())
-    }
-
-    fn validate_limits(&self) -> Result<(), String> {
-        if self.limits.max_line_bytes < 64 {
-            return Err("atlas.limits.max_line_bytes: must be at least 64".into());
-        }
-        if self.limits.max_connections == 0 {
-            return Err("atlas.limits.max_connections: must be at least 1".into());
-        }
-        if self.limits.max_tagged_in_flight == 0 {
-            return Err("atlas.limits.max_tagged_in_flight: must be at least 1".into());
-        }
-        if self.expiry_sweep_ms < 100 {
-            return Err("atlas.expiry_sweep_ms: must be at least 100".into());
-        }
-        if self.limits.max_txn_ops == 0 {
-            return Err("atlas.limits.max_txn_ops: must be at least 1".into());
-        }
-        if self.limits.max_scan_keys == 0 {
-            return Err("atlas.limits.max_scan_keys: must be at least 1".into());
-        }
-        Ok(())
-    }
-
-    fn validate_routes(&self) -> Result<(), String> {
-        for (i, route) in self.routes.iter().enumerate() {
-            if route.upstreams.is_empty() {
-                return Err(format!(
-                    "atlas.routes[{i}].upstreams: needs at least one upstream"
-                ));
-            }
-            if let Some(check) = &route.health_check
-                && check.kind != "tcp"
-                && !check.kind.starts_with('/')
-            {
-                return Err(format!(
-                    "atlas.routes[{i}].health_check.kind: `{}` must be `tcp` or an HTTP path such as /healthz",
-                    check.kind
-                ));
-            }
-            if !route.path_prefix.starts_with('/') {
-                return Err(format!("atlas.routes[{i}].path_prefix: must start with /"));
-            }
-        }
-        Ok(())
-    }
-
     /// Makes relative paths absolute against `base` (the working directory at start), so a
     /// daemonised server, which changes directory, still finds its files.
     pub fn resolve_paths(&mut self, base: &Path) {
@@ -604,6 +397,9 @@ impl fmt::Display for Durability {
         })
     }
 }
+
+#[path = "config_validate.rs"]
+mod validate;
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

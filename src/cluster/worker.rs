@@ -297,7 +297,8 @@ impl Worker {
             ..
         } = outbox;
         self.count(&prepares, forwards, dropped, &report.processed);
-        if !report.placements.is_empty() {
+        let placed = !report.placements.is_empty();
+        if placed {
             self.placements
                 .applied(report.placements, self.replica.node_mut());
             self.view_dirty = true;
@@ -318,7 +319,8 @@ impl Worker {
         {
             self.view_dirty = true;
         }
-        if self.view_dirty && self.last_view.elapsed() >= VIEW_MIN_GAP {
+        // A pin or unpin is answered only once the view shows it (placements are rare).
+        if self.view_dirty && (placed || self.last_view.elapsed() >= VIEW_MIN_GAP) {
             self.publish();
         }
         for request in report.processed.snapshots {

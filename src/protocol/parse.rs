@@ -3,7 +3,7 @@
 
 pub use super::command::{Command, Deadline, Perm, Request, Scan, TxnStep};
 use super::duration::{parse_go_duration, parse_rfc3339_ms};
-use super::key::{Key, parse_table};
+use super::key::Key;
 
 pub const MAX_TAG_CHARS: usize = 64;
 pub const MAX_PRINCIPAL_CHARS: usize = 256;
@@ -46,7 +46,6 @@ const USAGE_SCAN: &str = "usage: SCAN <prefix> [AFTER <key>] [LIMIT <n>] [VALUES
 const USAGE_TXN: &str = "usage: TXN BEGIN | TXN IF <key> VERSION <n> | TXN IF <key> ABSENT | TXN PUT <key> <value> | TXN DEL <key> | TXN COMMIT | TXN ABORT";
 const USAGE_PRINCIPAL: &str = "usage: PRINCIPAL ASSUME <name> | PRINCIPAL WHOAMI";
 const USAGE_ASSUME: &str = "usage: PRINCIPAL ASSUME <name>";
-const USAGE_NODE: &str = "usage: NODE LIST | NODE INFO <id> | NODE PING <id>";
 
 /// Splits a line into whitespace-separated tokens, remembering where each ends so the raw
 /// remainder (a value) can be taken without losing its spacing.
@@ -198,43 +197,9 @@ fn parse_command(body: &[u8]) -> CmdResult {
     } else if word_is(word, "ACL") {
         parse_acl(&mut tokens)
     } else if word_is(word, "NODE") {
-        let sub = tokens.next().ok_or_else(|| usage(USAGE_NODE))?;
-        if word_is(sub, "LIST") && tokens.is_done() {
-            return Ok(Command::NodeList);
-        }
-        let id = single_arg(&mut tokens).ok_or_else(|| usage(USAGE_NODE))?;
-        let id = String::from_utf8_lossy(id).into_owned();
-        if word_is(sub, "INFO") {
-            Ok(Command::NodeInfo(id))
-        } else if word_is(sub, "PING") {
-            Ok(Command::NodePing(id))
-        } else {
-            Err(usage(USAGE_NODE))
-        }
+        cluster::parse_node(&mut tokens)
     } else if word_is(word, "QUORUM") || word_is(word, "TABLE") {
-        let is_quorum = word_is(word, "QUORUM");
-        let form = if is_quorum {
-            "usage: QUORUM INFO <table>"
-        } else {
-            USAGE_TABLE
-        };
-        let sub = tokens.next().ok_or_else(|| usage(form))?;
-        if !is_quorum && word_is(sub, "LIST") && tokens.is_done() {
-            return Ok(Command::TableList);
-        }
-        if !is_quorum && (word_is(sub, "MOVE") || word_is(sub, "PIN") || word_is(sub, "UNPIN")) {
-            return parse_placement(sub, &mut tokens);
-        }
-        if !word_is(sub, "INFO") {
-            return Err(usage(form));
-        }
-        let table = single_arg(&mut tokens).ok_or_else(|| usage(form))?;
-        let table = parse_table(table).map_err(invalid)?;
-        Ok(if is_quorum {
-            Command::QuorumInfo(table)
-        } else {
-            Command::TableInfo(table)
-        })
+        cluster::parse_quorum_or_table(word, &mut tokens)
     } else {
         let shown: String = String::from_utf8_lossy(word).chars().take(64).collect();
         Err((
@@ -242,34 +207,6 @@ fn parse_command(body: &[u8]) -> CmdResult {
             format!("command expected, got {shown}"),
         ))
     }
-}
-
-const USAGE_TABLE: &str = "usage: TABLE INFO <table> | TABLE LIST | TABLE MOVE <table> TO <region> \
-     | TABLE PIN <table> <region> | TABLE UNPIN <table>";
-
-/// `TABLE MOVE <table> TO <region>`, `TABLE PIN <table> <region>`, `TABLE UNPIN <table>`.
-fn parse_placement(sub: &[u8], tokens: &mut Tokens<'_>) -> CmdResult {
-    let table = tokens.next().ok_or_else(|| usage(USAGE_TABLE))?;
-    let table = parse_table(table).map_err(invalid)?;
-    if word_is(sub, "UNPIN") {
-        return match tokens.is_done() {
-            true => Ok(Command::TableUnpin(table)),
-            false => Err(usage(USAGE_TABLE)),
-        };
-    }
-    if word_is(sub, "MOVE") && !tokens.next().is_some_and(|t| word_is(t, "TO")) {
-        return Err(usage(USAGE_TABLE));
-    }
-    let region = single_arg(tokens).ok_or_else(|| usage(USAGE_TABLE))?;
-    let region = match std::str::from_utf8(region) {
-        Ok(r) if r.len() <= 255 && !r.chars().any(char::is_control) => r.to_string(),
-        _ => return Err(invalid("invalid region: expected a word".to_string())),
-    };
-    Ok(if word_is(sub, "MOVE") {
-        Command::TableMove { table, region }
-    } else {
-        Command::TablePin { table, region }
-    })
 }
 
 /// Exactly one more token, nothing after it.
@@ -606,6 +543,9 @@ pub fn check_handshake(line: &[u8]) -> Result<(), &'static str> {
     }
     Ok(())
 }
+
+#[path = "parse_cluster.rs"]
+mod cluster;
 
 #[cfg(test)]
 #[path = "parse_tests.rs"]

@@ -188,7 +188,9 @@ fn metrics_listen_serves_the_same_registry_in_plaintext() {
 
 #[test]
 fn cluster_endpoints_demand_credentials() {
-    let node = Node::start_with("credentials: correct-horse-battery");
+    // Without `peer_mtls` (on by default in a cluster, tested in `cluster.rs`) the
+    // credential alone opens the consensus transport too.
+    let node = Node::start_with("credentials: correct-horse-battery\npeer_mtls: false");
     for path in ["/atlas/v1/join", "/atlas/v1/consensus"] {
         let none = curl(
             &node.ca_path(),
