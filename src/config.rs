@@ -4,6 +4,7 @@
 //! section under `atlas:`. Unknown keys inside `atlas:` are an error naming the key and the
 //! file; top-level keys belong to Pingora and are left to it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -93,6 +94,9 @@ pub struct AtlasConfig {
     /// (`metrics_listen`, meant for a private address, does not).
     pub metrics_token: Option<String>,
     pub routes: Vec<RouteConfig>,
+    /// Table placement declared in the configuration (cluster mode), applied at start:
+    /// `tables: {orders: {pin: eu}}`. See docs/cluster.md, "Moving and pinning tables".
+    pub tables: BTreeMap<String, TableConfig>,
     pub nas: NasConfig,
     pub limits: Limits,
 }
@@ -124,6 +128,7 @@ impl Default for AtlasConfig {
             client_revoked: Vec::new(),
             metrics_token: None,
             routes: Vec::new(),
+            tables: BTreeMap::new(),
             nas: NasConfig::default(),
             limits: Limits::default(),
         }
@@ -188,6 +193,25 @@ impl<'de> Deserialize<'de> for TlsConfig {
                 "expected `internal` or a mapping `{cert: FILE, key: FILE}`",
             )),
         }
+    }
+}
+
+/// One entry of `tables:`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Keep the table in this region (`TABLE PIN`); absent: no opinion (a pin made with
+    /// `TABLE PIN` stays).
+    pub pin: Option<String>,
+}
+
+impl AtlasConfig {
+    /// The pins `tables:` declares, by upper-cased table name.
+    pub fn declared_pins(&self) -> BTreeMap<String, String> {
+        self.tables
+            .iter()
+            .filter_map(|(t, c)| Some((t.to_ascii_uppercase(), c.pin.clone()?)))
+            .collect()
     }
 }
 

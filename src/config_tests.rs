@@ -84,6 +84,40 @@ fn cluster_credentials_are_long_enough() {
 }
 
 #[test]
+fn declared_tables_are_checked() {
+    let ok = AtlasConfig::from_yaml(
+        "atlas:\n  credentials: sixteen-chars-xx\n  tables: {orders: {pin: eu}, logs: {}}\n",
+        "f",
+    )
+    .unwrap();
+    assert_eq!(
+        ok.declared_pins(),
+        std::collections::BTreeMap::from([("ORDERS".to_string(), "eu".to_string())])
+    );
+    for (yaml, says) in [
+        (
+            "atlas:\n  credentials: sixteen-chars-xx\n  tables: {a.b: {pin: eu}}\n",
+            "atlas.tables: `a.b` is not a table name",
+        ),
+        (
+            "atlas:\n  credentials: sixteen-chars-xx\n  tables: {orders: {pin: \"e u\"}}\n",
+            "atlas.tables.orders.pin: must be a region name",
+        ),
+        (
+            "atlas:\n  tables: {orders: {pin: eu}}\n",
+            "atlas.tables: placement needs a cluster",
+        ),
+        (
+            "atlas:\n  credentials: sixteen-chars-xx\n  tables: {orders: {pinned: eu}}\n",
+            "pinned",
+        ),
+    ] {
+        let err = AtlasConfig::from_yaml(yaml, "f").unwrap_err().to_string();
+        assert!(err.contains(says), "{yaml}: {err}");
+    }
+}
+
+#[test]
 fn peer_mtls_is_on_by_default_in_a_cluster_with_the_internal_ca() {
     let config = |extra: &str| AtlasConfig::from_yaml(&format!("atlas:\n{extra}"), "f").unwrap();
     assert!(!config("").peer_mtls(), "a single node has no peers");

@@ -95,6 +95,7 @@ impl AtlasConfig {
         }
         self.validate_cluster()?;
         self.validate_limits()?;
+        self.validate_tables()?;
         self.validate_routes()
     }
 
@@ -185,6 +186,30 @@ impl AtlasConfig {
         }
         if self.limits.max_scan_keys == 0 {
             return Err("atlas.limits.max_scan_keys: must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn validate_tables(&self) -> Result<(), String> {
+        for (table, declared) in &self.tables {
+            if crate::protocol::key::parse_table(table.as_bytes()).is_err()
+                || table.chars().any(char::is_whitespace)
+            {
+                return Err(format!(
+                    "atlas.tables: `{table}` is not a table name (no dots or spaces)"
+                ));
+            }
+            if let Some(region) = &declared.pin
+                && (region.is_empty()
+                    || region.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                return Err(format!(
+                    "atlas.tables.{table}.pin: must be a region name (one word)"
+                ));
+            }
+        }
+        if !self.tables.is_empty() && self.credentials.is_none() {
+            return Err("atlas.tables: placement needs a cluster (atlas.credentials)".into());
         }
         Ok(())
     }

@@ -153,6 +153,13 @@ impl BackgroundService for EngineService {
         let cluster = engine.cluster().cloned();
         if let Some(cluster) = &cluster {
             tokio::spawn(crate::cluster::ping_loop(cluster.clone(), shutdown.clone()));
+            let declared = self.config.declared_pins();
+            if !declared.is_empty() {
+                let cluster = cluster.clone();
+                tokio::spawn(async move {
+                    atlas::cluster::placement::apply_declared(&cluster, declared).await;
+                });
+            }
         }
         let node = engine.node().clone();
         let _ = self.engine.set(engine.clone());

@@ -205,6 +205,35 @@ impl Placements {
     }
 }
 
+/// Applies the pins the configuration declares (`atlas.tables:`), once the cluster answers:
+/// each that the cluster does not have yet is committed (idempotent: every node that
+/// declares the same pin commits the same record). Retried for a minute while the cluster
+/// is not ready (a node starting alone waits for its peers).
+pub async fn apply_declared(
+    cluster: &super::runtime::ClusterHandle,
+    declared: BTreeMap<String, Zone>,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for (table, region) in declared {
+        loop {
+            if cluster.view().pins.get(&table) == Some(&region) {
+                break;
+            }
+            match cluster.pin(&table, Some(region.clone())).await {
+                Ok(()) => {
+                    tracing::info!(table = %table, region = %region, "pinned as atlas.tables declares");
+                    break;
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    tracing::warn!(table = %table, region = %region, error = %e, "could not apply the pin atlas.tables declares");
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,16 @@ pub enum Change {
     },
 }
 
+/// A planned placement change (`TABLE MOVE` / `TABLE PIN`), as the cluster layer would carry
+/// it out: the owner of `group` hands it to a running member of zone `zone`; a pin also marks
+/// the group pinned at every running node (so the adaptive policy leaves it alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub group: String,
+    pub zone: usize,
+    pub pin: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub seed: u64,
@@ -55,6 +65,8 @@ pub struct SimConfig {
     /// A node that crashes at this instant and never comes back (its clients get
     /// "connection refused"; the others must keep being served).
     pub down: Option<(u64, NodeId)>,
+    /// Planned moves and pins, and when they happen (global ms).
+    pub placements: Vec<(u64, Placement)>,
 }
 
 impl SimConfig {
@@ -127,8 +139,30 @@ impl SimConfig {
             changes: Vec::new(),
             slow,
             down: None,
+            placements: Vec::new(),
         }
         .with_changes(&mut rng)
+        .with_placements(seed)
+    }
+
+    /// One seed in three moves or pins tables under load (from a stream of its own, so the
+    /// rest of a seed's shape stays what it was).
+    fn with_placements(mut self, seed: u64) -> SimConfig {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x9a7e_d0e5);
+        if self.zones.len() < 2 || !rng.random_bool(1.0 / 3.0) {
+            return self;
+        }
+        let groups = ["users", "shop"];
+        for _ in 0..rng.random_range(2..5) {
+            let at = rng.random_range(500..self.load_until.saturating_sub(1_000));
+            let placement = Placement {
+                group: groups[rng.random_range(0..groups.len())].to_string(),
+                zone: rng.random_range(0..self.zones.len()),
+                pin: rng.random_bool(0.5),
+            };
+            self.placements.push((at, placement));
+        }
+        self
     }
 
     /// One seed in four changes membership under load: a node joins (half the time in a
@@ -181,6 +215,8 @@ pub struct Report {
     pub messages: u64,
     pub completed: usize,
     pub owner_changes: usize,
+    /// Planned handoffs an owner made (`SimConfig::placements`).
+    pub handoffs: usize,
     /// Snapshots sent to nodes behind a compacted log.
     pub snapshots: u64,
 }

@@ -13,6 +13,7 @@
 //!
 //! A failing run prints its seed; `Sim::run(SimConfig::for_seed(seed))` replays it exactly.
 
+mod changes;
 mod clients;
 mod config;
 mod machine;

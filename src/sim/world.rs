@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::config::{Change, Report, SimConfig};
+use super::config::{Report, SimConfig};
 use super::machine::SimMachine;
 use crate::check::Operation;
 use crate::cluster::driver::{self, Outbox};
-use crate::consensus::{ClientOp, Command, GroupId, Membership, Message, Node, NodeId, Slot, Zone};
+use crate::consensus::{Command, GroupId, Membership, Message, Node, NodeId, Slot, Zone};
 
 /// Node ticks every this many milliseconds of global time.
 const TICK_MS: u64 = 10;
@@ -35,6 +35,8 @@ pub(super) enum Event {
     Heal,
     /// The `i`th configured membership change.
     Change(usize),
+    /// The `i`th configured placement change.
+    Place(usize),
     /// `to` asked `from` for a snapshot of `group`; it arrives (or the transfer failed).
     Snapshot {
         to: NodeId,
@@ -64,7 +66,7 @@ pub(super) struct SimNode {
 
 impl SimNode {
     /// A node not started yet, with its own clock offset and drift (drawn from `rng`).
-    fn new(zone: Zone, rng: &mut StdRng, drift_bound_ppm: i64) -> SimNode {
+    pub(super) fn new(zone: Zone, rng: &mut StdRng, drift_bound_ppm: i64) -> SimNode {
         let clock_offset = rng.random_range(0..1_000_000);
         let drift_ppm = rng.random_range(-drift_bound_ppm..=drift_bound_ppm);
         SimNode {
@@ -210,6 +212,10 @@ impl Sim {
             let at = sim.config.changes[i].0;
             sim.schedule_at(at, Event::Change(i));
         }
+        for i in 0..sim.config.placements.len() {
+            let at = sim.config.placements[i].0;
+            sim.schedule_at(at, Event::Place(i));
+        }
         sim.plan_faults(&ids);
         sim
     }
@@ -231,7 +237,7 @@ impl Sim {
         (n.clock_offset as i128 + t + t * n.drift_ppm as i128 / 1_000_000) as u64
     }
 
-    fn start_node(&mut self, id: NodeId) {
+    pub(super) fn start_node(&mut self, id: NodeId) {
         let now = self.local_time(id);
         let seed = self.rng.random();
         let membership = self.membership.clone();
@@ -351,6 +357,7 @@ impl Sim {
             Event::Partition => self.partition(),
             Event::Heal => self.blocked.clear(),
             Event::Change(i) => self.change(i),
+            Event::Place(i) => self.place(i),
             Event::Snapshot { to, group, stream } => self.snapshot_arrives(to, &group, stream),
         }
     }
@@ -400,45 +407,6 @@ impl Sim {
     }
 
     /// Starts a joining node, then asks a random live node for the change.
-    fn change(&mut self, i: usize) {
-        let Some((_, change)) = self.config.changes.get(i).cloned() else {
-            return;
-        };
-        let op = match change {
-            Change::Add { node, zone } => {
-                let zone = format!("z{zone}");
-                if !self.nodes.contains_key(&node) {
-                    let fresh = SimNode::new(zone.clone(), &mut self.rng, self.config.drift_ppm);
-                    self.nodes.insert(node, fresh);
-                    self.start_node(node);
-                    self.schedule(1, Event::Tick(node));
-                }
-                ClientOp::add_node(node, zone)
-            }
-            Change::Remove { node } => ClientOp::remove_node(node),
-        };
-        // Submitted at a running member (as a join is admitted by one): a node that is not
-        // one yet is not heard by the others.
-        let live: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(id, n)| {
-                n.node
-                    .as_ref()
-                    .is_some_and(|n| n.membership().contains(**id))
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        if live.is_empty() {
-            return;
-        }
-        let at = live[self.rng.random_range(0..live.len())];
-        if self.trace {
-            eprintln!("{:>6} membership change at node {at}: {op:?}", self.now);
-        }
-        self.request(at, op);
-    }
-
     pub(super) fn node_mut(&mut self, id: NodeId) -> Option<&mut Node> {
         self.nodes.get_mut(&id).and_then(|n| n.node.as_mut())
     }

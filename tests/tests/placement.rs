@@ -120,6 +120,24 @@ fn tables_move_pin_and_unpin_across_regions() {
     }
 }
 
+/// Pins declared under `atlas.tables:` are applied at start (every node declares the same
+/// one; the records are idempotent), and hold like `TABLE PIN`.
+#[test]
+fn pins_declared_in_the_configuration_are_applied_at_start() {
+    let cluster = TestCluster::start(&["a", "b", "c"], "fz: 1\ntables: {decl: {pin: c}}\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while field(&info(&cluster, 0, "decl"), "pinned") != "c" {
+        assert!(
+            Instant::now() < deadline,
+            "the declared pin was not applied"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    cluster.nodes[0].client().put("decl.k", "v");
+    wait_owned_in(&cluster, 0, "decl", "c", 10);
+    assert_eq!(field(&info(&cluster, 1, "decl"), "pinned"), "c");
+}
+
 /// A single node is every table's only home: its own region is accepted, another is not.
 #[test]
 fn a_single_node_accepts_its_own_region_only() {
