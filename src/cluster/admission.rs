@@ -65,6 +65,9 @@ pub enum AdmissionError {
     /// The cluster could not commit it in time; retrying may succeed.
     #[error("{0}")]
     Unavailable(String),
+    /// A node that was removed asks to come back under its id.
+    #[error("{0}")]
+    Removed(String),
 }
 
 /// What a starting node is, before the server starts.
@@ -127,17 +130,25 @@ pub fn join_request(config: &AtlasConfig, node_id: Option<NodeId>, member: bool)
     }
 }
 
-/// The id a joining node gets, and whether its record is already in the directory. A node
-/// keeps its id at the same address; a registered node that never became a member is the
+/// The id a joining node gets, and whether its record is already in the directory. A removed
+/// node cannot come back under its id; a node keeps its id at the same address; a registered node that never became a member is the
 /// same node again; an address or id that belongs to another node is a conflict; a new node
 /// gets the next id after every member and record.
 pub fn assign_id(
     view: &ClusterView,
     request: &JoinRequest,
 ) -> Result<(NodeId, bool), AdmissionError> {
+    if let Some(id) = request.node_id.filter(|id| view.removed.contains(id)) {
+        return Err(AdmissionError::Removed(format!(
+            "node {id} was removed from the cluster and cannot come back under its id; to join \
+             again as a new node, empty its data directory"
+        )));
+    }
+    // A removed node's record does not hold its address: a node there now is a new one.
     let same_address = view
         .directory
         .values()
+        .filter(|r| !view.removed.contains(&r.id))
         .find(|r| r.host == request.host && r.port == request.port);
     match (same_address, request.node_id) {
         (Some(existing), Some(id)) if existing.id == id => Ok((id, true)),
@@ -369,6 +380,21 @@ mod tests {
             assign_id(&v, &request(Some(1), "elsewhere", 9)),
             Err(AdmissionError::Conflict(m)) if m.contains("node 1 is registered at")
         ));
+    }
+
+    #[test]
+    fn a_removed_node_cannot_come_back_under_its_id() {
+        let mut v = view(
+            &[(1, "a"), (2, "b")],
+            &[(1, "h1", 1), (2, "h2", 2), (3, "h3", 3)],
+        );
+        v.removed.insert(3);
+        assert!(matches!(
+            assign_id(&v, &request(Some(3), "h3", 3)),
+            Err(AdmissionError::Removed(m)) if m.contains("node 3 was removed")
+        ));
+        // Emptied and joining again at the same address: a new node, with a new id.
+        assert_eq!(assign_id(&v, &request(None, "h3", 3)), Ok((4, false)));
     }
 
     #[test]

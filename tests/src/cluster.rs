@@ -208,10 +208,15 @@ pub fn start_expecting_failure(extra: &str, within: Duration) -> String {
         .tempdir()
         .expect("temp dir");
     let config = write_config(dir.path(), extra);
+    serve_expecting_failure(&config, within)
+}
+
+/// Runs `atlas serve -c <config>` and expects it to fail within `within`; returns its stderr.
+pub fn serve_expecting_failure(config: &Path, within: Duration) -> String {
     let mut child = Command::new(atlas_bin())
         .env(ADMIN_PASSWORD_ENV, ADMIN_PASSWORD)
         .args(["serve", "-c"])
-        .arg(&config)
+        .arg(config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -532,6 +532,12 @@ fn a_node_gone_for_good_is_removed_and_the_rest_keep_serving() {
     cluster.nodes[1].client().put("rm.k", "still");
     let info = cluster.nodes[0].client().request_ok("TABLE INFO rm");
     assert!(!info.iter().any(|l| l.contains("1000000")), "{info:?}");
+    // Restarted, the removed node cannot rejoin under its id: it is told why and exits.
+    let stderr = atlas_tests::cluster::serve_expecting_failure(
+        &cluster.nodes[2].config_path(),
+        Duration::from_secs(60),
+    );
+    assert!(stderr.contains("node 3 was removed"), "{stderr}");
 }
 
 /// The credential is rotated without downtime, in three rounds of rolling restarts: every

@@ -295,6 +295,7 @@ fn refusal(e: AdmissionError) -> HttpReply {
         AdmissionError::Conflict(_) => (409, "conflict"),
         AdmissionError::NotFound(_) => (404, "not_found"),
         AdmissionError::Unavailable(_) => (503, "unavailable"),
+        AdmissionError::Removed(_) => (403, "removed"),
     };
     HttpReply::error(status, kind, &e.to_string())
 }
