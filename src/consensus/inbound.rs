@@ -57,7 +57,9 @@ impl Node {
         if group.len() > MAX_GROUP_NAME_BYTES {
             return Err(Refused::GroupNameTooLong);
         }
-        if !self.groups.contains_key(group) && !message.may_start_group() {
+        // `atlas` is every member's from the start (its configuration), whether or not any of
+        // its entries reached this node yet: a catch-up of it is always welcome.
+        if group != SYSTEM_GROUP && !self.groups.contains_key(group) && !message.may_start_group() {
             return Err(Refused::UnknownGroup);
         }
         Ok(())

@@ -160,6 +160,11 @@ fn an_unknown_node_of_a_newer_epoch_is_asked_for_the_configuration() {
         1,
         "the answer is heard"
     );
+    assert_eq!(
+        refused(&node, Refused::UnknownGroup),
+        0,
+        "`atlas` is known before any of its entries arrived"
+    );
 }
 
 #[test]
