@@ -185,10 +185,15 @@ impl HttpApi {
                 "not_found",
                 "this listener serves the NAS API only (nas.listen)",
             )),
+            // With envelopes bound to the sender, the certificate must name a node (which
+            // a client certificate never does); otherwise any node's certificate will do.
             Route::Transport
                 if self.peer_mtls
-                    && (!has_node_certificate(session)
-                        || (self.bind_sender && certified_node(session).is_none())) =>
+                    && if self.bind_sender {
+                        certified_node(session).is_none()
+                    } else {
+                        !has_node_certificate(session)
+                    } =>
             {
                 metrics()
                     .auth_failures
@@ -313,7 +318,9 @@ impl HttpApi {
                 }
             }
             Route::Join | Route::Transport | Route::Faults | Route::Snapshot | Route::Remove => {
-                let sender = self.bind_sender.then(|| certified_node(session)).flatten();
+                let sender = (route == Route::Transport && self.bind_sender)
+                    .then(|| certified_node(session))
+                    .flatten();
                 self.cluster(route, body, sender).await
             }
             Route::Nas => self.nas(session, body).await,

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::consensus::{ClientOp, Node, NodeId, SYSTEM_GROUP, Zone};
+use crate::consensus::{ClientOp, Membership, Node, NodeId, SYSTEM_GROUP, Zone};
 use crate::protocol::Key;
 use crate::storage::{StorageError, Store};
 
@@ -171,9 +171,15 @@ impl Placements {
     }
 
     /// Hands the tables this node owns outside their pinned or requested region to an
-    /// active node of it (`active(zone)`: the active members of a zone, best first).
-    pub fn enforce(&mut self, now: u64, node: &mut Node, active: impl Fn(&str) -> Vec<NodeId>) {
-        if Instant::now() < self.next_check {
+    /// active node of it (`active(members, zone)`: the active members of a zone, best first).
+    /// Cheap when due rarely: nothing is read before the check is due.
+    pub fn enforce(
+        &mut self,
+        now: u64,
+        node: &mut Node,
+        active: impl Fn(&Membership, &str) -> Vec<NodeId>,
+    ) {
+        if (self.pins.is_empty() && self.moves.is_empty()) || Instant::now() < self.next_check {
             return;
         }
         self.next_check = Instant::now() + CHECK_EVERY;
@@ -194,7 +200,10 @@ impl Placements {
                 self.moves.retain(|(t, z, _)| !(*t == table && *z == zone));
                 continue;
             }
-            let Some(target) = active(&zone).into_iter().find(|n| *n != node.id()) else {
+            let Some(target) = active(node.membership(), &zone)
+                .into_iter()
+                .find(|n| *n != node.id())
+            else {
                 continue;
             };
             if node.hand_off(now, &group, target) {

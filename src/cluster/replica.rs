@@ -75,29 +75,37 @@ enum Entry {
     Nothing,
 }
 
+/// A record of the `atlas` group kept as text (node records, placements); one that does not
+/// parse is skipped with an error, as every replica skips it alike.
+fn text_record<R>(
+    text: &[u8],
+    decode: fn(&str) -> Option<R>,
+    entry: fn(R) -> Entry,
+    what: &str,
+) -> Entry {
+    match decode(&String::from_utf8_lossy(text)) {
+        Some(record) => entry(record),
+        None => {
+            tracing::error!("{what} in the log does not parse; skipped");
+            Entry::Nothing
+        }
+    }
+}
+
 fn decode_entry(op: &CommandOp) -> Entry {
     let CommandOp::Put { value, .. } = op else {
         return Entry::Nothing;
     };
     match value.split_first() {
-        Some((&NODE_RECORD_MAGIC, record)) => {
-            match NodeRecord::decode(&String::from_utf8_lossy(record)) {
-                Some(record) => Entry::NodeRecord(record),
-                None => {
-                    tracing::error!("a node record in the log does not parse; skipped");
-                    Entry::Nothing
-                }
-            }
+        Some((&NODE_RECORD_MAGIC, text)) => {
+            text_record(text, NodeRecord::decode, Entry::NodeRecord, "a node record")
         }
-        Some((&PLACEMENT_MAGIC, record)) => {
-            match PlacementRecord::decode(&String::from_utf8_lossy(record)) {
-                Some(record) => Entry::Placement(record),
-                None => {
-                    tracing::error!("a table placement record in the log does not parse; skipped");
-                    Entry::Nothing
-                }
-            }
-        }
+        Some((&PLACEMENT_MAGIC, text)) => text_record(
+            text,
+            PlacementRecord::decode,
+            Entry::Placement,
+            "a table placement record",
+        ),
         Some((&PROPOSAL_MAGIC, rest)) => {
             let decoded = rest.split_first_chunk::<8>().and_then(|(origin, rest)| {
                 let (request, rest) = rest.split_first_chunk::<8>()?;

@@ -129,21 +129,26 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    /// The members of `zone` that answer pings now (ACTIVE), nearest first; this node, if
-    /// of that zone, first of all.
-    pub(super) fn active_in(&self, members: &Membership, zone: &str) -> Vec<NodeId> {
+    /// Status, averaged RTT and last answer of a peer (this node is always ACTIVE with 0).
+    pub(super) fn health_of(&self, peer: NodeId) -> (PeerStatus, Option<f64>, Option<Instant>) {
+        if peer == self.id {
+            return (PeerStatus::Active, Some(0.0), Some(Instant::now()));
+        }
         let now = Instant::now();
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = health.entry(peer).or_insert_with(|| PeerHealth::new(now));
+        entry.tick(now, &self.policy);
+        (entry.status(), entry.rtt_ms(), entry.last_success())
+    }
+
+    /// The members of `zone` that answer pings now (ACTIVE), nearest first (this node, if
+    /// of that zone, first of all).
+    pub(super) fn active_in(&self, members: &Membership, zone: &str) -> Vec<NodeId> {
         let mut active: Vec<(f64, NodeId)> = members
             .nodes_in(zone)
-            .filter_map(|n| {
-                if n == self.id {
-                    return Some((-1.0, n));
-                }
-                let entry = health.entry(n).or_insert_with(|| PeerHealth::new(now));
-                entry.tick(now, &self.policy);
-                (entry.status() == PeerStatus::Active)
-                    .then(|| (entry.rtt_ms().unwrap_or(f64::MAX), n))
+            .filter_map(|n| match self.health_of(n) {
+                (PeerStatus::Active, rtt, _) => Some((rtt.unwrap_or(f64::MAX), n)),
+                _ => None,
             })
             .collect();
         active.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -460,15 +465,7 @@ impl ClusterHandle {
 
     /// Status and averaged RTT of a peer (this node is always ACTIVE with 0).
     pub fn peer_health(&self, peer: NodeId) -> (PeerStatus, Option<f64>, Option<Instant>) {
-        if peer == self.inner.id {
-            return (PeerStatus::Active, Some(0.0), Some(Instant::now()));
-        }
-        let now = Instant::now();
-        let policy = self.inner.policy;
-        let mut health = self.inner.health.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = health.entry(peer).or_insert_with(|| PeerHealth::new(now));
-        entry.tick(now, &policy);
-        (entry.status(), entry.rtt_ms(), entry.last_success())
+        self.inner.health_of(peer)
     }
 
     /// Stops the thread (after the server stopped serving).

@@ -159,10 +159,10 @@ impl Worker {
                 let now = self.now();
                 self.replica.tick(now);
                 let shared = &self.shared;
-                let node = self.replica.node_mut();
-                let members = node.membership().clone();
                 self.placements
-                    .enforce(now, node, |zone| shared.active_in(&members, zone));
+                    .enforce(now, self.replica.node_mut(), |members, zone| {
+                        shared.active_in(members, zone)
+                    });
                 next_tick = Instant::now() + TICK;
             }
             self.process();
