@@ -45,6 +45,16 @@ pub struct Processed<A> {
     pub timeouts: u64,
 }
 
+impl<A> Processed<A> {
+    /// Adds what a later `process` call produced.
+    pub fn extend(&mut self, later: Processed<A>) {
+        self.answers.extend(later.answers);
+        self.snapshots.extend(later.snapshots);
+        self.applied.extend(later.applied);
+        self.timeouts += later.timeouts;
+    }
+}
+
 impl<A> Default for Processed<A> {
     fn default() -> Self {
         Processed {

@@ -27,6 +27,12 @@ pub enum ClusterError {
     /// owner, or the move did not complete in time).
     #[error("{0}")]
     Placement(String),
+    /// A large blob's fragments did not all reach the log (one was lost to a change of
+    /// owner); nothing was written.
+    #[error(
+        "upload incomplete: a part of the blob did not reach the log; nothing was written, write it again"
+    )]
+    UploadIncomplete,
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -40,6 +46,7 @@ impl ClusterError {
             ClusterError::OutcomeUnknown => "outcome_unknown",
             ClusterError::Stopped => "unavailable",
             ClusterError::Placement(_) => "placement",
+            ClusterError::UploadIncomplete => "upload_incomplete",
             ClusterError::Internal(_) => "internal",
         }
     }

@@ -1,7 +1,8 @@
 //! Cluster plumbing around the consensus core: the one driver of the core (`driver`), peer
 //! health and RTT, the node directory, table placement (pins and moves), the transport
 //! envelope,
-//! the replica that drives a node's consensus state machine against its storage, and the
+//! the replica that drives a node's consensus state machine against its storage (large
+//! blobs go through its log in fragments: `uploads`), and the
 //! runtime thread that owns the replica, how a member starts (`bootstrap`), and who is
 //! in the cluster (`admission`: start plans, joins, removals).
 
@@ -24,6 +25,8 @@ pub mod placement;
 pub mod replica;
 #[cfg(feature = "engine")]
 pub mod runtime;
+#[cfg(feature = "engine")]
+mod uploads;
 #[cfg(feature = "engine")]
 mod view;
 #[cfg(feature = "engine")]

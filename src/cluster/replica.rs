@@ -14,14 +14,16 @@ use super::directory::NodeRecord;
 use super::driver::{self, Machine, Outbox, Processed};
 use super::error::{Answer, ClusterError};
 use super::placement::{PLACEMENT_MAGIC, PlacementRecord};
+use super::uploads::{self, FRAGMENT_MAGIC, Step, Uploads};
 use crate::consensus::{
     Applied, ClientOp, CommandOp, Completion, GroupId, Membership, Message, Node, NodeId, Outcome,
     PersistOp, RequestId, SYSTEM_GROUP, Settings, Zone,
 };
-use crate::kv::{self, Write};
+use crate::kv::{self, Write, WriteOp};
 use crate::protocol::{Command, Key, Reply};
 use crate::storage::consensus_store::ConsensusStore;
 use crate::storage::snapshot::Installed;
+use crate::storage::upload::{Fragment, UploadId};
 use crate::storage::{Change, StorageError, Store};
 
 /// A client request waiting for the log.
@@ -39,6 +41,8 @@ enum Pending {
     Barrier,
     /// A change of the `atlas` group (node record, membership): answered `OK` when applied.
     System,
+    /// One fragment of a large blob this node uploads (`uploads.rs`), or its abort.
+    Fragment,
 }
 
 const PROPOSAL_MAGIC: u8 = 0xA7;
@@ -71,6 +75,12 @@ enum Entry {
     NodeRecord(NodeRecord),
     /// A pin or a planned move of a table (`placement.rs`).
     Placement(PlacementRecord),
+    /// A chunk of a large blob (or an upload's abort), for the table.
+    Fragment {
+        table: String,
+        fragment: Fragment,
+        bytes: bytes::Bytes,
+    },
     /// Nothing for the data (no-ops, seals, membership changes), or unreadable.
     Nothing,
 }
@@ -93,10 +103,21 @@ fn text_record<R>(
 }
 
 fn decode_entry(op: &CommandOp) -> Entry {
-    let CommandOp::Put { value, .. } = op else {
+    let CommandOp::Put { key, value } = op else {
         return Entry::Nothing;
     };
     match value.split_first() {
+        Some((&FRAGMENT_MAGIC, _)) => match uploads::decode_fragment(value) {
+            Some((fragment, bytes)) => Entry::Fragment {
+                table: key.split('.').next().unwrap_or_default().to_string(),
+                fragment,
+                bytes,
+            },
+            None => {
+                tracing::error!("a blob fragment in the log does not decode; skipped");
+                Entry::Nothing
+            }
+        },
         Some((&NODE_RECORD_MAGIC, text)) => {
             text_record(text, NodeRecord::decode, Entry::NodeRecord, "a node record")
         }
@@ -184,7 +205,7 @@ impl Machine for StoreMachine {
                 Entry::Proposal { write, .. } => write.keys().into_iter().cloned().collect(),
                 Entry::NodeRecord(record) => vec![record.key()],
                 Entry::Placement(record) => vec![record.key()],
-                Entry::Nothing => Vec::new(),
+                Entry::Fragment { .. } | Entry::Nothing => Vec::new(),
             })
             .collect();
         let mut batch = self.store.batch(keys.iter());
@@ -197,7 +218,7 @@ impl Machine for StoreMachine {
                     request,
                     write,
                 } => {
-                    let reply = kv::apply(&mut batch, &write)?.map_err(ClusterError::from);
+                    let reply = apply_write(&mut batch, &write)?;
                     if origin == self.id && self.pending.contains_key(&request) {
                         self.results.insert(request, reply);
                     }
@@ -223,6 +244,11 @@ impl Machine for StoreMachine {
                     batch.change(&record.key(), kv::now_ms(), change)?;
                     self.placements.push(record);
                 }
+                Entry::Fragment {
+                    table,
+                    fragment,
+                    bytes,
+                } => batch.stage_fragment(&table, &fragment, &bytes)?,
                 Entry::Nothing => {}
             }
         }
@@ -256,9 +282,8 @@ impl Machine for StoreMachine {
                     None => Err(ClusterError::Internal("not a read")),
                 }
             }
-            (Outcome::ReadNow { .. }, Pending::Barrier) | (Outcome::Written, Pending::System) => {
-                Ok(Reply::Ok)
-            }
+            (Outcome::ReadNow { .. }, Pending::Barrier)
+            | (Outcome::Written, Pending::System | Pending::Fragment) => Ok(Reply::Ok),
             (Outcome::Timeout, _) => {
                 self.results.remove(&request);
                 Err(ClusterError::Timeout)
@@ -272,11 +297,36 @@ impl Machine for StoreMachine {
     }
 }
 
+/// Applies one write by the rules; a staged blob is adopted only if its upload is complete
+/// here (the same on every replica), and an upload the rules refused is dropped.
+fn apply_write(
+    batch: &mut crate::storage::Batch<'_>,
+    write: &Write,
+) -> Result<Answer, StorageError> {
+    let WriteOp::BlobStaged { upload, len } = write.op else {
+        return Ok(kv::apply(batch, write)?.map_err(ClusterError::from));
+    };
+    let table = write.key.table();
+    if !batch.upload_complete(table, upload, len)? {
+        batch.drop_upload(table, upload)?;
+        return Ok(Err(ClusterError::UploadIncomplete));
+    }
+    let verdict = kv::apply(batch, write)?.map_err(ClusterError::from);
+    if verdict.is_err() {
+        batch.drop_upload(table, upload)?;
+    }
+    Ok(verdict)
+}
+
 pub struct Replica {
     node: Node,
     machine: StoreMachine,
     settings: Settings,
     next_request: RequestId,
+    /// Large blobs this node is writing through the log.
+    uploads: Uploads,
+    /// Unique to this start of the node (upload ids must not repeat across restarts).
+    incarnation: u64,
 }
 
 /// What `Replica::process` produced besides the messages it sent.
@@ -327,6 +377,8 @@ impl Replica {
             },
             settings,
             next_request: 1,
+            uploads: Uploads::default(),
+            incarnation,
         })
     }
 
@@ -354,17 +406,82 @@ impl Replica {
         id
     }
 
-    /// Takes in a client write; its answer comes out of a later `process`.
-    pub fn submit_write(&mut self, now: u64, write: &Write) -> RequestId {
+    /// Takes in a client write; its answer comes out of a later `process`. A blob larger
+    /// than one chunk goes through the log in fragments first (`uploads.rs`).
+    pub fn submit_write(&mut self, now: u64, write: Write) -> RequestId {
         let request = self.new_request(Pending::Write {
             conditional: write.is_conditional(),
         });
+        if uploads::is_large_blob(&write) {
+            let id = UploadId {
+                origin: self.node.id(),
+                id: (self.incarnation << 40) | (request & ((1 << 40) - 1)),
+            };
+            self.uploads.start(request, id, write);
+            self.advance_upload(now, request);
+            return request;
+        }
+        self.propose(now, request, &write);
+        request
+    }
+
+    fn propose(&mut self, now: u64, request: RequestId, write: &Write) {
         let op = ClientOp::put(
             write.key.as_str().to_string(),
             encode_proposal(self.node.id(), request, write),
         );
         self.node.client_request(now, request, op);
-        request
+    }
+
+    /// Proposes what the upload for the client's `request` needs next; returns the
+    /// client's answer if the upload failed.
+    fn advance_upload(&mut self, now: u64, request: RequestId) -> Option<(RequestId, Answer)> {
+        let mut failed = None;
+        for step in self.uploads.next_steps(request, kv::now_ms()) {
+            match step {
+                Step::Fragment { key, value } => {
+                    let fragment = self.new_request(Pending::Fragment);
+                    self.uploads.sent(fragment, Some(request));
+                    self.node
+                        .client_write_committed(now, fragment, ClientOp::put(key, value));
+                }
+                Step::Adopt { request, write } => self.propose(now, request, &write),
+                Step::Fail {
+                    key,
+                    abort,
+                    request,
+                    answer,
+                } => {
+                    let fragment = self.new_request(Pending::Fragment);
+                    self.uploads.sent(fragment, None);
+                    self.node
+                        .client_write_committed(now, fragment, ClientOp::put(key, abort));
+                    self.machine.pending.remove(&request);
+                    failed = Some((request, answer));
+                }
+            }
+        }
+        failed
+    }
+
+    /// Takes the answers of fragments out of `answers` and moves their uploads on (adding
+    /// the answers of uploads that failed); returns whether anything was proposed.
+    fn settle_uploads(&mut self, now: u64, answers: &mut Vec<(RequestId, Answer)>) -> bool {
+        let mut moved = Vec::new();
+        answers.retain(
+            |(request, answer)| match self.uploads.answered(*request, answer) {
+                Some(of) => {
+                    moved.extend(of);
+                    false
+                }
+                None => true,
+            },
+        );
+        let before = self.next_request;
+        for request in moved {
+            answers.extend(self.advance_upload(now, request));
+        }
+        self.next_request != before
     }
 
     /// Takes in a linearizable read of one key (`KEY GET` / `KEY BLOB GET`).
@@ -426,7 +543,17 @@ impl Replica {
     /// Runs the node's output through the driver: messages to `outbox`, one batch per
     /// `Ready`, answers to the requests this node took.
     pub fn process(&mut self, now: u64, outbox: &mut impl Outbox) -> Result<Report, StorageError> {
-        let processed = driver::process(&mut self.node, &mut self.machine, outbox, now)?;
+        let mut processed = Processed::default();
+        // Fragments committed in a round let the next ones be proposed at once (bounded:
+        // what is left waits for the next call).
+        for _ in 0..8 {
+            let mut round = driver::process(&mut self.node, &mut self.machine, outbox, now)?;
+            let proposed = self.settle_uploads(now, &mut round.answers);
+            processed.extend(round);
+            if !proposed {
+                break;
+            }
+        }
         Ok(Report {
             processed,
             directory_changed: std::mem::take(&mut self.machine.directory_changed),

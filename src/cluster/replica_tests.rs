@@ -158,7 +158,7 @@ impl Cluster {
             .replicas
             .get_mut(&node)
             .unwrap()
-            .submit_write(now, &write);
+            .submit_write(now, write);
         self.run_until_answered(node, request)
     }
 
@@ -370,4 +370,155 @@ fn a_restarted_replica_recovers_its_state_without_the_history() {
         cluster.read(3, None, "KEY GET users.k0"),
         Reply::line("VALUE:again")
     );
+}
+
+fn large_blob(key: &str, len: usize, seed: u8) -> Write {
+    Write {
+        key: Key::parse(key.as_bytes()).unwrap(),
+        principal: None,
+        at_ms: 1_000,
+        op: WriteOp::BlobSet {
+            bytes: (0..len).map(|i| (i % 251) as u8 ^ seed).collect(),
+        },
+    }
+}
+
+fn blob_bytes(write: &Write) -> Vec<u8> {
+    match &write.op {
+        WriteOp::BlobSet { bytes } => bytes.clone(),
+        _ => unreachable!(),
+    }
+}
+
+/// A blob larger than one chunk goes through the log in fragments: a small write sent
+/// after it to the same table is answered before it, the blob reaches every replica whole,
+/// and nothing of the upload is left staged.
+#[test]
+fn a_large_blob_goes_in_fragments_and_small_writes_pass_it() {
+    let mut cluster = Cluster::new(&[(1, "a"), (2, "b"), (3, "c")]);
+    assert_eq!(cluster.write(1, None, "KEY PUT files.warm up"), Reply::Ok);
+    let blob = large_blob("files.big", 12 * crate::storage::BLOB_CHUNK_BYTES + 99, 7);
+    let now = cluster.now;
+    // Taken at a node that does not own the table: its fragments are forwarded.
+    let big = cluster
+        .replicas
+        .get_mut(&2)
+        .unwrap()
+        .submit_write(now, blob.clone());
+    cluster.round();
+    let small_write = Write::from_command(
+        parse_request(b"KEY PUT files.small quick").unwrap().command,
+        None,
+        None,
+        1_000,
+    )
+    .unwrap();
+    let small = cluster
+        .replicas
+        .get_mut(&3)
+        .unwrap()
+        .submit_write(now, small_write);
+    assert_eq!(cluster.run_until_answered(3, small), Reply::Ok);
+    assert!(
+        !cluster.answers.contains_key(&(2, big)),
+        "the small write waited for the whole blob"
+    );
+    assert_eq!(cluster.run_until_answered(2, big), Reply::Ok);
+    let _ = cluster.read(1, None, "KEY GET files.small");
+    let _ = cluster.read(3, None, "KEY GET files.small");
+    for node in [1, 2, 3] {
+        assert_eq!(
+            cluster.stored(node, "files.big").as_deref(),
+            Some(blob_bytes(&blob).as_slice()),
+            "node {node}"
+        );
+        assert!(
+            cluster.replicas[&node]
+                .store()
+                .uploads_for_test("files.x")
+                .is_empty(),
+            "node {node} keeps a staged upload"
+        );
+    }
+}
+
+/// A replica cut off during an upload catches up from a snapshot taken midway (it carries
+/// the staged part) and ends with the same blob; an upload whose fragments cannot reach a
+/// quorum fails the write and is aborted, leaving nothing staged.
+#[test]
+fn uploads_survive_snapshots_and_failed_ones_are_aborted() {
+    let settings = Settings {
+        retain_bytes: 0,
+        ..Settings::default()
+    };
+    let mut cluster = Cluster::with(&[(1, "a"), (2, "a"), (3, "a")], settings);
+    assert_eq!(cluster.write(1, None, "KEY PUT files.warm up"), Reply::Ok);
+    let blob = large_blob("files.big", 24 * crate::storage::BLOB_CHUNK_BYTES + 1, 3);
+    let now = cluster.now;
+    let big = cluster
+        .replicas
+        .get_mut(&1)
+        .unwrap()
+        .submit_write(now, blob.clone());
+    // Node 3 hears the first fragments, is cut off for a few, and comes back midway.
+    cluster.round();
+    cluster.round();
+    cluster.cut.insert(3);
+    for _ in 0..4 {
+        cluster.round();
+    }
+    cluster.cut.clear();
+    assert!(
+        !cluster.answers.contains_key(&(1, big)),
+        "the blob is still going"
+    );
+    assert_eq!(cluster.run_until_answered(1, big), Reply::Ok);
+    for _ in 0..400 {
+        cluster.round();
+        if cluster.stored(3, "files.big").is_some() {
+            break;
+        }
+    }
+    assert!(
+        cluster.snapshots >= 1,
+        "node 3 caught up without a snapshot"
+    );
+    assert_eq!(
+        cluster.stored(3, "files.big").as_deref(),
+        Some(blob_bytes(&blob).as_slice())
+    );
+
+    // Both other nodes cut off: no fragment commits, the write fails, the upload is aborted
+    // once they are back, and no replica keeps anything of it.
+    cluster.cut.insert(2);
+    cluster.cut.insert(3);
+    let now = cluster.now;
+    let failing = cluster.replicas.get_mut(&1).unwrap().submit_write(
+        now,
+        large_blob("files.lost", 3 * crate::storage::BLOB_CHUNK_BYTES, 5),
+    );
+    // Past the request timeout (10 s): the fragments in flight fail, and with them the write.
+    for _ in 0..2_100 {
+        if cluster.answers.contains_key(&(1, failing)) {
+            break;
+        }
+        cluster.round();
+    }
+    let answer = cluster.run_until_answered(1, failing);
+    assert_eq!(answer, Reply::warn(ClusterError::Timeout.to_string()));
+    cluster.cut.clear();
+    assert_eq!(cluster.write(1, None, "KEY PUT files.after yes"), Reply::Ok);
+    for _ in 0..100 {
+        cluster.round();
+    }
+    for node in [1, 2, 3] {
+        assert_eq!(cluster.stored(node, "files.lost"), None);
+        assert!(
+            cluster.replicas[&node]
+                .store()
+                .uploads_for_test("files.x")
+                .is_empty(),
+            "node {node} keeps a staged upload"
+        );
+    }
 }

@@ -181,7 +181,7 @@ impl Worker {
         match input {
             Input::Stop => return false,
             Input::Write { write, reply } => {
-                let request = self.replica.submit_write(now, &write);
+                let request = self.replica.submit_write(now, *write);
                 self.waiting.insert(request, reply);
             }
             Input::System { op, reply } => {

@@ -217,7 +217,15 @@ impl Group {
         entries: Vec<SlotEntry>,
         compacted: Option<Slot>,
     ) {
+        let paged = !entries.is_empty();
         self.learn(ctx, entries);
+        // A page came: ask for the next one now, not a retry interval later, so a learner
+        // behind catches up at the network's pace (a page per round trip), not a page per
+        // `retry_ms` (1 MiB per 200 ms is slower than the owner writes under load).
+        if paged {
+            self.last_catch_up = 0;
+            self.fill_gaps(ctx);
+        }
         // The entries this node needs left the peer's log: fetch its state instead.
         if let Some(slot) = compacted
             && slot > self.log.applied()

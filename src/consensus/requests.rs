@@ -25,11 +25,26 @@ pub(super) struct Outstanding {
     /// it too, so the machine here has its verdict (a conditional write's answer depends on
     /// the state it met) and a read here right after sees it.
     pub(super) written: bool,
+    /// Completes once the owner reports it committed, without waiting to apply it here
+    /// (`client_write_committed`).
+    pub(super) on_commit: bool,
 }
 
 impl Node {
     /// A client request received by this node.
     pub fn client_request(&mut self, now: u64, request: RequestId, op: ClientOp) {
+        self.take_request(now, request, op, false);
+    }
+
+    /// A write whose answer does not depend on this node's state machine (a fragment of a
+    /// large blob: the state machine judges the whole later): completed `Written` as soon as
+    /// the owner reports it committed, not once this node has applied it, so a node behind
+    /// in applying does not slow it.
+    pub fn client_write_committed(&mut self, now: u64, request: RequestId, op: ClientOp) {
+        self.take_request(now, request, op, true);
+    }
+
+    fn take_request(&mut self, now: u64, request: RequestId, op: ClientOp, on_commit: bool) {
         self.advance(now);
         let id = CommandId {
             origin: self.id,
@@ -48,6 +63,7 @@ impl Node {
                 read_index: None,
                 at_owner_here: false,
                 written: false,
+                on_commit,
             },
         );
         self.route(id);
@@ -184,10 +200,11 @@ impl Node {
             .iter()
             .filter(|(id, o)| {
                 o.written
-                    && self
-                        .groups
-                        .get(&o.group)
-                        .is_some_and(|g| g.log.check(id) != Seen::Fresh)
+                    && (o.on_commit
+                        || self
+                            .groups
+                            .get(&o.group)
+                            .is_some_and(|g| g.log.check(id) != Seen::Fresh))
             })
             .map(|(id, _)| *id)
             .collect();

@@ -62,6 +62,14 @@ fn decide(current: &Current, write: &Write) -> Result<(Change, Reply), Refusal> 
             };
             Ok((change, Reply::Ok))
         }
+        WriteOp::BlobStaged { upload, len } => {
+            check_write(current, principal, now)?;
+            let change = Change::PutStaged {
+                upload: *upload,
+                len: *len,
+            };
+            Ok((change, Reply::Ok))
+        }
         WriteOp::Delete { if_version } => {
             check_write(current, principal, now)?;
             check_version(current, &write.key, *if_version)?;

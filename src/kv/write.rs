@@ -6,6 +6,7 @@
 //! from the consensus log.
 
 use crate::protocol::{Command, Deadline, Key, Perm, TxnStep};
+use crate::storage::upload::UploadId;
 
 /// Version byte of the encoding; a replica refuses a newer one instead of guessing.
 const WRITE_VERSION: u8 = 1;
@@ -32,6 +33,11 @@ pub enum WriteOp {
     },
     BlobSet {
         bytes: Vec<u8>,
+    },
+    /// A blob already staged chunk by chunk (a cluster's large `BLOB SET`), adopted whole.
+    BlobStaged {
+        upload: UploadId,
+        len: u64,
     },
     Delete {
         /// Only if the key is at this version: `KEY DEL … IF VERSION`.
@@ -161,6 +167,7 @@ impl Write {
             WriteOp::BlobSet { bytes } => bytes.len(),
             WriteOp::Grant { subject, .. } | WriteOp::Revoke { subject, .. } => subject.len(),
             WriteOp::Delete { .. } | WriteOp::Expire => 0,
+            WriteOp::BlobStaged { .. } => 24,
             WriteOp::Txn(steps) => steps.iter().map(TxnStep::size).sum(),
         };
         64 + self.key.as_bytes().len() + self.principal.as_ref().map_or(0, String::len) + payload
@@ -204,6 +211,12 @@ impl Write {
             WriteOp::BlobSet { bytes } => {
                 out.push(2);
                 put_bytes(&mut out, bytes);
+            }
+            WriteOp::BlobStaged { upload, len } => {
+                out.push(10);
+                out.extend_from_slice(&upload.origin.to_be_bytes());
+                out.extend_from_slice(&upload.id.to_be_bytes());
+                out.extend_from_slice(&len.to_be_bytes());
             }
             WriteOp::Delete { if_version: None } => out.push(3),
             WriteOp::Delete {
@@ -279,6 +292,13 @@ impl Write {
             },
             3 => WriteOp::Delete { if_version: None },
             9 => WriteOp::Expire,
+            10 => WriteOp::BlobStaged {
+                upload: UploadId {
+                    origin: r.i64()? as u64,
+                    id: r.i64()? as u64,
+                },
+                len: r.i64()? as u64,
+            },
             7 => WriteOp::Delete {
                 if_version: Some(r.i64()? as u64),
             },
@@ -449,6 +469,12 @@ mod tests {
                 }),
             proptest::collection::vec(any::<u8>(), 0..64)
                 .prop_map(|bytes| WriteOp::BlobSet { bytes }),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(origin, id, len)| {
+                WriteOp::BlobStaged {
+                    upload: UploadId { origin, id },
+                    len,
+                }
+            }),
             proptest::option::of(any::<u64>())
                 .prop_map(|if_version| WriteOp::Delete { if_version }),
             Just(WriteOp::Expire),

@@ -10,15 +10,15 @@ use std::sync::MutexGuard;
 use rocksdb::WriteBatch;
 
 use super::feed::{ChangeKind, Published};
+use super::upload::UploadState;
 use super::{
     Acl, Body, CF_ACL, CF_BLOBS, CF_META, CF_VALUES, Change, Current, EMPTY_BLOB_ID, Record,
     StorageError, Store, blob_chunk_key, slot_key,
 };
 use crate::protocol::Key;
-use std::sync::atomic::Ordering;
 
 pub struct Batch<'a> {
-    store: &'a Store,
+    pub(super) store: &'a Store,
     pub(super) batch: WriteBatch,
     _locks: Vec<MutexGuard<'a, ()>>,
     /// The stored record (expired or not) and ACL of every key this batch changed.
@@ -27,6 +27,8 @@ pub struct Batch<'a> {
     published: Vec<Published>,
     /// The log slot of the changes being added (a cluster), or none (a single node).
     revision: Option<u64>,
+    /// Blob uploads this batch read or changed, by record key (`upload.rs`).
+    pub(super) uploads: HashMap<Vec<u8>, Option<UploadState>>,
 }
 
 impl Store {
@@ -47,6 +49,7 @@ impl Store {
             overlay: HashMap::new(),
             published: Vec::new(),
             revision: None,
+            uploads: HashMap::new(),
         }
     }
 }
@@ -85,7 +88,10 @@ impl Batch<'_> {
         let k = key.as_bytes();
         let replaces_record = matches!(
             change,
-            Change::PutInline { .. } | Change::PutBlob { .. } | Change::Delete
+            Change::PutInline { .. }
+                | Change::PutBlob { .. }
+                | Change::PutStaged { .. }
+                | Change::Delete
         );
         let expired = stored.is_some() && !live;
         let mut record = stored.clone();
@@ -108,7 +114,9 @@ impl Batch<'_> {
             ));
         }
         let published = match &change {
-            Change::PutInline { .. } | Change::PutBlob { .. } => Some(ChangeKind::Put),
+            Change::PutInline { .. } | Change::PutBlob { .. } | Change::PutStaged { .. } => {
+                Some(ChangeKind::Put)
+            }
             Change::Delete if live => Some(ChangeKind::Del),
             _ => None,
         };
@@ -156,7 +164,7 @@ impl Batch<'_> {
                 let blob_id = if bytes.is_empty() {
                     EMPTY_BLOB_ID
                 } else {
-                    self.store.next_blob_id.fetch_add(1, Ordering::Relaxed)
+                    self.store.new_blob_id()
                 };
                 for (index, chunk) in bytes.chunks(super::BLOB_CHUNK_BYTES).enumerate() {
                     self.batch
@@ -168,6 +176,17 @@ impl Batch<'_> {
                         len: bytes.len() as u64,
                     },
                     worm_until_ms,
+                    expires_ms: None,
+                    version: next_version,
+                };
+                self.batch.put_cf(cf(CF_VALUES), k, new.encode());
+                record = Some(new);
+            }
+            Change::PutStaged { upload, len } => {
+                let blob_id = self.adopt_upload(key.table(), upload)?;
+                let new = Record {
+                    body: Body::Blob { blob_id, len },
+                    worm_until_ms: None,
                     expires_ms: None,
                     version: next_version,
                 };

@@ -15,6 +15,7 @@ pub mod feed;
 pub mod record;
 pub mod snapshot;
 pub mod stream;
+pub mod upload;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -97,6 +98,11 @@ pub enum Change {
     PutBlob {
         bytes: Vec<u8>,
         worm_until_ms: Option<i64>,
+    },
+    /// A blob staged chunk by chunk (`upload.rs`), complete, becomes the key's value.
+    PutStaged {
+        upload: upload::UploadId,
+        len: u64,
     },
     Delete,
     SetAcl(Acl),
@@ -304,6 +310,11 @@ impl Store {
         batch.change(key, now_ms, change)?;
         batch.write(self.strict)?;
         Ok(result)
+    }
+
+    /// An id no blob on this node has (ids are recovered from the chunks at start).
+    fn new_blob_id(&self) -> u64 {
+        self.next_blob_id.fetch_add(1, Ordering::Relaxed)
     }
 
     fn delete_blob_chunks(&self, batch: &mut WriteBatch, blob_id: u64) {

@@ -7,7 +7,10 @@
 //! - `[1][key len: u32][key][record len: u32][record][acl len: u32][acl]`: one key (the
 //!   record's blob id is the sender's; the receiver gives the blob a new one);
 //! - `[2][bytes]`: the next chunk of the blob of the record before it;
-//! - `[3][table len: u32][table][u64]`: a table's write counter.
+//! - `[3][table len: u32][table][u64]`: a table's write counter;
+//! - `[4][table len: u32][table][origin: u64][id: u64][state len: u32][state]`: a blob
+//!   upload in progress (`upload.rs`; the receiver gives it a new blob id);
+//! - `[5][index: u32][bytes]`: a chunk that upload received.
 //!
 //! Installing a group marks it first (a synced `N` mark in the acceptor family), wipes its
 //! tables, writes the records, then writes the group's state (and configuration), removes
@@ -23,6 +26,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use super::consensus_store::ConsensusStore;
 use super::record::{Body, Record};
+use super::upload::{UploadId, UploadState, chunk_count};
 use super::{
     BLOB_CHUNK_BYTES, CF_ACL, CF_BLOBS, CF_META, CF_VALUES, StorageError, Store, blob_chunk_key,
     slot_key,
@@ -34,6 +38,8 @@ use crate::storage::stream::{FrameReader, FrameWriter, SnapshotError, SnapshotIt
 const RECORD: u8 = 1;
 const CHUNK: u8 = 2;
 const COUNTER: u8 = 3;
+const UPLOAD: u8 = 4;
+const UPLOAD_CHUNK: u8 = 5;
 /// Bytes of records gathered before an install batch is written.
 const INSTALL_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
@@ -145,6 +151,31 @@ impl Store {
                     data.extend_from_slice(&counter);
                     w.item(&SnapshotItem::Data(Bytes::from(data)))?;
                 }
+                let start = Store::uploads_start(table);
+                let mode = IteratorMode::From(&start, Direction::Forward);
+                let uploads = self
+                    .uploads_of(table, snapshot.iterator_cf(self.cf(CF_META), mode))
+                    .map_err(snapshot_error)?;
+                for (upload, state) in uploads {
+                    let mut data = vec![UPLOAD];
+                    put_sized(&mut data, table.as_bytes());
+                    data.extend_from_slice(&upload.origin.to_be_bytes());
+                    data.extend_from_slice(&upload.id.to_be_bytes());
+                    put_sized(&mut data, &state.encode());
+                    w.item(&SnapshotItem::Data(Bytes::from(data)))?;
+                    for index in 0..chunk_count(state.total) as u32 {
+                        let key = blob_chunk_key(state.blob_id, index);
+                        if let Some(chunk) =
+                            snapshot.get_cf(self.cf(CF_BLOBS), key).map_err(rocks)?
+                        {
+                            let mut data = Vec::with_capacity(chunk.len() + 5);
+                            data.push(UPLOAD_CHUNK);
+                            data.extend_from_slice(&index.to_be_bytes());
+                            data.extend_from_slice(&chunk);
+                            w.item(&SnapshotItem::Data(Bytes::from(data)))?;
+                        }
+                    }
+                }
             }
         }
         w.finish()?;
@@ -221,6 +252,7 @@ impl Store {
             batch.delete_range_cf(self.cf(CF_VALUES), &prefix, &end);
             batch.delete_range_cf(self.cf(CF_ACL), &prefix, &end);
             batch.delete_cf(self.cf(CF_META), slot_key(table));
+            self.wipe_uploads(&mut batch, table)?;
             self.db.write_opt(batch, &self.unsynced)?;
         }
         Ok(())
@@ -257,6 +289,10 @@ struct Install<'a> {
     bytes: usize,
     /// The blob being filled: its new id and next chunk index.
     blob: Option<(u64, u32)>,
+    /// The upload being filled: its new blob id and chunk count.
+    upload: Option<(u64, u64)>,
+    /// The tables the group's keys live in.
+    tables: Vec<String>,
 }
 
 impl<'a> Install<'a> {
@@ -280,6 +316,8 @@ impl<'a> Install<'a> {
             records: Vec::new(),
             bytes: 0,
             blob: None,
+            upload: None,
+            tables,
         })
     }
 
@@ -295,6 +333,7 @@ impl<'a> Install<'a> {
                 let mut record = Record::decode(value)
                     .ok_or(SnapshotError::Malformed("a record does not decode"))?;
                 self.blob = None;
+                self.upload = None;
                 if let Body::Blob { blob_id, len } = &mut record.body
                     && *len > 0
                 {
@@ -337,6 +376,66 @@ impl<'a> Install<'a> {
                 key.extend_from_slice(table);
                 let mut batch = WriteBatch::default();
                 batch.put_cf(self.store.cf(CF_META), key, rest);
+                self.store
+                    .db
+                    .write_opt(batch, &self.store.unsynced)
+                    .map_err(rocks)?;
+            }
+            UPLOAD => {
+                let table = std::str::from_utf8(take_sized(&mut rest)?)
+                    .map_err(|_| SnapshotError::Malformed("an upload's table"))?
+                    .to_string();
+                let (origin, tail) = rest
+                    .split_first_chunk::<8>()
+                    .ok_or(SnapshotError::Malformed("an upload item"))?;
+                let (id, mut tail) = tail
+                    .split_first_chunk::<8>()
+                    .ok_or(SnapshotError::Malformed("an upload item"))?;
+                let state = UploadState::decode(take_sized(&mut tail)?)
+                    .ok_or(SnapshotError::Malformed("an upload's state"))?;
+                if !self.tables.contains(&table) {
+                    return Err(SnapshotError::Malformed(
+                        "an upload of another group's table",
+                    ));
+                }
+                let upload = UploadId {
+                    origin: u64::from_be_bytes(*origin),
+                    id: u64::from_be_bytes(*id),
+                };
+                // Records first, then the upload record before its chunks (a cut-short
+                // install's wipe finds them through it).
+                self.flush()?;
+                let total = state.total;
+                let mut batch = WriteBatch::default();
+                let blob_id = self
+                    .store
+                    .put_installed_upload(&mut batch, &table, upload, state);
+                self.store
+                    .db
+                    .write_opt(batch, &self.store.unsynced)
+                    .map_err(rocks)?;
+                self.blob = None;
+                self.upload = Some((blob_id, chunk_count(total)));
+            }
+            UPLOAD_CHUNK => {
+                let Some((blob_id, chunks)) = self.upload else {
+                    return Err(SnapshotError::Malformed(
+                        "an upload chunk without its upload",
+                    ));
+                };
+                let (index, bytes) = rest
+                    .split_first_chunk::<4>()
+                    .ok_or(SnapshotError::Malformed("an upload chunk"))?;
+                let index = u32::from_be_bytes(*index);
+                if u64::from(index) >= chunks || bytes.len() > BLOB_CHUNK_BYTES {
+                    return Err(SnapshotError::Malformed("an upload chunk does not fit"));
+                }
+                let mut batch = WriteBatch::default();
+                batch.put_cf(
+                    self.store.cf(CF_BLOBS),
+                    blob_chunk_key(blob_id, index),
+                    bytes,
+                );
                 self.store
                     .db
                     .write_opt(batch, &self.store.unsynced)
