@@ -343,7 +343,7 @@ pub fn blob_stall(args: &Args, report: &mut Report) -> Result<(), String> {
         slowest = slowest.max(b.join().map_err(|_| "blob thread panicked")??);
     }
     println!(
-        "  two 128 MiB blobs in {:.2} s; the small write after them in {:.3} s",
+        "  two 128 MiB blobs in {:.2} s; a small write sent while they were written took {:.3} s",
         slowest.as_secs_f64(),
         small.as_secs_f64()
     );
