@@ -372,6 +372,27 @@ fn a_restarted_replica_recovers_its_state_without_the_history() {
     );
 }
 
+impl Cluster {
+    /// Hands `write` to `node` without waiting for its answer.
+    fn submit(&mut self, node: NodeId, write: Write) -> RequestId {
+        let now = self.now;
+        self.replicas
+            .get_mut(&node)
+            .unwrap()
+            .submit_write(now, write)
+    }
+
+    /// No replica keeps anything of an upload to the `files` table.
+    fn assert_nothing_staged(&self) {
+        for (node, replica) in &self.replicas {
+            assert!(
+                replica.store().uploads_for_test("files.x").is_empty(),
+                "node {node} keeps a staged upload"
+            );
+        }
+    }
+}
+
 fn large_blob(key: &str, len: usize, seed: u8) -> Write {
     Write {
         key: Key::parse(key.as_bytes()).unwrap(),
@@ -398,13 +419,8 @@ fn a_large_blob_goes_in_fragments_and_small_writes_pass_it() {
     let mut cluster = Cluster::new(&[(1, "a"), (2, "b"), (3, "c")]);
     assert_eq!(cluster.write(1, None, "KEY PUT files.warm up"), Reply::Ok);
     let blob = large_blob("files.big", 12 * crate::storage::BLOB_CHUNK_BYTES + 99, 7);
-    let now = cluster.now;
     // Taken at a node that does not own the table: its fragments are forwarded.
-    let big = cluster
-        .replicas
-        .get_mut(&2)
-        .unwrap()
-        .submit_write(now, blob.clone());
+    let big = cluster.submit(2, blob.clone());
     cluster.round();
     let small_write = Write::from_command(
         parse_request(b"KEY PUT files.small quick").unwrap().command,
@@ -413,11 +429,7 @@ fn a_large_blob_goes_in_fragments_and_small_writes_pass_it() {
         1_000,
     )
     .unwrap();
-    let small = cluster
-        .replicas
-        .get_mut(&3)
-        .unwrap()
-        .submit_write(now, small_write);
+    let small = cluster.submit(3, small_write);
     assert_eq!(cluster.run_until_answered(3, small), Reply::Ok);
     assert!(
         !cluster.answers.contains_key(&(2, big)),
@@ -432,14 +444,8 @@ fn a_large_blob_goes_in_fragments_and_small_writes_pass_it() {
             Some(blob_bytes(&blob).as_slice()),
             "node {node}"
         );
-        assert!(
-            cluster.replicas[&node]
-                .store()
-                .uploads_for_test("files.x")
-                .is_empty(),
-            "node {node} keeps a staged upload"
-        );
     }
+    cluster.assert_nothing_staged();
 }
 
 /// A replica cut off during an upload catches up from a snapshot taken midway (it carries
@@ -454,12 +460,7 @@ fn uploads_survive_snapshots_and_failed_ones_are_aborted() {
     let mut cluster = Cluster::with(&[(1, "a"), (2, "a"), (3, "a")], settings);
     assert_eq!(cluster.write(1, None, "KEY PUT files.warm up"), Reply::Ok);
     let blob = large_blob("files.big", 24 * crate::storage::BLOB_CHUNK_BYTES + 1, 3);
-    let now = cluster.now;
-    let big = cluster
-        .replicas
-        .get_mut(&1)
-        .unwrap()
-        .submit_write(now, blob.clone());
+    let big = cluster.submit(1, blob.clone());
     // Node 3 hears the first fragments, is cut off for a few, and comes back midway.
     cluster.round();
     cluster.round();
@@ -492,11 +493,8 @@ fn uploads_survive_snapshots_and_failed_ones_are_aborted() {
     // once they are back, and no replica keeps anything of it.
     cluster.cut.insert(2);
     cluster.cut.insert(3);
-    let now = cluster.now;
-    let failing = cluster.replicas.get_mut(&1).unwrap().submit_write(
-        now,
-        large_blob("files.lost", 3 * crate::storage::BLOB_CHUNK_BYTES, 5),
-    );
+    let lost = large_blob("files.lost", 3 * crate::storage::BLOB_CHUNK_BYTES, 5);
+    let failing = cluster.submit(1, lost);
     // Past the request timeout (10 s): the fragments in flight fail, and with them the write.
     for _ in 0..2_100 {
         if cluster.answers.contains_key(&(1, failing)) {
@@ -513,12 +511,6 @@ fn uploads_survive_snapshots_and_failed_ones_are_aborted() {
     }
     for node in [1, 2, 3] {
         assert_eq!(cluster.stored(node, "files.lost"), None);
-        assert!(
-            cluster.replicas[&node]
-                .store()
-                .uploads_for_test("files.x")
-                .is_empty(),
-            "node {node} keeps a staged upload"
-        );
     }
+    cluster.assert_nothing_staged();
 }

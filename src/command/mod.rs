@@ -8,6 +8,7 @@
 //! Storage calls block (RocksDB, fsync), so each runs on tokio's blocking pool; concurrent
 //! writers therefore reach RocksDB together and share WAL syncs.
 
+mod group_commit;
 mod info;
 mod topology;
 
@@ -108,6 +109,8 @@ pub struct Engine {
     node: NodeIdentity,
     started: Instant,
     backend: Backend,
+    /// A standalone node's writer (`group_commit.rs`).
+    writer: Option<group_commit::GroupCommit>,
 }
 
 impl Engine {
@@ -119,14 +122,22 @@ impl Engine {
         node: NodeIdentity,
         backend: Backend,
     ) -> Result<Engine, StorageError> {
-        if matches!(backend, Backend::Standalone) {
-            Engine::record_node(&store, &node)?;
-        }
+        let writer = match backend {
+            Backend::Standalone => {
+                Engine::record_node(&store, &node)?;
+                let writer = group_commit::GroupCommit::start(store.clone()).map_err(|e| {
+                    StorageError::Corrupt(format!("cannot start the writer thread: {e}"))
+                })?;
+                Some(writer)
+            }
+            Backend::Cluster(_) => None,
+        };
         Ok(Engine {
             store,
             node,
             started: Instant::now(),
             backend,
+            writer,
         })
     }
 
@@ -368,7 +379,10 @@ impl Engine {
     /// through the table's owner, and the answer is the verdict of its application here.
     async fn commit(self: &Arc<Self>, write: Write) -> Result<Reply, CommandError> {
         match &self.backend {
-            Backend::Standalone => self.blocking(move |e| e.apply_write(&write)).await,
+            Backend::Standalone => match &self.writer {
+                Some(writer) => writer.write(write).await,
+                None => self.blocking(move |e| e.apply_write(&write)).await,
+            },
             Backend::Cluster(cluster) => Ok(cluster.write(write).await?),
         }
     }

@@ -59,7 +59,7 @@ const META_SLOT_PREFIX: &[u8] = b"slot/";
 /// History the change feed keeps until `limits.watch_history_bytes` is applied.
 const DEFAULT_FEED_BYTES: usize = crate::config::DEFAULT_WATCH_HISTORY_BYTES as usize;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     #[error("storage error: {0}")]
     Rocks(#[from] rocksdb::Error),
