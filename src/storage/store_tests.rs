@@ -262,3 +262,35 @@ fn tables_lists_each_table_once_whatever_its_neighbours() {
         ["A", "USER", "USERS-X", "USERS", "USERS2", "Z"]
     );
 }
+
+/// The block-cache tickers the metrics report still count at the statistics level in use.
+#[test]
+fn block_cache_tickers_count_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Relaxed).unwrap();
+    for i in 0..200 {
+        let change = Change::PutInline {
+            value: vec![i as u8; 100],
+            worm_until_ms: None,
+            expires_ms: None,
+        };
+        store.change_for_test(&format!("t.k{i}"), change);
+    }
+    store.db.flush_cf(store.cf(CF_VALUES)).unwrap();
+    for _ in 0..2 {
+        for i in 0..200 {
+            assert!(
+                store
+                    .read(&key(&format!("t.k{i}")), 0)
+                    .unwrap()
+                    .record
+                    .is_some()
+            );
+        }
+    }
+    let stats = store.stats();
+    assert!(
+        stats.block_cache_hits > 0 && stats.block_cache_misses > 0,
+        "{stats:?}"
+    );
+}
