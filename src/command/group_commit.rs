@@ -115,7 +115,14 @@ fn run(store: &Store, inbox: &Receiver<Queued>) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        write_batch(store, batch);
+        // A panic (a bug) fails this batch's writes (their answers are dropped), not every
+        // write after it: the writer goes on with the next batch.
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            write_batch(store, batch);
+        }));
+        if written.is_err() {
+            tracing::error!("the writer panicked applying a batch; its writes failed");
+        }
     }
 }
 
