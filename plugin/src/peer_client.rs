@@ -39,6 +39,11 @@ pub struct PeerClient {
     connector: Connector,
     options: PeerClientOptions,
     new_connections: AtomicU64,
+    /// One lock per peer address, held while a session is taken from the pool: concurrent
+    /// requests to a peer then share its h2 connection instead of each racing a new one in
+    /// (one entry per address ever posted to: as many as the cluster has had addresses).
+    acquiring:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl PeerClient {
@@ -50,6 +55,7 @@ impl PeerClient {
             connector: Connector::new(Some(connector_options)),
             options,
             new_connections: AtomicU64::new(0),
+            acquiring: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -101,7 +107,17 @@ impl PeerClient {
         content_type: &str,
     ) -> pingora::Result<(pingora::protocols::http::client::HttpSession, HttpPeer)> {
         let peer = self.peer(addr, server_name);
-        let (mut session, reused) = self.connector.get_http_session(&peer).await?;
+        let lock = self
+            .acquiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(addr.to_string())
+            .or_default()
+            .clone();
+        let (mut session, reused) = {
+            let _one_at_a_time = lock.lock().await;
+            self.connector.get_http_session(&peer).await?
+        };
         if !reused {
             self.new_connections.fetch_add(1, Ordering::Relaxed);
         }
