@@ -275,3 +275,67 @@ fn a_fragment_may_carry_several_chunks() {
     adopt(&store, "T.multi", UP, bytes.len());
     assert_eq!(body(&store, "T.multi").as_deref(), Some(bytes.as_slice()));
 }
+
+/// A snapshot stream whose upload items do not fit is refused, not half installed into
+/// another table or beyond the upload's end.
+#[test]
+fn malformed_upload_items_in_a_snapshot_are_refused() {
+    use crate::storage::stream::{FrameWriter, SnapshotItem};
+    let state = UploadState {
+        blob_id: 1,
+        total: 2 * CHUNK as u64,
+        last_at_ms: 0,
+        received: vec![0],
+    };
+    let upload_item = |table: &str| {
+        let mut data = vec![4u8];
+        data.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        data.extend_from_slice(table.as_bytes());
+        data.extend_from_slice(&7u64.to_be_bytes());
+        data.extend_from_slice(&8u64.to_be_bytes());
+        let encoded = state.encode();
+        data.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+        data.extend_from_slice(&encoded);
+        data
+    };
+    let chunk_item = |index: u32| {
+        let mut data = vec![5u8];
+        data.extend_from_slice(&index.to_be_bytes());
+        data.extend_from_slice(b"bytes");
+        data
+    };
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("another group's table", vec![upload_item("OTHER")]),
+        ("a chunk without its upload", vec![chunk_item(0)]),
+        (
+            "a chunk beyond the end",
+            vec![upload_item("T"), chunk_item(2)],
+        ),
+        ("a truncated upload", vec![upload_item("T")[..20].to_vec()]),
+    ];
+    for (what, items) in cases {
+        let mut stream = FrameWriter::new(Vec::new());
+        stream
+            .item(&SnapshotItem::Group {
+                group: "T".into(),
+                state: GroupState {
+                    applied: 3,
+                    ..GroupState::default()
+                },
+                config: None,
+            })
+            .unwrap();
+        for data in items {
+            stream
+                .item(&SnapshotItem::Data(bytes::Bytes::from(data)))
+                .unwrap();
+        }
+        let stream = stream.finish().unwrap();
+        let (_dir, target) = open();
+        let tables = |g: &str| vec![g.to_string()];
+        assert!(
+            target.install_groups(&stream[..], &tables).is_err(),
+            "{what} was installed"
+        );
+    }
+}
