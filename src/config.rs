@@ -79,6 +79,9 @@ pub struct AtlasConfig {
     /// with `tls: internal`, off otherwise; see [`AtlasConfig::peer_mtls`].
     pub peer_mtls: Option<bool>,
     pub durability: Durability,
+    /// RocksDB's statistics (tickers only), for `atlas_rocksdb_block_cache_hit_ratio`. Off by
+    /// default: every read and write then pays nothing for counting.
+    pub rocksdb_statistics: bool,
     /// How often expired values are removed (a cluster: the owner commits their removal,
     /// which watchers see as `DEL` events).
     pub expiry_sweep_ms: u64,
@@ -121,6 +124,7 @@ impl Default for AtlasConfig {
             fault_injection: false,
             peer_mtls: None,
             durability: Durability::Strict,
+            rocksdb_statistics: false,
             expiry_sweep_ms: 60_000,
             metrics_listen: None,
             client_listen: None,

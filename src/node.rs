@@ -49,7 +49,12 @@ pub fn open(
         source,
     };
     let store = Arc::new(
-        Store::open(&config.data_dir.join("db"), config.durability).map_err(storage_error)?,
+        Store::open_with(
+            &config.data_dir.join("db"),
+            config.durability,
+            config.rocksdb_statistics,
+        )
+        .map_err(storage_error)?,
     );
     store
         .feed()

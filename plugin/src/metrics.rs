@@ -343,44 +343,71 @@ pub struct SocketObserver;
 
 const SOCKET: &str = "socket";
 
+/// The socket's metric handles, resolved by label once (a lookup by label hashes the
+/// labels and takes the family's lock: too much for every command).
+struct SocketHandles {
+    connections_open: IntGauge,
+    bytes_received: IntCounter,
+    bytes_sent: IntCounter,
+}
+
+fn socket_handles() -> &'static SocketHandles {
+    static HANDLES: OnceLock<SocketHandles> = OnceLock::new();
+    HANDLES.get_or_init(|| {
+        let m = metrics();
+        SocketHandles {
+            connections_open: m.connections_open.with_label_values(&[SOCKET]),
+            bytes_received: m.bytes_received.with_label_values(&[SOCKET]),
+            bytes_sent: m.bytes_sent.with_label_values(&[SOCKET]),
+        }
+    })
+}
+
+/// A command's counter (for its result) and its latency histogram.
+type CommandHandles = (IntCounter, prometheus::Histogram);
+
+thread_local! {
+    /// Per worker thread, the handles of each (command, succeeded) seen: bounded by the
+    /// number of command names, and lock-free after a thread's first command of a kind.
+    static COMMAND_HANDLES: std::cell::RefCell<
+        std::collections::HashMap<(&'static str, bool), CommandHandles>,
+    > = std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 impl Observer for SocketObserver {
     fn connection_opened(&self) {
-        metrics()
-            .connections_open
-            .with_label_values(&[SOCKET])
-            .inc();
+        socket_handles().connections_open.inc();
     }
 
     fn connection_closed(&self) {
-        metrics()
-            .connections_open
-            .with_label_values(&[SOCKET])
-            .dec();
+        socket_handles().connections_open.dec();
     }
 
     fn bytes_received(&self, bytes: u64) {
-        metrics()
-            .bytes_received
-            .with_label_values(&[SOCKET])
-            .inc_by(bytes);
+        socket_handles().bytes_received.inc_by(bytes);
     }
 
     fn bytes_sent(&self, bytes: u64) {
-        metrics()
-            .bytes_sent
-            .with_label_values(&[SOCKET])
-            .inc_by(bytes);
+        socket_handles().bytes_sent.inc_by(bytes);
     }
 
     fn command(&self, name: &'static str, error_kind: Option<&'static str>, elapsed: Duration) {
-        let m = metrics();
-        let result = if error_kind.is_some() { "error" } else { "ok" };
-        m.socket_commands.with_label_values(&[name, result]).inc();
-        m.socket_command_seconds
-            .with_label_values(&[name])
-            .observe(elapsed.as_secs_f64());
+        let ok = error_kind.is_none();
+        COMMAND_HANDLES.with(|handles| {
+            let mut handles = handles.borrow_mut();
+            let (count, seconds) = handles.entry((name, ok)).or_insert_with(|| {
+                let m = metrics();
+                let result = if ok { "ok" } else { "error" };
+                (
+                    m.socket_commands.with_label_values(&[name, result]),
+                    m.socket_command_seconds.with_label_values(&[name]),
+                )
+            });
+            count.inc();
+            seconds.observe(elapsed.as_secs_f64());
+        });
         if let Some(kind) = error_kind {
-            m.errors.with_label_values(&[kind]).inc();
+            metrics().errors.with_label_values(&[kind]).inc();
         }
     }
 

@@ -199,7 +199,7 @@ fn a_write_at_one_node_reaches_every_replica_and_reads_anywhere_see_it() {
     );
     assert_eq!(
         cluster.read(3, None, "KEY GET users.alice"),
-        Reply::line("VALUE:hello")
+        Reply::Value(b"hello".to_vec())
     );
     // Give learners a moment, then every replica's storage holds the value.
     let _ = cluster.read(2, None, "KEY GET users.alice");
@@ -235,7 +235,7 @@ fn rules_are_judged_alike_on_every_replica_and_answered_to_the_origin() {
     );
     assert_eq!(
         cluster.read(1, Some("alice"), "KEY GET docs.plan"),
-        Reply::line("VALUE:v1")
+        Reply::Value(b"v1".to_vec())
     );
     let _ = cluster.read(2, None, "COUNT DOCS");
     for node in [1, 2, 3] {
@@ -336,7 +336,7 @@ fn a_replica_behind_the_compacted_log_catches_up_from_a_snapshot() {
     assert_eq!(cluster.write(2, None, "KEY PUT users.after yes"), Reply::Ok);
     assert_eq!(
         cluster.read(3, None, "KEY GET users.after"),
-        Reply::line("VALUE:yes")
+        Reply::Value(b"yes".to_vec())
     );
 }
 
@@ -368,7 +368,7 @@ fn a_restarted_replica_recovers_its_state_without_the_history() {
     assert_eq!(cluster.write(2, None, "KEY PUT users.k0 again"), Reply::Ok);
     assert_eq!(
         cluster.read(3, None, "KEY GET users.k0"),
-        Reply::line("VALUE:again")
+        Reply::Value(b"again".to_vec())
     );
 }
 

@@ -349,6 +349,13 @@ impl Engine {
             command if command.is_session() => Ok(Reply::Ok),
             command if command.is_read() => {
                 self.read_barrier(&command).await?;
+                // What memory answers is answered here; only a read that needs the disk
+                // (or blob chunks, or a scan) takes the hop to the blocking pool.
+                if let Some(answer) =
+                    crate::kv::read_cached(&self.store, principal.as_deref(), &command, now_ms())?
+                {
+                    return Ok(answer?);
+                }
                 self.blocking(move |e| e.read_now(principal.as_deref(), &command))
                     .await
             }

@@ -13,7 +13,7 @@ mod read;
 pub mod write;
 
 pub use apply::{apply, version_of};
-pub use read::read;
+pub use read::{read, read_cached};
 pub use write::{Write, WriteDecodeError, WriteOp};
 
 use crate::protocol::duration::format_rfc3339_ms;

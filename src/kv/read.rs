@@ -4,7 +4,7 @@
 use super::Refusal;
 use crate::config::DEFAULT_MAX_SCAN_KEYS;
 use crate::protocol::{Command, Key, Reply, Scan};
-use crate::storage::{Body, StorageError, Store};
+use crate::storage::{Body, Current, StorageError, Store};
 
 /// Answers a read command from `store` (judged at `now_ms`); `None` for a command that is
 /// not a read.
@@ -15,17 +15,9 @@ pub fn read(
     now_ms: i64,
 ) -> Result<Option<Result<Reply, Refusal>>, StorageError> {
     Ok(Some(match command {
-        Command::Get(key) => get(store, key, principal, now_ms)?,
+        Command::Get(key) => get(key, store.read(key, now_ms)?, principal),
         Command::BlobGet(key) => Ok(blob_get(store, key, principal, now_ms)?),
-        Command::Version(key) => {
-            let current = store.read(key, now_ms)?;
-            let version = if current.acl.may_read(principal) {
-                super::version_of(&current)
-            } else {
-                0
-            };
-            Ok(Reply::line(format!("VERSION:{version}")))
-        }
+        Command::Version(key) => Ok(version(store.read(key, now_ms)?, principal)),
         Command::Scan(scan) => Ok(scan_page(store, scan, principal, now_ms)?),
         Command::Count(prefix) => {
             let mut n = 0u64;
@@ -39,24 +31,44 @@ pub fn read(
     }))
 }
 
-fn get(
+/// `read` for what memory alone can answer: `KEY GET` and `KEY VERSION` of a key whose
+/// record (and ACL) sit in a memtable or the block cache. Never waits for the disk, so it
+/// may run on an async thread; `None` for every other command and when the disk is needed.
+pub fn read_cached(
     store: &Store,
-    key: &Key,
     principal: Option<&str>,
+    command: &Command,
     now_ms: i64,
-) -> Result<Result<Reply, Refusal>, StorageError> {
-    let current = store.read(key, now_ms)?;
-    Ok(match current.record {
+) -> Result<Option<Result<Reply, Refusal>>, StorageError> {
+    let (Command::Get(key) | Command::Version(key)) = command else {
+        return Ok(None);
+    };
+    let Some(current) = store.read_cached(key, now_ms)? else {
+        return Ok(None);
+    };
+    Ok(Some(match command {
+        Command::Get(_) => get(key, current, principal),
+        _ => Ok(version(current, principal)),
+    }))
+}
+
+fn version(current: Current, principal: Option<&str>) -> Reply {
+    let version = if current.acl.may_read(principal) {
+        super::version_of(&current)
+    } else {
+        0
+    };
+    Reply::line(format!("VERSION:{version}"))
+}
+
+fn get(key: &Key, current: Current, principal: Option<&str>) -> Result<Reply, Refusal> {
+    match current.record {
         Some(record) if current.acl.may_read(principal) => match record.body {
-            Body::Inline(value) => {
-                let mut line = b"VALUE:".to_vec();
-                line.extend_from_slice(&value);
-                Ok(Reply::line(line))
-            }
+            Body::Inline(value) => Ok(Reply::Value(value)),
             Body::Blob { .. } => Err(Refusal::HoldsBlob(key.to_string())),
         },
         _ => Ok(Reply::line("NOT_FOUND")),
-    })
+    }
 }
 
 fn blob_get(

@@ -125,7 +125,7 @@ proptest! {
                 }
                 Op::Get(k) => {
                     let want = match model.get(&k) {
-                        Some((value, _)) => Reply::line([b"VALUE:".as_slice(), value].concat()),
+                        Some((value, _)) => Reply::Value(value.clone()),
                         None => Reply::line("NOT_FOUND"),
                     };
                     (read(&store, None, &Command::Get(key(k)), 1).unwrap().unwrap().unwrap(), want)

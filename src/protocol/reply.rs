@@ -33,6 +33,9 @@ pub enum Reply {
         lines: Vec<Vec<u8>>,
         more: Option<String>,
     },
+    /// `VALUE:<bytes>`, `OK` (the answer of `KEY GET`, written without copying the value
+    /// into a line first).
+    Value(Vec<u8>),
     /// `BLOB <n>`, n raw bytes, `OK`.
     Blob(Vec<u8>),
     Error(Level, String),
@@ -64,6 +67,18 @@ impl Reply {
         };
         match self {
             Reply::Ok => frame(out, b"OK"),
+            Reply::Value(value) => {
+                out.reserve(value.len() + 2 * tag.map_or(0, str::len) + 24);
+                if let Some(tag) = tag {
+                    out.extend_from_slice(b"[ID:");
+                    out.extend_from_slice(tag.as_bytes());
+                    out.extend_from_slice(b"] ");
+                }
+                out.extend_from_slice(b"VALUE:");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+                frame(out, b"OK");
+            }
             Reply::Lines(lines) => {
                 for line in lines {
                     frame(out, line);
@@ -123,6 +138,13 @@ mod tests {
             wire(&Reply::line("VALUE:x"), Some("7")),
             b"[ID:7] VALUE:x\r\n[ID:7] OK\r\n"
         );
+        // A value answer is the same frames as the line it replaces.
+        for tag in [None, Some("7")] {
+            assert_eq!(
+                wire(&Reply::Value(b"x y".to_vec()), tag),
+                wire(&Reply::line("VALUE:x y"), tag)
+            );
+        }
         let keys = |keys: &[&str]| Reply::Page {
             lines: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
             more: None,

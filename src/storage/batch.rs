@@ -150,6 +150,7 @@ impl Batch<'_> {
                     worm_until_ms,
                     expires_ms,
                     version: next_version,
+                    has_acl: !acl.is_empty(),
                 };
                 self.batch.put_cf(cf(CF_VALUES), k, new.encode());
                 record = Some(new);
@@ -178,6 +179,7 @@ impl Batch<'_> {
                     worm_until_ms,
                     expires_ms: None,
                     version: next_version,
+                    has_acl: !acl.is_empty(),
                 };
                 self.batch.put_cf(cf(CF_VALUES), k, new.encode());
                 record = Some(new);
@@ -189,6 +191,7 @@ impl Batch<'_> {
                     worm_until_ms: None,
                     expires_ms: None,
                     version: next_version,
+                    has_acl: !acl.is_empty(),
                 };
                 self.batch.put_cf(cf(CF_VALUES), k, new.encode());
                 record = Some(new);
@@ -204,6 +207,11 @@ impl Batch<'_> {
                     self.batch.put_cf(cf(CF_ACL), k, new.encode());
                 }
                 acl = new;
+                // The record says whether there is an ACL to look up: keep it true.
+                if let Some(r) = record.as_mut().filter(|r| r.has_acl == acl.is_empty()) {
+                    r.has_acl = !acl.is_empty();
+                    self.batch.put_cf(cf(CF_VALUES), k, r.encode());
+                }
             }
         }
         // The table's write counter counts every change that wrote something, and at least

@@ -24,8 +24,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, MergeOperands, Options,
-    WriteBatch, WriteOptions,
+    ColumnFamily, ColumnFamilyDescriptor, DB, DBPinnableSlice, Direction, IteratorMode,
+    MergeOperands, Options, ReadOptions, ReadTier, WriteBatch, WriteOptions,
 };
 
 pub use acl::Acl;
@@ -82,6 +82,7 @@ pub struct StorageStats {
 pub struct Current {
     /// The live record (an expired one reads as absent).
     pub record: Option<Record>,
+    /// The key's ACL (from `Store::read`: only when a live record may have one).
     pub acl: Acl,
 }
 
@@ -110,12 +111,17 @@ pub enum Change {
 
 pub struct Store {
     db: DB,
-    /// Kept for its statistics (block-cache tickers).
+    /// Kept for its statistics (block-cache tickers, when on).
     options: Options,
+    statistics: bool,
     /// `durability: strict`: single-node writes are synced.
     strict: bool,
     synced: WriteOptions,
     unsynced: WriteOptions,
+    /// Reads from anywhere (memtables, block cache, files).
+    from_anywhere: ReadOptions,
+    /// Reads from memory only: an answer that needs the files is `Incomplete`.
+    from_memory: ReadOptions,
     locks: Vec<Mutex<()>>,
     next_blob_id: AtomicU64,
     /// Committed changes, for `WATCH`.
@@ -133,16 +139,27 @@ fn add_u64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Op
 
 impl Store {
     pub fn open(dir: &Path, durability: Durability) -> Result<Store, StorageError> {
+        Store::open_with(dir, durability, false)
+    }
+
+    /// `open`, with RocksDB's statistics on or off (`atlas.rocksdb_statistics`).
+    pub fn open_with(
+        dir: &Path,
+        durability: Durability,
+        statistics: bool,
+    ) -> Result<Store, StorageError> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_keep_log_file_num(4);
         options.set_db_write_buffer_size(MEMTABLE_BUDGET_BYTES);
         options.set_max_total_wal_size(MAX_WAL_BYTES);
-        // Tickers only (the block-cache hit and miss counts the metrics report): histograms
-        // and timers cost every read and write and nothing reads them.
-        options.enable_statistics();
-        options.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
+        // When asked for, tickers only (the block-cache hit and miss counts the metrics
+        // report): histograms and timers cost every read and write and nothing reads them.
+        if statistics {
+            options.enable_statistics();
+            options.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
+        }
         // One block cache for every family (RocksDB's default is one per family).
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let descriptors = COLUMN_FAMILIES.iter().map(|name| {
@@ -159,12 +176,17 @@ impl Store {
         let db = DB::open_cf_descriptors(&options, dir, descriptors)?;
         let mut synced = WriteOptions::default();
         synced.set_sync(true);
+        let mut from_memory = ReadOptions::default();
+        from_memory.set_read_tier(ReadTier::BlockCache);
         let mut store = Store {
             db,
             options,
+            statistics,
             strict: durability == Durability::Strict,
             synced,
             unsynced: WriteOptions::default(),
+            from_anywhere: ReadOptions::default(),
+            from_memory,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             next_blob_id: AtomicU64::new(0),
             feed: feed::Feed::new(DEFAULT_FEED_BYTES, 0),
@@ -239,29 +261,69 @@ impl Store {
     }
 
     /// The live record and the ACL of `key`.
+    /// The live record of `key` and its ACL, for a read: the ACL is looked up only when a
+    /// live record may have one (a key without a value reveals nothing to anyone, so its
+    /// ACL does not matter to a read; writes see it through their batch).
     pub fn read(&self, key: &Key, now_ms: i64) -> Result<Current, StorageError> {
-        let record = self
-            .read_record(key.as_bytes())?
+        self.read_with(key, now_ms, &self.from_anywhere)?
+            .ok_or_else(|| StorageError::Corrupt("a read from anywhere was incomplete".into()))
+    }
+
+    /// `read` answered from memory only (memtables and the block cache), so it never waits
+    /// for the disk and may run on an async thread; `None` when the answer needs the files.
+    pub fn read_cached(&self, key: &Key, now_ms: i64) -> Result<Option<Current>, StorageError> {
+        self.read_with(key, now_ms, &self.from_memory)
+    }
+
+    fn read_with(
+        &self,
+        key: &Key,
+        now_ms: i64,
+        options: &ReadOptions,
+    ) -> Result<Option<Current>, StorageError> {
+        let k = key.as_bytes();
+        let Some(found) = self.get_with(CF_VALUES, k, options)? else {
+            return Ok(None);
+        };
+        let record = found
+            .map(|bytes| decode_record(k, &bytes))
+            .transpose()?
             .filter(|r| !r.is_expired(now_ms));
-        Ok(Current {
-            record,
-            acl: self.read_acl(key.as_bytes())?,
-        })
+        let acl = match &record {
+            Some(r) if r.has_acl => match self.get_with(CF_ACL, k, options)? {
+                None => return Ok(None),
+                Some(found) => found.map_or(Ok(Acl::default()), |b| decode_acl(&b))?,
+            },
+            _ => Acl::default(),
+        };
+        Ok(Some(Current { record, acl }))
+    }
+
+    /// A point lookup; `None` when `options` allow memory only and the value is not there.
+    fn get_with(
+        &self,
+        cf: &str,
+        key: &[u8],
+        options: &ReadOptions,
+    ) -> Result<Option<Option<DBPinnableSlice<'_>>>, StorageError> {
+        match self.db.get_pinned_cf_opt(self.cf(cf), key, options) {
+            Ok(found) => Ok(Some(found)),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn read_record(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
         match self.db.get_pinned_cf(self.cf(CF_VALUES), key)? {
             None => Ok(None),
-            Some(bytes) => Record::decode(&bytes).map(Some).ok_or_else(|| {
-                StorageError::Corrupt(format!("record of {}", String::from_utf8_lossy(key)))
-            }),
+            Some(bytes) => decode_record(key, &bytes).map(Some),
         }
     }
 
     fn read_acl(&self, key: &[u8]) -> Result<Acl, StorageError> {
         match self.db.get_pinned_cf(self.cf(CF_ACL), key)? {
             None => Ok(Acl::default()),
-            Some(bytes) => Acl::decode(&bytes).ok_or_else(|| StorageError::Corrupt("acl".into())),
+            Some(bytes) => decode_acl(&bytes),
         }
     }
 
@@ -372,7 +434,11 @@ impl Store {
             if record.is_expired(now_ms) {
                 continue;
             }
-            let acl = self.read_acl(&key)?;
+            let acl = if record.has_acl {
+                self.read_acl(&key)?
+            } else {
+                Acl::default()
+            };
             if !visit(&key, record, acl) {
                 break;
             }
@@ -501,8 +567,17 @@ impl Store {
             memtable_bytes: self.property_sum("rocksdb.cur-size-all-mem-tables"),
             pending_compaction_bytes: self
                 .property_sum("rocksdb.estimate-pending-compaction-bytes"),
-            block_cache_hits: self.options.get_ticker_count(Ticker::BlockCacheHit),
-            block_cache_misses: self.options.get_ticker_count(Ticker::BlockCacheMiss),
+            block_cache_hits: self.ticker(Ticker::BlockCacheHit),
+            block_cache_misses: self.ticker(Ticker::BlockCacheMiss),
+        }
+    }
+
+    /// A statistics ticker; 0 when statistics are off (RocksDB has none to read then).
+    fn ticker(&self, ticker: rocksdb::statistics::Ticker) -> u64 {
+        if self.statistics {
+            self.options.get_ticker_count(ticker)
+        } else {
+            0
         }
     }
 
@@ -515,6 +590,15 @@ impl Store {
         self.db.cancel_all_background_work(true);
         Ok(())
     }
+}
+
+fn decode_record(key: &[u8], bytes: &[u8]) -> Result<Record, StorageError> {
+    Record::decode(bytes)
+        .ok_or_else(|| StorageError::Corrupt(format!("record of {}", String::from_utf8_lossy(key))))
+}
+
+fn decode_acl(bytes: &[u8]) -> Result<Acl, StorageError> {
+    Acl::decode(bytes).ok_or_else(|| StorageError::Corrupt("acl".into()))
 }
 
 /// A data directory written by an older format has column families this build does not

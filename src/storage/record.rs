@@ -1,15 +1,20 @@
 //! Encoding of what the `values` column family holds for a key.
 //!
-//! Layout (version 2): `[2][flags][version: u64 BE][worm_until: i64 BE, when flags & WORM]
+//! Layout (version 3): `[3][flags][version: u64 BE][worm_until: i64 BE, when flags & WORM]
 //! [expires: i64 BE, when flags & EXPIRES]` then either the inline bytes, or
-//! `[blob_id: u64 BE][len: u64 BE]` when flags & BLOB. Version 1 (written before keys had
-//! versions) has no version and no EXPIRES flag; it reads as version 1.
+//! `[blob_id: u64 BE][len: u64 BE]` when flags & BLOB. Flag ACL says the key has an ACL
+//! (a row in the `acl` family); without it a read needs no second lookup. Version 2 is the
+//! same without the ACL flag (such a record may have an ACL: it is looked up); version 1
+//! (written before keys had versions) has no version and no EXPIRES flag either and reads
+//! as version 1. Only version 3 is written.
 
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+const VERSION_2: u8 = 2;
 const VERSION_1: u8 = 1;
 const FLAG_BLOB: u8 = 1;
 const FLAG_WORM: u8 = 2;
 const FLAG_EXPIRES: u8 = 4;
+const FLAG_ACL: u8 = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
@@ -30,6 +35,10 @@ pub struct Record {
     pub expires_ms: Option<i64>,
     /// Writes of the key since it was created: 1 for the first.
     pub version: u64,
+    /// The key may have an ACL. False only when it has none for certain (the batch that
+    /// writes a record or an ACL keeps this true to the `acl` family), so a read of a key
+    /// without one skips that lookup. Records of version 2 and older read as true.
+    pub has_acl: bool,
 }
 
 impl Record {
@@ -48,6 +57,9 @@ impl Record {
         }
         if self.expires_ms.is_some() {
             flags |= FLAG_EXPIRES;
+        }
+        if self.has_acl {
+            flags |= FLAG_ACL;
         }
         let mut out = vec![VERSION, flags];
         out.extend_from_slice(&self.version.to_be_bytes());
@@ -68,15 +80,17 @@ impl Record {
         let (&format, rest) = bytes.split_first()?;
         let (&flags, mut rest) = rest.split_first()?;
         let known = match format {
-            VERSION => FLAG_BLOB | FLAG_WORM | FLAG_EXPIRES,
+            VERSION => FLAG_BLOB | FLAG_WORM | FLAG_EXPIRES | FLAG_ACL,
+            VERSION_2 => FLAG_BLOB | FLAG_WORM | FLAG_EXPIRES,
             VERSION_1 => FLAG_BLOB | FLAG_WORM,
             _ => return None,
         };
         if flags & !known != 0 {
             return None;
         }
+        let has_acl = format != VERSION || flags & FLAG_ACL != 0;
         let mut version = 1;
-        if format == VERSION {
+        if format != VERSION_1 {
             let (v, tail) = rest.split_first_chunk::<8>()?;
             version = u64::from_be_bytes(*v);
             rest = tail;
@@ -109,6 +123,7 @@ impl Record {
             worm_until_ms,
             expires_ms,
             version,
+            has_acl,
         })
     }
 }
@@ -122,9 +137,10 @@ mod tests {
         #[test]
         fn round_trip(inline in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
                       id in any::<u64>(), len in any::<u64>(), worm in proptest::option::of(any::<i64>()),
-                      expires in proptest::option::of(any::<i64>()), version in any::<u64>()) {
+                      expires in proptest::option::of(any::<i64>()), version in any::<u64>(),
+                      has_acl in any::<bool>()) {
             let body = match inline { Some(b) => Body::Inline(b), None => Body::Blob { blob_id: id, len } };
-            let r = Record { body, worm_until_ms: worm, expires_ms: expires, version };
+            let r = Record { body, worm_until_ms: worm, expires_ms: expires, version, has_acl };
             prop_assert_eq!(Record::decode(&r.encode()), Some(r));
         }
 
@@ -144,7 +160,30 @@ mod tests {
         assert_eq!(record.worm_until_ms, Some(7));
         assert_eq!(record.expires_ms, None);
         assert_eq!(record.body, Body::Inline(b"value".to_vec()));
+        assert!(record.has_acl, "an old record's ACL is looked up");
         // Format 1 never had the EXPIRES flag.
         assert_eq!(Record::decode(&[VERSION_1, FLAG_EXPIRES]), None);
+    }
+
+    #[test]
+    fn a_version_2_record_may_have_an_acl_and_never_carries_the_flag() {
+        let mut old = vec![VERSION_2, FLAG_EXPIRES];
+        old.extend_from_slice(&4u64.to_be_bytes());
+        old.extend_from_slice(&9i64.to_be_bytes());
+        old.extend_from_slice(b"v");
+        let record = Record::decode(&old).expect("format 2 still reads");
+        assert_eq!((record.version, record.expires_ms), (4, Some(9)));
+        assert!(record.has_acl);
+        assert_eq!(
+            Record::decode(&[VERSION_2, FLAG_ACL, 0, 0, 0, 0, 0, 0, 0, 1]),
+            None
+        );
+        // What is written is version 3, with the flag only when there is an ACL.
+        let fresh = Record {
+            has_acl: false,
+            ..record.clone()
+        };
+        assert_eq!(fresh.encode()[0], VERSION);
+        assert!(!Record::decode(&fresh.encode()).unwrap().has_acl);
     }
 }

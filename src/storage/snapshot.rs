@@ -344,6 +344,9 @@ impl<'a> Install<'a> {
                     *blob_id = id;
                     self.blob = Some((id, 0));
                 }
+                // The flag follows the ACL that comes with the record (a record from a
+                // node of an older version may lack it).
+                record.has_acl = !acl.is_empty();
                 self.bytes += key.len() + value.len() + acl.len();
                 self.records.push((key, record.encode(), acl));
                 // The record goes before its chunks: if an install is cut short, the wipe

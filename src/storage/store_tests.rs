@@ -263,11 +263,20 @@ fn tables_lists_each_table_once_whatever_its_neighbours() {
     );
 }
 
-/// The block-cache tickers the metrics report still count at the statistics level in use.
+/// The block-cache tickers the metrics report count at the statistics level in use when
+/// statistics are asked for, and read as 0 (not a crash) when they are off.
 #[test]
 fn block_cache_tickers_count_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), Durability::Relaxed).unwrap();
+    let off = Store::open(dir.path(), Durability::Relaxed).unwrap();
+    off.change_for_test("t.k", inline(b"v"));
+    off.read(&key("t.k"), 0).unwrap();
+    assert_eq!(
+        off.stats().block_cache_hits + off.stats().block_cache_misses,
+        0
+    );
+    drop(off);
+    let store = Store::open_with(dir.path(), Durability::Relaxed, true).unwrap();
     for i in 0..200 {
         let change = Change::PutInline {
             value: vec![i as u8; 100],
@@ -293,4 +302,105 @@ fn block_cache_tickers_count_reads() {
         stats.block_cache_hits > 0 && stats.block_cache_misses > 0,
         "{stats:?}"
     );
+}
+
+fn inline(value: &[u8]) -> Change {
+    Change::PutInline {
+        value: value.to_vec(),
+        worm_until_ms: None,
+        expires_ms: None,
+    }
+}
+
+fn stored_record(store: &Store, k: &str) -> Option<Record> {
+    store.read_record(key(k).as_bytes()).unwrap()
+}
+
+/// The record's ACL flag follows the `acl` family through every change that touches either,
+/// so a read that skips the ACL lookup for a flagless record never misses an ACL.
+#[test]
+fn the_record_says_whether_its_key_has_an_acl() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Durability::Relaxed).unwrap();
+    let acl = Acl {
+        owners: ["ALICE".to_string()].into(),
+        ..Acl::default()
+    };
+    // A value written without an ACL has no flag, and reads as public.
+    store.change_for_test("t.a", inline(b"1"));
+    assert!(!stored_record(&store, "t.a").unwrap().has_acl);
+    // An ACL set on a stored value sets the flag (the version does not move).
+    store.change_for_test("t.a", Change::SetAcl(acl.clone()));
+    let flagged = stored_record(&store, "t.a").unwrap();
+    assert!(flagged.has_acl);
+    assert_eq!(flagged.version, 1);
+    assert_eq!(store.read(&key("t.a"), 0).unwrap().acl, acl);
+    // Overwriting the value keeps it; clearing the ACL clears it.
+    store.change_for_test("t.a", inline(b"2"));
+    assert!(stored_record(&store, "t.a").unwrap().has_acl);
+    assert_eq!(store.read(&key("t.a"), 0).unwrap().acl, acl);
+    store.change_for_test("t.a", Change::SetAcl(Acl::default()));
+    assert!(!stored_record(&store, "t.a").unwrap().has_acl);
+    // An ACL set before the key has a value is found by the first write of one; and a
+    // deleted value's ACL stays for the next.
+    store.change_for_test("t.b", Change::SetAcl(acl.clone()));
+    store.change_for_test("t.b", inline(b"1"));
+    assert!(stored_record(&store, "t.b").unwrap().has_acl);
+    store.change_for_test("t.b", Change::Delete);
+    put_blob(&store, &key("t.b"), vec![7; 10]);
+    assert!(stored_record(&store, "t.b").unwrap().has_acl);
+    assert_eq!(store.read(&key("t.b"), 0).unwrap().acl, acl);
+    // A record of the previous format (no flag) still has its ACL looked up.
+    let mut old = vec![2u8, 0];
+    old.extend_from_slice(&1u64.to_be_bytes());
+    old.extend_from_slice(b"old");
+    store.db.put_cf(store.cf(CF_VALUES), b"T.C", &old).unwrap();
+    store
+        .db
+        .put_cf(store.cf(CF_ACL), b"T.C", acl.encode())
+        .unwrap();
+    assert_eq!(store.read(&key("t.c"), 0).unwrap().acl, acl);
+    let mut seen = Vec::new();
+    store
+        .visit("T.", None, 0, |k, _, a| {
+            seen.push((k.to_vec(), a == acl));
+            true
+        })
+        .unwrap();
+    assert_eq!(
+        seen,
+        [
+            (b"T.A".to_vec(), false),
+            (b"T.B".to_vec(), true),
+            (b"T.C".to_vec(), true)
+        ]
+    );
+}
+
+/// A read from memory answers what a memtable or the block cache holds and declines
+/// (`None`) what needs the files, without reading them.
+#[test]
+fn reads_from_memory_answer_only_what_memory_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), Durability::Relaxed).unwrap();
+        store.change_for_test("t.k", inline(b"v"));
+        let cached = store
+            .read_cached(&key("t.k"), 0)
+            .unwrap()
+            .expect("in the memtable");
+        assert_eq!(cached.record.unwrap().body, Body::Inline(b"v".to_vec()));
+        store.close().unwrap();
+    }
+    let store = Store::open(dir.path(), Durability::Relaxed).unwrap();
+    assert!(
+        store.read_cached(&key("t.k"), 0).unwrap().is_none(),
+        "after a restart the value is only in a file"
+    );
+    assert!(store.read(&key("t.k"), 0).unwrap().record.is_some());
+    let cached = store
+        .read_cached(&key("t.k"), 0)
+        .unwrap()
+        .expect("now cached");
+    assert_eq!(cached.record.unwrap().body, Body::Inline(b"v".to_vec()));
 }
