@@ -1,11 +1,14 @@
 //! Minimal clients for the key-value peers, each over one connection: Atlas (its socket
-//! protocol), Redis (RESP over TCP) and etcd (the v3 JSON gateway over HTTP/1.1 keep-alive,
-//! linearizable reads by default).
+//! protocol on the Unix socket), Redis (RESP over TCP or over its Unix socket) and etcd
+//! (its native gRPC API over HTTP/2, linearizable reads by default).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use atlas::client::{Client, Frame, is_error};
 
@@ -20,6 +23,8 @@ pub trait Kv: Send {
 pub enum Target {
     Atlas(PathBuf),
     Redis(u16),
+    /// Redis on its Unix socket (the transport Atlas's clients use).
+    RedisUnix(PathBuf),
     Etcd(u16),
     /// An etcd member's client URL on another address (`host`, port).
     EtcdAt(String, u16),
@@ -32,6 +37,7 @@ impl Target {
                 client: Client::connect(socket, "bench").map_err(|e| e.to_string())?,
             }),
             Target::Redis(port) => Box::new(RedisKv::connect(*port)?),
+            Target::RedisUnix(path) => Box::new(RedisKv::connect_unix(path)?),
             Target::Etcd(port) => Box::new(EtcdKv::connect("127.0.0.1", *port)?),
             Target::EtcdAt(host, port) => Box::new(EtcdKv::connect(host, *port)?),
         })
@@ -86,9 +92,10 @@ impl Kv for AtlasKv {
     }
 }
 
+/// RESP over one connection: TCP or the Unix socket.
 pub struct RedisKv {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<Box<dyn Read + Send>>,
+    writer: Box<dyn Write + Send>,
 }
 
 impl RedisKv {
@@ -100,8 +107,20 @@ impl RedisKv {
             .map_err(|e| e.to_string())?;
         let writer = stream.try_clone().map_err(|e| e.to_string())?;
         Ok(RedisKv {
-            reader: BufReader::new(stream),
-            writer,
+            reader: BufReader::new(Box::new(stream)),
+            writer: Box::new(writer),
+        })
+    }
+
+    fn connect_unix(path: &Path) -> Result<RedisKv, String> {
+        let stream = UnixStream::connect(path).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| e.to_string())?;
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        Ok(RedisKv {
+            reader: BufReader::new(Box::new(stream)),
+            writer: Box::new(writer),
         })
     }
 
@@ -146,143 +165,209 @@ impl Kv for RedisKv {
     }
 }
 
+/// etcd's native v3 API: gRPC (HTTP/2, length-prefixed protobuf) on one connection, one
+/// request at a time, as `etcdctl` and the Go client speak it. Reads are linearizable (the
+/// default of `Range`). Only the two calls and the fields the load needs are encoded.
 pub struct EtcdKv {
-    host: String,
-    port: u16,
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    runtime: tokio::runtime::Runtime,
+    client: h2::client::SendRequest<Bytes>,
+    authority: String,
 }
 
 impl EtcdKv {
     fn connect(host: &str, port: u16) -> Result<EtcdKv, String> {
-        let stream = TcpStream::connect((host, port)).map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
             .map_err(|e| e.to_string())?;
-        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        let authority = format!("{host}:{port}");
+        let client = runtime.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(&authority)
+                .await
+                .map_err(|e| e.to_string())?;
+            tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+            let (client, connection) = h2::client::handshake(tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            // Driven whenever the runtime runs (inside each request's `block_on`).
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok::<_, String>(client)
+        })?;
         Ok(EtcdKv {
-            host: host.to_string(),
-            port,
-            reader: BufReader::new(stream),
-            writer,
+            runtime,
+            client,
+            authority,
         })
     }
 
-    fn post(&mut self, path: &str, body: &str) -> Result<serde_json::Value, String> {
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            self.host,
-            self.port,
-            body.len()
-        );
-        self.writer
-            .write_all(request.as_bytes())
-            .map_err(|e| e.to_string())?;
-        let mut status = String::new();
-        self.reader
-            .read_line(&mut status)
-            .map_err(|e| e.to_string())?;
-        let mut length = None;
-        let mut chunked = false;
-        loop {
-            let mut header = String::new();
-            self.reader
-                .read_line(&mut header)
-                .map_err(|e| e.to_string())?;
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let lower = header.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                length = v.trim().parse::<usize>().ok();
-            }
-            if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-                chunked = true;
-            }
-        }
-        let body = if chunked {
-            let mut body = Vec::new();
-            loop {
-                let mut size = String::new();
-                self.reader
-                    .read_line(&mut size)
+    /// One unary call: `message` framed (no compression), the answer's message unframed.
+    fn call(&mut self, method: &str, message: Vec<u8>) -> Result<Vec<u8>, String> {
+        let uri = format!("http://{}/etcdserverpb.KV/{method}", self.authority);
+        let client = self.client.clone();
+        let deadline = Duration::from_secs(60);
+        self.runtime.block_on(async move {
+            let call = async {
+                let mut client = client.ready().await.map_err(|e| e.to_string())?;
+                let request = http::Request::builder()
+                    .method("POST")
+                    .uri(uri)
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(())
                     .map_err(|e| e.to_string())?;
-                let n = usize::from_str_radix(size.trim(), 16).map_err(|_| size.clone())?;
-                let mut chunk = vec![0; n + 2];
-                self.reader
-                    .read_exact(&mut chunk)
+                let (response, mut body) = client
+                    .send_request(request, false)
                     .map_err(|e| e.to_string())?;
-                if n == 0 {
-                    break;
+                let mut framed = Vec::with_capacity(message.len() + 5);
+                framed.push(0);
+                framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+                framed.extend_from_slice(&message);
+                body.send_data(Bytes::from(framed), true)
+                    .map_err(|e| e.to_string())?;
+                let response = response.await.map_err(|e| e.to_string())?;
+                let (head, mut incoming) = response.into_parts();
+                let mut data = Vec::new();
+                while let Some(chunk) = incoming.data().await {
+                    let chunk = chunk.map_err(|e| e.to_string())?;
+                    let _ = incoming.flow_control().release_capacity(chunk.len());
+                    data.extend_from_slice(&chunk);
                 }
-                body.extend_from_slice(&chunk[..n]);
-            }
-            body
-        } else {
-            let mut body = vec![0; length.unwrap_or(0)];
-            self.reader
-                .read_exact(&mut body)
-                .map_err(|e| e.to_string())?;
-            body
-        };
-        if !status.contains(" 200") {
-            return Err(format!(
-                "etcd {path}: {status} {}",
-                String::from_utf8_lossy(&body)
-            ));
-        }
-        serde_json::from_slice(&body).map_err(|e| e.to_string())
+                let trailers = incoming.trailers().await.map_err(|e| e.to_string())?;
+                // A failure may come as trailers or, with no message, in the headers.
+                let status = trailers
+                    .as_ref()
+                    .and_then(|t| t.get("grpc-status"))
+                    .or_else(|| head.headers.get("grpc-status"))
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("missing")
+                    .to_string();
+                if head.status != 200 || status != "0" {
+                    return Err(format!(
+                        "etcd {method}: HTTP {} grpc-status {status}",
+                        head.status
+                    ));
+                }
+                match data.split_first_chunk::<5>() {
+                    Some((&[0, a, b, c, d], rest))
+                        if rest.len() == u32::from_be_bytes([a, b, c, d]) as usize =>
+                    {
+                        Ok(rest.to_vec())
+                    }
+                    _ => Err(format!("etcd {method}: a malformed gRPC message")),
+                }
+            };
+            tokio::time::timeout(deadline, call)
+                .await
+                .map_err(|_| format!("etcd {method}: no answer within {deadline:?}"))?
+        })
     }
 }
 
 impl Kv for EtcdKv {
     fn put(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
-        let body = serde_json::json!({"key": b64(key.as_bytes()), "value": b64(value)});
-        self.post("/v3/kv/put", &body.to_string()).map(|_| ())
+        // PutRequest { key = 1, value = 2 }
+        let mut message = Vec::new();
+        proto::bytes_field(&mut message, 1, key.as_bytes());
+        proto::bytes_field(&mut message, 2, value);
+        self.call("Put", message).map(|_| ())
     }
 
     fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        let body = serde_json::json!({"key": b64(key.as_bytes())});
-        let answer = self.post("/v3/kv/range", &body.to_string())?;
-        Ok(answer["kvs"][0]["value"]
-            .as_str()
-            .map(|v| v.as_bytes().to_vec()))
+        // RangeRequest { key = 1 } -> RangeResponse { kvs = 2: KeyValue { value = 5 } }
+        let mut message = Vec::new();
+        proto::bytes_field(&mut message, 1, key.as_bytes());
+        let answer = self.call("Range", message)?;
+        let first = proto::fields(&answer)?
+            .into_iter()
+            .find(|(number, _)| *number == 2);
+        match first {
+            None => Ok(None),
+            Some((_, kv)) => Ok(proto::fields(kv)?
+                .into_iter()
+                .find(|(number, _)| *number == 5)
+                .map(|(_, value)| value.to_vec())),
+        }
     }
 }
 
-/// Standard base64 (the etcd gateway's encoding of bytes).
-pub fn b64(input: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
+/// The little of protobuf's wire format the etcd calls need.
+mod proto {
+    fn varint(out: &mut Vec<u8>, mut n: u64) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+
+    fn read_varint(input: &mut &[u8]) -> Result<u64, String> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = input.split_first().ok_or("a cut varint")?;
+            *input = rest;
+            n |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Ok(n);
             }
         }
+        Err("a varint over 64 bits".into())
     }
-    out
+
+    /// A length-delimited field (bytes, string or message).
+    pub fn bytes_field(out: &mut Vec<u8>, number: u64, bytes: &[u8]) {
+        varint(out, number << 3 | 2);
+        varint(out, bytes.len() as u64);
+        out.extend_from_slice(bytes);
+    }
+
+    /// The length-delimited fields of a message, by number, in order (others skipped).
+    pub fn fields(mut input: &[u8]) -> Result<Vec<(u64, &[u8])>, String> {
+        let mut out = Vec::new();
+        while !input.is_empty() {
+            let key = read_varint(&mut input)?;
+            let skip = match key & 7 {
+                0 => {
+                    read_varint(&mut input)?;
+                    0
+                }
+                1 => 8,
+                5 => 4,
+                2 => {
+                    let len =
+                        usize::try_from(read_varint(&mut input)?).map_err(|e| e.to_string())?;
+                    if len > input.len() {
+                        return Err("a field longer than its message".into());
+                    }
+                    let (field, rest) = input.split_at(len);
+                    out.push((key >> 3, field));
+                    input = rest;
+                    0
+                }
+                other => return Err(format!("wire type {other}")),
+            };
+            input = input.get(skip..).ok_or("a cut fixed-size field")?;
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(super::b64(b""), "");
-        assert_eq!(super::b64(b"f"), "Zg==");
-        assert_eq!(super::b64(b"fo"), "Zm8=");
-        assert_eq!(super::b64(b"foo"), "Zm9v");
-        assert_eq!(super::b64(b"foobar"), "Zm9vYmFy");
+    fn protobuf_fields_round_trip_and_skip_what_is_not_asked_for() {
+        let mut kv = Vec::new();
+        super::proto::bytes_field(&mut kv, 1, b"key");
+        kv.extend_from_slice(&[0x10, 0x96, 0x01]); // create_revision = 150 (a varint)
+        super::proto::bytes_field(&mut kv, 5, &[7u8; 300]);
+        let mut response = Vec::new();
+        super::proto::bytes_field(&mut response, 1, b"header");
+        super::proto::bytes_field(&mut response, 2, &kv);
+        let fields = super::proto::fields(&response).unwrap();
+        assert_eq!(fields[1].0, 2);
+        let inner = super::proto::fields(fields[1].1).unwrap();
+        assert_eq!(inner, vec![(1, &b"key"[..]), (5, &[7u8; 300][..])]);
+        assert!(super::proto::fields(&[0x0a, 0x05, 1]).is_err());
     }
 }

@@ -83,6 +83,55 @@ struct Row {
     ratio: f64,
     peer_stats: Option<Stats>,
     atlas_stats: Option<Stats>,
+    /// Each trial's figure when the row is the median of several (interleaved) trials.
+    peer_trials: Vec<f64>,
+    atlas_trials: Vec<f64>,
+}
+
+/// How many times each figure with trials is measured, Atlas and its peers taking turns.
+const TRIALS: usize = 3;
+
+/// The median of `values` (the middle one; the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// Runs every one of `systems` `TRIALS` times in rounds (A, B, C, A, B, C, …), so a drift
+/// of the machine during the run falls on all of them alike; the trials of each, in order.
+fn rounds(
+    systems: &mut [&mut dyn FnMut() -> Result<Stats, String>],
+) -> Result<Vec<Vec<Stats>>, String> {
+    let mut out = vec![Vec::new(); systems.len()];
+    for _ in 0..TRIALS {
+        for (run, trials) in systems.iter_mut().zip(&mut out) {
+            trials.push(run()?);
+        }
+    }
+    Ok(out)
+}
+
+/// The median trial of each figure (throughput and each percentile taken separately).
+fn median_stats(trials: &[Stats]) -> Stats {
+    let of = |f: fn(&Stats) -> f64| median(&trials.iter().map(f).collect::<Vec<_>>());
+    Stats {
+        ops_per_s: of(|s| s.ops_per_s),
+        p50_ms: of(|s| s.p50_ms),
+        p99_ms: of(|s| s.p99_ms),
+        p999_ms: of(|s| s.p999_ms),
+        ops: trials.iter().map(|s| s.ops).sum(),
+    }
+}
+
+fn spread(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.0}-{max:.0}")
 }
 
 struct Report {
@@ -121,12 +170,44 @@ impl Report {
             ratio,
             peer_stats,
             atlas_stats,
+            peer_trials: Vec::new(),
+            atlas_trials: Vec::new(),
         };
         println!(
             "{:<44} {:<10} {:<18} {:>12.1} {:>12.1} {:>7.2}",
             row.workload, row.unit, row.peer, row.peer_value, row.atlas_value, row.ratio
         );
         self.rows.push(row);
+    }
+
+    /// A figure measured in trials: the medians, with the spread (lowest-highest) printed
+    /// below and every trial kept in the JSON.
+    fn add_trials(&mut self, workload: &str, unit: &str, peer: &str, p: &[f64], a: &[f64]) {
+        self.add(workload, unit, peer, median(p), median(a));
+        self.note_trials(p, a);
+    }
+
+    fn note_trials(&mut self, p: &[f64], a: &[f64]) {
+        println!(
+            "{:<44} {:<10} {:<18} {:>12} {:>12}",
+            "",
+            format!("{}x range", p.len()),
+            "",
+            spread(p),
+            spread(a)
+        );
+        if let Some(row) = self.rows.last_mut() {
+            row.peer_trials = p.to_vec();
+            row.atlas_trials = a.to_vec();
+        }
+    }
+
+    /// Key-value trials: median throughput (with its spread) and median percentiles.
+    fn kv_trials(&mut self, workload: &str, peer: &str, p: &[Stats], a: &[Stats]) {
+        self.kv(workload, peer, median_stats(p), median_stats(a));
+        let ops = |t: &[Stats]| t.iter().map(|s| s.ops_per_s).collect::<Vec<_>>();
+        let (p_ops, a_ops) = (ops(p), ops(a));
+        self.note_trials(&p_ops, &a_ops);
     }
 
     fn kv(&mut self, workload: &str, peer: &str, p: Stats, a: Stats) {
@@ -237,8 +318,9 @@ fn machine() -> serde_json::Value {
     serde_json::json!({"cpus": cpus, "kernel": kernel.trim(), "cpu": model})
 }
 
-/// Durable PUT and GET of 100-byte values at each client count: Atlas (strict) vs etcd (one
-/// member) and Redis (`appendfsync always` for PUT; plain for GET).
+/// Durable PUT and GET of 100-byte values at each client count, each figure the median of
+/// `TRIALS` rounds: Atlas (strict, its Unix socket) vs etcd (one member, native gRPC) and
+/// Redis over TCP and over its Unix socket (`appendfsync always` for PUT; plain for GET).
 fn kv_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
     let d = Duration::from_secs(args.seconds);
     let value = vec![b'v'; 100];
@@ -247,36 +329,48 @@ fn kv_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
     let atlas_t = Target::Atlas(atlas.socket.clone());
     let (_etcd, etcd_port) = peers::etcd()?;
     let etcd_t = Target::Etcd(etcd_port);
-    let (_redis_durable, durable_port) = peers::redis(true)?;
-    let redis_durable = Target::Redis(durable_port);
-    let (_redis, plain_port) = peers::redis(false)?;
-    let redis_plain = Target::Redis(plain_port);
-    for t in [&atlas_t, &etcd_t, &redis_plain] {
+    let (redis_durable, durable_port) = peers::redis(true)?;
+    let (redis_plain, plain_port) = peers::redis(false)?;
+    let durable = [
+        ("redis fsync always", Target::Redis(durable_port)),
+        (
+            "redis fsync, unix",
+            Target::RedisUnix(peers::redis_socket(&redis_durable)),
+        ),
+    ];
+    let plain = [
+        ("redis", Target::Redis(plain_port)),
+        (
+            "redis unix",
+            Target::RedisUnix(peers::redis_socket(&redis_plain)),
+        ),
+    ];
+    for t in [&atlas_t, &etcd_t, &plain[0].1] {
         load::preload(t, "bench", keys, &value)?;
     }
-    for &c in &args.clients {
-        let a = load::run(&atlas_t, Op::Put, c, d, "bench", keys, &value)?;
-        let e = load::run(&etcd_t, Op::Put, c, d, "bench", keys, &value)?;
-        report.kv(&format!("durable PUT 100 B, {c} clients"), "etcd", e, a);
-        let r = load::run(&redis_durable, Op::Put, c, d, "bench", keys, &value)?;
-        report.kv(
-            &format!("durable PUT 100 B, {c} clients"),
-            "redis fsync always",
-            r,
-            a,
-        );
-    }
-    for &c in &args.clients {
-        let a = load::run(&atlas_t, Op::Get, c, d, "bench", keys, &value)?;
-        let e = load::run(&etcd_t, Op::Get, c, d, "bench", keys, &value)?;
-        report.kv(
-            &format!("linearizable GET 100 B, {c} clients"),
-            "etcd",
-            e,
-            a,
-        );
-        let r = load::run(&redis_plain, Op::Get, c, d, "bench", keys, &value)?;
-        report.kv(&format!("GET 100 B, {c} clients"), "redis", r, a);
+    for (op, name, redis) in [(Op::Put, "durable PUT", &durable), (Op::Get, "GET", &plain)] {
+        for &c in &args.clients {
+            let run = |t: &Target| load::run(t, op, c, d, "bench", keys, &value);
+            let trials = rounds(&mut [
+                &mut || run(&atlas_t),
+                &mut || run(&etcd_t),
+                &mut || run(&redis[0].1),
+                &mut || run(&redis[1].1),
+            ])?;
+            let etcd_name = match op {
+                Op::Put => format!("{name} 100 B, {c} clients"),
+                Op::Get => format!("linearizable GET 100 B, {c} clients"),
+            };
+            report.kv_trials(&etcd_name, "etcd gRPC", &trials[1], &trials[0]);
+            for (i, (peer, _)) in redis.iter().enumerate() {
+                report.kv_trials(
+                    &format!("{name} 100 B, {c} clients"),
+                    peer,
+                    &trials[2 + i],
+                    &trials[0],
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -319,25 +413,60 @@ fn blob_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
 }
 
 /// Atlas's storage engine in process (`Engine::apply_write` and reads, one thread) vs
-/// RocksDB's own `db_bench` with the same value size: fillsync, fillrandom, readrandom.
-fn engine_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
-    let n: usize = 20_000;
-    let sync_n = 2_000;
-    let db = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let output = Command::new("db_bench")
-        .arg(format!("--db={}", db.path().display()))
-        .args([
-            "--benchmarks=fillsync,fillrandom,readrandom",
-            "--value_size=100",
-            "--key_size=16",
-            "--threads=1",
-            "--compression_type=none",
-        ])
-        .arg(format!("--num={n}"))
-        .output()
-        .map_err(|e| format!("db_bench: {e}"))?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let rate = |name: &str| -> f64 {
+/// RocksDB's own `db_bench` with the same value size and settings (no compression,
+/// statistics off as in Atlas by default): fillsync, fillrandom, readrandom, each the median
+/// of `TRIALS` interleaved runs.
+fn engine_workloads(_args: &Args, report: &mut Report) -> Result<(), String> {
+    let (mut peer, mut atlas) = (Vec::new(), Vec::new());
+    for _ in 0..TRIALS {
+        atlas.push(atlas_engine_rates()?);
+        peer.push(db_bench_rates()?);
+    }
+    let column = |rates: &[[f64; 3]], i: usize| rates.iter().map(|r| r[i]).collect::<Vec<_>>();
+    for (i, workload) in [
+        "engine fillsync 100 B (synced, 1 thread)",
+        "engine fillrandom 100 B (1 thread)",
+        "engine readrandom 100 B (1 thread)",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        report.add_trials(
+            workload,
+            "ops/s",
+            "db_bench",
+            &column(&peer, i),
+            &column(&atlas, i),
+        );
+    }
+    Ok(())
+}
+
+/// Writes (synced and not) and random reads the engine benchmark does.
+const ENGINE_KEYS: usize = 20_000;
+const ENGINE_SYNCED_WRITES: usize = 2_000;
+
+/// `db_bench`'s fillsync, fillrandom and readrandom rates (ops/s). fillsync does `--num`
+/// divided by 1000 writes, so it runs on its own with a `--num` a thousand times larger.
+fn db_bench_rates() -> Result<[f64; 3], String> {
+    let run = |benchmarks: &str, num: usize| -> Result<String, String> {
+        let db = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let output = Command::new("db_bench")
+            .arg(format!("--db={}", db.path().display()))
+            .arg(format!("--benchmarks={benchmarks}"))
+            .args([
+                "--value_size=100",
+                "--key_size=16",
+                "--threads=1",
+                "--compression_type=none",
+                "--statistics=0",
+            ])
+            .arg(format!("--num={num}"))
+            .output()
+            .map_err(|e| format!("db_bench: {e}"))?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let rate = |text: &str, name: &str| -> Result<f64, String> {
         text.lines()
             .find(|l| l.starts_with(name))
             .and_then(|l| {
@@ -347,8 +476,20 @@ fn engine_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
                     .position(|w| *w == "ops/sec;" || *w == "ops/sec")?;
                 words.get(i - 1)?.parse().ok()
             })
-            .unwrap_or(0.0)
+            .ok_or(format!("db_bench printed no {name} rate: {text}"))
     };
+    let synced = run("fillsync", ENGINE_SYNCED_WRITES * 1000)?;
+    let rest = run("fillrandom,readrandom", ENGINE_KEYS)?;
+    Ok([
+        rate(&synced, "fillsync")?,
+        rate(&rest, "fillrandom")?,
+        rate(&rest, "readrandom")?,
+    ])
+}
+
+/// The same three through Atlas's engine in this process.
+fn atlas_engine_rates() -> Result<[f64; 3], String> {
+    let n = ENGINE_KEYS;
     let engine = |durability: atlas::config::Durability| -> Result<(tempfile::TempDir, Arc<atlas::Engine>), String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let store = atlas::storage::Store::open(dir.path(), durability).map_err(|e| e.to_string())?;
@@ -378,10 +519,10 @@ fn engine_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
     let scramble = |i: usize| i.wrapping_mul(2_654_435_761) % n;
     let (_d1, synced) = engine(atlas::config::Durability::Strict)?;
     let t = Instant::now();
-    for i in 0..sync_n {
+    for i in 0..ENGINE_SYNCED_WRITES {
         put(&synced, scramble(i))?;
     }
-    let fillsync = sync_n as f64 / t.elapsed().as_secs_f64();
+    let fillsync = ENGINE_SYNCED_WRITES as f64 / t.elapsed().as_secs_f64();
     let (_d2, relaxed) = engine(atlas::config::Durability::Relaxed)?;
     let t = Instant::now();
     for i in 0..n {
@@ -399,29 +540,7 @@ fn engine_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     let readrandom = n as f64 / t.elapsed().as_secs_f64();
-    report.add(
-        "engine fillsync 100 B (synced, 1 thread)",
-        "ops/s",
-        "db_bench",
-        rate("fillsync"),
-        fillsync,
-    );
-    report.add(
-        "engine fillrandom 100 B (1 thread)",
-        "ops/s",
-        "db_bench",
-        rate("fillrandom"),
-        fillrandom,
-    );
-    report.add(
-        "engine readrandom 100 B (1 thread)",
-        "ops/s",
-        "db_bench",
-        rate("readrandom"),
-        readrandom,
-    );
-    let _ = args;
-    Ok(())
+    Ok([fillsync, fillrandom, readrandom])
 }
 
 /// Requests through Atlas's edge route vs through nginx to the same upstream (nginx serving

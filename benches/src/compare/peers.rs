@@ -123,7 +123,10 @@ pub fn redis(durable: bool) -> Result<(Process, u16), String> {
             "--save",
             "",
         ])
-        .args(["--dir", &dir.path().display().to_string()]);
+        .args(["--dir", &dir.path().display().to_string()])
+        .arg("--unixsocket")
+        .arg(dir.path().join(REDIS_SOCKET))
+        .args(["--unixsocketperm", "700"]);
     if durable {
         command.args(["--appendonly", "yes", "--appendfsync", "always"]);
     } else {
@@ -132,6 +135,13 @@ pub fn redis(durable: bool) -> Result<(Process, u16), String> {
     let process = spawn("redis", command, dir)?;
     wait("redis", Duration::from_secs(20), || listening(port))?;
     Ok((process, port))
+}
+
+const REDIS_SOCKET: &str = "redis.sock";
+
+/// The Unix socket of a Redis started by `redis` (beside TCP, as Atlas's clients connect).
+pub fn redis_socket(redis: &Process) -> PathBuf {
+    redis.dir.path().join(REDIS_SOCKET)
 }
 
 /// A one-member etcd (fsyncs its WAL on every commit, as it always does).
