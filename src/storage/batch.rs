@@ -65,10 +65,13 @@ impl Batch<'_> {
         if let Some(entry) = self.overlay.get(key.as_bytes()) {
             return Ok(entry.clone());
         }
-        Ok((
-            self.store.read_record(key.as_bytes())?,
-            self.store.read_acl(key.as_bytes())?,
-        ))
+        let record = self.store.read_record(key.as_bytes())?;
+        // A record without the ACL flag has no ACL for certain; a key without a record may.
+        let acl = match &record {
+            Some(r) if !r.has_acl => Acl::default(),
+            _ => self.store.read_acl(key.as_bytes())?,
+        };
+        Ok((record, acl))
     }
 
     /// The live record and the ACL of `key`, seeing this batch's earlier changes.

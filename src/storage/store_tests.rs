@@ -360,6 +360,16 @@ fn the_record_says_whether_its_key_has_an_acl() {
         .put_cf(store.cf(CF_ACL), b"T.C", acl.encode())
         .unwrap();
     assert_eq!(store.read(&key("t.c"), 0).unwrap().acl, acl);
+    // Writes see the same ACLs through their batch (which also skips the lookup for a
+    // record without the flag).
+    for (k, has) in [("t.a", false), ("t.b", true), ("t.c", true)] {
+        let k = key(k);
+        assert_eq!(
+            store.batch([&k]).read(&k, 0).unwrap().acl == acl,
+            has,
+            "{k}"
+        );
+    }
     let mut seen = Vec::new();
     store
         .visit("T.", None, 0, |k, _, a| {
