@@ -254,8 +254,21 @@ pub struct NasConfig {
     /// administration surface). Default true.
     pub enabled: Option<bool>,
     /// Serve the NAS API on its own HTTPS listener (`IP:port`, same certificate) instead of
-    /// `listen`; the main listener then answers its paths 404.
+    /// `listen`; its paths on the main listener then go to the routes.
     pub listen: Option<String>,
+    /// Where the NAS API's paths start (default `/api/v1`); every other path but `/atlas/…`
+    /// and `/metrics` goes to the routes.
+    pub path_prefix: Option<String>,
+}
+
+impl NasConfig {
+    pub const DEFAULT_PATH_PREFIX: &'static str = "/api/v1";
+
+    pub fn path_prefix(&self) -> &str {
+        self.path_prefix
+            .as_deref()
+            .unwrap_or(Self::DEFAULT_PATH_PREFIX)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

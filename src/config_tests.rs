@@ -154,6 +154,23 @@ fn bad_values_name_their_key() {
             "atlas.nas.allowed_devices",
         ),
         (
+            "atlas:\n  nas: {path_prefix: api}\n",
+            "atlas.nas.path_prefix",
+        ),
+        (
+            "atlas:\n  nas: {path_prefix: /api/}\n",
+            "atlas.nas.path_prefix",
+        ),
+        ("atlas:\n  nas: {path_prefix: /}\n", "atlas.nas.path_prefix"),
+        (
+            "atlas:\n  nas: {path_prefix: /atlas/nas}\n",
+            "atlas.nas.path_prefix",
+        ),
+        (
+            "atlas:\n  nas: {path_prefix: /metrics}\n",
+            "atlas.nas.path_prefix",
+        ),
+        (
             "atlas:\n  limits: {max_connections: 0}\n",
             "atlas.limits.max_connections",
         ),

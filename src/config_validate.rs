@@ -72,6 +72,24 @@ impl AtlasConfig {
         {
             return Err(format!("atlas.nas.listen: `{l}` is not a socket address"));
         }
+        if let Some(prefix) = &self.nas.path_prefix {
+            let reserved =
+                prefix == "/atlas" || prefix.starts_with("/atlas/") || prefix == "/metrics";
+            if !prefix.starts_with('/')
+                || prefix.len() < 2
+                || prefix.ends_with('/')
+                || prefix.split('/').any(|p| p == "..")
+                || prefix
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || "?#%".contains(c))
+                || reserved
+            {
+                return Err(format!(
+                    "atlas.nas.path_prefix: `{prefix}` must be a path like /api/v1 (starting with \
+                     /, without a trailing /, `..`, `?`, `#` or `%`, outside /atlas and /metrics)"
+                ));
+            }
+        }
         if self
             .metrics_token
             .as_deref()

@@ -17,7 +17,7 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::{Error, ErrorType};
 
-use crate::http::{HttpApi, HttpReply, write_reply};
+use crate::http::{HttpApi, HttpReply, drain_before_refusing, write_reply};
 use crate::metrics::metrics;
 
 enum Balancer {
@@ -199,7 +199,12 @@ impl ProxyHttp for EdgeProxy {
         ctx.route = match_route(&self.routes, host.as_deref(), &path);
         if ctx.route.is_none() {
             metrics().record_http("no_route", 404, ctx.started.elapsed());
-            let reply = HttpReply::error(404, "not_found", "no route for this host and path");
+            let message = self
+                .api
+                .unserved_hint(&path)
+                .unwrap_or("no route for this host and path");
+            let reply = HttpReply::error(404, "not_found", message);
+            drain_before_refusing(session).await;
             write_reply(session, reply, false).await?;
             return Ok(true);
         }

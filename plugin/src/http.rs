@@ -41,8 +41,6 @@ pub fn transport_body_limit(config: &atlas::AtlasConfig) -> usize {
 }
 /// A request must arrive whole within this time.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Paths served by Atlas; everything else is left to the caller (proxy routes).
-const OWNED_PREFIXES: [&str; 3] = ["/atlas/", "/api/", "/metrics"];
 
 pub use crate::http_reply::{
     CA_PATH, FAULTS_PATH, HttpReply, JOIN_PATH, REMOVE_PATH, SNAPSHOT_PATH, TRANSPORT_PATH,
@@ -50,7 +48,7 @@ pub use crate::http_reply::{
 
 #[path = "http_route.rs"]
 mod routing;
-pub use routing::{Route, owns_path, route};
+pub use routing::{NAS_API_ROOT, OwnedPaths, Route, route};
 
 /// Compares a presented bearer token with the configured credentials in constant time
 /// (hashing first, so the length of the secret does not leak either).
@@ -91,6 +89,10 @@ pub struct HttpApi {
     metrics_token: Option<String>,
     /// Where this listener stands on the NAS API.
     nas_here: NasHere,
+    /// The paths this listener's API answers.
+    paths: OwnedPaths,
+    /// `nas.path_prefix` (also where it is not served here, for the hint of a 404).
+    nas_prefix: String,
 }
 
 /// Which of Atlas's paths a listener serves.
@@ -133,6 +135,15 @@ impl HttpApi {
         faults: Arc<crate::cluster::Faults>,
         role: Option<NasHere>,
     ) -> Arc<HttpApi> {
+        let nas_here = if let Some(role) = role {
+            role
+        } else if !config.nas.enabled.unwrap_or(true) {
+            NasHere::Disabled
+        } else if config.nas.listen.is_some() {
+            NasHere::Elsewhere
+        } else {
+            NasHere::Served
+        };
         Arc::new(HttpApi {
             engine,
             nas,
@@ -149,24 +160,48 @@ impl HttpApi {
             joins: tokio::sync::Mutex::new(()),
             throttle: crate::throttle::AuthThrottle::default(),
             metrics_token: config.metrics_token.clone(),
-            nas_here: if let Some(role) = role {
-                role
-            } else if !config.nas.enabled.unwrap_or(true) {
-                NasHere::Disabled
-            } else if config.nas.listen.is_some() {
-                NasHere::Elsewhere
-            } else {
-                NasHere::Served
-            },
             transport_limit: transport_body_limit(config),
+            paths: OwnedPaths {
+                nas_prefix: match nas_here {
+                    NasHere::Served | NasHere::Only => Some(config.nas.path_prefix().to_string()),
+                    NasHere::Disabled | NasHere::Elsewhere => None,
+                },
+                everything: nas_here == NasHere::Only,
+            },
+            nas_prefix: config.nas.path_prefix().to_string(),
+            nas_here,
         })
+    }
+
+    /// Why a path that is not Atlas's here may have been meant for it: the NAS API's prefix
+    /// on a listener that does not serve it (for the routes' 404).
+    pub fn unserved_hint(&self, path: &str) -> Option<&'static str> {
+        let under = OwnedPaths {
+            nas_prefix: Some(self.nas_prefix.clone()),
+            everything: false,
+        };
+        under.nas_path(path)?;
+        match self.nas_here {
+            NasHere::Disabled => Some("the NAS API is disabled on this node (nas.enabled: false)"),
+            NasHere::Elsewhere => Some("the NAS API is served on its own listener (nas.listen)"),
+            NasHere::Served | NasHere::Only => None,
+        }
+    }
+
+    /// Whether `path` is one of Atlas's on this listener (else it is the routes').
+    pub fn owns(&self, path: &str) -> bool {
+        self.paths.owns(path)
+    }
+
+    fn is_restore(&self, path: &str) -> bool {
+        self.paths.nas_path(path).as_deref() == Some(RESTORE_PATH)
     }
 
     /// How much body a request may carry, decided from its route before anything is read.
     fn body_limit(&self, route: Route, path: &str) -> usize {
         match route {
             Route::Transport => self.transport_limit,
-            Route::Nas if path == RESTORE_PATH => MAX_RESTORE_BODY_BYTES,
+            Route::Nas if self.is_restore(path) => MAX_RESTORE_BODY_BYTES,
             _ => MAX_BODY_BYTES,
         }
     }
@@ -234,18 +269,7 @@ impl HttpApi {
                     .push(("www-authenticate", "Bearer".to_string()));
                 Some(reply)
             }
-            Route::Nas if self.nas_here == NasHere::Disabled => Some(HttpReply::error(
-                404,
-                "not_found",
-                "the NAS API is disabled on this node (nas.enabled: false)",
-            )),
-            Route::Nas if self.nas_here == NasHere::Elsewhere => Some(HttpReply::error(
-                404,
-                "not_found",
-                "the NAS API is served on its own listener (nas.listen)",
-            )),
-
-            Route::Nas if path == RESTORE_PATH => self.restore_refused(session).await,
+            Route::Nas if self.is_restore(path) => self.restore_refused(session).await,
             _ => None,
         }
     }
@@ -253,28 +277,18 @@ impl HttpApi {
     /// Serves the request if its path is Atlas's; returns whether it did.
     pub async fn try_serve(&self, session: &mut ServerSession) -> pingora::Result<bool> {
         let path = session.req_header().uri.path().to_string();
-        if !owns_path(&path) {
+        if !self.paths.owns(&path) {
             return Ok(false);
         }
         let started = Instant::now();
         let method = session.req_header().method.as_str().to_string();
-        let route = route(&method, &path);
+        let route = route(&method, &path, &self.paths);
         // Credentials are checked before a body is read, so an unauthenticated client cannot
         // make the server buffer anything.
         let refused = self.refusal(route, &path, session).await;
         let reply = match refused {
-            Some(reply) if expects_continue(session) => {
-                // The client waits for `100 Continue` before sending the body: it gets the
-                // refusal instead and never sends it, so nothing is read.
-                session.set_keepalive(None);
-                reply
-            }
             Some(reply) => {
-                // Drain a small body so an h2 client sees the answer, not a reset stream; a
-                // larger one is not read at all.
-                if read_body(session, REFUSED_BODY_DRAIN_BYTES).await.is_err() {
-                    session.set_keepalive(None);
-                }
+                drain_before_refusing(session).await;
                 reply
             }
             None => match read_body_after_continue(session, self.body_limit(route, &path)).await {
@@ -423,9 +437,14 @@ impl HttpApi {
             return HttpReply::error(503, "unavailable", "the NAS store is starting");
         };
         let header = session.req_header();
+        let path = header.uri.path();
         let request = atlas::nas::ApiRequest {
             method: header.method.as_str().to_string(),
-            path: header.uri.path().to_string(),
+            // The API's router knows its paths under `/api/v1`, whatever the prefix.
+            path: self
+                .paths
+                .nas_path(path)
+                .unwrap_or_else(|| path.to_string()),
             query: header.uri.query().map(str::to_string),
             bearer: bearer(session).map(str::to_string),
             body,
@@ -563,6 +582,15 @@ fn certified_node(session: &ServerSession) -> Option<u64> {
         .and_then(crate::tls::node_of_organization)
 }
 
+/// Before a request is refused without being read: a small body is drained so an h2 client
+/// sees the answer, not a reset stream; a larger one is not read at all (the connection is
+/// then not reused), nor one the client holds back until `100 Continue`.
+pub async fn drain_before_refusing(session: &mut ServerSession) {
+    if expects_continue(session) || read_body(session, REFUSED_BODY_DRAIN_BYTES).await.is_err() {
+        session.set_keepalive(None);
+    }
+}
+
 #[path = "http_body.rs"]
 mod body;
 pub use body::write_reply;
@@ -574,6 +602,11 @@ mod tests {
 
     #[test]
     fn routing() {
+        let paths = OwnedPaths {
+            nas_prefix: Some("/api/v1".into()),
+            everything: false,
+        };
+        let route = |method, path| route(method, path, &paths);
         assert_eq!(route("GET", "/atlas/v1/health"), Route::Health);
         assert_eq!(route("HEAD", "/metrics"), Route::Metrics);
         assert_eq!(
@@ -583,8 +616,46 @@ mod tests {
         assert_eq!(route("GET", JOIN_PATH), Route::MethodNotAllowed("POST"));
         assert_eq!(route("POST", TRANSPORT_PATH), Route::Transport);
         assert_eq!(route("DELETE", "/api/v1/users/3"), Route::Nas);
+        assert_eq!(route("GET", "/api/v1"), Route::Nas);
         assert_eq!(route("GET", "/atlas/v2/x"), Route::NotFound);
-        assert!(owns_path("/api/v1/users") && owns_path("/metrics") && !owns_path("/app/x"));
+        assert!(paths.owns("/api/v1/users") && paths.owns("/metrics") && paths.owns("/atlas"));
+        // Everything else is the routes': other `/api/` paths, look-alikes of Atlas's.
+        for path in [
+            "/app/x",
+            "/api/v2/users",
+            "/api/v1x",
+            "/api",
+            "/metricsx",
+            "/atlasx",
+        ] {
+            assert!(!paths.owns(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_nas_prefix_is_configurable_and_absent_where_the_api_is_not_served() {
+        let custom = OwnedPaths {
+            nas_prefix: Some("/admin/nas".into()),
+            everything: false,
+        };
+        assert_eq!(
+            custom.nas_path("/admin/nas/users/3").as_deref(),
+            Some("/api/v1/users/3")
+        );
+        assert_eq!(custom.nas_path("/admin/nas").as_deref(), Some("/api/v1"));
+        assert!(!custom.owns("/api/v1/users") && !custom.owns("/admin/nasty"));
+        assert_eq!(route("GET", "/admin/nas/health", &custom), Route::Nas);
+        let off = OwnedPaths {
+            nas_prefix: None,
+            everything: false,
+        };
+        assert!(!off.owns("/api/v1/users") && off.owns("/atlas/v1/health"));
+        let only = OwnedPaths {
+            nas_prefix: Some("/api/v1".into()),
+            everything: true,
+        };
+        assert!(only.owns("/app/x"));
+        assert_eq!(route("GET", "/app/x", &only), Route::NotFound);
     }
 
     #[test]

@@ -36,12 +36,40 @@ impl Route {
     }
 }
 
-pub fn owns_path(path: &str) -> bool {
-    OWNED_PREFIXES.iter().any(|p| path.starts_with(p)) || path == "/atlas"
+/// The NAS API's router knows its paths under this root; a configured `nas.path_prefix`
+/// is translated to it.
+pub const NAS_API_ROOT: &str = "/api/v1";
+
+/// Which paths a listener's Atlas API answers: `/atlas` and `/atlas/…`, `/metrics`, and the
+/// NAS API's prefix where the NAS API is served on that listener. Every other path — `/api/…`
+/// outside the prefix included — belongs to the routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedPaths {
+    /// `nas.path_prefix`, where the NAS API is served on this listener.
+    pub nas_prefix: Option<String>,
+    /// The `nas.listen` listener: every path is Atlas's (it serves the NAS API only).
+    pub everything: bool,
+}
+
+impl OwnedPaths {
+    pub fn owns(&self, path: &str) -> bool {
+        self.everything
+            || path == "/atlas"
+            || path.starts_with("/atlas/")
+            || path == "/metrics"
+            || self.nas_path(path).is_some()
+    }
+
+    /// The NAS API's own form (`/api/v1/…`) of `path`, when `path` is the prefix or lies
+    /// under it (`/api/v1x` does not).
+    pub fn nas_path(&self, path: &str) -> Option<String> {
+        let rest = path.strip_prefix(self.nas_prefix.as_deref()?)?;
+        (rest.is_empty() || rest.starts_with('/')).then(|| format!("{NAS_API_ROOT}{rest}"))
+    }
 }
 
 /// Pure routing: method and path to a handler.
-pub fn route(method: &str, path: &str) -> Route {
+pub fn route(method: &str, path: &str, paths: &OwnedPaths) -> Route {
     let expect = |wanted: &'static str, route: Route| {
         if method == wanted || (wanted == "GET" && method == "HEAD") {
             route
@@ -58,7 +86,7 @@ pub fn route(method: &str, path: &str) -> Route {
         SNAPSHOT_PATH => expect("POST", Route::Snapshot),
         REMOVE_PATH => expect("POST", Route::Remove),
         FAULTS_PATH => expect("POST", Route::Faults),
-        p if p == "/api/v1" || p.starts_with("/api/v1/") => Route::Nas,
+        p if paths.nas_path(p).is_some() => Route::Nas,
         _ => Route::NotFound,
     }
 }

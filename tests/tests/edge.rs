@@ -519,6 +519,60 @@ fn metrics_can_need_a_token_and_the_nas_api_can_be_off() {
     );
 }
 
+/// Atlas answers only its own paths: `/atlas/…`, `/metrics` and the NAS API's prefix. A
+/// site behind it keeps every other path, its own `/api/…` included, and the NAS API can
+/// move to another prefix.
+#[test]
+fn atlas_paths_do_not_shadow_the_sites_behind_it() {
+    let app = spawn_upstream("site");
+    let node = Node::start_with(&format!(
+        "nas: {{path_prefix: /admin/nas}}\nroutes:\n  - path_prefix: /\n    upstreams: [\"127.0.0.1:{app}\"]"
+    ));
+    let ca = node.ca_path();
+    for path in [
+        "/api/v1/users",
+        "/api/v2/things",
+        "/api",
+        "/metricsx",
+        "/atlasx/y",
+    ] {
+        let r = curl(&ca, &url(&node, path), &[]);
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert!(r.body.starts_with("upstream=site"), "{path}: {}", r.body);
+        assert!(
+            r.body.contains(&format!("get {path} http/1.1")),
+            "{path}: {}",
+            r.body
+        );
+    }
+    // The NAS API under its prefix (a wrong password: 401 from the API itself).
+    let login = curl(
+        &ca,
+        &url(&node, "/admin/nas/auth/login"),
+        &[
+            "-X",
+            "POST",
+            "-d",
+            r#"{"username": "admin", "password": "not-the-password"}"#,
+        ],
+    );
+    assert_eq!(login.status, 401, "{login:?}");
+    let health = curl(&ca, &url(&node, "/admin/nas/health"), &[]);
+    assert_eq!(health.status, 200, "{health:?}");
+    // Atlas's own endpoints stay Atlas's.
+    assert_eq!(curl(&ca, &url(&node, "/atlas/v1/health"), &[]).status, 200);
+    let unknown = curl(&ca, &url(&node, "/atlas/v9/nothing"), &[]);
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    assert!(!unknown.body.contains("upstream=site"), "{unknown:?}");
+    // With the NAS API off, its default prefix is the site's too.
+    let off = Node::start_with(&format!(
+        "nas: {{enabled: false}}\nroutes:\n  - path_prefix: /\n    upstreams: [\"127.0.0.1:{app}\"]"
+    ));
+    let r = curl(&off.ca_path(), &url(&off, "/api/v1/auth/login"), &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.starts_with("upstream=site"), "{}", r.body);
+}
+
 #[test]
 fn the_nas_api_can_have_a_listener_of_its_own() {
     let port = atlas_tests::free_port();
