@@ -50,6 +50,9 @@ pub struct AtlasConfig {
     pub socket: Option<PathBuf>,
     /// TLS listener address (HTTPS endpoints, node transport).
     pub listen: String,
+    /// A plain-HTTP listener (`IP:port`, e.g. `0.0.0.0:80`) that redirects every request to
+    /// HTTPS (`308`, same host and path, `listen`'s port).
+    pub http_listen: Option<String>,
     /// Address other nodes and clients use to reach this node; defaults to `listen`.
     pub advertise: Option<String>,
     /// The zone this node belongs to.
@@ -110,6 +113,7 @@ impl Default for AtlasConfig {
             data_dir: PathBuf::from("./data"),
             socket: None,
             listen: "127.0.0.1:4444".to_string(),
+            http_listen: None,
             advertise: None,
             region: "local".to_string(),
             credentials: None,

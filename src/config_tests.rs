@@ -140,6 +140,7 @@ fn bad_values_name_their_key() {
         ("atlas:\n  fn: -1\n", "fn"),
         ("atlas:\n  connect: http://x:1\n", "atlas.connect"),
         ("atlas:\n  nas: {listen: nowhere}\n", "atlas.nas.listen"),
+        ("atlas:\n  http_listen: port80\n", "atlas.http_listen"),
         ("atlas:\n  metrics_token: short\n", "atlas.metrics_token"),
         (
             "atlas:\n  nas: {allowed_paths: [srv]}\n",

@@ -58,6 +58,13 @@ impl AtlasConfig {
                 "atlas.metrics_listen: `{m}` is not a socket address"
             ));
         }
+        if let Some(h) = &self.http_listen
+            && h.parse::<SocketAddr>().is_err()
+        {
+            return Err(format!(
+                "atlas.http_listen: `{h}` is not a socket address (e.g. 0.0.0.0:80)"
+            ));
+        }
         self.validate_client_listener()?;
         if self.region.trim().is_empty()
             || self

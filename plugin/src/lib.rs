@@ -15,6 +15,7 @@ pub mod http_reply;
 pub mod metrics;
 pub mod peer_client;
 mod pem;
+pub mod redirect;
 pub mod remote_client;
 mod socket_service;
 pub mod throttle;
@@ -120,6 +121,20 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
     settings.enable_h2();
     https.add_tls_with_settings(&config.listen, None, settings);
     server.add_service(https);
+    // `http_listen`: plain HTTP, redirected to the HTTPS listener.
+    if let Some(addr) = &config.http_listen {
+        let https_port = config
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_or(443, |a| a.port());
+        let app = redirect::RedirectToHttps { https_port };
+        let mut plain = Service::new(
+            "atlas http redirect".to_string(),
+            pingora::apps::http_app::HttpServer::new_app(app),
+        );
+        plain.add_tcp(addr);
+        server.add_service(plain);
+    }
     // `nas.listen`: the NAS API on a listener of its own (same certificate, no routes).
     if let Some(addr) = config
         .nas
@@ -156,6 +171,13 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
 /// Adds Atlas's services except the HTTPS listener: the host proxy serves Atlas's paths by
 /// calling [`Atlas::try_serve`].
 pub fn install_embedded(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, InstallError> {
+    if config.http_listen.is_some() {
+        return Err(InstallError::Config(
+            "atlas.http_listen: not available when embedded (your proxy's own listeners \
+             decide what plain HTTP does)"
+                .into(),
+        ));
+    }
     if config.nas.listen.is_some() {
         // No listener of Atlas's own is started: the NAS API would be served nowhere.
         return Err(InstallError::Config(

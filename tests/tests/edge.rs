@@ -611,3 +611,49 @@ fn the_nas_api_can_have_a_listener_of_its_own() {
         assert_eq!(other.status, 404, "{path}: {other:?}");
     }
 }
+
+/// `http_listen` answers plain HTTP with a `308` to the same host and path on the HTTPS
+/// listener, for every method (a body is read first), and a client that follows it lands on
+/// Atlas's HTTPS endpoints.
+#[test]
+fn plain_http_is_redirected_to_https() {
+    let http_port = atlas_tests::free_port();
+    let node = Node::start_with(&format!("http_listen: 127.0.0.1:{http_port}"));
+    let https = url(&node, "");
+    let https_port = https.rsplit(':').next().unwrap_or_default().to_string();
+    let plain = |path: &str, args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "--max-time", "10", "-w"])
+            .arg("%{http_code} %{redirect_url}")
+            .args(args)
+            .arg(format!("http://127.0.0.1:{http_port}{path}"))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !plain("/", &[]).starts_with("308") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plain-HTTP listener never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        plain("/some/page?x=1&y=2", &[]),
+        format!("308 https://127.0.0.1:{https_port}/some/page?x=1&y=2")
+    );
+    assert_eq!(
+        plain("/form", &["-H", "Host: shop.example:8080", "-d", "a=1"]),
+        format!("308 https://shop.example:{https_port}/form")
+    );
+    assert_eq!(plain("/", &["-H", "Host: a b"]), "400 ");
+    // Followed (curl keeps the method on a 308), it reaches the HTTPS endpoints.
+    let followed = curl(
+        &node.ca_path(),
+        &format!("http://127.0.0.1:{http_port}/atlas/v1/health"),
+        &["-L"],
+    );
+    assert_eq!(followed.status, 200, "{followed:?}");
+    assert!(followed.body.contains("\"status\":\"ok\""), "{followed:?}");
+}
