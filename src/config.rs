@@ -70,6 +70,9 @@ pub struct AtlasConfig {
     /// `atlas ca show` prints it); the CA is fetched from the seed and checked against it.
     pub peer_ca_sha256: Option<String>,
     pub tls: TlsConfig,
+    /// More certificates for the HTTPS listeners, each chosen for the names in its
+    /// subjectAltName when a client asks for one of them (SNI); `tls` serves the rest.
+    pub tls_certificates: Vec<CertFiles>,
     #[serde(rename = "fn")]
     pub fn_: u32,
     pub fz: u32,
@@ -122,6 +125,7 @@ impl Default for AtlasConfig {
             peer_ca: None,
             peer_ca_sha256: None,
             tls: TlsConfig::default(),
+            tls_certificates: Vec::new(),
             fn_: 1,
             fz: 0,
             migration: Migration::Adaptive,
@@ -165,6 +169,14 @@ pub enum Migration {
     Immediate,
     /// Never move for load (benchmark baseline); failed owners are still replaced.
     Static,
+}
+
+/// A certificate chain and its key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `tls: internal` (a self-made CA, like Caddy's) or `tls: {cert, key}` (PEM files).
@@ -394,6 +406,10 @@ impl AtlasConfig {
         .flatten()
         {
             resolve(p);
+        }
+        for files in &mut self.tls_certificates {
+            resolve(&mut files.cert);
+            resolve(&mut files.key);
         }
         if let TlsConfig::Files { cert, key } = &mut self.tls {
             resolve(cert);

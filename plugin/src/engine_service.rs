@@ -21,6 +21,8 @@ const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
 const STATS_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the internal TLS leaf is checked for renewal.
 const TLS_RENEW_CHECK: Duration = Duration::from_secs(6 * 3600);
+/// How often certificate files are checked for changes (reloaded without a restart).
+const TLS_FILES_CHECK: Duration = Duration::from_secs(2);
 
 /// Keeps the internal CA's leaf certificate current while the server runs.
 pub struct TlsRenewal {
@@ -37,6 +39,7 @@ impl TlsRenewal {
 impl BackgroundService for TlsRenewal {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut ticker = tokio::time::interval(TLS_RENEW_CHECK);
+        let mut files = tokio::time::interval(TLS_FILES_CHECK);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -45,6 +48,9 @@ impl BackgroundService for TlsRenewal {
                     Ok(false) => {}
                     Err(e) => tracing::error!(error = %e, "TLS certificate renewal failed"),
                 },
+                _ = files.tick() => {
+                    self.tls.reload_changed_files();
+                }
             }
         }
     }

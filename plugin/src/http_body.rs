@@ -114,3 +114,16 @@ pub async fn write_reply(
     session.finish_body().await?;
     Ok(())
 }
+
+/// Before a request is refused without being read: a small body is drained so an h2 client
+/// sees the answer, not a reset stream; a larger one is not read at all (the connection is
+/// then not reused), nor one the client holds back until `100 Continue`.
+pub async fn drain_before_refusing(session: &mut ServerSession) {
+    if expects_continue(session)
+        || read_body(session, super::REFUSED_BODY_DRAIN_BYTES)
+            .await
+            .is_err()
+    {
+        session.set_keepalive(None);
+    }
+}

@@ -20,6 +20,7 @@ pub mod remote_client;
 mod socket_service;
 pub mod throttle;
 pub mod tls;
+mod tls_certs;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, OnceLock};

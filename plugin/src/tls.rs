@@ -7,13 +7,13 @@
 //! restart.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use atlas::AtlasConfig;
 use atlas::config::TlsConfig;
+use pingora::tls::CryptoProvider;
 use pingora::tls::sign::CertifiedKey;
-use pingora::tls::{ClientHello, CryptoProvider, ResolvesServerCert};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
@@ -413,51 +413,28 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     Ok(Arc::new(certified))
 }
 
-/// Serves whatever certificate is current; renewal swaps it in place.
-#[derive(Debug)]
-pub struct CertResolver {
-    current: RwLock<Arc<CertifiedKey>>,
-}
-
-impl CertResolver {
-    pub fn new(key: Arc<CertifiedKey>) -> Arc<Self> {
-        Arc::new(CertResolver {
-            current: RwLock::new(key),
-        })
-    }
-
-    pub fn replace(&self, key: Arc<CertifiedKey>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
-    }
-}
-
-impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
-    }
-}
+pub use crate::tls_certs::CertResolver;
+use crate::tls_certs::WatchedFiles;
 
 /// What the listener serves, and how to keep it current.
 pub struct ServerTls {
     pub resolver: Arc<CertResolver>,
     /// Internal CA mode: renew the leaf in the background.
     pub internal: Option<(InternalCa, LeafSubject)>,
+    /// Certificates from files (`tls: {cert, key}`, `tls_certificates`), reloaded when changed.
+    files: WatchedFiles,
 }
 
 impl ServerTls {
     /// Prepares the listener's certificate from the config (creating the CA when internal);
     /// `node`: this node's id in a cluster, which its internal leaf names.
     pub fn prepare(config: &AtlasConfig, node: Option<u64>) -> Result<ServerTls, TlsError> {
-        match &config.tls {
-            TlsConfig::Files { cert, key } => Ok(ServerTls {
+        let tls = match &config.tls {
+            TlsConfig::Files { cert, key } => ServerTls {
                 resolver: CertResolver::new(load_certified_key(cert, key)?),
                 internal: None,
-            }),
+                files: WatchedFiles::default(),
+            },
             TlsConfig::Internal => {
                 let dir = tls_dir(config);
                 let ca = InternalCa::load_or_create(&dir)?;
@@ -467,12 +444,31 @@ impl ServerTls {
                 };
                 ensure_leaf(&ca, &subject, LEAF_RENEW_BEFORE)?;
                 let key = load_certified_key(&dir.join("node.crt"), &dir.join("node.key"))?;
-                Ok(ServerTls {
+                ServerTls {
                     resolver: CertResolver::new(key),
                     internal: Some((ca, subject)),
-                })
+                    files: WatchedFiles::default(),
+                }
             }
-        }
+        };
+        let default_files = match &config.tls {
+            TlsConfig::Files { cert, key } => Some(atlas::config::CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            TlsConfig::Internal => None,
+        };
+        let files = WatchedFiles::load(
+            &tls.resolver,
+            default_files.as_ref(),
+            &config.tls_certificates,
+        )?;
+        Ok(ServerTls { files, ..tls })
+    }
+
+    /// Loads again the certificates whose files changed; returns how many.
+    pub fn reload_changed_files(&self) -> usize {
+        self.files.reload_changed(&self.resolver)
     }
 
     /// Renews the internal leaf when it nears expiry; a no-op for configured files.

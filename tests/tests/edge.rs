@@ -657,3 +657,91 @@ fn plain_http_is_redirected_to_https() {
     assert_eq!(followed.status, 200, "{followed:?}");
     assert!(followed.body.contains("\"status\":\"ok\""), "{followed:?}");
 }
+
+/// A self-signed certificate for `name` made by the `openssl` CLI, as (cert, key) files.
+fn openssl_cert(dir: &std::path::Path, file: &str, name: &str) -> (String, String) {
+    let cert = dir.join(format!("{file}.crt")).display().to_string();
+    let key = dir.join(format!("{file}.key")).display().to_string();
+    let tmp_cert = format!("{cert}.new");
+    let tmp_key = format!("{key}.new");
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={name}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{name}")])
+        .args(["-keyout", &tmp_key, "-out", &tmp_cert])
+        .output()
+        .expect("run openssl (install the openssl package)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Renamed into place, key first: a reload never sees a half-written file.
+    std::fs::rename(&tmp_key, &key).unwrap();
+    std::fs::rename(&tmp_cert, &cert).unwrap();
+    (cert, key)
+}
+
+/// `tls_certificates` are chosen by the name a client asks for (SNI); the internal leaf
+/// serves the rest; a certificate whose files change is served without a restart.
+#[test]
+fn certificates_are_chosen_by_sni_and_reloaded_when_their_files_change() {
+    let certs = tempfile::tempdir().unwrap();
+    let (shop_cert, shop_key) = openssl_cert(certs.path(), "shop", "shop.example");
+    let (blog_cert, blog_key) = openssl_cert(certs.path(), "blog", "blog.example");
+    let node = Node::start_with(&format!(
+        "tls_certificates:\n  - {{cert: {shop_cert}, key: {shop_key}}}\n  - {{cert: {blog_cert}, key: {blog_key}}}"
+    ));
+    let addr = node.https_addr();
+    let port = addr.rsplit(':').next().unwrap_or_default().to_string();
+    let named = |name: &str, ca: &str| {
+        let out = curl_raw(
+            std::path::Path::new(ca),
+            &format!("https://{name}:{port}/atlas/v1/health"),
+            &["--resolve", &format!("{name}:{port}:127.0.0.1")],
+        );
+        out.status.success()
+    };
+    assert!(named("shop.example", &shop_cert), "shop's own certificate");
+    assert!(named("blog.example", &blog_cert), "blog's own certificate");
+    assert!(!named("shop.example", &blog_cert), "not blog's for shop");
+    // No name (or one no certificate has): the internal leaf.
+    assert_eq!(
+        curl(&node.ca_path(), &url(&node, "/atlas/v1/health"), &[]).status,
+        200
+    );
+    // A new certificate for shop, written over the files: served within seconds.
+    let old = std::fs::read_to_string(&shop_cert).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let (new_cert, _) = openssl_cert(certs.path(), "shop", "shop.example");
+    assert_ne!(std::fs::read_to_string(&new_cert).unwrap(), old);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !named("shop.example", &new_cert) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the changed certificate was never served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // A broken change keeps the certificate in use (checked against a copy of it).
+    let blog_ca = certs.path().join("blog-ca.crt").display().to_string();
+    std::fs::copy(&blog_cert, &blog_ca).unwrap();
+    std::fs::write(&blog_cert, "garbage").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        named("blog.example", &blog_ca),
+        "the loaded certificate stays"
+    );
+    assert!(node_is_running(&node));
+}
+
+fn node_is_running(node: &Node) -> bool {
+    curl(&node.ca_path(), &url(node, "/atlas/v1/health"), &[]).status == 200
+}
