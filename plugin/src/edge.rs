@@ -17,6 +17,7 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::{Error, ErrorType};
 
+use crate::edge_health::{PassiveHealth, retryable};
 use crate::http::{HttpApi, HttpReply, drain_before_refusing, write_reply};
 use crate::metrics::metrics;
 
@@ -26,10 +27,12 @@ enum Balancer {
 }
 
 impl Balancer {
-    fn select(&self, key: &[u8]) -> Option<Backend> {
+    /// The first backend for `key` that `accept` takes (given whether the active health
+    /// check says it is healthy).
+    fn select_with(&self, key: &[u8], accept: impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
         match self {
-            Balancer::RoundRobin(lb) => lb.select(key, 256),
-            Balancer::Hash(lb) => lb.select(key, 256),
+            Balancer::RoundRobin(lb) => lb.select_with(key, 256, accept),
+            Balancer::Hash(lb) => lb.select_with(key, 256, accept),
         }
     }
 }
@@ -41,6 +44,11 @@ struct Route {
     tls_sni: Option<String>,
     connect_timeout: Duration,
     read_timeout: Duration,
+    /// How many upstreams the route has: a request tries each at most once.
+    upstreams: usize,
+    /// `host/prefix` (`*` for any host), the route's metric label.
+    label: String,
+    health: PassiveHealth,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,9 +129,37 @@ pub fn build_routes(
                 tls_sni: config.tls_sni.clone(),
                 connect_timeout: Duration::from_millis(config.connect_timeout_ms),
                 read_timeout: Duration::from_millis(config.read_timeout_ms),
+                upstreams: config.upstreams.len(),
+                label: format!(
+                    "{}{}",
+                    config.host.as_deref().unwrap_or("*"),
+                    config.path_prefix
+                ),
+                health: PassiveHealth::default(),
             }))
         })
         .collect()
+}
+
+fn inet(backend: &Backend) -> Option<std::net::SocketAddr> {
+    backend.addr.as_inet().copied()
+}
+
+/// Counts a request's outcome at `backend` and feeds the route's passive health.
+fn record_outcome(route: &Route, backend: &Backend, result: &'static str) {
+    let upstream = backend.addr.to_string();
+    let m = metrics();
+    m.upstream_requests
+        .with_label_values(&[&route.label, &upstream, result])
+        .inc();
+    if let Some(addr) = inet(backend)
+        && route.health.record(addr, result == "ok", Instant::now())
+    {
+        tracing::warn!(route = %route.label, upstream = %upstream, "upstream failing requests; out for a while");
+        m.upstream_ejections
+            .with_label_values(&[&route.label, &upstream])
+            .inc();
+    }
 }
 
 /// One configured route (opaque outside this module).
@@ -173,6 +209,10 @@ impl EdgeProxy {
 pub struct EdgeCtx {
     route: Option<usize>,
     started: Instant,
+    /// The upstreams tried for this request, the last one the current attempt.
+    tried: Vec<Backend>,
+    /// The current attempt's outcome is recorded already (a failed connection).
+    recorded: bool,
 }
 
 #[async_trait]
@@ -183,6 +223,8 @@ impl ProxyHttp for EdgeProxy {
         EdgeCtx {
             route: None,
             started: Instant::now(),
+            tried: Vec::new(),
+            recorded: false,
         }
     }
 
@@ -229,10 +271,25 @@ impl ProxyHttp for EdgeProxy {
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
         let key = format!("{client_ip}{}", session.req_header().uri.path());
+        // Not one tried already for this request; not one passive health took out, unless
+        // every one is out (then any will do).
+        let now = Instant::now();
+        let tried = &ctx.tried;
         let backend = route
             .balancer
-            .select(key.as_bytes())
+            .select_with(key.as_bytes(), |b, healthy| {
+                healthy
+                    && !tried.contains(b)
+                    && !inet(b).is_some_and(|a| route.health.is_out(a, now))
+            })
+            .or_else(|| {
+                route
+                    .balancer
+                    .select_with(key.as_bytes(), |b, healthy| healthy && !tried.contains(b))
+            })
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no healthy upstream"))?;
+        ctx.tried.push(backend.clone());
+        ctx.recorded = false;
         let tls = route.tls_sni.is_some();
         let mut peer = HttpPeer::new(backend.addr, tls, route.tls_sni.clone().unwrap_or_default());
         peer.options.connection_timeout = Some(route.connect_timeout);
@@ -263,10 +320,37 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut EdgeCtx) {
-        if ctx.route.is_some() {
-            let code = session.response_written().map_or(0, |r| r.status.as_u16());
-            metrics().record_http("proxy", code, ctx.started.elapsed());
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut EdgeCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(route) = ctx.route.and_then(|i| self.routes.get(i)) else {
+            return e;
+        };
+        let route = &route.0;
+        if let Some(backend) = ctx.tried.last() {
+            record_outcome(route, backend, "connect_failed");
+            ctx.recorded = true;
+        }
+        // Nothing reached the upstream: an idempotent request goes to another one.
+        if retryable(session.req_header().method.as_str()) && ctx.tried.len() < route.upstreams {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut EdgeCtx) {
+        let Some(route) = ctx.route.and_then(|i| self.routes.get(i)) else {
+            return;
+        };
+        let code = session.response_written().map_or(0, |r| r.status.as_u16());
+        metrics().record_http("proxy", code, ctx.started.elapsed());
+        if let Some(backend) = ctx.tried.last().filter(|_| !ctx.recorded) {
+            let failed = e.is_some() || matches!(code, 502..=504);
+            record_outcome(&route.0, backend, if failed { "error" } else { "ok" });
         }
     }
 }
@@ -285,6 +369,9 @@ mod tests {
             tls_sni: None,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
+            upstreams: 1,
+            label: String::new(),
+            health: PassiveHealth::default(),
         })
     }
 

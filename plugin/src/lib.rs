@@ -9,6 +9,7 @@
 pub mod client_listener;
 pub mod cluster;
 pub mod edge;
+mod edge_health;
 mod engine_service;
 pub mod http;
 pub mod http_reply;

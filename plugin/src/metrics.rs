@@ -27,6 +27,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_ejections: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub rocksdb_live_data_bytes: IntGauge,
     pub rocksdb_sst_files_bytes: IntGauge,
@@ -165,6 +167,20 @@ impl Metrics {
                 "atlas_http_request_duration_seconds",
                 "Time to answer an HTTP request served by Atlas.",
                 &["route"],
+            ),
+            upstream_requests: counter_vec(
+                registry,
+                "atlas_upstream_requests_total",
+                "Requests the edge sent to an upstream, by route (host and path prefix), upstream \
+                 and result (ok, error: a 502/503/504 or a failure after connecting, \
+                 connect_failed).",
+                &["route", "upstream", "result"],
+            ),
+            upstream_ejections: counter_vec(
+                registry,
+                "atlas_upstream_ejections_total",
+                "Times an upstream was taken out of its route for failing requests in a row.",
+                &["route", "upstream"],
             ),
             auth_failures: counter_vec(
                 registry,

@@ -745,3 +745,52 @@ fn certificates_are_chosen_by_sni_and_reloaded_when_their_files_change() {
 fn node_is_running(node: &Node) -> bool {
     curl(&node.ca_path(), &url(node, "/atlas/v1/health"), &[]).status == 200
 }
+
+/// An idempotent request whose upstream refuses the connection is sent to another upstream;
+/// an upstream failing requests in a row is taken out of the route for a while, so even
+/// requests that are not retried stop reaching it; both are counted per route and upstream.
+#[test]
+fn failed_connections_are_retried_elsewhere_and_failing_upstreams_taken_out() {
+    let app = spawn_upstream("alive");
+    let down = free_port();
+    let node = Node::start_with(&format!(
+        "routes:\n  - path_prefix: /r/\n    upstreams: [\"127.0.0.1:{down}\", \"127.0.0.1:{app}\"]\n    connect_timeout_ms: 500"
+    ));
+    let ca = node.ca_path();
+    for i in 0..6 {
+        let r = curl(&ca, &url(&node, &format!("/r/get{i}")), &[]);
+        assert_eq!(r.status, 200, "GET {i}: {r:?}");
+        assert!(r.body.starts_with("upstream=alive"), "{}", r.body);
+    }
+    // Round robin sent some of those to the dead upstream first: three failures in a row
+    // took it out, so a POST (never retried) now reaches the live one every time.
+    for i in 0..6 {
+        let r = curl(
+            &ca,
+            &url(&node, &format!("/r/post{i}")),
+            &["-X", "POST", "-d", "x=1"],
+        );
+        assert_eq!(r.status, 200, "POST {i}: {r:?}");
+    }
+    let metrics = curl(&ca, &url(&node, "/metrics"), &[]).body;
+    let line = |needle: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("no {needle} in\n{metrics}"))
+            .to_string()
+    };
+    let dead = format!("upstream=\"127.0.0.1:{down}\"");
+    let failed = line(&format!(
+        "atlas_upstream_requests_total{{result=\"connect_failed\",route=\"*/r/\",{dead}}}"
+    ));
+    assert!(failed.ends_with(" 3"), "{failed}");
+    let ejected = line(&format!(
+        "atlas_upstream_ejections_total{{route=\"*/r/\",{dead}}}"
+    ));
+    assert!(ejected.ends_with(" 1"), "{ejected}");
+    let ok = line(&format!(
+        "atlas_upstream_requests_total{{result=\"ok\",route=\"*/r/\",upstream=\"127.0.0.1:{app}\"}}"
+    ));
+    assert!(ok.ends_with(" 12"), "{ok}");
+}
