@@ -176,11 +176,7 @@ impl HttpApi {
     /// Why a path that is not Atlas's here may have been meant for it: the NAS API's prefix
     /// on a listener that does not serve it (for the routes' 404).
     pub fn unserved_hint(&self, path: &str) -> Option<&'static str> {
-        let under = OwnedPaths {
-            nas_prefix: Some(self.nas_prefix.clone()),
-            everything: false,
-        };
-        under.nas_path(path)?;
+        routing::nas_path_under(&self.nas_prefix, path)?;
         match self.nas_here {
             NasHere::Disabled => Some("the NAS API is disabled on this node (nas.enabled: false)"),
             NasHere::Elsewhere => Some("the NAS API is served on its own listener (nas.listen)"),

@@ -63,9 +63,14 @@ impl OwnedPaths {
     /// The NAS API's own form (`/api/v1/…`) of `path`, when `path` is the prefix or lies
     /// under it (`/api/v1x` does not).
     pub fn nas_path(&self, path: &str) -> Option<String> {
-        let rest = path.strip_prefix(self.nas_prefix.as_deref()?)?;
-        (rest.is_empty() || rest.starts_with('/')).then(|| format!("{NAS_API_ROOT}{rest}"))
+        nas_path_under(self.nas_prefix.as_deref()?, path)
     }
+}
+
+/// `path` in the NAS API's own form when it is `prefix` or lies under it.
+pub fn nas_path_under(prefix: &str, path: &str) -> Option<String> {
+    let rest = path.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with('/')).then(|| format!("{NAS_API_ROOT}{rest}"))
 }
 
 /// Pure routing: method and path to a handler.

@@ -304,5 +304,17 @@ mod tests {
         // A certificate without DNS names cannot be chosen by name: an error at start.
         let unnamed = cert_files(dir.path(), "ip", &["127.0.0.1"]);
         assert!(WatchedFiles::load(&resolver, None, &[unnamed]).is_err());
+        // Files that are missing, or a key that is not the certificate's, likewise.
+        let missing = CertFiles {
+            cert: dir.path().join("none.crt"),
+            key: dir.path().join("none.key"),
+        };
+        assert!(WatchedFiles::load(&resolver, None, &[missing]).is_err());
+        let other = cert_files(dir.path(), "other", &["other.test"]);
+        let mismatched = CertFiles {
+            cert: other.cert,
+            key: site.key.clone(),
+        };
+        assert!(WatchedFiles::load(&resolver, None, &[mismatched]).is_err());
     }
 }

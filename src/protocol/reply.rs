@@ -56,12 +56,15 @@ impl Reply {
 
     /// Appends the wire form to `out`; every frame carries `[ID:<tag>] ` when tagged.
     pub fn encode(&self, tag: Option<&str>, out: &mut Vec<u8>) {
-        let frame = |out: &mut Vec<u8>, body: &[u8]| {
+        let tagged = |out: &mut Vec<u8>| {
             if let Some(tag) = tag {
                 out.extend_from_slice(b"[ID:");
                 out.extend_from_slice(tag.as_bytes());
                 out.extend_from_slice(b"] ");
             }
+        };
+        let frame = |out: &mut Vec<u8>, body: &[u8]| {
+            tagged(out);
             out.extend_from_slice(body);
             out.extend_from_slice(b"\r\n");
         };
@@ -69,11 +72,7 @@ impl Reply {
             Reply::Ok => frame(out, b"OK"),
             Reply::Value(value) => {
                 out.reserve(value.len() + 2 * tag.map_or(0, str::len) + 24);
-                if let Some(tag) = tag {
-                    out.extend_from_slice(b"[ID:");
-                    out.extend_from_slice(tag.as_bytes());
-                    out.extend_from_slice(b"] ");
-                }
+                tagged(out);
                 out.extend_from_slice(b"VALUE:");
                 out.extend_from_slice(value);
                 out.extend_from_slice(b"\r\n");

@@ -106,10 +106,7 @@ impl RedisKv {
             .set_read_timeout(Some(Duration::from_secs(60)))
             .map_err(|e| e.to_string())?;
         let writer = stream.try_clone().map_err(|e| e.to_string())?;
-        Ok(RedisKv {
-            reader: BufReader::new(Box::new(stream)),
-            writer: Box::new(writer),
-        })
+        Ok(RedisKv::over(stream, writer))
     }
 
     fn connect_unix(path: &Path) -> Result<RedisKv, String> {
@@ -118,10 +115,14 @@ impl RedisKv {
             .set_read_timeout(Some(Duration::from_secs(60)))
             .map_err(|e| e.to_string())?;
         let writer = stream.try_clone().map_err(|e| e.to_string())?;
-        Ok(RedisKv {
-            reader: BufReader::new(Box::new(stream)),
+        Ok(RedisKv::over(stream, writer))
+    }
+
+    fn over(reader: impl Read + Send + 'static, writer: impl Write + Send + 'static) -> RedisKv {
+        RedisKv {
+            reader: BufReader::new(Box::new(reader)),
             writer: Box::new(writer),
-        })
+        }
     }
 
     fn command(&mut self, parts: &[&[u8]]) -> Result<Option<Vec<u8>>, String> {
