@@ -10,9 +10,10 @@ deps:
 	@scripts/install-deps.sh
 
 # Test needs on top: curl (HTTPS client of the black-box tests), promtool (Debian's
-# prometheus, lints /metrics), testparm (samba-common-bin, checks the rendered smb.conf).
+# prometheus, lints /metrics), testparm (samba-common-bin, checks the rendered smb.conf),
+# pebble and pebble-challtestsrv (the ACME CA and DNS server `tls: {acme}` is tested against).
 test-deps:
-	@scripts/install-deps.sh curl prometheus samba-common-bin openssl
+	@scripts/install-deps.sh curl prometheus samba-common-bin openssl pebble
 
 build: deps
 	cargo build --release --workspace --bins --examples

@@ -179,7 +179,8 @@ pub struct CertFiles {
     pub key: PathBuf,
 }
 
-/// `tls: internal` (a self-made CA, like Caddy's) or `tls: {cert, key}` (PEM files).
+/// `tls: internal` (a self-made CA, like Caddy's), `tls: {cert, key}` (PEM files) or
+/// `tls: {acme: {...}}` (certificates obtained and renewed from an ACME CA).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum TlsConfig {
     #[default]
@@ -188,6 +189,38 @@ pub enum TlsConfig {
         cert: PathBuf,
         key: PathBuf,
     },
+    Acme(AcmeConfig),
+}
+
+/// `tls: {acme: ...}`: a certificate for `domains` from an ACME (RFC 8555) CA such as
+/// Let's Encrypt, obtained at start and renewed before it expires.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The CA's directory URL (`https://…/directory`).
+    pub directory: String,
+    /// A PEM CA file that verifies the directory's own HTTPS certificate (a private or test
+    /// CA); the system's roots otherwise.
+    pub directory_ca: Option<PathBuf>,
+    /// Contact address for the account (expiry notices); optional.
+    pub email: Option<String>,
+    /// The DNS names the certificate covers (no wildcards: those need DNS-01).
+    pub domains: Vec<String>,
+    /// How the CA checks that this node answers for the names.
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+}
+
+/// The ACME challenge type answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AcmeChallenge {
+    /// A token served on `http_listen` (port 80 as the CA sees it).
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    /// A certificate served with ALPN `acme-tls/1` on the TLS listener (port 443).
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
 }
 
 impl<'de> Deserialize<'de> for TlsConfig {
@@ -198,9 +231,18 @@ impl<'de> Deserialize<'de> for TlsConfig {
             cert: PathBuf,
             key: PathBuf,
         }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Acme {
+            acme: AcmeConfig,
+        }
         let value = serde_yaml::Value::deserialize(d)?;
         match value {
             serde_yaml::Value::String(s) if s == "internal" => Ok(TlsConfig::Internal),
+            serde_yaml::Value::Mapping(ref m) if m.contains_key("acme") => {
+                let acme: Acme = serde_yaml::from_value(value).map_err(serde::de::Error::custom)?;
+                Ok(TlsConfig::Acme(acme.acme))
+            }
             serde_yaml::Value::Mapping(_) => {
                 let files: Files =
                     serde_yaml::from_value(value).map_err(serde::de::Error::custom)?;
@@ -210,7 +252,7 @@ impl<'de> Deserialize<'de> for TlsConfig {
                 })
             }
             _ => Err(serde::de::Error::custom(
-                "expected `internal` or a mapping `{cert: FILE, key: FILE}`",
+                "expected `internal`, a mapping `{cert: FILE, key: FILE}` or `{acme: {...}}`",
             )),
         }
     }
@@ -411,9 +453,17 @@ impl AtlasConfig {
             resolve(&mut files.cert);
             resolve(&mut files.key);
         }
-        if let TlsConfig::Files { cert, key } = &mut self.tls {
-            resolve(cert);
-            resolve(key);
+        match &mut self.tls {
+            TlsConfig::Files { cert, key } => {
+                resolve(cert);
+                resolve(key);
+            }
+            TlsConfig::Acme(acme) => {
+                if let Some(ca) = &mut acme.directory_ca {
+                    resolve(ca);
+                }
+            }
+            TlsConfig::Internal => {}
         }
     }
 

@@ -55,6 +55,74 @@ fn tls_forms() {
 }
 
 #[test]
+fn acme_settings_are_checked() {
+    let ok = "atlas:\n  http_listen: 127.0.0.1:80\n  tls:\n    acme:\n      directory: https://ca.test/dir\n      directory_ca: ca.pem\n      email: ops@shop.test\n      domains: [shop.test, www.shop.test]\n";
+    let c = AtlasConfig::from_yaml(ok, "f").unwrap();
+    let TlsConfig::Acme(acme) = &c.tls else {
+        panic!("{:?}", c.tls)
+    };
+    assert_eq!(acme.domains, ["shop.test", "www.shop.test"]);
+    assert_eq!(acme.challenge, AcmeChallenge::Http01);
+    assert_eq!(acme.directory_ca.as_deref(), Some(Path::new("ca.pem")));
+    let mut resolved = c.clone();
+    resolved.resolve_paths(Path::new("/srv"));
+    let TlsConfig::Acme(acme) = &resolved.tls else {
+        unreachable!()
+    };
+    assert_eq!(acme.directory_ca.as_deref(), Some(Path::new("/srv/ca.pem")));
+    for (bad, key) in [
+        (
+            ok.replace("https://ca.test/dir", "http://ca.test/dir"),
+            "atlas.tls.acme.directory",
+        ),
+        (
+            ok.replace("[shop.test, www.shop.test]", "[]"),
+            "atlas.tls.acme.domains",
+        ),
+        (
+            ok.replace("www.shop.test", "'*.shop.test'"),
+            "atlas.tls.acme.domains",
+        ),
+        (
+            ok.replace("www.shop.test", "-x.test"),
+            "atlas.tls.acme.domains",
+        ),
+        (
+            ok.replace("www.shop.test", "localhost"),
+            "atlas.tls.acme.domains",
+        ),
+        (ok.replace("ops@shop.test", "ops"), "atlas.tls.acme.email"),
+        (
+            ok.replace("  http_listen: 127.0.0.1:80\n", ""),
+            "atlas.http_listen",
+        ),
+        (
+            ok.replace("domains:", "challenge: tls-alpn-01\n      domains:"),
+            "tls-alpn-01",
+        ),
+        (
+            ok.replace("domains:", "challenge: dns-01\n      domains:"),
+            "dns-01",
+        ),
+        (ok.replace("email:", "mail:"), "mail"),
+    ] {
+        let err = AtlasConfig::from_yaml(&bad, "site.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(key) && err.contains("site.yaml"),
+            "{bad}: {err}"
+        );
+    }
+    // A cluster with ACME certificates needs the CA its nodes verify each other with.
+    let cluster = format!("{ok}  credentials: 0123456789abcdef0123\n");
+    let err = AtlasConfig::from_yaml(&cluster, "f")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("atlas.peer_ca"), "{err}");
+}
+
+#[test]
 fn cluster_credentials_are_long_enough() {
     let yaml = |c: &str| format!("atlas:\n  credentials: {c}\n");
     let short = AtlasConfig::from_yaml(&yaml("fifteen-chars-x"), "f").unwrap_err();

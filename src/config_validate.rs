@@ -6,6 +6,55 @@ use std::net::SocketAddr;
 use super::*;
 
 impl AtlasConfig {
+    fn validate_acme(&self, acme: &AcmeConfig) -> Result<(), String> {
+        let url = acme.directory.strip_prefix("https://").unwrap_or_default();
+        if url.is_empty() || url.starts_with('/') || url.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "atlas.tls.acme.directory: `{}` is not an https:// URL (e.g. \
+                 https://acme-v02.api.letsencrypt.org/directory)",
+                acme.directory
+            ));
+        }
+        if acme.domains.is_empty() {
+            return Err("atlas.tls.acme.domains: name at least one DNS name".into());
+        }
+        for name in &acme.domains {
+            if !valid_dns_name(name) {
+                return Err(format!(
+                    "atlas.tls.acme.domains: `{name}` is not a DNS name (letters, digits and \
+                     hyphens in dot-separated labels; wildcards need DNS-01, not offered)"
+                ));
+            }
+        }
+        if let Some(email) = &acme.email
+            && (email
+                .split_once('@')
+                .is_none_or(|(u, d)| u.is_empty() || d.is_empty())
+                || email.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(format!(
+                "atlas.tls.acme.email: `{email}` is not an email address"
+            ));
+        }
+        match acme.challenge {
+            AcmeChallenge::Http01 if self.http_listen.is_none() => Err(
+                "atlas.tls.acme.challenge: http-01 needs atlas.http_listen (the CA fetches its \
+                 token over plain HTTP, port 80 as it sees this node)"
+                    .into(),
+            ),
+            AcmeChallenge::Http01 => Ok(()),
+            // Pingora's TLS settings negotiate h2 and http/1.1 or one custom protocol, never
+            // a list with `acme-tls/1` beside them; the challenge cannot be answered without
+            // giving up HTTP/2 on the listener.
+            AcmeChallenge::TlsAlpn01 => Err(
+                "atlas.tls.acme.challenge: tls-alpn-01 is not supported (Pingora's TLS \
+                 listener cannot offer ALPN acme-tls/1 beside h2 and http/1.1); use http-01 \
+                 with atlas.http_listen"
+                    .into(),
+            ),
+        }
+    }
+
     fn validate_client_listener(&self) -> Result<(), String> {
         if let Some(c) = &self.client_listen {
             if c.parse::<SocketAddr>().is_err() {
@@ -13,7 +62,7 @@ impl AtlasConfig {
                     "atlas.client_listen: `{c}` is not a socket address (e.g. 0.0.0.0:7379)"
                 ));
             }
-            if matches!(self.tls, TlsConfig::Files { .. }) && self.peer_ca.is_none() {
+            if !matches!(self.tls, TlsConfig::Internal) && self.peer_ca.is_none() {
                 return Err(
                     "atlas.client_listen: needs the CA that signs client certificates \
                      (tls: internal, or atlas.peer_ca with tls files)"
@@ -66,6 +115,9 @@ impl AtlasConfig {
             ));
         }
         self.validate_client_listener()?;
+        if let TlsConfig::Acme(acme) = &self.tls {
+            self.validate_acme(acme)?;
+        }
         if self.region.trim().is_empty()
             || self
                 .region
@@ -154,7 +206,7 @@ impl AtlasConfig {
             );
         }
         if self.credentials.is_some()
-            && matches!(self.tls, TlsConfig::Files { .. })
+            && !matches!(self.tls, TlsConfig::Internal)
             && self.peer_ca.is_none()
         {
             return Err(
@@ -261,4 +313,19 @@ impl AtlasConfig {
         }
         Ok(())
     }
+}
+
+/// A DNS name a certificate can carry: 1 to 253 characters, dot-separated labels of 1 to 63
+/// letters, digits and hyphens (not at either end), at least two labels.
+fn valid_dns_name(name: &str) -> bool {
+    let labels: Vec<&str> = name.split('.').collect();
+    name.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }

@@ -180,10 +180,19 @@ pub async fn serve<S>(
     } else {
         u64::MAX / 2
     });
-    let handshake = tokio::select! {
-        read = read_line_limited(&mut reader, MAX_HANDSHAKE_BYTES) => read,
-        _ = shutdown.changed() => Ok(LineRead::Eof),
-        _ = tokio::time::sleep(handshake_wait) => Ok(LineRead::Eof),
+    let handshake = {
+        let hello = read_line_limited(&mut reader, MAX_HANDSHAKE_BYTES);
+        tokio::pin!(hello);
+        tokio::select! {
+            biased;
+            read = &mut hello => read,
+            // A client that connected before the shutdown still gets its answer (see
+            // `Session::next_line`), if its handshake comes now.
+            _ = shutdown.changed() => tokio::time::timeout(SHUTDOWN_DRAIN, &mut hello)
+                .await
+                .unwrap_or(Ok(LineRead::Eof)),
+            _ = tokio::time::sleep(handshake_wait) => Ok(LineRead::Eof),
+        }
     };
     match handshake {
         Ok(LineRead::Line(line)) => match check_handshake(&line) {
@@ -198,6 +207,7 @@ pub async fn serve<S>(
                     watches: std::collections::HashMap::new(),
                     tx: tx.clone(),
                     observer: observer.clone(),
+                    drain_until: None,
                 };
                 session.run(&mut reader, &mut shutdown).await;
             }
@@ -292,7 +302,14 @@ struct Session {
     watches: std::collections::HashMap<String, tokio::task::JoinHandle<()>>,
     tx: mpsc::Sender<Vec<u8>>,
     observer: Arc<dyn Observer>,
+    /// Once the server shuts down: until when lines the client already sent are still
+    /// served (then the connection is told and closed).
+    drain_until: Option<tokio::time::Instant>,
 }
+
+/// How long a connection keeps serving after shutdown starts: requests already sent (in
+/// flight on the socket, or pipelined) are answered rather than dropped.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Drop for Session {
     fn drop(&mut self) {
@@ -403,25 +420,49 @@ impl Session {
     /// limit, shutdown, or idle for `limits.idle_timeout_ms` with nothing of its own
     /// running (the last three are told why).
     async fn next_line<R: AsyncBufRead + Unpin>(
-        &self,
+        &mut self,
         reader: &mut R,
         shutdown: &mut watch::Receiver<bool>,
         in_flight: &Semaphore,
     ) -> Option<Vec<u8>> {
         let idle = (self.limits.idle_timeout_ms > 0)
             .then(|| std::time::Duration::from_millis(self.limits.idle_timeout_ms));
-        let read = tokio::select! {
-            read = read_line_limited(reader, self.limits.max_line_bytes) => read,
-            _ = shutdown.changed() => {
-                self.send(&Reply::Error(Level::Fatal, "server shutting down".into()), None).await;
-                return None;
+        let read_line = read_line_limited(reader, self.limits.max_line_bytes);
+        tokio::pin!(read_line);
+        let running = self.drain_until.is_none() && !*shutdown.borrow();
+        let read = if running {
+            tokio::select! {
+                biased;
+                read = &mut read_line => Some(read),
+                _ = shutdown.changed() => None,
+                // Idle: nothing received for the whole timeout and nothing of this
+                // connection's still running (a tagged request waiting counts as busy).
+                _ = idle_for(idle, in_flight, self.limits.max_tagged_in_flight) => {
+                    self.observer.rejected("idle_timeout");
+                    self.send(&Reply::Error(Level::Fatal, "idle timeout".into()), None).await;
+                    return None;
+                }
             }
-            // Idle: nothing received for the whole timeout and nothing of this connection's
-            // still running (a tagged request waiting counts as busy).
-            _ = idle_for(idle, in_flight, self.limits.max_tagged_in_flight) => {
-                self.observer.rejected("idle_timeout");
-                self.send(&Reply::Error(Level::Fatal, "idle timeout".into()), None).await;
-                return None;
+        } else {
+            None
+        };
+        let read = match read {
+            Some(read) => read,
+            // Shutting down: lines the client sent before it could know are still served
+            // for a moment (the read goes on, so half a line received is not lost); then
+            // the connection is told and closed.
+            None => {
+                let until = *self
+                    .drain_until
+                    .get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_DRAIN);
+                match tokio::time::timeout_at(until, &mut read_line).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        let bye = Reply::Error(Level::Fatal, "server shutting down".into());
+                        self.send(&bye, None).await;
+                        return None;
+                    }
+                }
             }
         };
         match read {

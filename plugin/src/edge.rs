@@ -10,13 +10,14 @@ use atlas::config::{RouteConfig, Selection};
 use pingora::http::RequestHeader;
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, RoundRobin};
-use pingora::lb::{Backend, LoadBalancer};
+use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::{Error, ErrorType};
 
+use crate::edge_discovery::{self, Upstreams};
 use crate::edge_health::{PassiveHealth, retryable};
 use crate::http::{HttpApi, HttpReply, drain_before_refusing, write_reply};
 use crate::metrics::metrics;
@@ -90,16 +91,28 @@ where
     S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
 {
-    let mut lb = LoadBalancer::<S>::try_from_iter(route.upstreams.iter().map(String::as_str))
-        .map_err(|e| RouteError {
+    let upstreams = Upstreams::resolve_at_start(&route.upstreams)
+        .map_err(|message| RouteError { index, message })?;
+    let names = upstreams.has_names();
+    let mut lb = LoadBalancer::<S>::from_backends(Backends::new(Box::new(upstreams)));
+    // The first discovery answers with the addresses just resolved, without waiting.
+    edge_discovery::now(lb.update())
+        .and_then(Result::ok)
+        .ok_or_else(|| RouteError {
             index,
-            message: format!("cannot resolve: {e}"),
+            message: "the first update of the upstreams did not complete".into(),
         })?;
-    if let Some(check) = health_check_for(route) {
-        lb.set_health_check(check);
-        let interval = route.health_check.as_ref().map_or(1_000, |h| h.interval_ms);
-        lb.health_check_frequency = Some(Duration::from_millis(interval.max(100)));
-        let service = background_service(&format!("atlas route {index} health"), lb);
+    let check = health_check_for(route);
+    if names {
+        lb.update_frequency = Some(edge_discovery::RESOLVE_INTERVAL);
+    }
+    if names || check.is_some() {
+        if let Some(check) = check {
+            lb.set_health_check(check);
+            let interval = route.health_check.as_ref().map_or(1_000, |h| h.interval_ms);
+            lb.health_check_frequency = Some(Duration::from_millis(interval.max(100)));
+        }
+        let service = background_service(&format!("atlas route {index} upstreams"), lb);
         let task = service.task();
         server.add_service(service);
         return Ok(task);

@@ -56,6 +56,24 @@ impl BackgroundService for TlsRenewal {
     }
 }
 
+/// Keeps the ACME certificate (`tls: {acme}`) current while the server runs.
+pub struct AcmeRenewal {
+    acme: Arc<crate::acme::AcmeCertificates>,
+}
+
+impl AcmeRenewal {
+    pub fn new(acme: Arc<crate::acme::AcmeCertificates>) -> Self {
+        AcmeRenewal { acme }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AcmeRenewal {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.acme.run(shutdown).await;
+    }
+}
+
 /// How long an upgrading process waits for the old one to release the storage lock.
 const UPGRADE_LOCK_WAIT: Duration = Duration::from_secs(120);
 

@@ -6,9 +6,11 @@
 //! plaintext Prometheus listener. `install_embedded` adds the same minus the HTTPS listener,
 //! for a user's own proxy, which calls [`Atlas::try_serve`] from its `request_filter`.
 
+pub mod acme;
 pub mod client_listener;
 pub mod cluster;
 pub mod edge;
+mod edge_discovery;
 mod edge_health;
 mod engine_service;
 pub mod http;
@@ -108,7 +110,7 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
     // is prepared. Both happen before the fork, so a failure is an error on the terminal.
     let identity = cluster::prepare_identity(config).map_err(InstallError::Cluster)?;
     let tls = tls::ServerTls::prepare(config, identity.as_ref().map(|i| i.node_id))?;
-    let atlas = install_common(server, config, identity, Some(&tls))?;
+    let (atlas, engine_handle) = install_common(server, config, identity, Some(&tls))?;
     let routes = edge::build_routes(server, &config.routes)?;
     let proxy = edge::EdgeProxy::new(atlas.http.clone(), routes);
     let mut https =
@@ -122,14 +124,23 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
     }
     settings.enable_h2();
     https.add_tls_with_settings(&config.listen, None, settings);
-    server.add_service(https);
+    let https_handle = server.add_service(https);
+    if upgrading(server) {
+        // The listener came from the old process, which keeps serving on it until it drains:
+        // accept only once this engine is open (the kernel queues connections meanwhile), or
+        // requests would get `503 starting` while the old process still holds the storage.
+        https_handle.add_dependency(&engine_handle);
+    }
     // `http_listen`: plain HTTP, redirected to the HTTPS listener.
     if let Some(addr) = &config.http_listen {
         let https_port = config
             .listen
             .parse::<std::net::SocketAddr>()
             .map_or(443, |a| a.port());
-        let app = redirect::RedirectToHttps { https_port };
+        let app = redirect::RedirectToHttps {
+            https_port,
+            challenges: tls.acme.as_ref().map(|a| a.tokens.clone()),
+        };
         let mut plain = Service::new(
             "atlas http redirect".to_string(),
             pingora::apps::http_app::HttpServer::new_app(app),
@@ -163,6 +174,12 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
         nas_https.add_tls_with_settings(addr, None, settings);
         server.add_service(nas_https);
     }
+    if let Some(acme) = &tls.acme {
+        server.add_service(background_service(
+            "atlas acme",
+            engine_service::AcmeRenewal::new(acme.clone()),
+        ));
+    }
     server.add_service(background_service(
         "atlas tls renewal",
         engine_service::TlsRenewal::new(tls),
@@ -177,6 +194,13 @@ pub fn install_embedded(server: &mut Server, config: &AtlasConfig) -> Result<Atl
         return Err(InstallError::Config(
             "atlas.http_listen: not available when embedded (your proxy's own listeners \
              decide what plain HTTP does)"
+                .into(),
+        ));
+    }
+    if matches!(config.tls, atlas::config::TlsConfig::Acme(_)) {
+        return Err(InstallError::Config(
+            "atlas.tls.acme: not available when embedded (your proxy terminates HTTPS and \
+             owns its certificates)"
                 .into(),
         ));
     }
@@ -198,7 +222,7 @@ pub fn install_embedded(server: &mut Server, config: &AtlasConfig) -> Result<Atl
         )?),
         None => None,
     };
-    let atlas = install_common(server, config, identity, tls.as_ref())?;
+    let (atlas, _) = install_common(server, config, identity, tls.as_ref())?;
     if let Some(tls) = tls {
         server.add_service(background_service(
             "atlas tls renewal",
@@ -213,7 +237,7 @@ fn install_common(
     config: &AtlasConfig,
     identity: Option<atlas::cluster::identity::ClusterIdentity>,
     tls: Option<&tls::ServerTls>,
-) -> Result<Atlas, InstallError> {
+) -> Result<(Atlas, pingora::services::ServiceHandle), InstallError> {
     let engine: EngineCell = Arc::new(OnceLock::new());
     let nas: NasCell = Arc::new(OnceLock::new());
     let faults = Arc::new(cluster::Faults::default());
@@ -221,7 +245,7 @@ fn install_common(
     metrics::metrics();
     // In a zero-downtime upgrade (`-u`) the old process still holds the socket and RocksDB's
     // lock until it has drained: take the socket over and wait for the lock.
-    let upgrading = server.options.as_ref().is_some_and(|o| o.upgrade);
+    let upgrading = upgrading(server);
     let engine_handle = server.add_service(background_service(
         "atlas engine",
         EngineService {
@@ -269,11 +293,17 @@ fn install_common(
     }
 
     let http = http::HttpApi::new(engine.clone(), nas.clone(), config, faults.clone());
-    Ok(Atlas {
+    let atlas = Atlas {
         engine,
         nas,
         http,
         faults,
         failure,
-    })
+    };
+    Ok((atlas, engine_handle))
+}
+
+/// Whether this process takes its listeners over from a running one (`serve -u`).
+fn upgrading(server: &Server) -> bool {
+    server.options.as_ref().is_some_and(|o| o.upgrade)
 }

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_ejections: IntCounterVec,
     pub auth_failures: IntCounterVec,
+    pub acme_orders: IntCounterVec,
+    pub acme_certificate_expiry: IntGauge,
     pub rocksdb_live_data_bytes: IntGauge,
     pub rocksdb_sst_files_bytes: IntGauge,
     pub rocksdb_memtable_bytes: IntGauge,
@@ -187,6 +189,17 @@ impl Metrics {
                 "atlas_auth_failures_total",
                 "Requests refused for missing or wrong credentials, by endpoint.",
                 &["endpoint"],
+            ),
+            acme_orders: counter_vec(
+                registry,
+                "atlas_acme_orders_total",
+                "Certificate orders to the ACME CA (tls: acme), by result (ok, error).",
+                &["result"],
+            ),
+            acme_certificate_expiry: gauge(
+                registry,
+                "atlas_acme_certificate_expiry_timestamp_seconds",
+                "When the certificate obtained from the ACME CA expires (Unix time; 0: none yet).",
             ),
             rocksdb_live_data_bytes: gauge(
                 registry,

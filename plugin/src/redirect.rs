@@ -1,7 +1,9 @@
 //! `http_listen`: a plain-HTTP listener that sends every request to HTTPS with a `308
 //! Permanent Redirect` (method and body kept) to the same host and path on the TLS
-//! listener's port, as an edge in front of sites is expected to.
+//! listener's port, as an edge in front of sites is expected to — except the ACME CA's
+//! HTTP-01 requests for `/.well-known/acme-challenge/<token>` while an order is in flight.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -9,6 +11,7 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::acme::ChallengeTokens;
 use crate::http::drain_before_refusing;
 use crate::metrics::metrics;
 
@@ -16,7 +19,12 @@ use crate::metrics::metrics;
 pub struct RedirectToHttps {
     /// The HTTPS listener's port (left out of the location when it is 443).
     pub https_port: u16,
+    /// `tls: {acme}`: the tokens of the order in flight.
+    pub challenges: Option<Arc<ChallengeTokens>>,
 }
+
+/// Where the CA fetches an HTTP-01 token (RFC 8555, section 8.3).
+const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 impl RedirectToHttps {
     /// Where a request for `host` (the `Host` header, with or without a port) and
@@ -63,8 +71,13 @@ impl ServeHttp for RedirectToHttps {
             .uri
             .path_and_query()
             .map_or("/".to_string(), |p| p.as_str().to_string());
-        let location = self.location(host.as_deref(), &target);
+        let path = header.uri.path().to_string();
         drain_before_refusing(session).await;
+        if let (Some(tokens), Some(token)) = (&self.challenges, path.strip_prefix(CHALLENGE_PREFIX))
+        {
+            return challenge_answer(tokens, token, started);
+        }
+        let location = self.location(host.as_deref(), &target);
         let (status, body) = match &location {
             Some(_) => (308, String::new()),
             None => (
@@ -86,13 +99,37 @@ impl ServeHttp for RedirectToHttps {
     }
 }
 
+/// The key authorization for `token` (`text/plain`), or a 404 for a token no order issued.
+fn challenge_answer(tokens: &ChallengeTokens, token: &str, started: Instant) -> Response<Vec<u8>> {
+    let (status, body, kind) = match tokens.answer(token) {
+        Some(answer) => (200, answer, "text/plain"),
+        None => (
+            404,
+            "{\"error\":\"not_found\",\"message\":\"no ACME challenge with this token is \
+             in flight\"}"
+                .to_string(),
+            "application/json",
+        ),
+    };
+    metrics().record_http("acme_challenge", status, started.elapsed());
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::CONTENT_TYPE, kind)
+        .body(body.into_bytes())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::RedirectToHttps;
 
     #[test]
     fn redirects_keep_the_host_and_path_and_take_the_https_port() {
-        let on = |port| RedirectToHttps { https_port: port };
+        let on = |port| RedirectToHttps {
+            https_port: port,
+            challenges: None,
+        };
         assert_eq!(
             on(8443)
                 .location(Some("example.com:8080"), "/a/b?c=1")

@@ -83,7 +83,7 @@ pub fn ca_cert_path(config: &AtlasConfig) -> PathBuf {
     tls_dir(config).join("ca.crt")
 }
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -380,6 +380,13 @@ pub fn client_cert_key(config: &AtlasConfig) -> Option<(String, String)> {
             )
         }
         TlsConfig::Files { cert, key } => (cert.display().to_string(), key.display().to_string()),
+        TlsConfig::Acme(_) => {
+            let dir = crate::acme::acme_dir(config);
+            (
+                dir.join("cert.pem").display().to_string(),
+                dir.join("key.pem").display().to_string(),
+            )
+        }
     })
 }
 
@@ -400,6 +407,15 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
             });
         }
     };
+    certified_key(certs, private_key)
+}
+
+/// A chain and its key, as rustls serves them; refused when the key is not the leaf's.
+pub fn certified_key(
+    certs: Vec<pingora::tls::CertificateDer<'static>>,
+    private_key: pingora::tls::PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    pingora::tls::install_default_crypto_provider();
     let provider =
         CryptoProvider::get_default().ok_or_else(|| TlsError::Key("no crypto provider".into()))?;
     let signing_key = provider
@@ -423,6 +439,8 @@ pub struct ServerTls {
     pub internal: Option<(InternalCa, LeafSubject)>,
     /// Certificates from files (`tls: {cert, key}`, `tls_certificates`), reloaded when changed.
     files: WatchedFiles,
+    /// `tls: {acme}`: the default certificate is obtained and renewed from the ACME CA.
+    pub acme: Option<Arc<crate::acme::AcmeCertificates>>,
 }
 
 impl ServerTls {
@@ -434,7 +452,18 @@ impl ServerTls {
                 resolver: CertResolver::new(load_certified_key(cert, key)?),
                 internal: None,
                 files: WatchedFiles::default(),
+                acme: None,
             },
+            TlsConfig::Acme(acme) => {
+                let (key, acme) = crate::acme::AcmeCertificates::prepare(config, acme)?;
+                let resolver = CertResolver::new(key);
+                ServerTls {
+                    acme: Some(Arc::new(acme.serving(resolver.clone()))),
+                    resolver,
+                    internal: None,
+                    files: WatchedFiles::default(),
+                }
+            }
             TlsConfig::Internal => {
                 let dir = tls_dir(config);
                 let ca = InternalCa::load_or_create(&dir)?;
@@ -448,6 +477,7 @@ impl ServerTls {
                     resolver: CertResolver::new(key),
                     internal: Some((ca, subject)),
                     files: WatchedFiles::default(),
+                    acme: None,
                 }
             }
         };
@@ -456,7 +486,7 @@ impl ServerTls {
                 cert: cert.clone(),
                 key: key.clone(),
             }),
-            TlsConfig::Internal => None,
+            TlsConfig::Internal | TlsConfig::Acme(_) => None,
         };
         let files = WatchedFiles::load(
             &tls.resolver,

@@ -98,7 +98,7 @@ impl ResolvesServerCert for CertResolver {
 }
 
 /// The DNS names in a certificate's subjectAltName, lower-case.
-fn dns_names(key: &CertifiedKey) -> Result<Vec<String>, TlsError> {
+pub(crate) fn dns_names(key: &CertifiedKey) -> Result<Vec<String>, TlsError> {
     let not_named = || TlsError::Pem {
         path: "tls_certificates".into(),
         what: "certificate with DNS names in its subjectAltName",

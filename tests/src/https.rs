@@ -64,6 +64,12 @@ pub fn curl_raw(ca: &Path, url: &str, args: &[&str]) -> std::process::Output {
 /// An HTTP/1.1 upstream on loopback that answers every request with `upstream=<name>` and
 /// the request head it received (lower-cased), then closes the connection.
 pub fn spawn_upstream(name: &'static str) -> u16 {
+    spawn_upstream_with(name, false)
+}
+
+/// As [`spawn_upstream`], but `/healthz` is answered `503` when `unhealthy` (every other
+/// path still `200`): an upstream only an HTTP health check can tell is down.
+pub fn spawn_upstream_with(name: &'static str, unhealthy: bool) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let port = listener.local_addr().expect("addr").port();
     std::thread::spawn(move || {
@@ -80,13 +86,54 @@ pub fn spawn_upstream(name: &'static str) -> u16 {
                     Ok(_) => head.push_str(&line.to_ascii_lowercase()),
                 }
             }
+            let status = if unhealthy && head.starts_with("get /healthz") {
+                "503 Service Unavailable"
+            } else {
+                "200 OK"
+            };
             let body = format!("upstream={name}\n{head}");
             let reply = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = stream.write_all(reply.as_bytes());
         }
     });
     port
+}
+
+/// A self-signed certificate for `name` (a DNS name, or an IP address) made by the
+/// `openssl` CLI, as (cert, key) files `<dir>/<file>.crt` and `.key`.
+pub fn openssl_cert(dir: &Path, file: &str, name: &str) -> (String, String) {
+    let cert = dir.join(format!("{file}.crt")).display().to_string();
+    let key = dir.join(format!("{file}.key")).display().to_string();
+    let tmp_cert = format!("{cert}.new");
+    let tmp_key = format!("{key}.new");
+    let san = match name.parse::<std::net::IpAddr>() {
+        Ok(_) => format!("subjectAltName=IP:{name}"),
+        Err(_) => format!("subjectAltName=DNS:{name}"),
+    };
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={name}")])
+        .args(["-addext", &san])
+        .args(["-keyout", &tmp_key, "-out", &tmp_cert])
+        .output()
+        .expect("run openssl (install the openssl package)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Renamed into place, key first: a reload never sees a half-written file.
+    std::fs::rename(&tmp_key, &key).unwrap();
+    std::fs::rename(&tmp_cert, &cert).unwrap();
+    (cert, key)
 }

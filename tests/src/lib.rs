@@ -17,6 +17,7 @@ mod client;
 pub mod cluster;
 pub mod https;
 pub mod load;
+pub mod pebble;
 
 use client::describe;
 pub use client::{Client, is_terminal, split_tag};

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use atlas_tests::https::{curl, curl_raw, spawn_upstream};
+use atlas_tests::https::{curl, curl_raw, openssl_cert, spawn_upstream, spawn_upstream_with};
 use atlas_tests::{Node, atlas_bin, free_port, run_with_input, write_config};
 
 fn url(node: &Node, path: &str) -> String {
@@ -658,37 +658,6 @@ fn plain_http_is_redirected_to_https() {
     assert!(followed.body.contains("\"status\":\"ok\""), "{followed:?}");
 }
 
-/// A self-signed certificate for `name` made by the `openssl` CLI, as (cert, key) files.
-fn openssl_cert(dir: &std::path::Path, file: &str, name: &str) -> (String, String) {
-    let cert = dir.join(format!("{file}.crt")).display().to_string();
-    let key = dir.join(format!("{file}.key")).display().to_string();
-    let tmp_cert = format!("{cert}.new");
-    let tmp_key = format!("{key}.new");
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={name}")])
-        .args(["-addext", &format!("subjectAltName=DNS:{name}")])
-        .args(["-keyout", &tmp_key, "-out", &tmp_cert])
-        .output()
-        .expect("run openssl (install the openssl package)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Renamed into place, key first: a reload never sees a half-written file.
-    std::fs::rename(&tmp_key, &key).unwrap();
-    std::fs::rename(&tmp_cert, &cert).unwrap();
-    (cert, key)
-}
-
 /// `tls_certificates` are chosen by the name a client asks for (SNI); the internal leaf
 /// serves the rest; a certificate whose files change is served without a restart.
 #[test]
@@ -793,4 +762,45 @@ fn failed_connections_are_retried_elsewhere_and_failing_upstreams_taken_out() {
         "atlas_upstream_requests_total{{result=\"ok\",route=\"*/r/\",upstream=\"127.0.0.1:{app}\"}}"
     ));
     assert!(ok.ends_with(" 12"), "{ok}");
+}
+
+/// Active health checks take an upstream out before a request reaches it: over TCP, one
+/// that refuses connections; over HTTP, one that accepts them but answers its health path
+/// with a 503. Requests that are never retried (POST) then all reach the healthy upstream,
+/// and the sick one sees none.
+#[test]
+fn active_tcp_and_http_health_checks_keep_requests_off_sick_upstreams() {
+    let healthy = spawn_upstream("healthy");
+    let sick = spawn_upstream_with("sick", true);
+    let down = free_port();
+    let node = Node::start_with(&format!(
+        "routes:\n  - path_prefix: /tcp/\n    upstreams: [\"127.0.0.1:{down}\", \"127.0.0.1:{healthy}\"]\n    health_check: {{kind: tcp, interval_ms: 100}}\n  - path_prefix: /http/\n    upstreams: [\"127.0.0.1:{sick}\", \"127.0.0.1:{healthy}\"]\n    health_check: {{kind: /healthz, interval_ms: 100}}"
+    ));
+    let ca = node.ca_path();
+    // A few check rounds.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for prefix in ["/tcp/", "/http/"] {
+        for i in 0..8 {
+            let r = curl(
+                &ca,
+                &url(&node, &format!("{prefix}post{i}")),
+                &["-X", "POST", "-d", "x=1"],
+            );
+            assert_eq!(r.status, 200, "POST {prefix} {i}: {r:?}");
+            assert!(
+                r.body.starts_with("upstream=healthy"),
+                "{prefix}: {}",
+                r.body
+            );
+        }
+    }
+    let metrics = curl(&ca, &url(&node, "/metrics"), &[]).body;
+    assert!(
+        !metrics.contains(&format!("upstream=\"127.0.0.1:{down}\"")),
+        "no request went to the closed port:\n{metrics}"
+    );
+    assert!(
+        !metrics.contains(&format!("upstream=\"127.0.0.1:{sick}\"")),
+        "no request went to the upstream failing its health check:\n{metrics}"
+    );
 }
