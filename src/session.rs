@@ -9,9 +9,7 @@
 
 use std::sync::Arc;
 
-use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
-};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::command::Engine;
@@ -20,7 +18,9 @@ use crate::protocol::parse::check_handshake;
 use crate::protocol::{Command, Level, Reply, WELCOME, parse_request};
 
 mod features;
+mod lines;
 use features::Staged;
+use lines::{LineRead, read_line_limited};
 
 /// Hooks for metrics; the core knows no metrics library, the edge implements this.
 pub trait Observer: Send + Sync {
@@ -81,49 +81,6 @@ impl Peer {
 
 /// Longest handshake line accepted.
 const MAX_HANDSHAKE_BYTES: u64 = 1024;
-
-enum LineRead {
-    Line(Vec<u8>),
-    TooLong,
-    Eof,
-}
-
-/// Reads one line (without `\n` and a trailing `\r`), never buffering more than `max` bytes.
-async fn read_line_limited<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
-    max: u64,
-) -> std::io::Result<LineRead> {
-    let mut line = Vec::new();
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(if line.is_empty() {
-                LineRead::Eof
-            } else {
-                LineRead::Line(line)
-            });
-        }
-        let (chunk, found) = match available.iter().position(|&b| b == b'\n') {
-            Some(i) => (&available[..i], Some(i + 1)),
-            None => (available, None),
-        };
-        if (line.len() + chunk.len()) as u64 > max + 1 {
-            return Ok(LineRead::TooLong);
-        }
-        line.extend_from_slice(chunk);
-        let used = found.unwrap_or(chunk.len());
-        reader.consume(used);
-        if found.is_some() {
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            if line.len() as u64 > max {
-                return Ok(LineRead::TooLong);
-            }
-            return Ok(LineRead::Line(line));
-        }
-    }
-}
 
 fn encode(reply: &Reply, tag: Option<&str>) -> Vec<u8> {
     let mut out = Vec::new();
