@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 pub(super) struct Harness {
     pub(super) client: DuplexStream,
     _dir: tempfile::TempDir,
-    _shutdown: watch::Sender<bool>,
+    pub(super) shutdown: watch::Sender<bool>,
 }
 
 pub(super) async fn start(limits: Limits) -> Harness {
@@ -33,7 +33,7 @@ pub(super) async fn start_as(limits: Limits, peer: Peer) -> Harness {
     Harness {
         client,
         _dir: dir,
-        _shutdown: tx,
+        shutdown: tx,
     }
 }
 
@@ -94,6 +94,52 @@ async fn handshake_then_commands() {
         b"ERROR WARN invalid length\r\nPRINCIPAL (none)\r\nOK\r\n",
     )
     .await;
+}
+
+/// Requests the client sent before the server shut down are answered, half a line
+/// included; then the goodbye, and the connection closes; a handshake under way still
+/// gets its READY.
+#[tokio::test]
+async fn requests_sent_before_a_shutdown_are_answered_then_the_connection_closes() {
+    let mut h = ready(Limits::default()).await;
+    h.client
+        .write_all(b"KEY PUT t.a 1\r\nKEY PUT t.b 2\r\nKEY GET t.a\r\nKEY PUT t.c")
+        .await
+        .unwrap();
+    h.shutdown.send(true).unwrap();
+    h.client.write_all(b" 3\r\n").await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        h.client.read_to_end(&mut all),
+    )
+    .await
+    .expect("closed in time")
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&all),
+        "OK\r\nOK\r\nVALUE:1\r\nOK\r\nOK\r\nERROR FATAL server shutting down\r\n"
+    );
+    // A client whose HELLO comes right after the shutdown.
+    let mut h = start(Limits::default()).await;
+    exchange(&mut h, b"", b"WELCOME 1.0 Chronalys/1.0\r\n").await;
+    h.shutdown.send(true).unwrap();
+    let mut all = Vec::new();
+    h.client
+        .write_all(b"HELLO 1.0 t\r\nKEY PUT t.d 4\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        h.client.read_to_end(&mut all),
+    )
+    .await
+    .expect("closed in time")
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&all),
+        "READY\r\nOK\r\nERROR FATAL server shutting down\r\n"
+    );
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
 //! `tls: {acme: ...}`: the listener's certificate comes from an ACME (RFC 8555) CA.
 //!
-//! At start the stored certificate (`<data_dir>/tls/acme/cert.pem`, `key.pem`, 0600) is
-//! served when it covers the configured names; until one is obtained a self-signed
-//! placeholder is. A background task orders a certificate when there is none and renews it
+//! At start the stored certificate (`<data_dir>/tls/acme/<hash of the directory URL>.pem`,
+//! key and chain, 0600) is served while it has not expired; until one is obtained a
+//! self-signed placeholder is. A background task orders a certificate when there is none and renews it
 //! once a third of its lifetime is left, answering the CA's HTTP-01 challenges on
 //! `http_listen`; the new certificate is served without a restart. A refusal is logged with
 //! the CA's problem document and retried with a doubling backoff (10 s to 1 h).
@@ -55,6 +55,16 @@ pub enum AcmeError {
     Tls(#[from] TlsError),
     #[error("the account file {path}: {message}")]
     Account { path: String, message: String },
+    #[error("no certificate within {0}s")]
+    Timeout(u64),
+}
+
+impl AcmeError {
+    /// Whether the CA says the stored account does not exist (any more).
+    fn account_is_gone(&self) -> bool {
+        matches!(self, AcmeError::Ca { source: instant_acme::Error::Api(problem), .. }
+            if problem.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist"))
+    }
 }
 
 /// The key authorizations the CA fetches at `/.well-known/acme-challenge/<token>`, while an
@@ -118,16 +128,27 @@ impl Validity {
 /// Obtains and renews the listener's certificate from the ACME CA.
 pub struct AcmeCertificates {
     acme: AcmeConfig,
-    dir: PathBuf,
+    /// The stored certificate and key (see [`certificate_file`]).
+    file: PathBuf,
     resolver: Arc<CertResolver>,
     pub tokens: Arc<ChallengeTokens>,
     /// The served certificate's validity; `None` while the placeholder is served.
-    served: Mutex<Option<Validity>>,
+    served: Mutex<Option<Served>>,
+}
+
+/// What is known of the certificate served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Served {
+    validity: Validity,
+    /// Whether it names every configured domain (a name added to the config: ordered at
+    /// once, the stored certificate served for the others meanwhile).
+    complete: bool,
 }
 
 impl AcmeCertificates {
-    /// The certificate to serve at start — the stored one when it loads and covers every
-    /// configured name, else a self-signed placeholder — and the task's state.
+    /// The certificate to serve at start — the stored one for this directory while it has
+    /// not expired (due at once when it lacks a configured name), else a self-signed
+    /// placeholder — and the task's state.
     pub fn prepare(
         config: &AtlasConfig,
         acme: &AcmeConfig,
@@ -137,56 +158,67 @@ impl AcmeCertificates {
             path: dir.display().to_string(),
             source,
         })?;
-        let stored = load_certified_key(&dir.join("cert.pem"), &dir.join("key.pem"))
-            .ok()
-            .filter(|key| covers(key, &acme.domains))
-            .and_then(|key| Validity::of(&key).map(|v| (key, v)));
+        let file = certificate_file(&dir, &acme.directory);
+        let stored = load_certified_key(&file, &file).ok().and_then(|key| {
+            let validity = Validity::of(&key).filter(|v| v.not_after > now_unix())?;
+            let complete = covers(&key, &acme.domains);
+            Some((key, Served { validity, complete }))
+        });
         let (key, served) = match stored {
-            Some((key, validity)) => (key, Some(validity)),
+            Some((key, served)) => (key, Some(served)),
             None => (placeholder(&acme.domains)?, None),
         };
-        if let Some(v) = served {
-            metrics().acme_certificate_expiry.set(v.not_after);
+        if let Some(s) = served {
+            metrics().acme_certificate_expiry.set(s.validity.not_after);
         }
         Ok((
             key,
             AcmeCertificatesBuilder {
                 acme: acme.clone(),
-                dir,
+                file,
                 served,
             },
         ))
     }
 
-    /// When the served certificate is due for renewal (now, for the placeholder).
+    /// When the served certificate is due for renewal (now, for the placeholder or one that
+    /// lacks a configured name).
     fn renew_at(&self) -> i64 {
         let served = self.served.lock().unwrap_or_else(|e| e.into_inner());
-        served.map_or(0, |v| v.renew_at())
+        match *served {
+            Some(Served {
+                validity,
+                complete: true,
+            }) => validity.renew_at(),
+            _ => 0,
+        }
     }
 
-    /// Keeps the certificate current until shutdown.
+    /// Keeps the certificate current until shutdown (an order in flight is dropped then).
     pub async fn run(&self, mut shutdown: ShutdownWatch) {
         let mut backoff = FIRST_BACKOFF;
         let mut failed = false;
+        // Never two orders closer than this, whatever the certificate says (a clock ahead
+        // of the CA's, a short-lived profile): CAs limit duplicate certificates.
+        let mut earliest = tokio::time::Instant::now();
         loop {
-            let wait = if failed {
-                backoff
-            } else {
-                Duration::from_secs((self.renew_at() - now_unix()).max(0) as u64)
-            };
+            let due = Duration::from_secs((self.renew_at() - now_unix()).max(0) as u64);
+            let wait = if failed { backoff } else { due.min(MAX_SLEEP) };
+            let at = (tokio::time::Instant::now() + wait).max(earliest);
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
+                _ = tokio::time::sleep_until(at) => {}
             }
             if now_unix() < self.renew_at() {
                 continue;
             }
-            let result = match tokio::time::timeout(ORDER_TIMEOUT, self.obtain()).await {
-                Ok(result) => result.map_err(|e| e.to_string()),
-                Err(_) => Err(format!(
-                    "no certificate within {}s",
-                    ORDER_TIMEOUT.as_secs()
-                )),
+            earliest = tokio::time::Instant::now() + FIRST_BACKOFF;
+            let result = tokio::select! {
+                _ = shutdown.changed() => return,
+                result = tokio::time::timeout(ORDER_TIMEOUT, self.obtain()) => match result {
+                    Ok(result) => result,
+                    Err(_) => Err(AcmeError::Timeout(ORDER_TIMEOUT.as_secs())),
+                },
             };
             self.tokens.clear();
             match result {
@@ -206,6 +238,10 @@ impl AcmeCertificates {
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                     failed = true;
+                    if error.account_is_gone() {
+                        // The CA no longer knows the stored account: make a new one next.
+                        let _ = std::fs::remove_file(self.account_path());
+                    }
                     tracing::error!(
                         domains = %self.acme.domains.join(","),
                         %error,
@@ -274,19 +310,20 @@ impl AcmeCertificates {
         self.install(&chain, &key.serialize_pem())
     }
 
-    /// Stores the new certificate and serves it. The key is written first: a crash between
-    /// the two leaves a pair that does not match, which the next start treats as none.
+    /// Stores the new certificate (its key and chain in one file, written atomically) and
+    /// serves it.
     fn install(&self, chain: &str, key: &str) -> Result<Validity, AcmeError> {
-        let (cert_path, key_path) = (self.dir.join("cert.pem"), self.dir.join("key.pem"));
-        write_private(&key_path, key)?;
-        write_private(&cert_path, chain)?;
-        let certified = load_certified_key(&cert_path, &key_path)?;
+        write_private(&self.file, &format!("{key}{chain}"))?;
+        let certified = load_certified_key(&self.file, &self.file)?;
         let validity = Validity::of(&certified).ok_or(TlsError::Pem {
-            path: cert_path.display().to_string(),
+            path: self.file.display().to_string(),
             what: "certificate with a validity",
         })?;
         self.resolver.replace(certified);
-        *self.served.lock().unwrap_or_else(|e| e.into_inner()) = Some(validity);
+        *self.served.lock().unwrap_or_else(|e| e.into_inner()) = Some(Served {
+            validity,
+            complete: true,
+        });
         metrics().acme_certificate_expiry.set(validity.not_after);
         Ok(validity)
     }
@@ -338,24 +375,40 @@ impl AcmeCertificates {
 
     /// One account per directory URL (a staging and a production CA each have their own).
     fn account_path(&self) -> PathBuf {
-        let digest = Sha256::digest(self.acme.directory.as_bytes());
-        self.dir
-            .join(format!("account-{}.json", &hex::encode(digest)[..16]))
+        self.file.with_file_name(format!(
+            "account-{}.json",
+            directory_hash(&self.acme.directory)
+        ))
     }
+}
+
+fn directory_hash(directory: &str) -> String {
+    hex::encode(Sha256::digest(directory.as_bytes()))[..16].to_string()
+}
+
+/// The certificate and its key, `<dir>/<hash of the directory URL>.pem`: one per CA, so a
+/// switch from a staging CA to a production one orders anew.
+fn certificate_file(dir: &Path, directory: &str) -> PathBuf {
+    dir.join(format!("{}.pem", directory_hash(directory)))
+}
+
+/// Where this node's ACME certificate and key are stored (one PEM file holding both).
+pub fn stored_certificate(config: &AtlasConfig, acme: &AcmeConfig) -> PathBuf {
+    certificate_file(&acme_dir(config), &acme.directory)
 }
 
 /// [`AcmeCertificates`] before the listener's resolver exists.
 pub struct AcmeCertificatesBuilder {
     acme: AcmeConfig,
-    dir: PathBuf,
-    served: Option<Validity>,
+    file: PathBuf,
+    served: Option<Served>,
 }
 
 impl AcmeCertificatesBuilder {
     pub fn serving(self, resolver: Arc<CertResolver>) -> AcmeCertificates {
         AcmeCertificates {
             acme: self.acme,
-            dir: self.dir,
+            file: self.file,
             resolver,
             tokens: Arc::default(),
             served: Mutex::new(self.served),
@@ -421,7 +474,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_certificate_is_served_only_when_it_covers_every_name() {
+    fn a_stored_certificate_is_served_until_it_expires_and_ordered_again_when_incomplete() {
         let dir = tempfile::tempdir().unwrap();
         let config = AtlasConfig {
             data_dir: dir.path().to_path_buf(),
@@ -438,30 +491,41 @@ mod tests {
         let (key, builder) = AcmeCertificates::prepare(&config, &acme(&["a.test"])).unwrap();
         assert_eq!(builder.served, None);
         assert!(covers(&key, &["a.test".into()]));
-        // A stored certificate for a.test and b.test.
+        // A stored certificate for a.test and b.test (key and chain in one file).
         let stored = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["a.test".into(), "b.test".into()])
             .unwrap()
             .self_signed(&stored)
             .unwrap();
-        let acme_dir = acme_dir(&config);
-        std::fs::write(acme_dir.join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(acme_dir.join("key.pem"), stored.serialize_pem()).unwrap();
+        let file = stored_certificate(&config, &acme(&["a.test"]));
+        assert_eq!(file.parent(), Some(acme_dir(&config).as_path()));
+        std::fs::write(&file, format!("{}{}", stored.serialize_pem(), cert.pem())).unwrap();
         let (_, builder) = AcmeCertificates::prepare(&config, &acme(&["b.test"])).unwrap();
-        assert!(builder.served.is_some(), "covers b.test");
+        assert!(builder.served.is_some_and(|s| s.complete), "covers b.test");
         let certificates = builder.serving(CertResolver::new(key.clone()));
         assert!(certificates.renew_at() > now_unix());
-        assert_eq!(
-            certificates.account_path().parent(),
-            Some(acme_dir.as_path())
-        );
-        // A name added to the config: ordered again.
-        let (_, builder) =
+        assert_eq!(certificates.account_path().parent(), file.parent());
+        // A name added to the config: still served, but ordered again at once.
+        let (served, builder) =
             AcmeCertificates::prepare(&config, &acme(&["a.test", "c.test"])).unwrap();
+        assert!(
+            covers(&served, &["b.test".into()]),
+            "the stored one is served"
+        );
+        assert!(builder.served.is_some_and(|s| !s.complete));
+        assert_eq!(
+            builder.serving(CertResolver::new(key.clone())).renew_at(),
+            0
+        );
+        // Another CA's directory: its own file, nothing stored yet.
+        let mut other_ca = acme(&["a.test"]);
+        other_ca.directory = "https://other-ca.test/dir".into();
+        assert_ne!(stored_certificate(&config, &other_ca), file);
+        let (_, builder) = AcmeCertificates::prepare(&config, &other_ca).unwrap();
         assert_eq!(builder.served, None);
         // A key that is not the certificate's: ordered again.
         let other = rcgen::KeyPair::generate().unwrap();
-        std::fs::write(acme_dir.join("key.pem"), other.serialize_pem()).unwrap();
+        std::fs::write(&file, format!("{}{}", other.serialize_pem(), cert.pem())).unwrap();
         let (_, builder) = AcmeCertificates::prepare(&config, &acme(&["a.test"])).unwrap();
         assert_eq!(builder.served, None);
     }

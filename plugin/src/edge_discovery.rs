@@ -24,10 +24,18 @@ type Resolved = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>
 /// Resolves `host:port` to addresses.
 pub type Resolver = Arc<dyn Fn(String) -> Resolved + Send + Sync>;
 
-/// The system resolver (getaddrinfo, through tokio).
+/// How long one lookup may take (discovery shares its loop with the health checks).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The system resolver (getaddrinfo, through tokio), bounded by [`LOOKUP_TIMEOUT`].
 fn system_resolver() -> Resolver {
     Arc::new(|name: String| {
-        Box::pin(async move { Ok(tokio::net::lookup_host(name).await?.collect()) })
+        Box::pin(async move {
+            match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host(name)).await {
+                Ok(found) => Ok(found?.collect()),
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "lookup timed out")),
+            }
+        })
     })
 }
 

@@ -173,7 +173,10 @@ impl BackgroundService for EngineService {
             Ok(nas) => nas,
             Err(e) => return self.fail(&e),
         };
-        let _ = self.nas.set(NasApi::new(nas.clone()));
+        let _ = self.nas.set(NasApi::serving_under(
+            nas.clone(),
+            self.config.nas.path_prefix(),
+        ));
         let cluster = engine.cluster().cloned();
         if let Some(cluster) = &cluster {
             tokio::spawn(crate::cluster::ping_loop(cluster.clone(), shutdown.clone()));

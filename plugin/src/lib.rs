@@ -172,13 +172,21 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
         settings.set_cert_resolver(tls.resolver.clone());
         settings.enable_h2();
         nas_https.add_tls_with_settings(addr, None, settings);
-        server.add_service(nas_https);
+        let nas_handle = server.add_service(nas_https);
+        if upgrading(server) {
+            nas_handle.add_dependency(&engine_handle);
+        }
     }
     if let Some(acme) = &tls.acme {
-        server.add_service(background_service(
+        let acme_handle = server.add_service(background_service(
             "atlas acme",
             engine_service::AcmeRenewal::new(acme.clone()),
         ));
+        if upgrading(server) {
+            // Not while the old process may still be ordering and answering the challenges
+            // on the shared http_listen (its engine has closed once this one is open).
+            acme_handle.add_dependency(&engine_handle);
+        }
     }
     server.add_service(background_service(
         "atlas tls renewal",

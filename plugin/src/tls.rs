@@ -380,12 +380,11 @@ pub fn client_cert_key(config: &AtlasConfig) -> Option<(String, String)> {
             )
         }
         TlsConfig::Files { cert, key } => (cert.display().to_string(), key.display().to_string()),
-        TlsConfig::Acme(_) => {
-            let dir = crate::acme::acme_dir(config);
-            (
-                dir.join("cert.pem").display().to_string(),
-                dir.join("key.pem").display().to_string(),
-            )
+        TlsConfig::Acme(acme) => {
+            let file = crate::acme::stored_certificate(config, acme)
+                .display()
+                .to_string();
+            (file.clone(), file)
         }
     })
 }

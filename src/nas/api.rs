@@ -225,11 +225,24 @@ impl Caller {
 #[derive(Clone)]
 pub struct NasApi {
     store: Arc<NasStore>,
+    /// The OpenAPI document, its `servers` naming where the API is served.
+    openapi: Arc<Vec<u8>>,
 }
 
 impl NasApi {
     pub fn new(store: Arc<NasStore>) -> NasApi {
-        NasApi { store }
+        NasApi::serving_under(store, "/api/v1")
+    }
+
+    /// The API as served under `prefix` (`nas.path_prefix`): the paths it routes stay
+    /// `/api/v1/…` (the HTTP layer translates), the OpenAPI document names `prefix`.
+    pub fn serving_under(store: Arc<NasStore>, prefix: &str) -> NasApi {
+        let mut document = super::openapi::document().clone();
+        document["servers"] = serde_json::json!([{ "url": prefix }]);
+        NasApi {
+            store,
+            openapi: Arc::new(document.to_string().into_bytes()),
+        }
     }
 
     /// The role of the active user whose live session `token` is, if any. Blocking. Lets the
@@ -337,7 +350,7 @@ impl NasApi {
             }
             OpenApi => Ok(ApiResponse {
                 status: 200,
-                body: super::openapi::document().to_string().into_bytes(),
+                body: self.openapi.as_ref().clone(),
                 content_type: JSON,
             }),
             Login => self.login(request),

@@ -559,6 +559,10 @@ fn atlas_paths_do_not_shadow_the_sites_behind_it() {
     assert_eq!(login.status, 401, "{login:?}");
     let health = curl(&ca, &url(&node, "/admin/nas/health"), &[]);
     assert_eq!(health.status, 200, "{health:?}");
+    // Its OpenAPI document names where it is served.
+    let openapi = curl(&ca, &url(&node, "/admin/nas/openapi.json"), &[]);
+    assert_eq!(openapi.status, 200, "{openapi:?}");
+    assert_eq!(openapi.json()["servers"][0]["url"], "/admin/nas");
     // Atlas's own endpoints stay Atlas's.
     assert_eq!(curl(&ca, &url(&node, "/atlas/v1/health"), &[]).status, 200);
     let unknown = curl(&ca, &url(&node, "/atlas/v9/nothing"), &[]);

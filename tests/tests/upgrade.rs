@@ -30,9 +30,31 @@ fn spawn(config: &Path, dir: &Path, upgrade: bool, log: &str) -> Child {
         .expect("spawn atlas serve")
 }
 
-/// One request on a new connection: the handshake, then `PUT t.<key>`, answered `OK`.
-fn put_once(socket: &Path, key: &str) -> Result<(), String> {
-    let mut client = Client::try_connect_ready(socket).map_err(|e| format!("connect: {e}"))?;
+/// One request on a new connection: the handshake, then `PUT t.<key>`, answered `OK`. A
+/// connection closed before its handshake completed carried no request: like any client,
+/// this one connects again (at most 3 times; each counted in `reconnects`). A request once
+/// sent must be answered.
+fn put_once(socket: &Path, key: &str, reconnects: &AtomicUsize) -> Result<(), String> {
+    let mut attempts = 0;
+    let mut client = loop {
+        match Client::try_connect_ready(socket) {
+            Ok(client) => break client,
+            // A refused connection (or a socket file gone) is downtime, not a reconnect.
+            Err(e)
+                if attempts == 3
+                    || matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                    ) =>
+            {
+                return Err(format!("connect: {e}"));
+            }
+            Err(_) => {
+                attempts += 1;
+                reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    };
     match client.try_request(&format!("KEY PUT t.{key} v-{key}")) {
         Ok(lines) if lines == ["OK"] => Ok(()),
         Ok(lines) => Err(format!("answer: {lines:?}")),
@@ -49,6 +71,7 @@ fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
 }
 
 struct Load {
+    reconnects: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     done: Arc<AtomicUsize>,
     failures: Arc<std::sync::Mutex<Vec<String>>>,
@@ -60,15 +83,21 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reconnects = Arc::new(AtomicUsize::new(0));
         let mut threads = Vec::new();
         for t in 0..2 {
-            let (stop, done, failures, socket) =
-                (stop.clone(), done.clone(), failures.clone(), socket.clone());
+            let (stop, done, failures, socket, reconnects) = (
+                stop.clone(),
+                done.clone(),
+                failures.clone(),
+                socket.clone(),
+                reconnects.clone(),
+            );
             threads.push(std::thread::spawn(move || {
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("u{t}-{i}");
-                    match put_once(&socket, &key) {
+                    match put_once(&socket, &key, &reconnects) {
                         Ok(()) => done.fetch_add(1, Ordering::Relaxed),
                         Err(e) => {
                             failures.lock().unwrap().push(format!("socket {key}: {e}"));
@@ -96,6 +125,7 @@ impl Load {
             }
         }));
         Load {
+            reconnects,
             stop,
             done,
             failures,
@@ -103,13 +133,18 @@ impl Load {
         }
     }
 
-    fn finish(self) -> (usize, Vec<String>) {
+    /// Requests answered, requests failed, reconnections before a request was sent.
+    fn finish(self) -> (usize, Vec<String>, usize) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             t.join().expect("load thread");
         }
         let failures = self.failures.lock().unwrap().clone();
-        (self.done.load(Ordering::Relaxed), failures)
+        (
+            self.done.load(Ordering::Relaxed),
+            failures,
+            self.reconnects.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -139,7 +174,7 @@ fn an_upgrade_takes_the_listeners_over_without_losing_a_request() {
     let ca = d.join("data/tls/ca.crt");
     let mut old = spawn(&config, d, false, "old.log");
     wait_for("the first server", Duration::from_secs(60), || {
-        put_once(&socket, "ready").is_ok()
+        put_once(&socket, "ready", &AtomicUsize::new(0)).is_ok()
     });
     let load = Load::start(socket.clone(), https.clone(), ca.clone());
     std::thread::sleep(Duration::from_millis(500));
@@ -167,7 +202,8 @@ fn an_upgrade_takes_the_listeners_over_without_losing_a_request() {
     assert!(status.success(), "old server: {status}\n{}", log("old.log"));
     // The new server serves on the same socket and port, with the data written before.
     std::thread::sleep(Duration::from_secs(2));
-    let (done, failures) = load.finish();
+    let (done, failures, reconnects) = load.finish();
+    eprintln!("{done} requests answered across the upgrade, {reconnects} reconnections");
     assert!(
         new.try_wait().unwrap().is_none(),
         "the new server exited:\n{}",
@@ -183,7 +219,7 @@ fn an_upgrade_takes_the_listeners_over_without_losing_a_request() {
         log("new.log")
     );
     assert!(done > 20, "only {done} requests ran");
-    put_once(&socket, "after").expect("the new server answers");
+    put_once(&socket, "after", &AtomicUsize::new(0)).expect("the new server answers");
     let mut client = Client::connect_ready(&socket);
     assert_eq!(client.get("t.ready").as_deref(), Some("v-ready"));
     assert_eq!(client.get("t.u0-0").as_deref(), Some("v-u0-0"));
