@@ -96,6 +96,19 @@ async fn handshake_then_commands() {
     .await;
 }
 
+/// Everything the server sends until it closes the connection (within 10 s).
+async fn read_until_closed(h: &mut Harness) -> String {
+    let mut all = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        h.client.read_to_end(&mut all),
+    )
+    .await
+    .expect("closed in time")
+    .unwrap();
+    String::from_utf8_lossy(&all).into_owned()
+}
+
 /// Requests the client sent before the server shut down are answered, half a line
 /// included; then the goodbye, and the connection closes; a handshake under way still
 /// gets its READY.
@@ -108,36 +121,20 @@ async fn requests_sent_before_a_shutdown_are_answered_then_the_connection_closes
         .unwrap();
     h.shutdown.send(true).unwrap();
     h.client.write_all(b" 3\r\n").await.unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        h.client.read_to_end(&mut all),
-    )
-    .await
-    .expect("closed in time")
-    .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&all),
+        read_until_closed(&mut h).await,
         "OK\r\nOK\r\nVALUE:1\r\nOK\r\nOK\r\nERROR FATAL server shutting down\r\n"
     );
     // A client whose HELLO comes right after the shutdown.
     let mut h = start(Limits::default()).await;
     exchange(&mut h, b"", b"WELCOME 1.0 Chronalys/1.0\r\n").await;
     h.shutdown.send(true).unwrap();
-    let mut all = Vec::new();
     h.client
         .write_all(b"HELLO 1.0 t\r\nKEY PUT t.d 4\r\n")
         .await
         .unwrap();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        h.client.read_to_end(&mut all),
-    )
-    .await
-    .expect("closed in time")
-    .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&all),
+        read_until_closed(&mut h).await,
         "READY\r\nOK\r\nERROR FATAL server shutting down\r\n"
     );
 }

@@ -113,27 +113,41 @@ pub fn openssl_cert(dir: &Path, file: &str, name: &str) -> (String, String) {
         Ok(_) => format!("subjectAltName=IP:{name}"),
         Err(_) => format!("subjectAltName=DNS:{name}"),
     };
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={name}")])
-        .args(["-addext", &san])
-        .args(["-keyout", &tmp_key, "-out", &tmp_cert])
-        .output()
-        .expect("run openssl (install the openssl package)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let subject = format!("/CN={name}");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &subject,
+        "-addext",
+        &san,
+        "-keyout",
+        &tmp_key,
+        "-out",
+        &tmp_cert,
+    ]);
     // Renamed into place, key first: a reload never sees a half-written file.
     std::fs::rename(&tmp_key, &key).unwrap();
     std::fs::rename(&tmp_cert, &cert).unwrap();
     (cert, key)
+}
+
+/// The `openssl` CLI with `args`, which must succeed.
+pub fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl (install the openssl package)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

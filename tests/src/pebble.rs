@@ -10,20 +10,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::free_port;
-use crate::https::{curl_raw, openssl_cert};
-
-/// openssl with `args`, which must succeed.
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl (install the openssl package)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use crate::https::{curl_raw, openssl, openssl_cert};
 
 /// A certificate for 127.0.0.1 signed by a CA of its own (`test-ca.crt` under `dir`): a
 /// self-signed CA certificate cannot be a server's own (webpki refuses a CA as end entity).
