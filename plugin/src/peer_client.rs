@@ -2,6 +2,8 @@
 //! connection per peer (many concurrent streams), verifying peers against the cluster CA and
 //! presenting the cluster credentials. Used for the consensus transport and join.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -39,11 +41,36 @@ pub struct PeerClient {
     connector: Connector,
     options: PeerClientOptions,
     new_connections: AtomicU64,
-    /// One lock per peer address, held while a session is taken from the pool: concurrent
-    /// requests to a peer then share its h2 connection instead of each racing a new one in
-    /// (one entry per address ever posted to: as many as the cluster has had addresses).
-    acquiring:
-        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    acquiring: PeerLocks,
+}
+
+/// One lock per peer address, held while a session is taken from the pool: concurrent
+/// requests to a peer then share its h2 connection instead of each racing a new one in. An
+/// entry lives only while someone holds or waits for it, so addresses a cluster no longer
+/// has leave no state behind.
+#[derive(Default)]
+struct PeerLocks {
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl PeerLocks {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lock of `addr`, to hold while taking a session; give it back with [`Self::done`].
+    fn get(&self, addr: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.map().entry(addr.to_string()).or_default().clone()
+    }
+
+    /// Drops `addr`'s entry when nobody else holds or waits for it (every clone is made
+    /// under the map's lock, so the count is exact there).
+    fn done(&self, addr: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.map();
+        if Arc::strong_count(&lock) <= 2 {
+            map.remove(addr);
+        }
+    }
 }
 
 impl PeerClient {
@@ -55,7 +82,7 @@ impl PeerClient {
             connector: Connector::new(Some(connector_options)),
             options,
             new_connections: AtomicU64::new(0),
-            acquiring: std::sync::Mutex::new(std::collections::HashMap::new()),
+            acquiring: PeerLocks::default(),
         }
     }
 
@@ -107,17 +134,13 @@ impl PeerClient {
         content_type: &str,
     ) -> pingora::Result<(pingora::protocols::http::client::HttpSession, HttpPeer)> {
         let peer = self.peer(addr, server_name);
-        let lock = self
-            .acquiring
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(addr.to_string())
-            .or_default()
-            .clone();
-        let (mut session, reused) = {
+        let lock = self.acquiring.get(addr);
+        let taken = {
             let _one_at_a_time = lock.lock().await;
-            self.connector.get_http_session(&peer).await?
+            self.connector.get_http_session(&peer).await
         };
+        self.acquiring.done(addr, lock);
+        let (mut session, reused) = taken?;
         if !reused {
             self.new_connections.fetch_add(1, Ordering::Relaxed);
         }
@@ -223,4 +246,32 @@ pub async fn get_unverified(
         read_response(&mut session).await
     };
     within(timeout, addr, exchange).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeerLocks;
+
+    #[tokio::test]
+    async fn a_peer_lock_lives_only_while_it_is_held_or_awaited() {
+        let locks = PeerLocks::default();
+        let first = locks.get("10.0.0.1:4444");
+        let guard = first.lock().await;
+        // A second request to the same peer waits on the same lock.
+        let second = locks.get("10.0.0.1:4444");
+        assert!(std::sync::Arc::ptr_eq(&first, &second));
+        assert!(second.try_lock().is_err());
+        drop(guard);
+        locks.done("10.0.0.1:4444", first);
+        assert_eq!(locks.map().len(), 1, "the second still needs it");
+        locks.done("10.0.0.1:4444", second);
+        assert!(locks.map().is_empty());
+        // Many addresses over time (nodes replaced): nothing accumulates.
+        for i in 0..1000 {
+            let addr = format!("10.0.{}.{}:4444", i / 250, i % 250);
+            let lock = locks.get(&addr);
+            locks.done(&addr, lock);
+        }
+        assert!(locks.map().is_empty());
+    }
 }
