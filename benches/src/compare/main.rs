@@ -559,9 +559,18 @@ fn edge_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
         &tls.join("node.crt"),
         &tls.join("node.key"),
     )?;
+    let plain = peers::free_port();
+    let _plain = peers::plain_pingora(
+        &args.atlas,
+        upstream,
+        plain,
+        &tls.join("node.crt"),
+        &tls.join("node.key"),
+    )?;
     let seconds = args.seconds.to_string();
     let atlas_url = format!("https://127.0.0.1:{}/bench", atlas.https_port);
     let nginx_url = format!("https://127.0.0.1:{proxy}/bench");
+    let plain_url = format!("https://127.0.0.1:{plain}/bench");
     let wrk = |url: &str, extra: &[&str]| -> Result<(f64, f64), String> {
         let out = Command::new("wrk")
             .args(["-t2", "-c64", "-d", &format!("{seconds}s"), "--latency"])
@@ -582,32 +591,6 @@ fn edge_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
             .unwrap_or(0.0);
         Ok((rps, p99))
     };
-    let (n_rps, n_p99) = wrk(&nginx_url, &[])?;
-    let (a_rps, a_p99) = wrk(&atlas_url, &[])?;
-    report.add(
-        "edge proxy HTTP/1.1 keep-alive, 64 conns",
-        "req/s",
-        "nginx",
-        n_rps,
-        a_rps,
-    );
-    report.add(
-        "edge proxy HTTP/1.1 keep-alive, 64 conns",
-        "p99 ms",
-        "nginx",
-        n_p99,
-        a_p99,
-    );
-    let close = ["-H", "Connection: close"];
-    let (n_rps, _) = wrk(&nginx_url, &close)?;
-    let (a_rps, _) = wrk(&atlas_url, &close)?;
-    report.add(
-        "TLS handshakes (new connection per request)",
-        "req/s",
-        "nginx",
-        n_rps,
-        a_rps,
-    );
     let h2load = |url: &str| -> Result<f64, String> {
         let out = Command::new("h2load")
             .args(["-c16", "-m10", "-D", &seconds])
@@ -624,14 +607,40 @@ fn edge_workloads(args: &Args, report: &mut Report) -> Result<(), String> {
             })
             .ok_or(format!("h2load output: {text}"))
     };
-    let n = h2load(&nginx_url)?;
-    let a = h2load(&atlas_url)?;
-    report.add(
-        "edge proxy HTTP/2, 16 conns x 10 streams",
+    // Interleaved rounds (nginx, Atlas, Pingora's plain proxy, …): medians with their range.
+    let urls = [&nginx_url, &atlas_url, &plain_url];
+    let (mut keepalive, mut p99, mut h2) = (
+        [vec![], vec![], vec![]],
+        [vec![], vec![], vec![]],
+        [vec![], vec![], vec![]],
+    );
+    let mut handshakes = [vec![], vec![]];
+    let close = ["-H", "Connection: close"];
+    for _ in 0..TRIALS {
+        for (i, url) in urls.iter().enumerate() {
+            let (rps, latency) = wrk(url, &[])?;
+            keepalive[i].push(rps);
+            p99[i].push(latency);
+            h2[i].push(h2load(url)?);
+            if i < 2 {
+                handshakes[i].push(wrk(url, &close)?.0);
+            }
+        }
+    }
+    const KEEPALIVE: &str = "edge proxy HTTP/1.1 keep-alive, 64 conns";
+    const H2: &str = "edge proxy HTTP/2, 16 conns x 10 streams";
+    // nginx, then what Atlas's route adds over Pingora itself (same threads and upstream).
+    for (peer, i) in [("nginx", 0), ("pingora plain proxy", 2)] {
+        report.add_trials(KEEPALIVE, "req/s", peer, &keepalive[i], &keepalive[1]);
+        report.add(KEEPALIVE, "p99 ms", peer, median(&p99[i]), median(&p99[1]));
+        report.add_trials(H2, "req/s", peer, &h2[i], &h2[1]);
+    }
+    report.add_trials(
+        "TLS handshakes (new connection per request)",
         "req/s",
         "nginx",
-        n,
-        a,
+        &handshakes[0],
+        &handshakes[1],
     );
     Ok(())
 }

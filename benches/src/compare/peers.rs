@@ -184,6 +184,29 @@ pub fn etcd() -> Result<(Process, u16), String> {
 
 /// nginx serving `ok` on `upstream` (plain HTTP) and proxying TLS on `proxy` to it, with the
 /// given certificate; plus a plain-HTTP upstream shared with Atlas's route.
+/// Pingora's plain reverse proxy (`plugin/examples/plain_proxy.rs`, built beside `atlas` by
+/// `make build`) on `proxy`, to `upstream`.
+pub fn plain_pingora(
+    atlas: &Path,
+    upstream: u16,
+    proxy: u16,
+    cert: &Path,
+    key: &Path,
+) -> Result<Process, String> {
+    let bin = atlas.with_file_name("examples").join("plain_proxy");
+    let mut command = Command::new(&bin);
+    command
+        .arg(format!("127.0.0.1:{proxy}"))
+        .arg(format!("127.0.0.1:{upstream}"))
+        .arg(cert)
+        .arg(key);
+    let process = spawn(&bin.display().to_string(), command, temp("plain-pingora-")?)?;
+    wait("the plain Pingora proxy", Duration::from_secs(20), || {
+        listening(proxy)
+    })?;
+    Ok(process)
+}
+
 pub fn nginx(upstream: u16, proxy: u16, cert: &Path, key: &Path) -> Result<Process, String> {
     let dir = temp("nginx-bench-")?;
     let conf = format!(
