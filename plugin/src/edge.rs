@@ -2,7 +2,9 @@
 //! requests follow `atlas.routes` (host + longest path prefix) to upstreams chosen by
 //! round-robin or consistent hashing, with active health checks. No route: 404.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -16,6 +18,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::{Error, ErrorType};
+use prometheus::IntCounter;
 
 use crate::edge_discovery::{self, Upstreams};
 use crate::edge_health::{PassiveHealth, retryable};
@@ -50,6 +53,8 @@ struct Route {
     /// `host/prefix` (`*` for any host), the route's metric label.
     label: String,
     health: PassiveHealth,
+    /// Cached counter handles by (upstream, result).
+    outcomes: RwLock<HashMap<(SocketAddr, &'static str), IntCounter>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,29 +154,62 @@ pub fn build_routes(
                     config.path_prefix
                 ),
                 health: PassiveHealth::default(),
+                outcomes: RwLock::default(),
             }))
         })
         .collect()
 }
 
-fn inet(backend: &Backend) -> Option<std::net::SocketAddr> {
+fn inet(backend: &Backend) -> Option<SocketAddr> {
     backend.addr.as_inet().copied()
 }
 
 /// Counts a request's outcome at `backend` and feeds the route's passive health.
 fn record_outcome(route: &Route, backend: &Backend, result: &'static str) {
-    let upstream = backend.addr.to_string();
     let m = metrics();
-    m.upstream_requests
-        .with_label_values(&[&route.label, &upstream, result])
-        .inc();
-    if let Some(addr) = inet(backend)
-        && route.health.record(addr, result == "ok", Instant::now())
-    {
+    let Some(addr) = inet(backend) else {
+        let upstream = backend.addr.to_string();
+        m.upstream_requests
+            .with_label_values(&[&route.label, &upstream, result])
+            .inc();
+        return;
+    };
+    route.outcome_counter(addr, result).inc();
+    if route.health.record(addr, result == "ok", Instant::now()) {
+        let upstream = addr.to_string();
         tracing::warn!(route = %route.label, upstream = %upstream, "upstream failing requests; out for a while");
         m.upstream_ejections
             .with_label_values(&[&route.label, &upstream])
             .inc();
+    }
+}
+
+/// The most (upstream, result) counters a route keeps handles of (re-resolved names can
+/// bring new addresses; past this the label lookup is done per request).
+const MAX_OUTCOME_HANDLES: usize = 1024;
+
+impl Route {
+    /// `atlas_upstream_requests_total{route, upstream, result}`, its handle cached.
+    fn outcome_counter(&self, upstream: SocketAddr, result: &'static str) -> IntCounter {
+        let key = (upstream, result);
+        if let Some(counter) = self
+            .outcomes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return counter.clone();
+        }
+        let counter = metrics().upstream_requests.with_label_values(&[
+            &self.label,
+            &upstream.to_string(),
+            result,
+        ]);
+        let mut outcomes = self.outcomes.write().unwrap_or_else(|e| e.into_inner());
+        if outcomes.len() < MAX_OUTCOME_HANDLES {
+            outcomes.insert(key, counter.clone());
+        }
+        counter
     }
 }
 
@@ -211,11 +249,18 @@ fn match_route(routes: &[RouteTable], host: Option<&str>, path: &str) -> Option<
 pub struct EdgeProxy {
     api: Arc<HttpApi>,
     routes: Vec<RouteTable>,
+    /// Whether any route names a host.
+    host_routes: bool,
 }
 
 impl EdgeProxy {
     pub fn new(api: Arc<HttpApi>, routes: Vec<RouteTable>) -> Self {
-        EdgeProxy { api, routes }
+        let host_routes = routes.iter().any(|r| r.0.host.is_some());
+        EdgeProxy {
+            api,
+            routes,
+            host_routes,
+        }
     }
 }
 
@@ -249,10 +294,15 @@ impl ProxyHttp for EdgeProxy {
         if self.api.try_serve(session).await? {
             return Ok(true);
         }
-        let host = request_host(session);
-        let path = session.req_header().uri.path().to_string();
-        ctx.route = match_route(&self.routes, host.as_deref(), &path);
+        // The host is looked at only when some route names one.
+        let host = self.host_routes.then(|| request_host(session)).flatten();
+        ctx.route = match_route(
+            &self.routes,
+            host.as_deref(),
+            session.req_header().uri.path(),
+        );
         if ctx.route.is_none() {
+            let path = session.req_header().uri.path().to_string();
             metrics().record_http("no_route", 404, ctx.started.elapsed());
             let message = self
                 .api
@@ -277,13 +327,18 @@ impl ProxyHttp for EdgeProxy {
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(404), "no route"))?;
         let route = &route.0;
         // Consistent hashing keys on the client's IP (not its port) and the path, so a client
-        // sticks to one backend for a path across connections.
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
-        let key = format!("{client_ip}{}", session.req_header().uri.path());
+        // sticks to one backend for a path across connections; round robin needs no key.
+        let key = match route.balancer {
+            Balancer::Hash(_) => {
+                let client_ip = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                format!("{client_ip}{}", session.req_header().uri.path())
+            }
+            Balancer::RoundRobin(_) => String::new(),
+        };
         // Not one tried already for this request; not one passive health took out, unless
         // every one is out (then any will do).
         let now = Instant::now();
@@ -385,6 +440,7 @@ mod tests {
             upstreams: 1,
             label: String::new(),
             health: PassiveHealth::default(),
+            outcomes: RwLock::default(),
         })
     }
 

@@ -272,10 +272,10 @@ impl HttpApi {
 
     /// Serves the request if its path is Atlas's; returns whether it did.
     pub async fn try_serve(&self, session: &mut ServerSession) -> pingora::Result<bool> {
-        let path = session.req_header().uri.path().to_string();
-        if !self.paths.owns(&path) {
+        if !self.paths.owns(session.req_header().uri.path()) {
             return Ok(false);
         }
+        let path = session.req_header().uri.path().to_string();
         let started = Instant::now();
         let method = session.req_header().method.as_str().to_string();
         let route = route(&method, &path, &self.paths);

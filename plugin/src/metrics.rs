@@ -341,13 +341,28 @@ impl Metrics {
     }
 
     pub fn record_http(&self, route: &'static str, code: u16, elapsed: Duration) {
-        self.http_requests
-            .with_label_values(&[route, &code.to_string()])
-            .inc();
-        self.http_request_seconds
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        HTTP_HANDLES.with(|handles| {
+            let mut handles = handles.borrow_mut();
+            let (count, seconds) = handles.entry((route, code)).or_insert_with(|| {
+                (
+                    self.http_requests
+                        .with_label_values(&[route, &code.to_string()]),
+                    self.http_request_seconds.with_label_values(&[route]),
+                )
+            });
+            count.inc();
+            seconds.observe(elapsed.as_secs_f64());
+        });
     }
+}
+
+thread_local! {
+    /// Per worker thread, the handles of each (route, status) answered: bounded by the
+    /// routes and the status codes, and lock-free after a thread's first request of a kind
+    /// (the proxy path records one per request).
+    static HTTP_HANDLES: std::cell::RefCell<
+        std::collections::HashMap<(&'static str, u16), CommandHandles>,
+    > = std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 /// The process-wide metrics (registered in the default registry on first use).
