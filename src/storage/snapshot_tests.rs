@@ -224,3 +224,72 @@ fn an_install_cut_short_is_wiped_at_start() {
     );
     assert!(body(&target, "T.K49").is_some());
 }
+
+/// A snapshot install sets each record's ACL flag from the ACL that travels with it, not
+/// from the flag the sender stored: a format-2 record (which always claims an ACL) without
+/// one becomes flagless, and a record whose flag says none but that comes with an ACL keeps
+/// its ACL looked up.
+#[test]
+fn an_install_sets_the_acl_flag_from_the_acl_that_travels() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let source = Store::open(a.path(), Durability::Relaxed).unwrap();
+    // A record written by an older release (format 2: no flag, an ACL always looked up).
+    let mut v2 = vec![2u8, 0];
+    v2.extend_from_slice(&3u64.to_be_bytes());
+    v2.extend_from_slice(b"old");
+    source
+        .db
+        .put_cf(source.cf(CF_VALUES), key("T.OLD").as_bytes(), &v2)
+        .unwrap();
+    assert!(
+        source
+            .read_record(key("T.OLD").as_bytes())
+            .unwrap()
+            .unwrap()
+            .has_acl
+    );
+    // A record with an ACL whose stored flag was lost (claims none).
+    let inline = Change::PutInline {
+        value: b"shared".to_vec(),
+        worm_until_ms: None,
+        expires_ms: None,
+    };
+    put(&source, "T.SHARED", inline);
+    let mut acl = Acl::default();
+    acl.grant("alice", crate::protocol::Perm::Owner);
+    put(&source, "T.SHARED", Change::SetAcl(acl.clone()));
+    let mut flagless = source
+        .read_record(key("T.SHARED").as_bytes())
+        .unwrap()
+        .unwrap();
+    flagless.has_acl = false;
+    source
+        .db
+        .put_cf(
+            source.cf(CF_VALUES),
+            key("T.SHARED").as_bytes(),
+            flagless.encode(),
+        )
+        .unwrap();
+    set_state(&source, "T", &state(2), None);
+    let mut stream = Vec::new();
+    source
+        .export_groups(&[("T".to_string(), tables_of("T"))], &mut stream)
+        .unwrap();
+
+    let target = Store::open(b.path(), Durability::Relaxed).unwrap();
+    target.install_groups(&stream[..], &tables_of).unwrap();
+    let old = target
+        .read_record(key("T.OLD").as_bytes())
+        .unwrap()
+        .unwrap();
+    assert!(!old.has_acl, "no ACL came with it: no lookup");
+    assert_eq!(body(&target, "T.OLD").as_deref(), Some(&b"old"[..]));
+    let shared = target
+        .read_record(key("T.SHARED").as_bytes())
+        .unwrap()
+        .unwrap();
+    assert!(shared.has_acl, "its ACL came with it");
+    assert_eq!(target.read(&key("T.SHARED"), 0).unwrap().acl, acl);
+}
