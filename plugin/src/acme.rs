@@ -149,10 +149,7 @@ impl AcmeCertificates {
     /// The certificate to serve at start — the stored one for this directory while it has
     /// not expired (due at once when it lacks a configured name), else a self-signed
     /// placeholder — and the task's state.
-    pub fn prepare(
-        config: &AtlasConfig,
-        acme: &AcmeConfig,
-    ) -> Result<(Arc<CertifiedKey>, AcmeCertificatesBuilder), TlsError> {
+    pub fn prepare(config: &AtlasConfig, acme: &AcmeConfig) -> Result<AcmeCertificates, TlsError> {
         let dir = acme_dir(config);
         atlas::files::private_dir(&dir).map_err(|source| TlsError::Write {
             path: dir.display().to_string(),
@@ -171,21 +168,28 @@ impl AcmeCertificates {
         if let Some(s) = served {
             metrics().acme_certificate_expiry.set(s.validity.not_after);
         }
-        Ok((
-            key,
-            AcmeCertificatesBuilder {
-                acme: acme.clone(),
-                file,
-                served,
-            },
-        ))
+        Ok(AcmeCertificates {
+            acme: acme.clone(),
+            file,
+            resolver: CertResolver::new(key),
+            tokens: Arc::default(),
+            served: Mutex::new(served),
+        })
+    }
+
+    /// What the listeners ask for the certificate; an order swaps the new one in.
+    pub fn resolver(&self) -> Arc<CertResolver> {
+        self.resolver.clone()
+    }
+
+    fn served(&self) -> Option<Served> {
+        *self.served.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// When the served certificate is due for renewal (now, for the placeholder or one that
     /// lacks a configured name).
     fn renew_at(&self) -> i64 {
-        let served = self.served.lock().unwrap_or_else(|e| e.into_inner());
-        match *served {
+        match self.served() {
             Some(Served {
                 validity,
                 complete: true,
@@ -313,7 +317,7 @@ impl AcmeCertificates {
     /// Stores the new certificate (its key and chain in one file, written atomically) and
     /// serves it.
     fn install(&self, chain: &str, key: &str) -> Result<Validity, AcmeError> {
-        write_private(&self.file, &format!("{key}{chain}"))?;
+        crate::tls::write(&self.file, &format!("{key}{chain}"))?;
         let certified = load_certified_key(&self.file, &self.file)?;
         let validity = Validity::of(&certified).ok_or(TlsError::Pem {
             path: self.file.display().to_string(),
@@ -369,7 +373,7 @@ impl AcmeCertificates {
             .await
             .map_err(ca)?;
         let json = serde_json::to_string(&credentials).map_err(|e| unreadable(e.to_string()))?;
-        write_private(&path, &json)?;
+        crate::tls::write(&path, &json)?;
         Ok(account)
     }
 
@@ -395,32 +399,6 @@ fn certificate_file(dir: &Path, directory: &str) -> PathBuf {
 /// Where this node's ACME certificate and key are stored (one PEM file holding both).
 pub fn stored_certificate(config: &AtlasConfig, acme: &AcmeConfig) -> PathBuf {
     certificate_file(&acme_dir(config), &acme.directory)
-}
-
-/// [`AcmeCertificates`] before the listener's resolver exists.
-pub struct AcmeCertificatesBuilder {
-    acme: AcmeConfig,
-    file: PathBuf,
-    served: Option<Served>,
-}
-
-impl AcmeCertificatesBuilder {
-    pub fn serving(self, resolver: Arc<CertResolver>) -> AcmeCertificates {
-        AcmeCertificates {
-            acme: self.acme,
-            file: self.file,
-            resolver,
-            tokens: Arc::default(),
-            served: Mutex::new(self.served),
-        }
-    }
-}
-
-fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
-    atlas::files::write_private(path, contents.as_bytes()).map_err(|source| TlsError::Write {
-        path: path.display().to_string(),
-        source,
-    })
 }
 
 /// Whether `key`'s certificate names every one of `domains`.
@@ -488,9 +466,13 @@ mod tests {
             challenge: Default::default(),
         };
         // Nothing stored: a placeholder for the names, due at once.
-        let (key, builder) = AcmeCertificates::prepare(&config, &acme(&["a.test"])).unwrap();
-        assert_eq!(builder.served, None);
-        assert!(covers(&key, &["a.test".into()]));
+        let placeholder = AcmeCertificates::prepare(&config, &acme(&["a.test"])).unwrap();
+        assert_eq!(placeholder.served(), None);
+        assert_eq!(placeholder.renew_at(), 0);
+        assert!(covers(
+            &placeholder.resolver().pick(None),
+            &["a.test".into()]
+        ));
         // A stored certificate for a.test and b.test (key and chain in one file).
         let stored = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["a.test".into(), "b.test".into()])
@@ -500,33 +482,32 @@ mod tests {
         let file = stored_certificate(&config, &acme(&["a.test"]));
         assert_eq!(file.parent(), Some(acme_dir(&config).as_path()));
         std::fs::write(&file, format!("{}{}", stored.serialize_pem(), cert.pem())).unwrap();
-        let (_, builder) = AcmeCertificates::prepare(&config, &acme(&["b.test"])).unwrap();
-        assert!(builder.served.is_some_and(|s| s.complete), "covers b.test");
-        let certificates = builder.serving(CertResolver::new(key.clone()));
+        let certificates = AcmeCertificates::prepare(&config, &acme(&["b.test"])).unwrap();
+        assert!(
+            certificates.served().is_some_and(|s| s.complete),
+            "covers b.test"
+        );
         assert!(certificates.renew_at() > now_unix());
         assert_eq!(certificates.account_path().parent(), file.parent());
         // A name added to the config: still served, but ordered again at once.
-        let (served, builder) =
-            AcmeCertificates::prepare(&config, &acme(&["a.test", "c.test"])).unwrap();
+        let incomplete = AcmeCertificates::prepare(&config, &acme(&["a.test", "c.test"])).unwrap();
+        let served = incomplete.resolver().pick(None);
         assert!(
             covers(&served, &["b.test".into()]),
             "the stored one is served"
         );
-        assert!(builder.served.is_some_and(|s| !s.complete));
-        assert_eq!(
-            builder.serving(CertResolver::new(key.clone())).renew_at(),
-            0
-        );
+        assert!(incomplete.served().is_some_and(|s| !s.complete));
+        assert_eq!(incomplete.renew_at(), 0);
         // Another CA's directory: its own file, nothing stored yet.
         let mut other_ca = acme(&["a.test"]);
         other_ca.directory = "https://other-ca.test/dir".into();
         assert_ne!(stored_certificate(&config, &other_ca), file);
-        let (_, builder) = AcmeCertificates::prepare(&config, &other_ca).unwrap();
-        assert_eq!(builder.served, None);
+        let other_directory = AcmeCertificates::prepare(&config, &other_ca).unwrap();
+        assert_eq!(other_directory.served(), None);
         // A key that is not the certificate's: ordered again.
         let other = rcgen::KeyPair::generate().unwrap();
         std::fs::write(&file, format!("{}{}", other.serialize_pem(), cert.pem())).unwrap();
-        let (_, builder) = AcmeCertificates::prepare(&config, &acme(&["a.test"])).unwrap();
-        assert_eq!(builder.served, None);
+        let mismatched = AcmeCertificates::prepare(&config, &acme(&["a.test"])).unwrap();
+        assert_eq!(mismatched.served(), None);
     }
 }

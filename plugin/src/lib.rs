@@ -125,12 +125,7 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
     settings.enable_h2();
     https.add_tls_with_settings(&config.listen, None, settings);
     let https_handle = server.add_service(https);
-    if upgrading(server) {
-        // The listener came from the old process, which keeps serving on it until it drains:
-        // accept only once this engine is open (the kernel queues connections meanwhile), or
-        // requests would get `503 starting` while the old process still holds the storage.
-        https_handle.add_dependency(&engine_handle);
-    }
+    after_engine_when_upgrading(server, &https_handle, &engine_handle);
     // `http_listen`: plain HTTP, redirected to the HTTPS listener.
     if let Some(addr) = &config.http_listen {
         let https_port = config
@@ -173,20 +168,16 @@ pub fn install(server: &mut Server, config: &AtlasConfig) -> Result<Atlas, Insta
         settings.enable_h2();
         nas_https.add_tls_with_settings(addr, None, settings);
         let nas_handle = server.add_service(nas_https);
-        if upgrading(server) {
-            nas_handle.add_dependency(&engine_handle);
-        }
+        after_engine_when_upgrading(server, &nas_handle, &engine_handle);
     }
     if let Some(acme) = &tls.acme {
         let acme_handle = server.add_service(background_service(
             "atlas acme",
             engine_service::AcmeRenewal::new(acme.clone()),
         ));
-        if upgrading(server) {
-            // Not while the old process may still be ordering and answering the challenges
-            // on the shared http_listen (its engine has closed once this one is open).
-            acme_handle.add_dependency(&engine_handle);
-        }
+        // Nor may it order while the old process may still answer challenges on the shared
+        // http_listen.
+        after_engine_when_upgrading(server, &acme_handle, &engine_handle);
     }
     server.add_service(background_service(
         "atlas tls renewal",
@@ -314,4 +305,18 @@ fn install_common(
 /// Whether this process takes its listeners over from a running one (`serve -u`).
 fn upgrading(server: &Server) -> bool {
     server.options.as_ref().is_some_and(|o| o.upgrade)
+}
+
+/// While upgrading, `service` starts once this engine is open — that is, once the old
+/// process, which keeps serving on the handed-over listeners until it drains, has released
+/// the storage. Its listeners' connections wait in the kernel's queue meanwhile instead of
+/// getting `503 starting`.
+fn after_engine_when_upgrading(
+    server: &Server,
+    service: &pingora::services::ServiceHandle,
+    engine: &pingora::services::ServiceHandle,
+) {
+    if upgrading(server) {
+        service.add_dependency(engine);
+    }
 }

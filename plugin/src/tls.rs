@@ -99,7 +99,7 @@ fn read(path: &Path) -> Result<String, TlsError> {
 
 /// Writes `contents` to `path` atomically and durably, `0600` like every file in the data
 /// directory (keys, and certificates too).
-fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
+pub(crate) fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
     atlas::files::write_private(path, contents.as_bytes()).map_err(|source| TlsError::Write {
         path: path.display().to_string(),
         source,
@@ -454,11 +454,10 @@ impl ServerTls {
                 acme: None,
             },
             TlsConfig::Acme(acme) => {
-                let (key, acme) = crate::acme::AcmeCertificates::prepare(config, acme)?;
-                let resolver = CertResolver::new(key);
+                let acme = crate::acme::AcmeCertificates::prepare(config, acme)?;
                 ServerTls {
-                    acme: Some(Arc::new(acme.serving(resolver.clone()))),
-                    resolver,
+                    resolver: acme.resolver(),
+                    acme: Some(Arc::new(acme)),
                     internal: None,
                     files: WatchedFiles::default(),
                 }
