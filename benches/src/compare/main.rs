@@ -10,6 +10,7 @@
 //! ```
 
 mod cluster;
+mod dynamics;
 mod kv;
 mod load;
 mod loopback;
@@ -280,7 +281,7 @@ fn main() {
         ("history", loopback::history),
         ("stall", loopback::blob_stall),
         ("cluster", cluster::cluster_workloads),
-        ("dynamics", cluster::dynamics_workloads),
+        ("dynamics", dynamics::dynamics_workloads),
     ];
     for (name, part) in parts {
         if wants(&args, name)
