@@ -34,7 +34,7 @@ pub(super) fn rtt_ms(a: usize, b: usize) -> f64 {
     BETWEEN[zone_of(a)][zone_of(b)]
 }
 
-pub(super) struct Procs(pub(super) Vec<Child>);
+struct Procs(Vec<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -46,7 +46,7 @@ impl Drop for Procs {
 }
 
 /// Starts (or restarts) node `n` from its directory, inside its namespace.
-pub(super) fn spawn_node(bin: &Path, n: usize, home: &Path) -> Result<Child, String> {
+fn spawn_node(bin: &Path, n: usize, home: &Path) -> Result<Child, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -64,9 +64,25 @@ pub(super) fn spawn_node(bin: &Path, n: usize, home: &Path) -> Result<Child, Str
 }
 
 pub(super) struct AtlasCluster {
-    pub(super) procs: Procs,
+    procs: Procs,
     pub(super) sockets: Vec<PathBuf>,
-    pub(super) _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+impl AtlasCluster {
+    /// Kills node `n` (1-based) with SIGKILL and reaps it.
+    pub(super) fn kill(&mut self, n: usize) {
+        let child = &mut self.procs.0[n - 1];
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts node `n` again on its own directory (same config, same data).
+    pub(super) fn restart(&mut self, bin: &Path, n: usize) -> Result<(), String> {
+        let home = self.dir.path().join(format!("n{n}"));
+        self.procs.0[n - 1] = spawn_node(bin, n, &home)?;
+        Ok(())
+    }
 }
 
 pub(super) fn start_atlas(bin: &Path, fz: u32, mode: &str) -> Result<AtlasCluster, String> {
@@ -129,7 +145,7 @@ pub(super) fn start_atlas(bin: &Path, fz: u32, mode: &str) -> Result<AtlasCluste
     Ok(AtlasCluster {
         procs,
         sockets,
-        _dir: dir,
+        dir,
     })
 }
 

@@ -2,12 +2,10 @@
 //! `cluster`: the workload's home zone moving (convergence), then failures of one node, two
 //! nodes of a zone and a whole zone, each client operation recorded on a timeline.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::cluster::{
-    ATLAS_PORT, AtlasCluster, ETCD_PEER, Event, LOCAL_MS, PER_ZONE, ZONES, rtt_ms, run_clients,
-    spawn_node, start_atlas,
+    ATLAS_PORT, ETCD_PEER, Event, LOCAL_MS, PER_ZONE, ZONES, rtt_ms, run_clients, start_atlas,
 };
 use super::kv::Target;
 use super::wan::Wan;
@@ -131,30 +129,19 @@ fn dynamics(args: &Args, report: &mut Report) -> Result<(), String> {
         let total = phase * phases.len() as u32;
         std::thread::spawn(move || run_clients(&targets, total, start, home_writes(|z, _| z)))
     };
-    let home = |n: usize| cluster._dir.path().join(format!("n{n}"));
-    let homes: Vec<PathBuf> = (1..=ZONES * PER_ZONE).map(home).collect();
-    let kill = |cluster: &mut AtlasCluster, node: usize| {
-        let child = &mut cluster.procs.0[node - 1];
-        let _ = child.kill();
-        let _ = child.wait();
-    };
-    let restart = |cluster: &mut AtlasCluster, node: usize| -> Result<(), String> {
-        cluster.procs.0[node - 1] = spawn_node(&args.atlas, node, &homes[node - 1])?;
-        Ok(())
-    };
     std::thread::sleep(phase);
-    kill(&mut cluster, 1);
+    cluster.kill(1);
     std::thread::sleep(phase);
-    restart(&mut cluster, 1)?;
+    cluster.restart(&args.atlas, 1)?;
     std::thread::sleep(phase);
-    kill(&mut cluster, 1);
-    kill(&mut cluster, 3);
+    cluster.kill(1);
+    cluster.kill(3);
     std::thread::sleep(phase);
-    restart(&mut cluster, 1)?;
-    restart(&mut cluster, 3)?;
+    cluster.restart(&args.atlas, 1)?;
+    cluster.restart(&args.atlas, 3)?;
     std::thread::sleep(phase);
     for n in 7..=9 {
-        kill(&mut cluster, n);
+        cluster.kill(n);
     }
     let events = timeline
         .join()
