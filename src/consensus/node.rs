@@ -72,6 +72,10 @@ pub struct Node {
     pub(super) config_fetched_from: Option<NodeId>,
     /// Peer messages dropped by `admit_message`, by reason.
     pub(super) refused: BTreeMap<Refused, u64>,
+    /// Inputs arrived since the last `settle` (client requests and peer messages settle
+    /// once, in `take_ready`: one round's writes go out as one Accept, its acceptances
+    /// are counted together, instead of a batch of one per input).
+    pub(super) unsettled: bool,
 }
 
 impl Node {
@@ -109,6 +113,7 @@ impl Node {
             last_epoch_catch_up: 0,
             config_fetched_from: None,
             refused: BTreeMap::new(),
+            unsettled: false,
         }
     }
 
@@ -283,6 +288,9 @@ impl Node {
     /// Takes the output accumulated since the last call (a group's state is written once,
     /// as of the last entry applied).
     pub fn take_ready(&mut self) -> Ready {
+        if self.unsettled {
+            self.settle();
+        }
         let mut ready = std::mem::take(&mut self.out);
         let mut last_state: BTreeMap<GroupId, usize> = BTreeMap::new();
         let mut last_config = None;
@@ -348,14 +356,15 @@ impl Node {
         (self.incarnation << SEQ_BITS) | (self.next_seq & ((1 << SEQ_BITS) - 1))
     }
 
-    /// A message from a peer (`from` as the transport authenticated it).
+    /// A message from a peer (`from` as the transport authenticated it). Its consequences
+    /// (and those of every other input since) are settled by the next [`Node::take_ready`].
     pub fn step(&mut self, now: u64, from: NodeId, message: Message) {
         self.advance(now);
         match self.admit_message(from, &message) {
             Ok(()) => self.dispatch(from, message),
             Err(why) => *self.refused.entry(why).or_default() += 1,
         }
-        self.settle();
+        self.unsettled = true;
     }
 
     /// Peer messages dropped so far, by reason (see `inbound.rs`).
@@ -443,6 +452,7 @@ impl Node {
     /// Runs self-addressed messages, flushes accept batches, folds membership changes and
     /// answers reads whose index is applied.
     pub(super) fn settle(&mut self) {
+        self.unsettled = false;
         let mut budget = 100_000;
         loop {
             while let Some((from, message)) = self.inbox.pop_front() {

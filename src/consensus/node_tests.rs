@@ -327,8 +327,10 @@ fn a_newer_epoch_in_a_message_is_never_adopted() {
     };
     // A `LeaveJoint` of another epoch changes nothing; the joint one's does.
     node.step(1_003, 2, commit(2, leave(0)));
+    drain(&mut node, 1_003);
     assert!(node.config().is_joint());
     node.step(1_003, 2, commit(3, leave(1)));
+    drain(&mut node, 1_003);
     assert_eq!(node.config().epoch, 2);
     assert!(!node.config().is_joint());
     assert_eq!(
@@ -432,8 +434,8 @@ fn a_new_owner_with_nothing_to_recover_seals_before_the_first_write() {
         ),
     );
     node.step(1_000, 2, commit(2, CommandOp::LeaveJoint { epoch: 1 }));
-    assert_eq!(node.config().epoch, 2);
     drain(&mut node, 1_000);
+    assert_eq!(node.config().epoch, 2);
     node.client_request(2_000, 7, ClientOp::put("users.a", b"v".to_vec()));
     let ready = drain(&mut node, 2_000);
     let ballot = prepare_ballot(&ready);

@@ -67,7 +67,7 @@ impl Node {
             },
         );
         self.route(id);
-        self.settle();
+        self.unsettled = true;
     }
 
     /// Sends a request where it can be served: this node if it owns the group, else the
