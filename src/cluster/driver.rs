@@ -179,27 +179,32 @@ mod tests {
         }
     }
 
+    /// `size` nodes in one zone (`fn: 0`), node 1 owning table `t` after one write.
+    fn owning_cluster(size: u64) -> BTreeMap<NodeId, (Node, Counting)> {
+        let membership = Membership::new((1..=size).map(|n| (n, "z".to_string())));
+        let settings = Settings {
+            tolerances: Tolerances { nodes: 0, zones: 0 },
+            ..Settings::default()
+        };
+        let mut nodes: BTreeMap<NodeId, (Node, Counting)> = (1..=size)
+            .map(|n| {
+                let node = Node::new(n, "z".into(), membership.clone(), settings.clone(), 1, n, 0);
+                (n, (node, Counting::default()))
+            })
+            .collect();
+        // The first write also takes the table (phase 1).
+        nodes.get_mut(&1).unwrap().0.client_request(0, 1, put(0));
+        settle(&mut nodes);
+        assert_eq!(nodes[&1].1.written, 1);
+        nodes
+    }
+
     /// The commit path of a write costs one fsync per node: the owner's accept (its own vote,
     /// counted once durable) and each follower's accept; applying is written unsynced.
     #[test]
     fn a_write_costs_one_sync_per_node() {
         for size in [1u64, 3] {
-            let membership = Membership::new((1..=size).map(|n| (n, "z".to_string())));
-            let settings = Settings {
-                tolerances: Tolerances { nodes: 0, zones: 0 },
-                ..Settings::default()
-            };
-            let mut nodes: BTreeMap<NodeId, (Node, Counting)> = (1..=size)
-                .map(|n| {
-                    let node =
-                        Node::new(n, "z".into(), membership.clone(), settings.clone(), 1, n, 0);
-                    (n, (node, Counting::default()))
-                })
-                .collect();
-            // The first write also takes the table (phase 1): not counted.
-            nodes.get_mut(&1).unwrap().0.client_request(0, 1, put(0));
-            settle(&mut nodes);
-            assert_eq!(nodes[&1].1.written, 1);
+            let mut nodes = owning_cluster(size);
             let before: Vec<u64> = nodes.values().map(|(_, m)| m.synced).collect();
             nodes.get_mut(&1).unwrap().0.client_request(0, 2, put(1));
             settle(&mut nodes);
@@ -213,5 +218,63 @@ mod tests {
             }
             assert!(nodes[&1].1.unsynced >= 1, "the apply is not synced");
         }
+    }
+
+    /// Writes taken in one round leave as one Accept per peer, and each peer answers them
+    /// with one Accepted: not a message per write.
+    #[test]
+    fn a_round_of_writes_shares_its_messages() {
+        let mut nodes = owning_cluster(3);
+        for i in 0..10 {
+            nodes
+                .get_mut(&1)
+                .unwrap()
+                .0
+                .client_request(0, 10 + i, put(10 + i));
+        }
+        let (owner, machine) = nodes.get_mut(&1).unwrap();
+        let mut out = Wire(Vec::new(), 1);
+        let Ok(_) = process(owner, machine, &mut out, 0);
+        let accepts: Vec<(NodeId, usize)> = out
+            .0
+            .iter()
+            .filter_map(|(_, to, m)| match m {
+                Message::Accept { entries, .. } => Some((*to, entries.len())),
+                _ => None,
+            })
+            .collect();
+        assert!(!accepts.is_empty());
+        let mut peers: Vec<NodeId> = accepts.iter().map(|(to, _)| *to).collect();
+        peers.dedup();
+        assert_eq!(
+            peers.len(),
+            accepts.len(),
+            "one Accept per peer: {accepts:?}"
+        );
+        assert!(accepts.iter().all(|(_, n)| *n == 10), "{accepts:?}");
+        for (from, to, message) in out.0 {
+            nodes.get_mut(&to).unwrap().0.step(0, from, message);
+        }
+        let mut answers = Vec::new();
+        for &peer in &peers {
+            let (node, machine) = nodes.get_mut(&peer).unwrap();
+            let mut out = Wire(Vec::new(), peer);
+            let Ok(_) = process(node, machine, &mut out, 0);
+            let acks: Vec<usize> = out
+                .0
+                .iter()
+                .filter_map(|(_, _, m)| match m {
+                    Message::Accepted { slots, .. } => Some(slots.len()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(acks, vec![10], "node {peer}: one Accepted for the round");
+            answers.extend(out.0);
+        }
+        for (from, to, message) in answers {
+            nodes.get_mut(&to).unwrap().0.step(0, from, message);
+        }
+        settle(&mut nodes);
+        assert_eq!(nodes[&1].1.written, 11);
     }
 }

@@ -285,8 +285,8 @@ impl Node {
         self.outstanding.len()
     }
 
-    /// Takes the output accumulated since the last call (a group's state is written once,
-    /// as of the last entry applied).
+    /// Settles the inputs taken since the last call, then takes the output accumulated (a
+    /// group's state is written once, as of the last entry applied).
     pub fn take_ready(&mut self) -> Ready {
         if self.unsettled {
             self.settle();
