@@ -33,6 +33,19 @@ impl TlsRenewal {
     pub fn new(tls: crate::tls::ServerTls) -> Self {
         TlsRenewal { tls }
     }
+
+    /// Renews the leaf when due: issued here on a CA holder, else signed by a holder reached
+    /// through the seed (checked every few hours, so an unreachable seed is tried again).
+    async fn renew(&self) -> Result<bool, String> {
+        let Some((config, node)) = &self.tls.signed_by_holder else {
+            return self.tls.renew_if_due().map_err(|e| e.to_string());
+        };
+        if !crate::cluster::renew_certificate(config, *node).await? {
+            return Ok(false);
+        }
+        self.tls.reload_leaf(config).map_err(|e| e.to_string())?;
+        Ok(true)
+    }
 }
 
 #[async_trait]
@@ -43,7 +56,7 @@ impl BackgroundService for TlsRenewal {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = ticker.tick() => match self.tls.renew_if_due() {
+                _ = ticker.tick() => match self.renew().await {
                     Ok(true) => tracing::info!("renewed this node's TLS certificate"),
                     Ok(false) => {}
                     Err(e) => tracing::error!(error = %e, "TLS certificate renewal failed"),

@@ -72,7 +72,8 @@ pub struct HttpApi {
     credentials: Option<String>,
     /// Other secrets also accepted during a rotation (`accepted_credentials`).
     accepted_credentials: Vec<String>,
-    /// The internal CA's directory (handed to joining nodes), with `tls: internal`.
+    /// The internal CA's directory (its certificate handed to joining nodes, its key signing
+    /// their certificates on a CA holder), with `tls: internal`.
     tls_dir: Option<std::path::PathBuf>,
     fault_injection: bool,
     /// The consensus transport also needs a client certificate (verified by the listener).
@@ -328,7 +329,9 @@ impl HttpApi {
                 }
             }
             Route::Join | Route::Transport | Route::Faults | Route::Snapshot | Route::Remove => {
-                let sender = (route == Route::Transport && self.bind_sender)
+                // The node the client's certificate names: an envelope's sender, or the
+                // member a join asking for a new certificate must be.
+                let sender = (matches!(route, Route::Transport | Route::Join) && self.bind_sender)
                     .then(|| certified_node(session))
                     .flatten();
                 self.cluster(route, body, sender).await
@@ -359,6 +362,7 @@ impl HttpApi {
                     cluster,
                     engine,
                     self.tls_dir.as_deref(),
+                    (sender, self.bind_sender),
                     &self.joins,
                     &body,
                 )

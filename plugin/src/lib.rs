@@ -16,6 +16,7 @@ mod engine_service;
 pub mod http;
 pub mod http_reply;
 pub mod metrics;
+pub mod node_cert;
 pub mod peer_client;
 mod pem;
 pub mod redirect;

@@ -199,45 +199,76 @@ impl InternalCa {
 
     /// Issues a leaf for `subject` (server and client auth), signed by this CA.
     pub fn issue_leaf(&self, subject: &LeafSubject) -> Result<(String, KeyPair, i64), TlsError> {
-        let sans = &subject.sans;
         let leaf_key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(sans.to_vec())?;
-        params.distinguished_name.push(
-            DnType::CommonName,
-            sans.first().map_or("atlas", String::as_str),
-        );
-        if let Some(id) = subject.node {
-            params
-                .distinguished_name
-                .push(DnType::OrganizationName, node_organization(id));
-        }
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        set_validity(&mut params, LEAF_VALIDITY_DAYS as u64);
-        let expires = now_unix() + LEAF_VALIDITY_DAYS * 86400;
+        let params = leaf_params(subject)?;
         let issuer = Issuer::new(ca_params()?, &self.key);
         let cert = params.signed_by(&leaf_key, &issuer)?;
-        Ok((cert.pem(), leaf_key, expires))
+        Ok((
+            cert.pem(),
+            leaf_key,
+            now_unix() + LEAF_VALIDITY_DAYS * 86400,
+        ))
+    }
+
+    /// Signs another node's certificate request for `subject`: only the request's public key
+    /// is used (its proof of possession checked); names, organization, usages and validity
+    /// are this CA's choice, so a request cannot ask for another node's identity. Answers the
+    /// leaf followed by the CA certificate.
+    pub fn sign_request(
+        &self,
+        request: rcgen::CertificateSigningRequestParams,
+        subject: &LeafSubject,
+    ) -> Result<String, TlsError> {
+        let signed = rcgen::CertificateSigningRequestParams {
+            params: leaf_params(subject)?,
+            public_key: request.public_key,
+        };
+        let issuer = Issuer::new(ca_params()?, &self.key);
+        let cert = signed.signed_by(&issuer)?;
+        Ok(format!("{}{}", cert.pem(), self.cert_pem()?))
     }
 }
 
-/// SANs of this node's leaf: the advertised host, localhost, 127.0.0.1 and ::1.
-pub fn leaf_sans(config: &AtlasConfig) -> Vec<String> {
-    let (host, _) = config.advertised_host_port();
-    let mut sans = vec![host];
+/// A node leaf's parameters: its names, its node id, server and client auth, 90 days.
+fn leaf_params(subject: &LeafSubject) -> Result<CertificateParams, TlsError> {
+    let sans = &subject.sans;
+    let mut params = CertificateParams::new(sans.to_vec())?;
+    params.distinguished_name.push(
+        DnType::CommonName,
+        sans.first().map_or("atlas", String::as_str),
+    );
+    if let Some(id) = subject.node {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, node_organization(id));
+    }
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    set_validity(&mut params, LEAF_VALIDITY_DAYS as u64);
+    Ok(params)
+}
+
+/// The names a node's leaf carries: `host` (the advertised one), localhost, 127.0.0.1, ::1.
+pub fn sans_for(host: &str) -> Vec<String> {
+    let mut sans = vec![host.to_string()];
     for extra in ["localhost", "127.0.0.1", "::1"] {
         if !sans.iter().any(|s| s == extra) {
             sans.push(extra.to_string());
         }
     }
     sans
+}
+
+/// SANs of this node's leaf: the advertised host, localhost, 127.0.0.1 and ::1.
+pub fn leaf_sans(config: &AtlasConfig) -> Vec<String> {
+    sans_for(&config.advertised_host_port().0)
 }
 
 #[derive(serde::Serialize, serde::Deserialize, PartialEq)]
@@ -249,6 +280,50 @@ struct LeafInfo {
     expires_unix: i64,
 }
 
+fn stored_leaf(dir: &Path) -> Option<LeafInfo> {
+    std::fs::read(dir.join("node.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Whether `<dir>/node.crt` names `node` and has not expired, whatever names it carries.
+pub fn leaf_names_node(dir: &Path, node: u64) -> bool {
+    stored_leaf(dir).is_some_and(|info| info.node == Some(node) && info.expires_unix > now_unix())
+        && dir.join("node.crt").exists()
+        && dir.join("node.key").exists()
+}
+
+/// Whether `<dir>/node.crt` is a leaf for `subject` that is not due for renewal.
+pub fn leaf_is_fresh(dir: &Path, subject: &LeafSubject, renew_before: Duration) -> bool {
+    stored_leaf(dir).is_some_and(|info| {
+        info.sans == subject.sans
+            && info.node == subject.node
+            && info.expires_unix - now_unix() > renew_before.as_secs() as i64
+    }) && dir.join("node.crt").exists()
+        && dir.join("node.key").exists()
+}
+
+/// Stores this node's leaf in `dir`: its key, its chain, and what it certifies until when.
+pub fn store_leaf(
+    dir: &Path,
+    key_pem: &str,
+    chain_pem: &str,
+    subject: &LeafSubject,
+    expires_unix: i64,
+) -> Result<(), TlsError> {
+    write(&dir.join("node.key"), key_pem)?;
+    write(&dir.join("node.crt"), chain_pem)?;
+    let info = LeafInfo {
+        sans: subject.sans.clone(),
+        node: subject.node,
+        expires_unix,
+    };
+    write(
+        &dir.join("node.json"),
+        &serde_json::to_string(&info).unwrap_or_default(),
+    )
+}
+
 /// Makes sure `<tls>/node.crt` is a current leaf for `subject`; returns true when it was
 /// (re)issued.
 pub fn ensure_leaf(
@@ -256,32 +331,13 @@ pub fn ensure_leaf(
     subject: &LeafSubject,
     renew_before: Duration,
 ) -> Result<bool, TlsError> {
-    let sans = &subject.sans;
-    let info_path = ca.dir.join("node.json");
-    let current: Option<LeafInfo> = std::fs::read(&info_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let fresh = current.as_ref().is_some_and(|info| {
-        info.sans == *sans
-            && info.node == subject.node
-            && info.expires_unix - now_unix() > renew_before.as_secs() as i64
-    }) && ca.dir.join("node.crt").exists()
-        && ca.dir.join("node.key").exists();
-    if fresh {
+    if leaf_is_fresh(&ca.dir, subject, renew_before) {
         return Ok(false);
     }
     let (leaf_pem, key, expires_unix) = ca.issue_leaf(subject)?;
     let chain = format!("{leaf_pem}{}", ca.cert_pem()?);
-    write(&ca.dir.join("node.key"), &key.serialize_pem())?;
-    write(&ca.dir.join("node.crt"), &chain)?;
-    let info = LeafInfo {
-        sans: sans.to_vec(),
-        node: subject.node,
-        expires_unix,
-    };
-    let json = serde_json::to_string(&info).unwrap_or_default();
-    write(&info_path, &json)?;
-    tracing::info!(sans = ?sans, node = ?subject.node, "issued this node's certificate from the internal CA");
+    store_leaf(&ca.dir, &key.serialize_pem(), &chain, subject, expires_unix)?;
+    tracing::info!(sans = ?subject.sans, node = ?subject.node, "issued this node's certificate from the internal CA");
     Ok(true)
 }
 
@@ -434,8 +490,11 @@ use crate::tls_certs::WatchedFiles;
 /// What the listener serves, and how to keep it current.
 pub struct ServerTls {
     pub resolver: Arc<CertResolver>,
-    /// Internal CA mode: renew the leaf in the background.
+    /// Internal CA mode on a CA holder: renew the leaf in the background.
     pub internal: Option<(InternalCa, LeafSubject)>,
+    /// Internal CA mode on a member without the CA key: its leaf is renewed by asking a
+    /// holder through its seed (`crate::cluster::renew_certificate`).
+    pub signed_by_holder: Option<(Box<AtlasConfig>, u64)>,
     /// Certificates from files (`tls: {cert, key}`, `tls_certificates`), reloaded when changed.
     files: WatchedFiles,
     /// `tls: {acme}`: the default certificate is obtained and renewed from the ACME CA.
@@ -450,6 +509,7 @@ impl ServerTls {
             TlsConfig::Files { cert, key } => ServerTls {
                 resolver: CertResolver::new(load_certified_key(cert, key)?),
                 internal: None,
+                signed_by_holder: None,
                 files: WatchedFiles::default(),
                 acme: None,
             },
@@ -459,23 +519,25 @@ impl ServerTls {
                     resolver: acme.resolver(),
                     acme: Some(Arc::new(acme)),
                     internal: None,
+                    signed_by_holder: None,
                     files: WatchedFiles::default(),
                 }
             }
             TlsConfig::Internal => {
                 let dir = tls_dir(config);
-                let ca = InternalCa::load_or_create(&dir)?;
-                let subject = LeafSubject {
-                    sans: leaf_sans(config),
-                    node,
-                };
-                ensure_leaf(&ca, &subject, LEAF_RENEW_BEFORE)?;
-                let key = load_certified_key(&dir.join("node.crt"), &dir.join("node.key"))?;
-                ServerTls {
-                    resolver: CertResolver::new(key),
-                    internal: Some((ca, subject)),
-                    files: WatchedFiles::default(),
-                    acme: None,
+                if let Some(id) = node.filter(|_| crate::node_cert::signed_by_a_holder(config)) {
+                    // A member without the CA key serves the leaf a holder signed for it
+                    // (at its join); it never makes a CA of its own.
+                    let key = load_certified_key(&dir.join("node.crt"), &dir.join("node.key"))?;
+                    ServerTls {
+                        resolver: CertResolver::new(key),
+                        internal: None,
+                        signed_by_holder: Some((Box::new(config.clone()), id)),
+                        files: WatchedFiles::default(),
+                        acme: None,
+                    }
+                } else {
+                    ServerTls::internal_ca(config, node)?
                 }
             }
         };
@@ -494,6 +556,26 @@ impl ServerTls {
         Ok(ServerTls { files, ..tls })
     }
 
+    /// `tls: internal` on a CA holder (a standalone node, a founder, a member given the CA
+    /// files): the CA, made on first start, issues this node's leaf.
+    fn internal_ca(config: &AtlasConfig, node: Option<u64>) -> Result<ServerTls, TlsError> {
+        let dir = tls_dir(config);
+        let ca = InternalCa::load_or_create(&dir)?;
+        let subject = LeafSubject {
+            sans: leaf_sans(config),
+            node,
+        };
+        ensure_leaf(&ca, &subject, LEAF_RENEW_BEFORE)?;
+        let key = load_certified_key(&dir.join("node.crt"), &dir.join("node.key"))?;
+        Ok(ServerTls {
+            resolver: CertResolver::new(key),
+            internal: Some((ca, subject)),
+            signed_by_holder: None,
+            files: WatchedFiles::default(),
+            acme: None,
+        })
+    }
+
     /// Loads again the certificates whose files changed; returns how many.
     pub fn reload_changed_files(&self) -> usize {
         self.files.reload_changed(&self.resolver)
@@ -510,6 +592,14 @@ impl ServerTls {
         let key = load_certified_key(&ca.dir.join("node.crt"), &ca.dir.join("node.key"))?;
         self.resolver.replace(key);
         Ok(true)
+    }
+
+    /// Serves the leaf stored in the data directory again (after a holder signed a new one).
+    pub fn reload_leaf(&self, config: &AtlasConfig) -> Result<(), TlsError> {
+        let dir = tls_dir(config);
+        let key = load_certified_key(&dir.join("node.crt"), &dir.join("node.key"))?;
+        self.resolver.replace(key);
+        Ok(())
     }
 }
 

@@ -29,6 +29,10 @@ pub struct JoinRequest {
     pub region: String,
     pub host: String,
     pub port: u16,
+    /// With `tls: internal`: a PEM certificate request for this node's key. The member that
+    /// admits it signs a leaf naming the node's id and `host`; the key never travels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -44,8 +48,11 @@ pub struct JoinAnswer {
     /// With `tls: internal`: the cluster CA, so every node's certificate verifies against it.
     #[serde(default)]
     pub ca_cert: Option<String>,
-    /// Its key, only in the answer that makes the node a voting member (a registration
-    /// answer has none).
+    /// The leaf signed for the request's `csr` (then the CA certificate), if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// The CA key, which members of earlier releases handed every voting member; this
+    /// release never sends it, and a joiner adopts it only from such a member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_key: Option<String>,
 }
@@ -68,6 +75,12 @@ pub enum AdmissionError {
     /// A node that was removed asks to come back under its id.
     #[error("{0}")]
     Removed(String),
+    /// A certificate for a member's id was asked without that member's certificate.
+    #[error("{0}")]
+    Forbidden(String),
+    /// This member cannot sign the certificate asked for: it does not hold the CA key.
+    #[error("{0}")]
+    NotACaHolder(String),
 }
 
 /// What a starting node is, before the server starts.
@@ -127,6 +140,7 @@ pub fn join_request(config: &AtlasConfig, node_id: Option<NodeId>, member: bool)
         region: config.region.clone(),
         host,
         port,
+        csr: None,
     }
 }
 
@@ -190,16 +204,48 @@ fn check(request: &JoinRequest) -> Result<(), AdmissionError> {
     Ok(())
 }
 
-/// The CA a member hands a joiner with `tls: internal` (certificate, key).
-pub type ClusterCa = Option<(String, String)>;
+/// Signs a joining node's certificate request (the CA key stays with the signer).
+pub trait LeafSigner: Sync {
+    /// A leaf for `node` at `host`, from the PEM request `csr`, then the CA certificate.
+    fn sign(&self, csr: &str, node: NodeId, host: &str) -> Result<String, String>;
+}
 
-/// Admits a joining node at this member (`me`, as the joiner should record it): its id, its record committed to the directory,
-/// then (unless it only registers) the membership change. `joins` serialises admissions at
-/// this member, so an id is not handed out twice here.
+/// The CA as a member admitting joiners has it, with `tls: internal`: its certificate (every
+/// joiner verifies peers with it) and, on a CA holder, what signs their certificates.
+pub struct JoinCa<'a> {
+    pub cert: String,
+    pub signer: Option<&'a dyn LeafSigner>,
+}
+
+/// Whether a certificate may be issued for `id`: when certificates name nodes (`bound`),
+/// a new one for a member's id needs that member's current certificate (`proven`, what the
+/// TLS client presented), so the cluster credential alone cannot take over a member's
+/// identity. A node that is not a member yet (a joiner's second step) has none to show.
+pub fn may_certify(
+    view: &ClusterView,
+    id: NodeId,
+    proven: Option<NodeId>,
+    bound: bool,
+) -> Result<(), AdmissionError> {
+    if bound && view.members.contains(id) && proven != Some(id) {
+        return Err(AdmissionError::Forbidden(format!(
+            "csr: node {id} is a member; a new certificate for it needs its current one \
+             (present node {id}'s certificate as the TLS client certificate)"
+        )));
+    }
+    Ok(())
+}
+
+/// Admits a joining node at this member (`me`, as the joiner should record it): its id, its
+/// certificate when it asks for one, its record committed to the directory, then (unless it
+/// only registers) the membership change. `proven`: the node the TLS client's certificate
+/// names; `bound`: certificates name nodes (see [`may_certify`]). `joins` serialises
+/// admissions at this member, so an id is not handed out twice here.
 pub async fn admit(
     cluster: &ClusterHandle,
     me: &NodeRecord,
-    ca: ClusterCa,
+    ca: Option<JoinCa<'_>>,
+    (proven, bound): (Option<NodeId>, bool),
     joins: &tokio::sync::Mutex<()>,
     request: JoinRequest,
 ) -> Result<JoinAnswer, AdmissionError> {
@@ -212,6 +258,36 @@ pub async fn admit(
         host: request.host.clone(),
         port: request.port,
     };
+    // Signed before anything is committed: a bad request changes nothing.
+    let certificate = match (&request.csr, &ca) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(AdmissionError::BadRequest(
+                "csr: this cluster does not use tls: internal; there is no CA to sign it".into(),
+            ));
+        }
+        (Some(_), Some(_)) if !request.member => {
+            return Err(AdmissionError::BadRequest(
+                "csr: a certificate is issued with member: true only".into(),
+            ));
+        }
+        (Some(csr), Some(ca)) => {
+            may_certify(&cluster.view(), id, proven, bound)?;
+            let signer = ca.signer.ok_or_else(|| {
+                AdmissionError::NotACaHolder(format!(
+                    "node {} does not hold the cluster CA key and cannot sign certificates; \
+                     join through a node that does (the founder, or one given the CA files, \
+                     see docs/security.md)",
+                    me.id
+                ))
+            })?;
+            let chain = signer
+                .sign(csr, id, &request.host)
+                .map_err(|e| AdmissionError::BadRequest(format!("csr: {e}")))?;
+            Some(chain)
+        }
+    };
+    let ca_cert = ca.map(|ca| ca.cert);
     if !recorded {
         cluster
             .record_node(&record)
@@ -220,12 +296,8 @@ pub async fn admit(
     }
     if !request.member {
         tracing::info!(node = id, addr = %record.address(), "node registered; it copies a snapshot next");
-        // The CA key is for voting members (they admit joiners and renew their own
-        // certificates): a node that only registers gets the certificate to verify with.
-        let ca = ca.map(|(cert, _key)| (cert, None));
-        return Ok(answer(cluster, me, ca, id));
+        return Ok(answer(cluster, me, ca_cert, None, id));
     }
-    let ca = ca.map(|(cert, key)| (cert, Some(key)));
     // Answered as soon as the node is a member: leaving the joint configuration needs the
     // new node's own answers, and it is still waiting for this one.
     let add = ClientOp::add_node(id, request.region.clone());
@@ -235,13 +307,14 @@ pub async fn admit(
         ));
     }
     tracing::info!(node = id, region = %request.region, addr = %record.address(), "node joined");
-    Ok(answer(cluster, me, ca, id))
+    Ok(answer(cluster, me, ca_cert, certificate, id))
 }
 
 fn answer(
     cluster: &ClusterHandle,
     me: &NodeRecord,
-    ca: Option<(String, Option<String>)>,
+    ca_cert: Option<String>,
+    certificate: Option<String>,
     id: NodeId,
 ) -> JoinAnswer {
     let mut nodes: Vec<NodeRecord> = cluster.view().directory.into_values().collect();
@@ -249,8 +322,6 @@ fn answer(
         nodes.push(me.clone());
     }
     let bootstrap = cluster.bootstrap();
-    let (ca_cert, ca_key) = ca.unzip();
-    let ca_key = ca_key.flatten();
     JoinAnswer {
         node_id: id,
         bootstrap: bootstrap
@@ -262,7 +333,8 @@ fn answer(
             .collect(),
         nodes,
         ca_cert,
-        ca_key,
+        certificate,
+        ca_key: None,
     }
 }
 
@@ -349,6 +421,7 @@ mod tests {
             region: "r".into(),
             host: host.into(),
             port,
+            csr: None,
         }
     }
 
@@ -431,5 +504,31 @@ mod tests {
                 stored: Some(founder)
             })
         );
+    }
+
+    /// The credential admits new nodes, but a member's identity is its certificate's: a new
+    /// certificate for a member's id needs that member's current certificate.
+    #[test]
+    fn a_members_certificate_is_reissued_only_to_that_member() {
+        let v = view(
+            &[(1, "a"), (2, "b")],
+            &[(1, "h1", 1), (2, "h2", 2), (3, "h3", 3)],
+        );
+        // Node 2 renewing, proven by its own certificate.
+        assert_eq!(may_certify(&v, 2, Some(2), true), Ok(()));
+        // Anyone else asking for node 2's: without a certificate, or with another node's.
+        for proven in [None, Some(1), Some(3)] {
+            let refused = may_certify(&v, 2, proven, true);
+            assert!(
+                matches!(&refused, Err(AdmissionError::Forbidden(m)) if m.contains("node 2's")),
+                "{proven:?}: {refused:?}"
+            );
+        }
+        // Node 3 is registered, not a member yet: the joiner's second step has no
+        // certificate to show; a new node neither.
+        assert_eq!(may_certify(&v, 3, None, true), Ok(()));
+        assert_eq!(may_certify(&v, 9, None, true), Ok(()));
+        // Without certificates naming nodes (peer_mtls off) identities are not bound.
+        assert_eq!(may_certify(&v, 2, None, false), Ok(()));
     }
 }

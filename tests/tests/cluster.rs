@@ -332,10 +332,20 @@ fn post_consensus(
     cert: Option<(&Path, &Path)>,
     body: &[u8],
 ) -> atlas_tests::https::CurlResponse {
+    post_as(node, cert, "/atlas/v1/consensus", body)
+}
+
+/// POSTs `body` to `path` on `node` with the credential and, if given, a client certificate.
+fn post_as(
+    node: &Node,
+    cert: Option<(&Path, &Path)>,
+    path: &str,
+    body: &[u8],
+) -> atlas_tests::https::CurlResponse {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("body");
     std::fs::write(&file, body).unwrap();
-    let url = format!("https://{}/atlas/v1/consensus", node.https_addr());
+    let url = format!("https://{}{path}", node.https_addr());
     let bearer = format!("Authorization: Bearer {CREDENTIALS}");
     let data = format!("@{}", file.display());
     let mut args = vec!["-X", "POST", "-H", &bearer, "--data-binary", &data];
@@ -620,4 +630,151 @@ fn malformed_join_and_fault_requests_get_400_naming_the_field() {
     // Nothing was registered, and the node still serves.
     assert_eq!(node.client().request_ok("NODE LIST").len(), 1);
     node.client().put("still.k", "v");
+}
+
+/// The subject of the first certificate in `pem` (`openssl x509 -subject`).
+fn subject_of(pem: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("leaf.crt");
+    std::fs::write(&file, pem).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "sep_multiline",
+            "-in",
+        ])
+        .arg(&file)
+        .output()
+        .expect("openssl x509");
+    assert!(out.status.success(), "{}", atlas_tests::explain(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// With `tls: internal` a joiner sends a certificate request and keeps its key: only the
+/// founder holds the CA key, signs a leaf with the subject it chooses, and signs one for a
+/// member's id only when that member's certificate proves the asker is it. A leaf due for
+/// renewal is renewed by asking a holder again.
+#[test]
+fn joiners_keep_their_key_and_a_members_certificate_is_reissued_only_to_it() {
+    let mut cluster = TestCluster::start(&["a", "b"], "fz: 1\n");
+    let dirs: Vec<PathBuf> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.dir().join("data").join("tls"))
+        .collect();
+    let tls = |i: usize| dirs[i].clone();
+    assert!(
+        tls(0).join("ca.key").exists(),
+        "the founder holds the CA key"
+    );
+    assert!(!tls(1).join("ca.key").exists(), "a joiner never gets it");
+    let leaf = std::fs::read_to_string(tls(1).join("node.crt")).unwrap();
+    assert!(subject_of(&leaf).contains("O=Atlas node 2"), "{leaf}");
+    let verified = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(tls(0).join("ca.crt"))
+        .arg(tls(1).join("node.crt"))
+        .output()
+        .expect("openssl verify");
+    assert!(
+        verified.status.success(),
+        "{}",
+        atlas_tests::explain(&verified)
+    );
+
+    // A request made by someone else, asking for node 1's identity under node 2's id.
+    let keys = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes",
+            "-subj",
+            "/O=Atlas node 1/CN=evil.example",
+            "-keyout",
+        ])
+        .arg(keys.path().join("k.pem"))
+        .arg("-out")
+        .arg(keys.path().join("r.csr"))
+        .output()
+        .expect("openssl req");
+    assert!(made.status.success(), "{}", atlas_tests::explain(&made));
+    let csr = std::fs::read_to_string(keys.path().join("r.csr")).unwrap();
+    let rejoin = serde_json::json!({
+        "node_id": 2, "member": true, "region": "b", "host": "127.0.0.1",
+        "port": cluster.port(1), "csr": csr,
+    })
+    .to_string();
+    let join = "/atlas/v1/join";
+    let founder = &cluster.nodes[0];
+    let stranger = post_as(founder, None, join, rejoin.as_bytes());
+    assert_eq!(stranger.status, 403, "{stranger:?}");
+    assert!(stranger.body.contains("node 2"), "{stranger:?}");
+    let (cert1, key1) = node_cert(founder);
+    let as_node1 = post_as(founder, Some((&cert1, &key1)), join, rejoin.as_bytes());
+    assert_eq!(as_node1.status, 403, "{as_node1:?}");
+    // Node 2's own certificate proves it: the leaf names node 2 and 127.0.0.1, not what the
+    // request asked for.
+    let (cert2, key2) = node_cert(&cluster.nodes[1]);
+    let proven = post_as(founder, Some((&cert2, &key2)), join, rejoin.as_bytes());
+    assert_eq!(proven.status, 200, "{proven:?}");
+    let certificate = proven.json()["certificate"]
+        .as_str()
+        .expect("a certificate")
+        .to_string();
+    let subject = subject_of(&certificate);
+    assert!(subject.contains("O=Atlas node 2"), "{subject}");
+    assert!(!subject.contains("evil"), "{subject}");
+    assert!(!proven.body.contains("PRIVATE KEY"), "{}", proven.body);
+    // A member without the CA key cannot sign: it says so.
+    let joiner = &cluster.nodes[1];
+    let no_ca = post_as(joiner, Some((&cert2, &key2)), join, rejoin.as_bytes());
+    assert_eq!(no_ca.status, 409, "{no_ca:?}");
+    assert!(no_ca.body.contains("not_a_ca_holder"), "{no_ca:?}");
+
+    // A leaf due for renewal (its record says it expires tomorrow) is replaced at restart by
+    // one a holder signs; the node keeps its key private and serves on.
+    cluster.nodes[1].terminate();
+    let record_path = tls(1).join("node.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    let tomorrow = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 86_400;
+    record["expires_unix"] = tomorrow.into();
+    std::fs::write(&record_path, record.to_string()).unwrap();
+    cluster.nodes[1].restart();
+    let renewed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    assert!(
+        renewed["expires_unix"].as_i64().unwrap() > tomorrow + 80 * 86_400,
+        "{renewed}"
+    );
+    assert_ne!(
+        std::fs::read_to_string(tls(1).join("node.crt")).unwrap(),
+        leaf
+    );
+    assert!(!tls(1).join("ca.key").exists());
+    atlas_tests::assert_private_tree(&tls(1));
+    cluster.nodes[0].client().put("renewed.k", "v");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.nodes[1].client().get("renewed.k").as_deref() != Some("v") {
+        assert!(
+            Instant::now() < deadline,
+            "node 2 does not serve after renewal"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use atlas::AtlasConfig;
-use atlas::cluster::admission::{self, AdmissionError, MEMBERSHIP_TIMEOUT, Start};
+use atlas::cluster::admission::{self, AdmissionError, JoinCa, MEMBERSHIP_TIMEOUT, Start};
 use atlas::cluster::directory::NodeRecord;
 use atlas::cluster::identity::ClusterIdentity;
 use atlas::cluster::runtime::ClusterHandle;
@@ -18,6 +18,7 @@ use serde::Deserialize;
 pub use atlas::cluster::admission::{JoinAnswer, JoinRequest};
 
 use crate::http_reply::{CA_PATH, HttpReply, JOIN_PATH};
+use crate::node_cert::{self, LeafRequest};
 use crate::peer_client::{PeerClient, PeerClientOptions};
 use sha2::Digest;
 
@@ -70,12 +71,8 @@ pub fn prepare_identity(config: &AtlasConfig) -> Result<Option<ClusterIdentity>,
         .map_err(|e| format!("cannot start the join: {e}"))?;
     let answer = runtime.block_on(join(config, &seed, stored.as_ref().map(|s| s.node_id)));
     match answer {
-        Ok(answer) => {
-            if let (TlsConfig::Internal, Some(cert), Some(key)) =
-                (&config.tls, &answer.ca_cert, &answer.ca_key)
-            {
-                crate::tls::adopt_cluster_ca(config, cert, key).map_err(|e| e.to_string())?;
-            }
+        Ok((answer, leaf)) => {
+            adopt_tls(config, &answer, leaf)?;
             let identity = admission::joined(config, &answer)?;
             tracing::info!(node_id = identity.node_id, seed = %seed, "joined the cluster");
             Ok(Some(identity))
@@ -88,6 +85,63 @@ pub fn prepare_identity(config: &AtlasConfig) -> Result<Option<ClusterIdentity>,
     }
 }
 
+/// Keeps what a join answer gives this node's TLS (`tls: internal`): the leaf a CA holder
+/// signed for its request, or — from a member of an earlier release — the CA key.
+fn adopt_tls(
+    config: &AtlasConfig,
+    answer: &JoinAnswer,
+    leaf: Option<LeafRequest>,
+) -> Result<(), String> {
+    if !matches!(config.tls, TlsConfig::Internal) {
+        return Ok(());
+    }
+    if let (Some(cert), Some(key)) = (&answer.ca_cert, &answer.ca_key) {
+        return crate::tls::adopt_cluster_ca(config, cert, key).map_err(|e| e.to_string());
+    }
+    let Some(leaf) = leaf else {
+        return Ok(());
+    };
+    match (&answer.certificate, &answer.ca_cert) {
+        (Some(chain), Some(ca)) => leaf
+            .store(config, answer.node_id, ca, chain)
+            .map_err(|e| format!("the seed's certificate for this node: {e}")),
+        _ if node_cert::current_leaf(config, answer.node_id).is_some() => {
+            tracing::warn!(
+                "the seed signed no new certificate; the current one serves until renewed"
+            );
+            Ok(())
+        }
+        _ => Err(format!(
+            "the seed signed no certificate for node {}: atlas.connect must name a node that \
+             holds the cluster CA key",
+            answer.node_id
+        )),
+    }
+}
+
+/// A member without the CA key renews its leaf (when due) through its seed, proving who it is
+/// with the current one; true when a new leaf was stored.
+pub async fn renew_certificate(config: &AtlasConfig, node: NodeId) -> Result<bool, String> {
+    let wanted = LeafRequest::wanted(config, Some(node)).map_err(|e| e.to_string())?;
+    if wanted.is_none() {
+        return Ok(false);
+    }
+    let seed = config
+        .connect
+        .clone()
+        .ok_or("atlas.connect: needed to renew this node's certificate through a CA holder")?;
+    let (answer, leaf) = join(config, &seed, Some(node)).await.map_err(|e| match e {
+        JoinFailure::Unreachable(e) | JoinFailure::Refused(e) => e,
+    })?;
+    if answer.certificate.is_none() {
+        return Err(format!(
+            "the seed {seed} signed no new certificate for node {node}"
+        ));
+    }
+    adopt_tls(config, &answer, leaf)?;
+    Ok(true)
+}
+
 enum JoinFailure {
     /// Nothing answered (worth retrying, or starting from stored state).
     Unreachable(String),
@@ -97,12 +151,14 @@ enum JoinFailure {
 
 /// Joins through `seed`: a node with a stored id re-joins; a new one registers, copies a
 /// snapshot of the data into `<data_dir>/snapshot.bin` (streamed, verified, synced), and
-/// only then becomes a member.
+/// only then becomes a member. With `tls: internal` the member step carries a request for
+/// this node's leaf (a new node's, or a due one: [`LeafRequest::wanted`]), answered with
+/// the key made for it.
 async fn join(
     config: &AtlasConfig,
     seed: &str,
     stored: Option<NodeId>,
-) -> Result<JoinAnswer, JoinFailure> {
+) -> Result<(JoinAnswer, Option<LeafRequest>), JoinFailure> {
     let (addr, name) = seed_address(seed).map_err(JoinFailure::Refused)?;
     let ca_file = match (&config.peer_ca, &config.peer_ca_sha256) {
         (Some(path), _) => path.display().to_string(),
@@ -118,30 +174,56 @@ async fn join(
             "atlas.peer_ca: cannot read {ca_file}: {e}"
         )));
     }
-    let options = |timeout: Duration| PeerClientOptions {
+    let leaf = LeafRequest::wanted(config, stored)
+        .map_err(|e| JoinFailure::Refused(format!("this node's certificate request: {e}")))?;
+    // A member asking for a new leaf proves who it is with its current one.
+    let proof = stored
+        .filter(|_| leaf.is_some())
+        .and_then(|id| node_cert::current_leaf(config, id));
+    let options = |timeout: Duration, cert: Option<(String, String)>| PeerClientOptions {
         ca_file: ca_file.clone(),
         credentials: config.credentials.clone().unwrap_or_default(),
         connect_timeout: Duration::from_secs(5),
         request_timeout: timeout,
-        client_cert_key: None,
+        client_cert_key: cert,
     };
-    let client = PeerClient::new(options(MEMBERSHIP_TIMEOUT + Duration::from_secs(10)));
+    let client = PeerClient::new(options(MEMBERSHIP_TIMEOUT + Duration::from_secs(10), proof));
     let seed = Seed {
         client: &client,
         addr: &addr,
         name: &name,
         url: seed,
     };
+    let member = |id: Option<NodeId>, leaf: &Option<LeafRequest>| JoinRequest {
+        csr: leaf.as_ref().map(|l| l.csr.clone()),
+        ..admission::join_request(config, id, true)
+    };
     if stored.is_some() {
-        return seed
-            .post_json(JOIN_PATH, &admission::join_request(config, stored, true))
-            .await;
+        return match seed.post_json(JOIN_PATH, &member(stored, &leaf)).await {
+            // A leaf that is only due keeps serving: the node still starts when its seed
+            // will not sign (not a CA holder, say), and tries again later.
+            Err(JoinFailure::Refused(e))
+                if leaf.is_some() && stored_leaf_serves(config, stored) =>
+            {
+                tracing::warn!(error = %e, "the seed did not renew this node's certificate");
+                let plain = PeerClient::new(options(MEMBERSHIP_TIMEOUT, None));
+                let seed = Seed {
+                    client: &plain,
+                    ..seed
+                };
+                Ok((
+                    seed.post_json(JOIN_PATH, &member(stored, &None)).await?,
+                    None,
+                ))
+            }
+            answer => Ok((answer?, leaf)),
+        };
     }
     // A new node: register, copy a snapshot of the data, then become a member.
     let registered: JoinAnswer = seed
         .post_json(JOIN_PATH, &admission::join_request(config, None, false))
         .await?;
-    let bulk = PeerClient::new(options(super::snapshot::SNAPSHOT_TIMEOUT));
+    let bulk = PeerClient::new(options(super::snapshot::SNAPSHOT_TIMEOUT, None));
     let path = config.data_dir.join(SNAPSHOT_FILE);
     atlas::files::private_dir(&config.data_dir)
         .map_err(|e| JoinFailure::Refused(format!("{}: {e}", config.data_dir.display())))?;
@@ -149,11 +231,14 @@ async fn join(
         .await
         .map_err(|e| JoinFailure::Refused(format!("copying a snapshot from {}: {e}", seed.url)))?;
     tracing::info!(bytes, "copied a snapshot of the cluster's data");
-    seed.post_json(
-        JOIN_PATH,
-        &admission::join_request(config, Some(registered.node_id), true),
-    )
-    .await
+    let answer = seed
+        .post_json(JOIN_PATH, &member(Some(registered.node_id), &leaf))
+        .await?;
+    Ok((answer, leaf))
+}
+
+fn stored_leaf_serves(config: &AtlasConfig, stored: Option<NodeId>) -> bool {
+    stored.is_some_and(|id| node_cert::current_leaf(config, id).is_some())
 }
 
 /// The member a node joins through.
@@ -296,17 +381,22 @@ fn refusal(e: AdmissionError) -> HttpReply {
         AdmissionError::NotFound(_) => (404, "not_found"),
         AdmissionError::Unavailable(_) => (503, "unavailable"),
         AdmissionError::Removed(_) => (403, "removed"),
+        AdmissionError::Forbidden(_) => (403, "forbidden"),
+        AdmissionError::NotACaHolder(_) => (409, "not_a_ca_holder"),
     };
     HttpReply::error(status, kind, &e.to_string())
 }
 
 /// `POST /atlas/v1/join` on a member: admits the node ([`admission::admit`]) and answers
 /// with its id, the membership the cluster started from, the directory and, with
-/// `tls: internal`, the cluster CA.
+/// `tls: internal`, the cluster CA's certificate and the leaf signed for the node's request
+/// (on a CA holder). `proven`: the node the TLS client's certificate names; `bound`:
+/// certificates name nodes (`peer_mtls` with `tls: internal`).
 pub async fn serve_join(
     cluster: &ClusterHandle,
     engine: &atlas::Engine,
     tls_dir: Option<&std::path::Path>,
+    (proven, bound): (Option<NodeId>, bool),
     joins: &tokio::sync::Mutex<()>,
     body: &[u8],
 ) -> HttpReply {
@@ -314,10 +404,12 @@ pub async fn serve_join(
         Ok(r) => r,
         Err(e) => return HttpReply::error(400, "bad_request", &format!("join request: {e}")),
     };
+    let signer = tls_dir.and_then(node_cert::HolderSigner::load);
     let ca = tls_dir.and_then(|dir| {
-        let cert = std::fs::read_to_string(dir.join("ca.crt")).ok()?;
-        let key = std::fs::read_to_string(dir.join("ca.key")).ok()?;
-        Some((cert, key))
+        Some(JoinCa {
+            cert: std::fs::read_to_string(dir.join("ca.crt")).ok()?,
+            signer: signer.as_ref().map(|s| s as &dyn admission::LeafSigner),
+        })
     });
     let node = engine.node();
     let me = NodeRecord {
@@ -326,7 +418,7 @@ pub async fn serve_join(
         host: node.host.clone(),
         port: node.port,
     };
-    match admission::admit(cluster, &me, ca, joins, request).await {
+    match admission::admit(cluster, &me, ca, (proven, bound), joins, request).await {
         Ok(answer) => HttpReply::json(200, serde_json::to_value(answer).unwrap_or_default()),
         Err(e) => refusal(e),
     }

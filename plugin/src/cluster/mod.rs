@@ -9,8 +9,8 @@ mod transport;
 
 pub use faults::Faults;
 pub use join::{
-    JoinAnswer, JoinRequest, SNAPSHOT_FILE, peer_ca_file, prepare_identity, serve_join,
-    serve_remove,
+    JoinAnswer, JoinRequest, SNAPSHOT_FILE, peer_ca_file, prepare_identity, renew_certificate,
+    serve_join, serve_remove,
 };
 pub use snapshot::serve_snapshot;
 pub use transport::{HttpTransport, ping_loop, serve_transport};
