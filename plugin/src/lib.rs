@@ -7,6 +7,7 @@
 //! for a user's own proxy, which calls [`Atlas::try_serve`] from its `request_filter`.
 
 pub mod acme;
+pub mod ca_rotation;
 pub mod client_listener;
 pub mod cluster;
 pub mod edge;
@@ -21,6 +22,7 @@ pub mod peer_client;
 mod pem;
 pub mod redirect;
 pub mod remote_client;
+mod server_tls;
 mod socket_service;
 pub mod throttle;
 pub mod tls;

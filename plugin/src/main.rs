@@ -76,8 +76,27 @@ enum Commands {
     },
 }
 
+/// The rounds of a CA rotation (docs/security.md), each followed by a restart of the node.
+#[derive(Subcommand)]
+enum RotateStep {
+    /// On a CA holder: make the new CA (in `<data_dir>/tls/next/`) and trust it too.
+    Begin,
+    /// On every other node: trust the new CA's certificate FILE too.
+    Trust { file: PathBuf },
+    /// The new CA becomes this node's; the old one is still trusted (CA holders first).
+    Promote,
+    /// Trust only the new CA (once this node's certificate is from it).
+    End,
+}
+
 #[derive(Subcommand)]
 enum CaAction {
+    /// Rotate the cluster CA of `tls: internal` without downtime: begin (or trust), promote,
+    /// end, restarting each node after each round.
+    Rotate {
+        #[command(subcommand)]
+        step: RotateStep,
+    },
     /// Print the CA certificate (PEM) and its SHA-256 fingerprint.
     Show,
     /// Print a new random cluster credential (48 hex characters) for `atlas.credentials`.
@@ -119,6 +138,9 @@ fn main() -> ExitCode {
                     days,
                 },
         } => ca_client_cert(conf.as_ref(), &principal, cert, key, days),
+        Commands::Ca {
+            action: CaAction::Rotate { step },
+        } => ca_rotate(conf.as_ref(), step),
         Commands::Ca {
             action: CaAction::Secret,
         } => {
@@ -356,6 +378,37 @@ fn serve(conf: Option<PathBuf>, test: bool, daemon: bool, upgrade: bool) -> Exit
         return ExitCode::from(2);
     }
     ExitCode::SUCCESS
+}
+
+fn ca_rotate(conf: Option<&PathBuf>, step: RotateStep) -> ExitCode {
+    let config = match load(conf) {
+        Ok((config, _, _)) => config,
+        Err(message) => {
+            eprintln!("atlas: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if !matches!(config.tls, atlas::config::TlsConfig::Internal) {
+        eprintln!("atlas: ca rotate is for `tls: internal`; this node's CA is not Atlas's");
+        return ExitCode::from(2);
+    }
+    use atlas_pingora::ca_rotation;
+    let done = match step {
+        RotateStep::Begin => ca_rotation::begin(&config),
+        RotateStep::Trust { file } => ca_rotation::trust(&config, &file),
+        RotateStep::Promote => ca_rotation::promote(&config),
+        RotateStep::End => ca_rotation::end(&config),
+    };
+    match done {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("atlas: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn ca_show(conf: Option<&PathBuf>) -> ExitCode {

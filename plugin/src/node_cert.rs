@@ -125,6 +125,14 @@ impl LeafRequest {
         })?;
         let current = std::fs::read_to_string(dir.join("ca.crt")).unwrap_or_default();
         if tls::pem_to_der(&current).as_deref() != Some(ca_der.as_slice()) {
+            if crate::ca_rotation::under_way(config) {
+                return Err(TlsError::State(
+                    "the seed issues from another CA than this node's, and a CA rotation is \
+                     under way here: promote the CA holders before the other nodes (or run \
+                     `atlas ca rotate promote` here again to go back), see docs/security.md"
+                        .into(),
+                ));
+            }
             let _ = std::fs::remove_file(dir.join("ca.key"));
             tls::write(&dir.join("ca.crt"), ca_cert)?;
         }

@@ -18,6 +18,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
+use rustls::pki_types::pem::PemObject;
 
 pub use crate::pem::{der_to_pem, fingerprint, pem_to_der, single_certificate};
 
@@ -73,6 +74,9 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
     #[error("atlas.tls: the key does not fit the certificate or is unsupported: {0}")]
     Key(String),
+    /// The TLS files in the data directory contradict what this node is.
+    #[error("atlas.tls: {0}")]
+    State(String),
 }
 
 pub fn tls_dir(config: &AtlasConfig) -> PathBuf {
@@ -132,7 +136,7 @@ fn set_validity(params: &mut CertificateParams, days: u64) {
 
 /// The internal CA: loaded from `dir`, or created there on first start.
 pub struct InternalCa {
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     key: KeyPair,
 }
 
@@ -293,14 +297,26 @@ pub fn leaf_names_node(dir: &Path, node: u64) -> bool {
         && dir.join("node.key").exists()
 }
 
-/// Whether `<dir>/node.crt` is a leaf for `subject` that is not due for renewal.
+/// Whether `<dir>/node.crt` is a leaf for `subject` that is not due for renewal, issued by
+/// `<dir>/ca.crt` (after a CA rotation's promote, a leaf of the old CA is renewed).
 pub fn leaf_is_fresh(dir: &Path, subject: &LeafSubject, renew_before: Duration) -> bool {
+    let ca = certificates(&dir.join("ca.crt"));
     stored_leaf(dir).is_some_and(|info| {
         info.sans == subject.sans
             && info.node == subject.node
             && info.expires_unix - now_unix() > renew_before.as_secs() as i64
-    }) && dir.join("node.crt").exists()
-        && dir.join("node.key").exists()
+    }) && dir.join("node.key").exists()
+        && !ca.is_empty()
+        && certificates(&dir.join("node.crt")).last() == ca.first()
+}
+
+/// The DER certificates of a PEM file (none when it is missing or unreadable).
+pub(crate) fn certificates(path: &Path) -> Vec<Vec<u8>> {
+    let pem = std::fs::read(path).unwrap_or_default();
+    pingora::tls::CertificateDer::pem_slice_iter(&pem)
+        .filter_map(Result::ok)
+        .map(|c| c.as_ref().to_vec())
+        .collect()
 }
 
 /// Stores this node's leaf in `dir`: its key, its chain, and what it certifies until when.
@@ -374,7 +390,7 @@ pub fn adopt_cluster_ca(
 /// The CA that signs every member's certificate: the internal CA, or `peer_ca` with files.
 pub fn cluster_ca_path(config: &AtlasConfig) -> Option<PathBuf> {
     match (&config.tls, &config.peer_ca) {
-        (TlsConfig::Internal, _) => Some(ca_cert_path(config)),
+        (TlsConfig::Internal, _) => Some(crate::ca_rotation::trusted_cas(config)),
         (_, Some(ca)) => Some(ca.clone()),
         (_, None) => None,
     }
@@ -399,18 +415,23 @@ pub fn cluster_ca_verifier(
         path: "atlas.peer_ca".into(),
         what: "cluster CA (required with peer_mtls)",
     })?;
-    let pem = read(&path)?;
-    let der = pem_to_der(&pem).ok_or(TlsError::Pem {
-        path: path.display().to_string(),
-        what: "certificate",
-    })?;
-    let mut roots = pingora::tls::RootCertStore::empty();
-    roots
-        .add(pingora::tls::CertificateDer::from(der))
-        .map_err(|_| TlsError::Pem {
+    read(&path)?;
+    let cas = certificates(&path);
+    if cas.is_empty() {
+        return Err(TlsError::Pem {
             path: path.display().to_string(),
-            what: "CA certificate",
-        })?;
+            what: "certificate",
+        });
+    }
+    let mut roots = pingora::tls::RootCertStore::empty();
+    for der in cas {
+        roots
+            .add(pingora::tls::CertificateDer::from(der))
+            .map_err(|_| TlsError::Pem {
+                path: path.display().to_string(),
+                what: "CA certificate",
+            })?;
+    }
     let builder = pingora::tls::WebPkiClientVerifier::builder(Arc::new(roots));
     let builder = if optional {
         builder.allow_unauthenticated()
@@ -484,124 +505,8 @@ pub fn certified_key(
     Ok(Arc::new(certified))
 }
 
+pub use crate::server_tls::ServerTls;
 pub use crate::tls_certs::CertResolver;
-use crate::tls_certs::WatchedFiles;
-
-/// What the listener serves, and how to keep it current.
-pub struct ServerTls {
-    pub resolver: Arc<CertResolver>,
-    /// Internal CA mode on a CA holder: renew the leaf in the background.
-    pub internal: Option<(InternalCa, LeafSubject)>,
-    /// Internal CA mode on a member without the CA key: its leaf is renewed by asking a
-    /// holder through its seed (`crate::cluster::renew_certificate`).
-    pub signed_by_holder: Option<(Box<AtlasConfig>, u64)>,
-    /// Certificates from files (`tls: {cert, key}`, `tls_certificates`), reloaded when changed.
-    files: WatchedFiles,
-    /// `tls: {acme}`: the default certificate is obtained and renewed from the ACME CA.
-    pub acme: Option<Arc<crate::acme::AcmeCertificates>>,
-}
-
-impl ServerTls {
-    /// Prepares the listener's certificate from the config (creating the CA when internal);
-    /// `node`: this node's id in a cluster, which its internal leaf names.
-    pub fn prepare(config: &AtlasConfig, node: Option<u64>) -> Result<ServerTls, TlsError> {
-        let tls = match &config.tls {
-            TlsConfig::Files { cert, key } => ServerTls {
-                resolver: CertResolver::new(load_certified_key(cert, key)?),
-                internal: None,
-                signed_by_holder: None,
-                files: WatchedFiles::default(),
-                acme: None,
-            },
-            TlsConfig::Acme(acme) => {
-                let acme = crate::acme::AcmeCertificates::prepare(config, acme)?;
-                ServerTls {
-                    resolver: acme.resolver(),
-                    acme: Some(Arc::new(acme)),
-                    internal: None,
-                    signed_by_holder: None,
-                    files: WatchedFiles::default(),
-                }
-            }
-            TlsConfig::Internal => {
-                let dir = tls_dir(config);
-                if let Some(id) = node.filter(|_| crate::node_cert::signed_by_a_holder(config)) {
-                    // A member without the CA key serves the leaf a holder signed for it
-                    // (at its join); it never makes a CA of its own.
-                    let key = load_certified_key(&dir.join("node.crt"), &dir.join("node.key"))?;
-                    ServerTls {
-                        resolver: CertResolver::new(key),
-                        internal: None,
-                        signed_by_holder: Some((Box::new(config.clone()), id)),
-                        files: WatchedFiles::default(),
-                        acme: None,
-                    }
-                } else {
-                    ServerTls::internal_ca(config, node)?
-                }
-            }
-        };
-        let default_files = match &config.tls {
-            TlsConfig::Files { cert, key } => Some(atlas::config::CertFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
-            TlsConfig::Internal | TlsConfig::Acme(_) => None,
-        };
-        let files = WatchedFiles::load(
-            &tls.resolver,
-            default_files.as_ref(),
-            &config.tls_certificates,
-        )?;
-        Ok(ServerTls { files, ..tls })
-    }
-
-    /// `tls: internal` on a CA holder (a standalone node, a founder, a member given the CA
-    /// files): the CA, made on first start, issues this node's leaf.
-    fn internal_ca(config: &AtlasConfig, node: Option<u64>) -> Result<ServerTls, TlsError> {
-        let dir = tls_dir(config);
-        let ca = InternalCa::load_or_create(&dir)?;
-        let subject = LeafSubject {
-            sans: leaf_sans(config),
-            node,
-        };
-        ensure_leaf(&ca, &subject, LEAF_RENEW_BEFORE)?;
-        let key = load_certified_key(&dir.join("node.crt"), &dir.join("node.key"))?;
-        Ok(ServerTls {
-            resolver: CertResolver::new(key),
-            internal: Some((ca, subject)),
-            signed_by_holder: None,
-            files: WatchedFiles::default(),
-            acme: None,
-        })
-    }
-
-    /// Loads again the certificates whose files changed; returns how many.
-    pub fn reload_changed_files(&self) -> usize {
-        self.files.reload_changed(&self.resolver)
-    }
-
-    /// Renews the internal leaf when it nears expiry; a no-op for configured files.
-    pub fn renew_if_due(&self) -> Result<bool, TlsError> {
-        let Some((ca, subject)) = &self.internal else {
-            return Ok(false);
-        };
-        if !ensure_leaf(ca, subject, LEAF_RENEW_BEFORE)? {
-            return Ok(false);
-        }
-        let key = load_certified_key(&ca.dir.join("node.crt"), &ca.dir.join("node.key"))?;
-        self.resolver.replace(key);
-        Ok(true)
-    }
-
-    /// Serves the leaf stored in the data directory again (after a holder signed a new one).
-    pub fn reload_leaf(&self, config: &AtlasConfig) -> Result<(), TlsError> {
-        let dir = tls_dir(config);
-        let key = load_certified_key(&dir.join("node.crt"), &dir.join("node.key"))?;
-        self.resolver.replace(key);
-        Ok(())
-    }
-}
 
 /// `atlas ca show`: the CA certificate and its SHA-256 fingerprint.
 pub fn describe_ca(pem: &str) -> Result<String, TlsError> {

@@ -236,6 +236,30 @@ pub fn may_certify(
     Ok(())
 }
 
+/// Whether a certificate naming `host` may be issued to `id`: a host name (not a loopback
+/// one) another live node is recorded at stays that node's, so a holder of the credential
+/// cannot get a certificate a client would take for that node's. Removed nodes' names are
+/// free again (a replacement machine keeps the name).
+pub fn name_is_free(view: &ClusterView, id: NodeId, host: &str) -> Result<(), AdmissionError> {
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let holder = view.directory.values().find(|record| {
+        record.id != id
+            && !view.removed.contains(&record.id)
+            && record.host.eq_ignore_ascii_case(host)
+    });
+    match holder {
+        Some(record) if !loopback => Err(AdmissionError::Conflict(format!(
+            "csr: host {host} is node {}'s; a node's certificate names its host, so each node \
+             needs a name of its own",
+            record.id
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Admits a joining node at this member (`me`, as the joiner should record it): its id, its
 /// certificate when it asks for one, its record committed to the directory, then (unless it
 /// only registers) the membership change. `proven`: the node the TLS client's certificate
@@ -272,7 +296,9 @@ pub async fn admit(
             ));
         }
         (Some(csr), Some(ca)) => {
-            may_certify(&cluster.view(), id, proven, bound)?;
+            let view = cluster.view();
+            may_certify(&view, id, proven, bound)?;
+            name_is_free(&view, id, &request.host)?;
             let signer = ca.signer.ok_or_else(|| {
                 AdmissionError::NotACaHolder(format!(
                     "node {} does not hold the cluster CA key and cannot sign certificates; \
@@ -530,5 +556,32 @@ mod tests {
         assert_eq!(may_certify(&v, 9, None, true), Ok(()));
         // Without certificates naming nodes (peer_mtls off) identities are not bound.
         assert_eq!(may_certify(&v, 2, None, false), Ok(()));
+    }
+
+    /// A node's certificate names its host: another live node's name is not handed out.
+    #[test]
+    fn a_certificate_never_names_another_nodes_host() {
+        let mut v = view(
+            &[(1, "a"), (2, "b")],
+            &[
+                (1, "db1.example", 1),
+                (2, "DB2.example", 2),
+                (3, "127.0.0.1", 3),
+            ],
+        );
+        assert_eq!(name_is_free(&v, 2, "db2.example"), Ok(()), "its own");
+        assert_eq!(name_is_free(&v, 4, "db4.example"), Ok(()), "a new one");
+        let taken = name_is_free(&v, 4, "db2.EXAMPLE");
+        assert!(
+            matches!(&taken, Err(AdmissionError::Conflict(m)) if m.contains("node 2's")),
+            "{taken:?}"
+        );
+        // Loopback names are every node's on one machine (tests, a laptop).
+        for local in ["127.0.0.1", "localhost", "::1"] {
+            assert_eq!(name_is_free(&v, 4, local), Ok(()), "{local}");
+        }
+        // A removed node's name goes to its replacement.
+        v.removed.insert(2);
+        assert_eq!(name_is_free(&v, 4, "db2.example"), Ok(()));
     }
 }

@@ -558,18 +558,7 @@ fn a_node_gone_for_good_is_removed_and_the_rest_keep_serving() {
 fn the_cluster_credential_rotates_node_by_node() {
     const NEW: &str = "the-rotated-cluster-secret-0001";
     let mut cluster = TestCluster::start(&["a", "b"], "fz: 1\n");
-    let replicates = |cluster: &TestCluster, step: &str| {
-        let key = format!("rot.{step}");
-        cluster.nodes[0].client().put(&key, step);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while cluster.nodes[1].client().get(&key).as_deref() != Some(step) {
-            assert!(
-                Instant::now() < deadline,
-                "{step}: the write did not replicate"
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let replicates = |cluster: &TestCluster, step: &str| replicates(cluster, "rot", step);
     replicates(&cluster, "before");
     let accept_new = format!("accepted_credentials: [{NEW}]\n");
     let accept_old = format!("accepted_credentials: [{CREDENTIALS}]\n");
@@ -660,11 +649,7 @@ fn subject_of(pem: &str) -> String {
 #[test]
 fn joiners_keep_their_key_and_a_members_certificate_is_reissued_only_to_it() {
     let mut cluster = TestCluster::start(&["a", "b"], "fz: 1\n");
-    let dirs: Vec<PathBuf> = cluster
-        .nodes
-        .iter()
-        .map(|n| n.dir().join("data").join("tls"))
-        .collect();
+    let dirs = tls_dirs(&cluster);
     let tls = |i: usize| dirs[i].clone();
     assert!(
         tls(0).join("ca.key").exists(),
@@ -768,13 +753,145 @@ fn joiners_keep_their_key_and_a_members_certificate_is_reissued_only_to_it() {
     );
     assert!(!tls(1).join("ca.key").exists());
     atlas_tests::assert_private_tree(&tls(1));
-    cluster.nodes[0].client().put("renewed.k", "v");
+    replicates(&cluster, "renewed", "after");
+}
+
+/// `atlas ca rotate …` on node `i`; panics unless it exits 0 (`ok`) or non-zero (`!ok`).
+fn rotate(cluster: &TestCluster, i: usize, args: &[&str], ok: bool) -> String {
+    let out = std::process::Command::new(atlas_tests::atlas_bin())
+        .args(["ca", "rotate"])
+        .args(args)
+        .arg("-c")
+        .arg(cluster.nodes[i].config_path())
+        .output()
+        .expect("atlas ca rotate");
+    assert_eq!(
+        out.status.success(),
+        ok,
+        "{args:?}: {}",
+        atlas_tests::explain(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The cluster CA rotates node by node while the cluster serves: every node trusts the new
+/// CA, then each gets a certificate of it (the holder issues its own, the other asks the
+/// holder), then the old CA is trusted no more.
+#[test]
+fn the_cluster_ca_rotates_node_by_node() {
+    let mut cluster = TestCluster::start(&["a", "b"], "fz: 1\n");
+    let tls = tls_dirs(&cluster);
+    let replicates = |cluster: &TestCluster, step: &str| replicates(cluster, "carot", step);
+    let restart_all = |cluster: &mut TestCluster, round: &str| {
+        for i in 0..2 {
+            cluster.nodes[i].terminate();
+            cluster.nodes[i].restart();
+            replicates(cluster, &format!("{round}.n{i}"));
+        }
+    };
+    let verifies = |ca: &Path, leaf: &Path| {
+        std::process::Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(ca)
+            .arg(leaf)
+            .output()
+            .expect("openssl verify")
+            .status
+            .success()
+    };
+    replicates(&cluster, "before");
+    // Node 2's certificate of the old CA, to show it is refused once the rotation ends.
+    let kept = tempfile::tempdir().unwrap();
+    let (old_cert, old_key) = (kept.path().join("old.crt"), kept.path().join("old.key"));
+    std::fs::copy(tls[1].join("node.crt"), &old_cert).unwrap();
+    std::fs::copy(tls[1].join("node.key"), &old_key).unwrap();
+    let old_ca = kept.path().join("old-ca.crt");
+    std::fs::copy(tls[0].join("ca.crt"), &old_ca).unwrap();
+
+    // Round 1: the holder makes the new CA, node 2 trusts it; both still run on the old one.
+    rotate(&cluster, 1, &["begin"], false);
+    let begun = rotate(&cluster, 0, &["begin"], true);
+    assert!(begun.contains("SHA-256 fingerprint"), "{begun}");
+    rotate(&cluster, 0, &["begin"], false);
+    let new_ca = kept.path().join("new-ca.crt");
+    std::fs::copy(tls[0].join("next").join("ca.crt"), &new_ca).unwrap();
+    rotate(&cluster, 1, &["trust", new_ca.to_str().unwrap()], true);
+    rotate(&cluster, 1, &["end"], false);
+    restart_all(&mut cluster, "trust");
+
+    // Round 2: the new CA becomes each node's, the holder's first.
+    rotate(&cluster, 0, &["promote"], true);
+    rotate(&cluster, 1, &["promote"], true);
+    restart_all(&mut cluster, "promote");
+    for dir in &tls {
+        assert!(verifies(&new_ca, &dir.join("node.crt")), "{dir:?}");
+        assert!(!verifies(&old_ca, &dir.join("node.crt")), "{dir:?}");
+    }
+    assert!(
+        !tls[1].join("ca.key").exists(),
+        "the member got a leaf, not the key"
+    );
+    // Both CAs are trusted still: node 2's old certificate opens the transport.
+    let still = post_consensus(
+        &cluster.nodes[0],
+        Some((&old_cert, &old_key)),
+        &ping_from(2),
+    );
+    assert_eq!(still.status, 204, "{still:?}");
+
+    // Round 3: only the new CA.
+    rotate(&cluster, 0, &["end"], true);
+    rotate(&cluster, 1, &["end"], true);
+    restart_all(&mut cluster, "end");
+    let refused = atlas_tests::https::curl_raw(
+        &cluster.nodes[0].ca_path(),
+        &format!(
+            "https://{}/atlas/v1/consensus",
+            cluster.nodes[0].https_addr()
+        ),
+        &[
+            "-X",
+            "POST",
+            "--cert",
+            old_cert.to_str().unwrap(),
+            "--key",
+            old_key.to_str().unwrap(),
+            "-H",
+            &format!("Authorization: Bearer {CREDENTIALS}"),
+            "--data-binary",
+            "x",
+        ],
+    );
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        !refused.status.success() || !text.contains("@@204"),
+        "the old CA's certificate is refused: {}",
+        atlas_tests::explain(&refused)
+    );
+    assert!(!text.contains("@@204") && !text.contains("@@400"), "{text}");
+    replicates(&cluster, "after");
+}
+
+/// Each node's `<data_dir>/tls`.
+fn tls_dirs(cluster: &TestCluster) -> Vec<PathBuf> {
+    cluster
+        .nodes
+        .iter()
+        .map(|n| n.dir().join("data").join("tls"))
+        .collect()
+}
+
+/// Writes `<prefix>.<step>` at node 1 and waits (bounded) until node 2 reads it.
+fn replicates(cluster: &TestCluster, prefix: &str, step: &str) {
+    let key = format!("{prefix}.{step}");
+    cluster.nodes[0].client().put(&key, step);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while cluster.nodes[1].client().get("renewed.k").as_deref() != Some("v") {
+    while cluster.nodes[1].client().get(&key).as_deref() != Some(step) {
         assert!(
             Instant::now() < deadline,
-            "node 2 does not serve after renewal"
+            "{step}: the write did not replicate"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        thread::sleep(Duration::from_millis(100));
     }
 }

@@ -31,7 +31,9 @@ pub use atlas::cluster::bootstrap::SNAPSHOT_FILE;
 /// The CA file that verifies peers: the cluster CA of `tls: internal`, else `peer_ca`.
 pub fn peer_ca_file(config: &AtlasConfig) -> String {
     match (&config.tls, &config.peer_ca) {
-        (TlsConfig::Internal, _) => crate::tls::ca_cert_path(config).display().to_string(),
+        (TlsConfig::Internal, _) => crate::ca_rotation::trusted_cas(config)
+            .display()
+            .to_string(),
         (_, Some(ca)) => ca.display().to_string(),
         (_, None) => String::new(),
     }
@@ -159,8 +161,35 @@ async fn join(
     seed: &str,
     stored: Option<NodeId>,
 ) -> Result<(JoinAnswer, Option<LeafRequest>), JoinFailure> {
+    let (answer, leaf, ca_file) = join_seed(config, seed, stored).await?;
+    // The CA the answer hands over must be one the seed was verified with: a seed cannot
+    // install a CA of its own choosing (nor an earlier release's CA key of another CA).
+    if let (TlsConfig::Internal, Some(ca)) = (&config.tls, &answer.ca_cert) {
+        let trusted = crate::tls::certificates(std::path::Path::new(&ca_file));
+        if !crate::tls::pem_to_der(ca).is_some_and(|der| trusted.contains(&der)) {
+            return Err(JoinFailure::Refused(format!(
+                "the seed {seed} answered a cluster CA other than the one it was verified \
+                 with ({ca_file}); refusing it"
+            )));
+        }
+    }
+    Ok((answer, leaf))
+}
+
+/// [`join`], answering also the CA file the seed was verified with.
+async fn join_seed(
+    config: &AtlasConfig,
+    seed: &str,
+    stored: Option<NodeId>,
+) -> Result<(JoinAnswer, Option<LeafRequest>, String), JoinFailure> {
     let (addr, name) = seed_address(seed).map_err(JoinFailure::Refused)?;
+    // A member verifies its seed with the cluster CAs it stored and trusts (they change
+    // with a CA rotation); `peer_ca` and its pin are for the first join.
+    let own_cas = matches!(config.tls, TlsConfig::Internal)
+        && stored.is_some()
+        && crate::tls::ca_cert_path(config).exists();
     let ca_file = match (&config.peer_ca, &config.peer_ca_sha256) {
+        _ if own_cas => peer_ca_file(config),
         (Some(path), _) => path.display().to_string(),
         (None, Some(pin)) => pinned_seed_ca(config, &addr, &name, pin).await?,
         (None, None) => {
@@ -214,9 +243,10 @@ async fn join(
                 Ok((
                     seed.post_json(JOIN_PATH, &member(stored, &None)).await?,
                     None,
+                    ca_file.clone(),
                 ))
             }
-            answer => Ok((answer?, leaf)),
+            answer => Ok((answer?, leaf, ca_file.clone())),
         };
     }
     // A new node: register, copy a snapshot of the data, then become a member.
@@ -234,7 +264,7 @@ async fn join(
     let answer = seed
         .post_json(JOIN_PATH, &member(Some(registered.node_id), &leaf))
         .await?;
-    Ok((answer, leaf))
+    Ok((answer, leaf, ca_file))
 }
 
 fn stored_leaf_serves(config: &AtlasConfig, stored: Option<NodeId>) -> bool {
