@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::tls::{self, InternalCa, TlsError, certificates};
 use atlas::AtlasConfig;
+use rustls::pki_types::CertificateDer;
 
 /// The new CA's certificate, trusted before it is promoted (`begin`, `trust`).
 const NEXT_CA: &str = "ca-next.crt";
@@ -122,6 +123,14 @@ pub fn trust(config: &AtlasConfig, file: &Path) -> Result<String, String> {
     })?;
     let dir = tls::tls_dir(config);
     not_promoted(&dir, "trust")?;
+    let made_here = certificates(&dir.join(NEXT).join("ca.crt"));
+    if !made_here.is_empty() && made_here.first() != Some(&der) {
+        return Err(format!(
+            "this node made a new CA with `begin` ({}): trust that one, or delete {} first",
+            dir.join(NEXT).join("ca.crt").display(),
+            dir.join(NEXT).display()
+        ));
+    }
     if certificates(&dir.join("ca.crt")).contains(&der) {
         return Err(format!("{} is already this node's CA", file.display()));
     }
@@ -133,12 +142,14 @@ pub fn trust(config: &AtlasConfig, file: &Path) -> Result<String, String> {
 }
 
 /// `atlas ca rotate promote`: the new CA becomes this node's, the old one stays trusted.
+/// Safe to run again after an interruption: `ca-next.crt` goes last, and while it is there
+/// the step resumes where it stopped.
 pub fn promote(config: &AtlasConfig) -> Result<String, String> {
     let dir = tls::tls_dir(config);
-    not_promoted(&dir, "promote")?;
-    let old = std::fs::read_to_string(dir.join("ca.crt"))
-        .map_err(|e| format!("cannot read {}: {e}", dir.join("ca.crt").display()))?;
     let next = certificates(&dir.join(NEXT_CA));
+    if next.is_empty() {
+        not_promoted(&dir, "promote")?;
+    }
     let [new] = next.as_slice() else {
         return Err(format!(
             "{} must hold the one new CA certificate (`atlas ca rotate begin` on a holder, \
@@ -146,27 +157,50 @@ pub fn promote(config: &AtlasConfig) -> Result<String, String> {
             dir.join(NEXT_CA).display()
         ));
     };
-    if crate::node_cert::holds_ca_key(config) {
-        let key = std::fs::read_to_string(dir.join(NEXT).join("ca.key")).map_err(|e| {
-            format!(
-                "cannot read {}: {e} (this holder trusts a new CA another holder made: \
-                 copy that holder's {NEXT}/ directory here, or delete ca.key to renew \
-                 through a holder)",
-                dir.join(NEXT).join("ca.key").display()
-            )
-        })?;
-        tls::write(&dir.join("ca.key"), &key).map_err(fail)?;
+    let ca_path = dir.join("ca.crt");
+    let current = certificates(&ca_path);
+    if current.first() != Some(new) {
+        if !dir.join(PREVIOUS_CA).exists() {
+            let old = std::fs::read_to_string(&ca_path)
+                .map_err(|e| format!("cannot read {}: {e}", ca_path.display()))?;
+            tls::write(&dir.join(PREVIOUS_CA), &old).map_err(fail)?;
+        }
+        if crate::node_cert::holds_ca_key(config) {
+            let key = std::fs::read_to_string(dir.join(NEXT).join("ca.key")).map_err(|e| {
+                format!(
+                    "cannot read {}: {e} (this holder trusts a new CA another holder made: \
+                     copy that holder's {NEXT}/ directory here, or delete ca.key to renew \
+                     through a holder)",
+                    dir.join(NEXT).join("ca.key").display()
+                )
+            })?;
+            tls::write(&dir.join("ca.key"), &key).map_err(fail)?;
+        }
+        tls::write(&ca_path, &tls::der_to_pem(new)).map_err(fail)?;
     }
-    tls::write(&dir.join(PREVIOUS_CA), &old).map_err(fail)?;
-    tls::write(&dir.join("ca.crt"), &tls::der_to_pem(new)).map_err(fail)?;
-    let _ = std::fs::remove_file(dir.join(NEXT_CA));
     let _ = std::fs::remove_dir_all(dir.join(NEXT));
+    std::fs::remove_file(dir.join(NEXT_CA))
+        .map_err(|e| format!("cannot remove {}: {e}", dir.join(NEXT_CA).display()))?;
     Ok(
         "the new CA is this node's from the next start, the old one still trusted\n\
-        next: restart this node now (CA holders first); when every node runs with a \
+        next: restart this node (CA holders first); when every node runs with a \
         certificate of the new CA, run `atlas ca rotate end` on each and restart it\n"
             .to_string(),
     )
+}
+
+/// A node not yet promoted that was handed a leaf of the next CA (its seed holder was
+/// promoted first): promotes it here, as `promote` would. True when it did.
+pub fn promote_to(config: &AtlasConfig, ca_der: &[u8]) -> Result<bool, String> {
+    let dir = tls::tls_dir(config);
+    if certificates(&dir.join(NEXT_CA)).first().map(Vec::as_slice) != Some(ca_der)
+        || crate::node_cert::holds_ca_key(config)
+    {
+        return Ok(false);
+    }
+    promote(config)?;
+    tracing::info!("promoted the next CA: the seed issues from it already");
+    Ok(true)
 }
 
 /// `atlas ca rotate end`: only the new CA is trusted, once this node's leaf is from it.
@@ -180,7 +214,13 @@ pub fn end(config: &AtlasConfig) -> Result<String, String> {
     }
     let ca = certificates(&dir.join("ca.crt"));
     let chain = certificates(&dir.join("node.crt"));
-    if ca.is_empty() || chain.last() != ca.first() {
+    let issued = match (chain.first(), ca.first()) {
+        (Some(leaf), Some(ca)) => {
+            crate::node_cert::signed_by(&CertificateDer::from(leaf.clone()), ca).is_ok()
+        }
+        _ => false,
+    };
+    if !issued {
         return Err(format!(
             "{}'s certificate is not from the new CA yet: restart this node (a CA holder \
              must have been promoted and restarted before) first",
@@ -229,6 +269,11 @@ mod tests {
         let new_file = tls::tls_dir(&holder).join(NEXT).join("ca.crt");
         let new_der = tls::pem_to_der(&std::fs::read_to_string(&new_file).unwrap()).unwrap();
         assert!(trust(&member, &tls::tls_dir(&member).join("ca.crt")).is_err());
+        // The holder that made the new CA trusts no other one in its place.
+        let stranger = tempfile::tempdir().unwrap();
+        InternalCa::load_or_create(stranger.path()).unwrap();
+        assert!(trust(&holder, &stranger.path().join("ca.crt")).is_err());
+        trust(&holder, &new_file).unwrap();
         trust(&member, &new_file).unwrap();
         for config in [&holder, &member] {
             assert_eq!(trusted(config), vec![old_der.clone(), new_der.clone()]);
@@ -237,6 +282,9 @@ mod tests {
         }
 
         promote(&holder).unwrap();
+        assert!(promote(&holder).is_err(), "promoted already");
+        // A promote interrupted after its first write resumes and keeps the old CA.
+        tls::write(&tls::tls_dir(&member).join(PREVIOUS_CA), &old_pem).unwrap();
         promote(&member).unwrap();
         for config in [&holder, &member] {
             assert_eq!(trusted(config), vec![new_der.clone(), old_der.clone()]);
@@ -251,5 +299,9 @@ mod tests {
         end(&holder).unwrap();
         assert_eq!(trusted(&holder), vec![new_der.clone()]);
         assert!(!tls::tls_dir(&holder).join(TRUST).exists());
+        // A key that is not the certificate's is refused, not used.
+        let dir = tls::tls_dir(&holder);
+        std::fs::copy(stranger.path().join("ca.key"), dir.join("ca.key")).unwrap();
+        assert!(InternalCa::load_existing(&dir).is_err());
     }
 }

@@ -125,11 +125,13 @@ impl LeafRequest {
         })?;
         let current = std::fs::read_to_string(dir.join("ca.crt")).unwrap_or_default();
         if tls::pem_to_der(&current).as_deref() != Some(ca_der.as_slice()) {
-            if crate::ca_rotation::under_way(config) {
+            let promoted =
+                crate::ca_rotation::promote_to(config, &ca_der).map_err(TlsError::State)?;
+            if !promoted && crate::ca_rotation::under_way(config) {
                 return Err(TlsError::State(
                     "the seed issues from another CA than this node's, and a CA rotation is \
-                     under way here: promote the CA holders before the other nodes (or run \
-                     `atlas ca rotate promote` here again to go back), see docs/security.md"
+                     under way here: promote and restart the seed's CA holder before this \
+                     node (see docs/security.md)"
                         .into(),
                 ));
             }
@@ -148,7 +150,7 @@ impl LeafRequest {
 
 /// Whether `leaf` is a current client certificate issued by the CA `ca_der`, as a peer
 /// verifying this node's mTLS would check it.
-fn signed_by(leaf: &CertificateDer<'static>, ca_der: &[u8]) -> Result<(), String> {
+pub(crate) fn signed_by(leaf: &CertificateDer<'static>, ca_der: &[u8]) -> Result<(), String> {
     pingora::tls::install_default_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     roots

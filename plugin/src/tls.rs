@@ -138,6 +138,18 @@ fn set_validity(params: &mut CertificateParams, days: u64) {
 pub struct InternalCa {
     pub(crate) dir: PathBuf,
     key: KeyPair,
+    /// Its certificate as loaded with the key: what it appends to the leaves it issues,
+    /// whatever a CA rotation writes to `ca.crt` meanwhile.
+    cert: String,
+}
+
+/// Whether `key` is the key of the certificate `cert_pem`.
+fn key_fits(cert_pem: &str, key: &KeyPair) -> bool {
+    pem_to_der(cert_pem).is_some_and(|der| {
+        x509_parser::parse_x509_certificate(&der).is_ok_and(|(_, cert)| {
+            cert.public_key().raw == rcgen::PublicKeyData::subject_public_key_info(key).as_slice()
+        })
+    })
 }
 
 impl InternalCa {
@@ -153,9 +165,19 @@ impl InternalCa {
                 path: key_path.display().to_string(),
                 what: "private key",
             })?;
+            let cert = read(&cert_path)?;
+            if !key_fits(&cert, &key) {
+                return Err(TlsError::State(format!(
+                    "{} is not the key of {} (an interrupted `atlas ca rotate promote`? run \
+                     it again)",
+                    key_path.display(),
+                    cert_path.display()
+                )));
+            }
             return Ok(InternalCa {
                 dir: dir.into(),
                 key,
+                cert,
             });
         }
         let key = KeyPair::generate()?;
@@ -168,6 +190,7 @@ impl InternalCa {
         Ok(InternalCa {
             dir: dir.into(),
             key,
+            cert: cert.pem(),
         })
     }
 
@@ -198,7 +221,7 @@ impl InternalCa {
     }
 
     pub fn cert_pem(&self) -> Result<String, TlsError> {
-        read(&self.dir.join("ca.crt"))
+        Ok(self.cert.clone())
     }
 
     /// Issues a leaf for `subject` (server and client auth), signed by this CA.

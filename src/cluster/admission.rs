@@ -51,6 +51,11 @@ pub struct JoinAnswer {
     /// The leaf signed for the request's `csr` (then the CA certificate), if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
+    /// With `tls: internal`: whether this member holds the CA key and so can sign the
+    /// joiner's certificate at its member step (told at registration, before the snapshot
+    /// is copied). Absent from earlier releases, which hand out the CA key instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signs_certificates: Option<bool>,
     /// The CA key, which members of earlier releases handed every voting member; this
     /// release never sends it, and a joiner adopts it only from such a member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,9 +243,13 @@ pub fn may_certify(
 
 /// Whether a certificate naming `host` may be issued to `id`: a host name (not a loopback
 /// one) another live node is recorded at stays that node's, so a holder of the credential
-/// cannot get a certificate a client would take for that node's. Removed nodes' names are
-/// free again (a replacement machine keeps the name).
+/// cannot join under it and get a certificate a client would take for that node's. A
+/// member renewing keeps its name (two members on one host renew both). Removed nodes'
+/// names are free again (a replacement machine keeps the name).
 pub fn name_is_free(view: &ClusterView, id: NodeId, host: &str) -> Result<(), AdmissionError> {
+    if view.members.contains(id) {
+        return Ok(());
+    }
     let loopback = host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
@@ -313,6 +322,7 @@ pub async fn admit(
             Some(chain)
         }
     };
+    let signs = ca.as_ref().map(|ca| ca.signer.is_some());
     let ca_cert = ca.map(|ca| ca.cert);
     if !recorded {
         cluster
@@ -322,7 +332,10 @@ pub async fn admit(
     }
     if !request.member {
         tracing::info!(node = id, addr = %record.address(), "node registered; it copies a snapshot next");
-        return Ok(answer(cluster, me, ca_cert, None, id));
+        return Ok(JoinAnswer {
+            signs_certificates: signs,
+            ..answer(cluster, me, ca_cert, None, id)
+        });
     }
     // Answered as soon as the node is a member: leaving the joint configuration needs the
     // new node's own answers, and it is still waiting for this one.
@@ -360,6 +373,7 @@ fn answer(
         nodes,
         ca_cert,
         certificate,
+        signs_certificates: None,
         ca_key: None,
     }
 }
@@ -570,6 +584,24 @@ mod tests {
             ],
         );
         assert_eq!(name_is_free(&v, 2, "db2.example"), Ok(()), "its own");
+        // Node 5 registered at node 2's host (another port): it gets no certificate for it,
+        // while member 2 keeps renewing its own (members of earlier releases may share one).
+        v.directory.insert(
+            5,
+            NodeRecord {
+                id: 5,
+                region: "r".into(),
+                host: "db2.example".into(),
+                port: 5,
+            },
+        );
+        assert_eq!(name_is_free(&v, 2, "db2.example"), Ok(()));
+        let joining = name_is_free(&v, 5, "db2.example");
+        assert!(
+            matches!(&joining, Err(AdmissionError::Conflict(m)) if m.contains("node 2's")),
+            "{joining:?}"
+        );
+        v.directory.remove(&5);
         assert_eq!(name_is_free(&v, 4, "db4.example"), Ok(()), "a new one");
         let taken = name_is_free(&v, 4, "db2.EXAMPLE");
         assert!(

@@ -727,6 +727,20 @@ fn joiners_keep_their_key_and_a_members_certificate_is_reissued_only_to_it() {
     assert_eq!(no_ca.status, 409, "{no_ca:?}");
     assert!(no_ca.body.contains("not_a_ca_holder"), "{no_ca:?}");
 
+    // A new node joining through a member without the CA key is told so when it registers,
+    // before it copies the data.
+    let through_node2 = node_yaml(
+        free_port(),
+        "c",
+        Some((cluster.port(1), &cluster.nodes[1].ca_path())),
+        "",
+    );
+    let stderr = start_expecting_failure(&through_node2, Duration::from_secs(60));
+    assert!(
+        stderr.contains("does not hold the cluster CA key"),
+        "{stderr}"
+    );
+
     // A leaf due for renewal (its record says it expires tomorrow) is replaced at restart by
     // one a holder signs; the node keeps its key private and serves on.
     cluster.nodes[1].terminate();
@@ -820,10 +834,16 @@ fn the_cluster_ca_rotates_node_by_node() {
     rotate(&cluster, 1, &["end"], false);
     restart_all(&mut cluster, "trust");
 
-    // Round 2: the new CA becomes each node's, the holder's first.
+    // Round 2: the new CA becomes each node's, the holder's first. Node 2, restarted before
+    // its own promote, still runs on its old certificate beside the holder's new one.
     rotate(&cluster, 0, &["promote"], true);
+    rotate(&cluster, 0, &["promote"], false);
+    restart_all(&mut cluster, "promote-holder");
+    assert!(verifies(&old_ca, &tls[1].join("node.crt")));
     rotate(&cluster, 1, &["promote"], true);
-    restart_all(&mut cluster, "promote");
+    cluster.nodes[1].terminate();
+    cluster.nodes[1].restart();
+    replicates(&cluster, "promote.n1");
     for dir in &tls {
         assert!(verifies(&new_ca, &dir.join("node.crt")), "{dir:?}");
         assert!(!verifies(&old_ca, &dir.join("node.crt")), "{dir:?}");

@@ -104,9 +104,15 @@ fn adopt_tls(
         return Ok(());
     };
     match (&answer.certificate, &answer.ca_cert) {
-        (Some(chain), Some(ca)) => leaf
-            .store(config, answer.node_id, ca, chain)
-            .map_err(|e| format!("the seed's certificate for this node: {e}")),
+        (Some(chain), Some(ca)) => match leaf.store(config, answer.node_id, ca, chain) {
+            Ok(()) => Ok(()),
+            // A member whose current leaf still serves starts with it and renews later.
+            Err(e) if node_cert::current_leaf(config, answer.node_id).is_some() => {
+                tracing::error!(error = %e, "cannot store the seed's new certificate for this node; the current one serves until renewed");
+                Ok(())
+            }
+            Err(e) => Err(format!("the seed's certificate for this node: {e}")),
+        },
         _ if node_cert::current_leaf(config, answer.node_id).is_some() => {
             tracing::warn!(
                 "the seed signed no new certificate; the current one serves until renewed"
@@ -253,6 +259,14 @@ async fn join_seed(
     let registered: JoinAnswer = seed
         .post_json(JOIN_PATH, &admission::join_request(config, None, false))
         .await?;
+    if leaf.is_some() && registered.signs_certificates == Some(false) {
+        return Err(JoinFailure::Refused(format!(
+            "the seed {} does not hold the cluster CA key, so it cannot sign this node's \
+             certificate: atlas.connect must name a node that does (the founder, or one \
+             given the CA files, see docs/security.md)",
+            seed.url
+        )));
+    }
     let bulk = PeerClient::new(options(super::snapshot::SNAPSHOT_TIMEOUT, None));
     let path = config.data_dir.join(SNAPSHOT_FILE);
     atlas::files::private_dir(&config.data_dir)
