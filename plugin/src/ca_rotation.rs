@@ -246,6 +246,12 @@ mod tests {
         }
     }
 
+    fn stranger_file(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), bytes).unwrap();
+        file
+    }
+
     #[test]
     fn a_rotation_trusts_both_cas_until_it_ends() {
         let holder_dir = tempfile::tempdir().unwrap();
@@ -269,6 +275,12 @@ mod tests {
         let new_file = tls::tls_dir(&holder).join(NEXT).join("ca.crt");
         let new_der = tls::pem_to_der(&std::fs::read_to_string(&new_file).unwrap()).unwrap();
         assert!(trust(&member, &tls::tls_dir(&member).join("ca.crt")).is_err());
+        // Not a certificate, or a file of several: refused, nothing trusted.
+        let junk = stranger_file(b"not a certificate");
+        assert!(trust(&member, junk.path()).is_err());
+        let two = stranger_file(format!("{old_pem}{old_pem}").as_bytes());
+        assert!(trust(&member, two.path()).is_err());
+        assert!(!under_way(&member));
         // The holder that made the new CA trusts no other one in its place.
         let stranger = tempfile::tempdir().unwrap();
         InternalCa::load_or_create(stranger.path()).unwrap();

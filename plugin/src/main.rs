@@ -147,15 +147,12 @@ fn main() -> ExitCode {
             println!("{}", hex::encode(rand::random::<[u8; 24]>()));
             ExitCode::SUCCESS
         }
-        Commands::Nas { command } => match load(conf.as_ref()) {
-            Ok((config, _, _)) => {
+        Commands::Nas { command } => match config_or_exit(conf.as_ref()) {
+            Ok(config) => {
                 init_logging();
                 nas_cli::run(command, &config)
             }
-            Err(message) => {
-                eprintln!("atlas: {message}");
-                ExitCode::from(2)
-            }
+            Err(code) => code,
         },
         Commands::Repl {
             socket,
@@ -380,26 +377,17 @@ fn serve(conf: Option<PathBuf>, test: bool, daemon: bool, upgrade: bool) -> Exit
     ExitCode::SUCCESS
 }
 
-fn ca_rotate(conf: Option<&PathBuf>, step: RotateStep) -> ExitCode {
-    let config = match load(conf) {
-        Ok((config, _, _)) => config,
-        Err(message) => {
-            eprintln!("atlas: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    if !matches!(config.tls, atlas::config::TlsConfig::Internal) {
-        eprintln!("atlas: ca rotate is for `tls: internal`; this node's CA is not Atlas's");
-        return ExitCode::from(2);
-    }
-    use atlas_pingora::ca_rotation;
-    let done = match step {
-        RotateStep::Begin => ca_rotation::begin(&config),
-        RotateStep::Trust { file } => ca_rotation::trust(&config, &file),
-        RotateStep::Promote => ca_rotation::promote(&config),
-        RotateStep::End => ca_rotation::end(&config),
-    };
-    match done {
+/// The configuration of `-c` (or the embedded default); a bad one is said, exit status 2.
+fn config_or_exit(conf: Option<&PathBuf>) -> Result<atlas::AtlasConfig, ExitCode> {
+    load(conf).map(|(config, _, _)| config).map_err(|message| {
+        eprintln!("atlas: {message}");
+        ExitCode::from(2)
+    })
+}
+
+/// Prints what a command answered, or says why it failed (exit status 1).
+fn print_outcome(outcome: Result<String, String>) -> ExitCode {
+    match outcome {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -411,35 +399,43 @@ fn ca_rotate(conf: Option<&PathBuf>, step: RotateStep) -> ExitCode {
     }
 }
 
+fn ca_rotate(conf: Option<&PathBuf>, step: RotateStep) -> ExitCode {
+    let config = match config_or_exit(conf) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    if !matches!(config.tls, atlas::config::TlsConfig::Internal) {
+        eprintln!("atlas: ca rotate is for `tls: internal`; this node's CA is not Atlas's");
+        return ExitCode::from(2);
+    }
+    use atlas_pingora::ca_rotation;
+    print_outcome(match step {
+        RotateStep::Begin => ca_rotation::begin(&config),
+        RotateStep::Trust { file } => ca_rotation::trust(&config, &file),
+        RotateStep::Promote => ca_rotation::promote(&config),
+        RotateStep::End => ca_rotation::end(&config),
+    })
+}
+
 fn ca_show(conf: Option<&PathBuf>) -> ExitCode {
-    let config = match load(conf) {
-        Ok((config, _, _)) => config,
-        Err(message) => {
-            eprintln!("atlas: {message}");
-            return ExitCode::from(2);
-        }
+    let config = match config_or_exit(conf) {
+        Ok(config) => config,
+        Err(code) => return code,
     };
     let path = atlas_pingora::tls::ca_cert_path(&config);
-    let pem = match std::fs::read_to_string(&path) {
-        Ok(pem) => pem,
-        Err(e) => {
-            eprintln!(
-                "atlas: cannot read {}: {e} (the CA is created on the first start with `tls: internal`)",
-                path.display()
-            );
-            return ExitCode::from(1);
-        }
-    };
-    match atlas_pingora::tls::describe_ca(&pem) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("atlas: {}: {e}", path.display());
-            ExitCode::from(1)
-        }
-    }
+    print_outcome(
+        std::fs::read_to_string(&path)
+            .map_err(|e| {
+                format!(
+                    "cannot read {}: {e} (the CA is created on the first start with `tls: internal`)",
+                    path.display()
+                )
+            })
+            .and_then(|pem| {
+                atlas_pingora::tls::describe_ca(&pem)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            }),
+    )
 }
 
 fn init_logging() {

@@ -4,12 +4,10 @@
 //! the key never leaves the node. On a holder, [`HolderSigner`] signs those requests.
 
 use atlas::AtlasConfig;
-use atlas::cluster::admission::LeafSigner;
+use atlas::cluster::certify::LeafSigner;
 use atlas::config::TlsConfig;
 use atlas::consensus::NodeId;
 use rcgen::{CertificateParams, CertificateSigningRequestParams, KeyPair};
-use std::sync::Arc;
-
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, UnixTime};
 
@@ -27,14 +25,6 @@ pub fn holds_ca_key(config: &AtlasConfig) -> bool {
 pub fn signed_by_a_holder(config: &AtlasConfig) -> bool {
     let dir = tls::tls_dir(config);
     dir.join("ca.crt").exists() && !dir.join("ca.key").exists()
-}
-
-/// This node's leaf as it should be: its advertised names and its id.
-fn subject(config: &AtlasConfig, node: NodeId) -> LeafSubject {
-    LeafSubject {
-        sans: tls::leaf_sans(config),
-        node: Some(node),
-    }
 }
 
 /// This node's stored leaf and key, when they name `node` and have not expired: what it
@@ -58,7 +48,8 @@ pub struct LeafRequest {
 impl LeafRequest {
     /// The request this node sends with its join, if it needs one: with `tls: internal`, a
     /// node not yet a member (`node` unknown) always does; a member that holds no CA key
-    /// does when its leaf is missing, due for renewal, or for other names.
+    /// does when its leaf is missing, due for renewal, for other names, or not issued by
+    /// its `ca.crt` (after a CA rotation's promote).
     pub fn wanted(
         config: &AtlasConfig,
         node: Option<NodeId>,
@@ -69,7 +60,11 @@ impl LeafRequest {
         if let Some(id) = node {
             let dir = tls::tls_dir(config);
             if holds_ca_key(config)
-                || tls::leaf_is_fresh(&dir, &subject(config, id), LEAF_RENEW_BEFORE)
+                || tls::leaf_is_fresh(
+                    &dir,
+                    &tls::leaf_subject(config, Some(id)),
+                    LEAF_RENEW_BEFORE,
+                )
             {
                 return Ok(None);
             }
@@ -138,7 +133,7 @@ impl LeafRequest {
             let _ = std::fs::remove_file(dir.join("ca.key"));
             tls::write(&dir.join("ca.crt"), ca_cert)?;
         }
-        let subject = subject(config, node);
+        let subject = tls::leaf_subject(config, Some(node));
         tls::store_leaf(&dir, &self.key.serialize_pem(), chain, &subject, expires)?;
         tracing::info!(
             node,
@@ -151,15 +146,7 @@ impl LeafRequest {
 /// Whether `leaf` is a current client certificate issued by the CA `ca_der`, as a peer
 /// verifying this node's mTLS would check it.
 pub(crate) fn signed_by(leaf: &CertificateDer<'static>, ca_der: &[u8]) -> Result<(), String> {
-    pingora::tls::install_default_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(ca_der.to_vec()))
-        .map_err(|e| e.to_string())?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-        .build()
-        .map_err(|e| e.to_string())?;
-    verifier
+    tls::verifier_of(vec![ca_der.to_vec()], false)?
         .verify_client_cert(leaf, &[], UnixTime::now())
         .map(|_| ())
         .map_err(|e| e.to_string())

@@ -8,7 +8,7 @@ use atlas::AtlasConfig;
 use atlas::config::TlsConfig;
 
 use crate::tls::{
-    InternalCa, LEAF_RENEW_BEFORE, LeafSubject, TlsError, ensure_leaf, leaf_sans,
+    InternalCa, LEAF_RENEW_BEFORE, LeafSubject, TlsError, ensure_leaf, leaf_subject,
     load_certified_key, tls_dir,
 };
 use crate::tls_certs::{CertResolver, WatchedFiles};
@@ -95,10 +95,7 @@ impl ServerTls {
     fn internal_ca(config: &AtlasConfig, node: Option<u64>) -> Result<ServerTls, TlsError> {
         let dir = tls_dir(config);
         let ca = InternalCa::load_or_create(&dir)?;
-        let subject = LeafSubject {
-            sans: leaf_sans(config),
-            node,
-        };
+        let subject = leaf_subject(config, node);
         ensure_leaf(&ca, &subject, LEAF_RENEW_BEFORE)?;
         let key = load_certified_key(&dir.join("node.crt"), &dir.join("node.key"))?;
         Ok(ServerTls {

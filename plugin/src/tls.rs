@@ -298,6 +298,14 @@ pub fn leaf_sans(config: &AtlasConfig) -> Vec<String> {
     sans_for(&config.advertised_host_port().0)
 }
 
+/// This node's leaf as it should be: its advertised names and, in a cluster, its id.
+pub fn leaf_subject(config: &AtlasConfig, node: Option<u64>) -> LeafSubject {
+    LeafSubject {
+        sans: leaf_sans(config),
+        node,
+    }
+}
+
 #[derive(serde::Serialize, serde::Deserialize, PartialEq)]
 struct LeafInfo {
     sans: Vec<String>,
@@ -446,14 +454,26 @@ pub fn cluster_ca_verifier(
             what: "certificate",
         });
     }
+    verifier_of(cas, optional).map_err(|e| {
+        TlsError::Key(format!(
+            "client certificate verifier of {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Verifies client certificates issued by one of `cas` (DER); `optional`: a client may
+/// present none.
+pub(crate) fn verifier_of(
+    cas: Vec<Vec<u8>>,
+    optional: bool,
+) -> Result<Arc<dyn pingora::tls::ClientCertVerifier>, String> {
+    pingora::tls::install_default_crypto_provider();
     let mut roots = pingora::tls::RootCertStore::empty();
     for der in cas {
         roots
             .add(pingora::tls::CertificateDer::from(der))
-            .map_err(|_| TlsError::Pem {
-                path: path.display().to_string(),
-                what: "CA certificate",
-            })?;
+            .map_err(|e| format!("a CA certificate that does not load ({e})"))?;
     }
     let builder = pingora::tls::WebPkiClientVerifier::builder(Arc::new(roots));
     let builder = if optional {
@@ -461,9 +481,7 @@ pub fn cluster_ca_verifier(
     } else {
         builder
     };
-    builder
-        .build()
-        .map_err(|e| TlsError::Key(format!("client certificate verifier: {e}")))
+    builder.build().map_err(|e| e.to_string())
 }
 
 /// For `peer_mtls`: the certificate and key this node presents to its peers.

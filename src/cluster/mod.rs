@@ -4,12 +4,15 @@
 //! the replica that drives a node's consensus state machine against its storage (large
 //! blobs go through its log in fragments: `uploads`), and the
 //! runtime thread that owns the replica, how a member starts (`bootstrap`), and who is
-//! in the cluster (`admission`: start plans, joins, removals).
+//! in the cluster (`admission`: start plans, joins, removals; `certify`: who may get which
+//! certificate).
 
 #[cfg(feature = "engine")]
 pub mod admission;
 #[cfg(feature = "engine")]
 pub mod bootstrap;
+#[cfg(feature = "engine")]
+pub mod certify;
 #[cfg(feature = "engine")]
 pub mod directory;
 pub mod driver;

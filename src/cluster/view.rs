@@ -103,3 +103,27 @@ impl ClusterView {
         }
     }
 }
+
+/// A view of `members` (id, zone) and directory `records` (id, host, port), for tests.
+#[cfg(test)]
+pub(crate) fn test_view(
+    members: &[(NodeId, &str)],
+    records: &[(NodeId, &str, u16)],
+) -> ClusterView {
+    ClusterView {
+        members: Membership::new(members.iter().map(|(n, z)| (*n, z.to_string()))),
+        directory: records
+            .iter()
+            .map(|(id, host, port)| {
+                let record = NodeRecord {
+                    id: *id,
+                    region: "r".into(),
+                    host: host.to_string(),
+                    port: *port,
+                };
+                (*id, record)
+            })
+            .collect(),
+        ..ClusterView::default()
+    }
+}

@@ -608,6 +608,15 @@ fn malformed_join_and_fault_requests_get_400_naming_the_field() {
             r#"{"region": "b", "host": "127.0.0.1", "port": 0}"#,
             "host/port",
         ),
+        // A certificate request: only with the member step, and a real one.
+        (
+            r#"{"member": false, "region": "b", "host": "127.0.0.1", "port": 9, "csr": "x"}"#,
+            "csr",
+        ),
+        (
+            r#"{"region": "b", "host": "127.0.0.1", "port": 9, "csr": "not a request"}"#,
+            "csr",
+        ),
     ] {
         let answer = post("/atlas/v1/join", body);
         assert_eq!(answer.status, 400, "{body}: {answer:?}");

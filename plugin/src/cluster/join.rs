@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use atlas::AtlasConfig;
-use atlas::cluster::admission::{self, AdmissionError, JoinCa, MEMBERSHIP_TIMEOUT, Start};
+use atlas::cluster::admission::{self, AdmissionError, MEMBERSHIP_TIMEOUT, Start};
+use atlas::cluster::certify::{JoinCa, LeafSigner};
 use atlas::cluster::directory::NodeRecord;
 use atlas::cluster::identity::ClusterIdentity;
 use atlas::cluster::runtime::ClusterHandle;
@@ -107,13 +108,13 @@ fn adopt_tls(
         (Some(chain), Some(ca)) => match leaf.store(config, answer.node_id, ca, chain) {
             Ok(()) => Ok(()),
             // A member whose current leaf still serves starts with it and renews later.
-            Err(e) if node_cert::current_leaf(config, answer.node_id).is_some() => {
+            Err(e) if stored_leaf_serves(config, Some(answer.node_id)) => {
                 tracing::error!(error = %e, "cannot store the seed's new certificate for this node; the current one serves until renewed");
                 Ok(())
             }
             Err(e) => Err(format!("the seed's certificate for this node: {e}")),
         },
-        _ if node_cert::current_leaf(config, answer.node_id).is_some() => {
+        _ if stored_leaf_serves(config, Some(answer.node_id)) => {
             tracing::warn!(
                 "the seed signed no new certificate; the current one serves until renewed"
             );
@@ -452,7 +453,7 @@ pub async fn serve_join(
     let ca = tls_dir.and_then(|dir| {
         Some(JoinCa {
             cert: std::fs::read_to_string(dir.join("ca.crt")).ok()?,
-            signer: signer.as_ref().map(|s| s as &dyn admission::LeafSigner),
+            signer: signer.as_ref().map(|s| s as &dyn LeafSigner),
         })
     });
     let node = engine.node();
